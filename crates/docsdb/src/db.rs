@@ -1,0 +1,249 @@
+//! Opening the DB: URL handling, SQLite pragmas, the pool, migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+
+use crate::error::{Error, Result};
+
+/// The default DB URL: a SQLite file under `./var/`, created on first use.
+pub const DEFAULT_DB_URL: &str = "sqlite://./var/system-docs.db";
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which dialect a [`Db`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Pool and timeout settings. Every limit is explicit.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Connections in the pool (SQLite in memory always uses one).
+    pub max_connections: u32,
+    /// How long to wait for a free connection.
+    pub acquire_timeout: Duration,
+    /// How long SQLite waits on a locked database before failing (`PRAGMA busy_timeout`).
+    pub busy_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connection pool to the system-docs DB.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+impl Db {
+    /// Opens the DB at `url` with default options. A SQLite file (and its folder) is created
+    /// if missing. Does not migrate: call [`Db::migrate`].
+    pub async fn connect(url: &str) -> Result<Db> {
+        Self::connect_with(url, &DbOptions::default()).await
+    }
+
+    /// Opens the DB at `url`.
+    pub async fn connect_with(url: &str, opts: &DbOptions) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let shown = redact(url);
+        let (backend, url_for_sqlx, in_memory) = normalise(url)?;
+        if backend == Backend::Sqlite && !in_memory {
+            create_parent_dir(&url_for_sqlx).map_err(|e| Error::Connect {
+                url: shown.clone(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let connect_opts = AnyConnectOptions::from_str(&url_for_sqlx)
+            .map_err(|source| Error::Connect {
+                url: shown.clone(),
+                source,
+            })?
+            .disable_statement_logging();
+        // One direct connection first: the pool would retry a refused connection until its
+        // acquire timeout and then report only "timed out"; this surfaces the real reason
+        // (refused, unknown host, bad password) at once.
+        let probe = tokio::time::timeout(
+            opts.acquire_timeout,
+            AnyConnection::connect_with(&connect_opts),
+        )
+        .await
+        .map_err(|_| Error::Connect {
+            url: shown.clone(),
+            source: sqlx::Error::PoolTimedOut,
+        })?
+        .map_err(|source| Error::Connect {
+            url: shown.clone(),
+            source,
+        })?;
+        let _ = probe.close().await;
+        let busy_ms = opts.busy_timeout.as_millis();
+        let max = if in_memory {
+            1
+        } else {
+            opts.max_connections.max(1)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(opts.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers (the monitor) run beside the writer (the gateway's
+                        // request log); NORMAL sync is safe with WAL and much faster.
+                        conn.execute(
+                            format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms};"
+                            )
+                            .as_str(),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_opts)
+            .await
+            .map_err(|source| Error::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+        Ok(Db {
+            pool,
+            backend,
+            url: shown,
+        })
+    }
+
+    /// Applies the migrations of this dialect that have not run yet.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Opens and migrates: what every service does at start.
+    pub async fn open(url: &str) -> Result<Db> {
+        let db = Self::connect(url).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The dialect.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL with any password replaced by `***`, safe to print.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Closes the pool, waiting for connections to return.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Splits off the backend and, for a SQLite file, asks sqlx to create it if missing.
+fn normalise(url: &str) -> Result<(Backend, String, bool)> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_owned(), false));
+    }
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Err(Error::BadUrl(redact(url)));
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let in_memory = path.is_empty() || path == ":memory:";
+    let mut out = format!("sqlite://{path}");
+    match query {
+        Some(q) if q.contains("mode=") => out = format!("{out}?{q}"),
+        Some(q) => out = format!("{out}?{q}&mode=rwc"),
+        None if in_memory => {}
+        None => out.push_str("?mode=rwc"),
+    }
+    Ok((Backend::Sqlite, out, in_memory))
+}
+
+/// Creates the folder of a SQLite file so that a fresh `./var/` works.
+fn create_parent_dir(sqlite_url: &str) -> std::io::Result<()> {
+    let path = sqlite_url.trim_start_matches("sqlite://");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    match std::path::Path::new(path).parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent),
+        _ => Ok(()),
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_are_created_on_first_use() {
+        let (b, u, mem) = normalise("sqlite://./var/x.db").unwrap();
+        assert_eq!(
+            (b, u.as_str(), mem),
+            (Backend::Sqlite, "sqlite://./var/x.db?mode=rwc", false)
+        );
+        let (_, u, mem) = normalise("sqlite::memory:").unwrap();
+        assert_eq!((u.as_str(), mem), ("sqlite://:memory:", true));
+        let (_, u, _) = normalise("sqlite:///abs/x.db?mode=ro").unwrap();
+        assert_eq!(u, "sqlite:///abs/x.db?mode=ro");
+        assert!(normalise("mysql://x").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("sqlite://./var/x.db"), "sqlite://./var/x.db");
+    }
+}

@@ -1,0 +1,39 @@
+//! The system-docs DB: the single source of truth of homelab-llm.
+//!
+//! It says what exists (hosts, services, endpoints, models, routing handles, API keys) and
+//! records what happened (health checks, the request log). One schema in two dialects:
+//! `migrations/sqlite` (the default, a file under `./var/`) and `migrations/postgres` (the
+//! scale-out path), used through sqlx's `Any` driver so every query here is written once.
+//!
+//! - [`Db`]: connect (SQLite in WAL mode with a busy timeout), migrate, ping.
+//! - [`spec`]: the declarative registry types that every import format turns into.
+//! - [`formats`]: `handles.jsonl`, `system.yaml` and LiteLLM `config.yaml`, detected by content.
+//! - [`apply`]: writes a [`spec::SystemSpec`] in one transaction, idempotently, with a report.
+//! - [`read`]: loads the registry back (for export and listing).
+//! - [`keys`]: virtual API keys, stored as SHA-256 hashes.
+//! - [`request_log`]: the batched insert path for request-log rows.
+//! - [`health`]: health-check rows.
+//!
+//! Times are Unix epoch milliseconds in `*_at_ms` columns, the same number in both dialects.
+
+pub mod apply;
+mod db;
+mod error;
+pub mod formats;
+pub mod health;
+pub mod keys;
+pub mod read;
+pub mod request_log;
+pub mod spec;
+mod yaml_lines;
+
+pub use db::{Backend, DEFAULT_DB_URL, Db, DbOptions};
+pub use error::{Error, InputError, Result};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,268 @@
+//! The request log: one row per client request, written in batches.
+//!
+//! [`insert_batch`] writes many rows in one transaction (multi-row `INSERT`s).
+//! [`RequestLogWriter`] puts a bounded channel in front of it so that a request never waits
+//! on the DB: [`RequestLogWriter::log`] either queues the row at once or drops it and counts
+//! the drop; a background task writes what is queued in batches, and
+//! [`RequestLogWriter::close`] writes everything still queued before it returns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{Backend, Db};
+use crate::error::Result;
+
+/// One client request, as the gateway saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestLogRow {
+    pub request_id: String,
+    pub started_at_ms: i64,
+    /// The virtual key's name (`master` for the master key), if any.
+    pub key_name: Option<String>,
+    /// `chat`, `completions`, `embeddings`, `search`, ...
+    pub route: String,
+    pub handle: Option<String>,
+    /// The endpoint that finally served (or failed) the request.
+    pub target: Option<String>,
+    pub upstream_model: Option<String>,
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// The OpenAI error type or our failure kind, when the request failed.
+    pub error_type: Option<String>,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub streamed: bool,
+}
+
+/// Rows per `INSERT` statement: 15 columns × 256 rows stays far below both dialects'
+/// bind-parameter limits.
+const ROWS_PER_STATEMENT: usize = 256;
+
+const COLUMNS: usize = 15;
+
+/// The multi-row `INSERT`. SQLite gets anonymous `?` placeholders: with numbered ones,
+/// looking up each parameter's name walks a list as long as the statement's parameters, which
+/// made binding quadratic (it was most of the gateway's CPU time under load).
+fn insert_sql(rows: usize, backend: Backend) -> String {
+    let mut sql = String::from(
+        "INSERT INTO request_log (request_id, started_at_ms, key_name, route, handle, target, \
+         upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
+         completion_tokens, streamed) VALUES ",
+    );
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(r * COLUMNS + c + 1).to_string());
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Writes `rows` in one transaction. Either all are written or none.
+pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = db.pool().begin().await?;
+    let mut written = 0;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        // Placeholders are spelled out per dialect: sqlx's QueryBuilder writes `?` for the
+        // Any driver, which Postgres does not accept.
+        let sql = insert_sql(chunk.len(), db.backend());
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.request_id.clone())
+                .bind(r.started_at_ms)
+                .bind(r.key_name.clone())
+                .bind(r.route.clone())
+                .bind(r.handle.clone())
+                .bind(r.target.clone())
+                .bind(r.upstream_model.clone())
+                .bind(i64::from(r.status))
+                .bind(r.error_type.clone())
+                .bind(i64::from(r.attempts))
+                .bind(r.latency_ms)
+                .bind(r.ttft_ms)
+                .bind(r.prompt_tokens.map(|t| t as i64))
+                .bind(r.completion_tokens.map(|t| t as i64))
+                .bind(r.streamed);
+        }
+        written += q.execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// Limits of a [`RequestLogWriter`].
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Rows that may wait in the channel; beyond this, rows are dropped and counted.
+    pub capacity: usize,
+    /// Rows per transaction at most.
+    pub batch_size: usize,
+    /// How long the first row of a batch may wait for others before the batch is written.
+    pub flush_interval: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            capacity: 10_000,
+            batch_size: 512,
+            flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counters of a writer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub written: AtomicU64,
+    /// Rows refused because the channel was full or the writer closed.
+    pub dropped: AtomicU64,
+    /// Rows lost because their batch could not be written.
+    pub failed: AtomicU64,
+}
+
+enum Msg {
+    Row(Box<RequestLogRow>),
+    Close(oneshot::Sender<()>),
+}
+
+/// A bounded queue in front of [`insert_batch`], drained by a background task.
+#[derive(Debug)]
+pub struct RequestLogWriter {
+    tx: mpsc::Sender<Msg>,
+    closed: AtomicBool,
+    stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl RequestLogWriter {
+    /// Starts the background task on the current Tokio runtime.
+    pub fn spawn(db: Db, config: WriterConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        tokio::spawn(run(db, config, rx, stats.clone()));
+        RequestLogWriter {
+            tx,
+            closed: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    /// Queues a row without waiting. Returns false (and counts a drop) if the queue is full
+    /// or the writer is closed.
+    pub fn log(&self, row: RequestLogRow) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match self.tx.try_send(Msg::Row(Box::new(row))) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Refuses new rows, writes every queued row, then returns. Safe to call twice.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+}
+
+async fn run(db: Db, cfg: WriterConfig, mut rx: mpsc::Receiver<Msg>, stats: Arc<WriterStats>) {
+    let mut batch: Vec<RequestLogRow> = Vec::with_capacity(cfg.batch_size);
+    loop {
+        let mut close = None;
+        match rx.recv().await {
+            None => break,
+            Some(Msg::Close(done)) => close = Some(done),
+            Some(Msg::Row(r)) => batch.push(*r),
+        }
+        if close.is_none() {
+            let deadline = tokio::time::Instant::now() + cfg.flush_interval;
+            while batch.len() < cfg.batch_size {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Msg::Row(r))) => batch.push(*r),
+                    Ok(Some(Msg::Close(done))) => {
+                        close = Some(done);
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        if close.is_some() {
+            // Rows queued before the close message are all in the channel ahead of it, so
+            // nothing is left behind; drain anything that raced in as well.
+            while let Ok(Msg::Row(r)) = rx.try_recv() {
+                batch.push(*r);
+            }
+        }
+        for chunk in batch.chunks(cfg.batch_size.max(1)) {
+            write(&db, chunk, &stats).await;
+        }
+        batch.clear();
+        if let Some(done) = close {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+async fn write(db: &Db, rows: &[RequestLogRow], stats: &WriterStats) {
+    // One retry: SQLite may report "database is locked" past its busy timeout under a burst.
+    for attempt in 0..2 {
+        match insert_batch(db, rows).await {
+            Ok(n) => {
+                stats.written.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+            Err(e) if attempt == 0 => {
+                tracing::warn!(error = %e, rows = rows.len(), "request log batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "request log batch lost");
+                stats.failed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}

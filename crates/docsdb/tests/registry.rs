@@ -1,0 +1,508 @@
+//! The registry against real SQLite and real Postgres: import, apply, export, keys, views.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use docsdb::apply::{Action, apply};
+use docsdb::formats::{self, Format, jsonl, system_yaml};
+use docsdb::spec::Strategy;
+use docsdb::{Db, Error, keys, read};
+
+fn example(name: &str) -> String {
+    let path = format!("{}/../../docs/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+async fn import(db: &Db, text: &str, file: &str) -> Result<docsdb::apply::ApplyReport, String> {
+    let parsed = formats::parse(text, file).map_err(|e| e.to_string())?;
+    apply(db, &parsed.spec, false).await.map_err(|e| match e {
+        Error::Input(ie) => parsed.locate(ie, file).to_string(),
+        other => other.to_string(),
+    })
+}
+
+async fn export_yaml(db: &Db) -> String {
+    let mut conn = db.pool().acquire().await.unwrap();
+    system_yaml::write(&read::load_spec(&mut conn).await.unwrap())
+}
+
+async fn export_jsonl(db: &Db) -> String {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let handles: Vec<_> = read::handles(&mut conn, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+    jsonl::write(&handles)
+}
+
+async fn count(db: &Db, table: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get::<i64, _>("n")
+        .unwrap()
+}
+
+on_both!(
+    migrating_twice_is_harmless,
+    system_yaml_apply_is_idempotent_and_reports_changes,
+    jsonl_creates_endpoints_and_ordered_targets,
+    yaml_import_export_import_is_a_fixed_point,
+    jsonl_import_export_import_is_a_fixed_point,
+    broken_file_leaves_the_db_unchanged,
+    litellm_config_imports_as_handles,
+    keys_are_hashed_limited_and_revocable,
+    request_log_batches_feed_the_views,
+    request_log_writer_flushes_on_close_and_counts_drops,
+    health_checks_feed_status_and_uptime,
+    model_inventory_orders_by_footprint_with_headroom,
+    dry_run_changes_nothing,
+);
+
+async fn migrating_twice_is_harmless(db: Db) {
+    db.migrate().await.unwrap();
+    db.migrate().await.unwrap();
+    db.ping().await.unwrap();
+}
+
+async fn system_yaml_apply_is_idempotent_and_reports_changes(db: Db) {
+    let text = example("system.yaml");
+    let first = import(&db, &text, "system.yaml").await.unwrap();
+    assert_eq!(first.count(Action::Updated), 0);
+    assert_eq!(first.count(Action::Created), 3 + 6 + 4 + 4 + 3, "{first}");
+
+    let second = import(&db, &text, "system.yaml").await.unwrap();
+    assert!(
+        second.is_noop(),
+        "applying twice changes nothing:\n{second}"
+    );
+
+    let changed = text.replace("strategy: least-busy", "strategy: latency");
+    let third = import(&db, &changed, "system.yaml").await.unwrap();
+    assert_eq!(third.count(Action::Updated), 1, "{third}");
+    let c = third
+        .changes
+        .iter()
+        .find(|c| c.action == Action::Updated)
+        .unwrap();
+    assert_eq!((c.kind, c.name.as_str()), ("handle", "fast"));
+    assert_eq!(c.details, vec!["strategy: \"least-busy\" → \"latency\""]);
+}
+
+async fn jsonl_creates_endpoints_and_ordered_targets(db: Db) {
+    let report = import(&db, &example("handles.jsonl"), "handles.jsonl")
+        .await
+        .unwrap();
+    assert_eq!(report.count(Action::Created), 2 + 3, "{report}");
+    let mut conn = db.pool().acquire().await.unwrap();
+    let endpoints = read::endpoints(&mut conn).await.unwrap();
+    let names: Vec<_> = endpoints.iter().map(|(_, e)| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["127.0.0.1:4010/v1", "orin.lan:4013/v1", "studio-mlx"]
+    );
+    let handles = read::handles(&mut conn, false).await.unwrap();
+    let chat = &handles.iter().find(|(_, h)| h.handle == "chat").unwrap().1;
+    assert_eq!(chat.strategy, Strategy::Priority);
+    assert_eq!(
+        chat.targets[0].endpoint.as_deref(),
+        Some("127.0.0.1:4010/v1")
+    );
+    assert_eq!(chat.targets[0].timeout_ms, Some(60_000));
+    assert_eq!(chat.targets[1].endpoint.as_deref(), Some("studio-mlx"));
+    assert_eq!(chat.targets[1].priority, 1);
+    // Both handles share the local engine's endpoint rather than creating two.
+    assert_eq!(count(&db, "endpoints").await, 3);
+    assert_eq!(count(&db, "handle_targets").await, 4);
+}
+
+async fn yaml_import_export_import_is_a_fixed_point(db: Db) {
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    import(&db, &example("handles.jsonl"), "handles.jsonl")
+        .await
+        .unwrap();
+    let exported = export_yaml(&db).await;
+    // Into the same DB: nothing changes.
+    let again = import(&db, &exported, "export.yaml").await.unwrap();
+    assert!(again.is_noop(), "{again}");
+    // Into a fresh DB: the same registry comes out.
+    let fresh = common::sqlite().await;
+    import(&fresh.db, &exported, "export.yaml").await.unwrap();
+    assert_eq!(export_yaml(&fresh.db).await, exported);
+    fresh.cleanup().await;
+}
+
+async fn jsonl_import_export_import_is_a_fixed_point(db: Db) {
+    import(&db, &example("handles.jsonl"), "handles.jsonl")
+        .await
+        .unwrap();
+    let exported = export_jsonl(&db).await;
+    assert_eq!(exported.lines().count(), 2);
+    let again = import(&db, &exported, "export.jsonl").await.unwrap();
+    assert!(again.is_noop(), "{again}");
+    let fresh = common::sqlite().await;
+    import(&fresh.db, &exported, "export.jsonl").await.unwrap();
+    assert_eq!(export_jsonl(&fresh.db).await, exported);
+    fresh.cleanup().await;
+}
+
+async fn broken_file_leaves_the_db_unchanged(db: Db) {
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let before = export_yaml(&db).await;
+    // Lines 1 and 2 are fine and would create handles; line 3 names a missing endpoint.
+    let text = concat!(
+        r#"{"handle":"new-a","targets":[{"base_url":"http://127.0.0.1:4999/v1","model":"m"}]}"#,
+        "\n",
+        r#"{"handle":"chat","targets":[{"endpoint":"mini-ov","model":"other"}]}"#,
+        "\n",
+        r#"{"handle":"new-b","targets":[{"endpoint":"mini-ov","model":"m"},{"endpoint":"nowhere","model":"m"}]}"#,
+        "\n",
+    );
+    let err = import(&db, text, "handles.jsonl").await.unwrap_err();
+    assert!(
+        err.starts_with("handles.jsonl:3: targets[1].endpoint: endpoint `nowhere`"),
+        "{err}"
+    );
+    assert_eq!(export_yaml(&db).await, before, "no partial import");
+
+    // A semantic error in YAML names its line too.
+    let yaml = "handles:\n  - handle: x\n    targets:\n      - endpoint: mini-ov\n        model: a\n      - endpoint: ghost\n        model: b\n";
+    let err = import(&db, yaml, "system.yaml").await.unwrap_err();
+    assert!(
+        err.starts_with("system.yaml:6: handles[0].targets[1].endpoint:"),
+        "{err}"
+    );
+    // A host that does not exist, referenced by a service.
+    let yaml = "services:\n  - name: s\n    layer: tools\n    host: atlantis\n";
+    let err = import(&db, yaml, "system.yaml").await.unwrap_err();
+    assert!(
+        err.starts_with("system.yaml:4: services[0].host: host `atlantis`"),
+        "{err}"
+    );
+    assert_eq!(export_yaml(&db).await, before);
+}
+
+async fn litellm_config_imports_as_handles(db: Db) {
+    let text = example("litellm-config.yaml");
+    let parsed = formats::parse(&text, "config.yaml").unwrap();
+    assert_eq!(parsed.format, Format::LitellmConfig);
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|w| w.contains("general_settings"))
+    );
+    let report = apply(&db, &parsed.spec, false).await.unwrap();
+    assert_eq!(report.count(Action::Created), 2 + 3, "{report}");
+    let mut conn = db.pool().acquire().await.unwrap();
+    let endpoints = read::endpoints(&mut conn).await.unwrap();
+    let studio = endpoints
+        .iter()
+        .find(|(_, e)| e.base_url == "http://studio.lan:4012/v1")
+        .unwrap();
+    assert_eq!(studio.1.auth_env.as_deref(), Some("STUDIO_API_KEY"));
+    let handles = read::handles(&mut conn, false).await.unwrap();
+    let chat = &handles.iter().find(|(_, h)| h.handle == "chat").unwrap().1;
+    assert_eq!(chat.strategy, Strategy::Weighted);
+    assert_eq!(chat.targets[1].model, "llama3.2:3b");
+    assert_eq!(chat.targets[1].weight, 2);
+    let gpt = &handles
+        .iter()
+        .find(|(_, h)| h.handle == "gpt-4o-mini")
+        .unwrap()
+        .1;
+    assert_eq!(gpt.targets[0].params.as_ref().unwrap()["temperature"], 0.2);
+    drop(conn);
+    // Importing the same config again changes nothing.
+    assert!(apply(&db, &parsed.spec, false).await.unwrap().is_noop());
+}
+
+async fn keys_are_hashed_limited_and_revocable(db: Db) {
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let new = keys::NewKey {
+        name: "laptop".into(),
+        allowed_handles: Some(vec!["chat".into(), "fast".into()]),
+        rpm: Some(60),
+        tpm: Some(10_000),
+        token_budget: Some(1_000_000),
+    };
+    let (info, secret) = keys::create(&db, &new).await.unwrap();
+    assert!(secret.starts_with("sk-hl-") && secret.len() > 40);
+    assert!(secret.starts_with(&info.key_prefix));
+    assert!(info.allows("chat") && !info.allows("big"));
+
+    use sqlx::Row;
+    let stored: String = sqlx::query("SELECT key_hash FROM api_keys WHERE name = 'laptop'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get("key_hash");
+    assert_ne!(stored, secret, "only the hash is stored");
+    assert_eq!(stored, keys::hash_key(&secret));
+
+    let found = keys::find_by_secret(&db, &secret).await.unwrap().unwrap();
+    assert_eq!(found.name, "laptop");
+    assert_eq!(found.rpm, Some(60));
+    assert!(
+        keys::find_by_secret(&db, "sk-hl-wrong")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let dup = keys::create(
+        &db,
+        &keys::NewKey {
+            name: "laptop".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(matches!(dup, Err(Error::Conflict(_))), "{dup:?}");
+    let bad = keys::create(
+        &db,
+        &keys::NewKey {
+            name: "x".into(),
+            allowed_handles: Some(vec!["nope".into()]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        bad.to_string().contains("handle `nope` does not exist"),
+        "{bad}"
+    );
+
+    keys::revoke(&db, "laptop").await.unwrap();
+    assert!(keys::find_by_secret(&db, &secret).await.unwrap().is_none());
+    assert!(matches!(
+        keys::revoke(&db, "laptop").await,
+        Err(Error::NotFound { .. })
+    ));
+    // The name is free again after revocation; the old row stays for the log's sake.
+    keys::create(
+        &db,
+        &keys::NewKey {
+            name: "laptop".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let all = keys::list(&db).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all.iter().filter(|k| k.revoked_at_ms.is_some()).count(), 1);
+}
+
+fn log_row(i: usize, handle: &str, status: u16) -> docsdb::request_log::RequestLogRow {
+    docsdb::request_log::RequestLogRow {
+        request_id: format!("req-{i}"),
+        started_at_ms: docsdb::now_ms() - 1000,
+        key_name: Some("laptop".into()),
+        route: "chat".into(),
+        handle: Some(handle.into()),
+        target: Some("mini-ov".into()),
+        upstream_model: Some("m".into()),
+        status,
+        error_type: (status >= 400).then(|| "upstream_error".into()),
+        attempts: 1,
+        latency_ms: 10.0 + i as f64,
+        ttft_ms: Some(5.0),
+        prompt_tokens: Some(10),
+        completion_tokens: Some(20),
+        streamed: i.is_multiple_of(2),
+    }
+}
+
+async fn request_log_batches_feed_the_views(db: Db) {
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let mut rows: Vec<_> = (0..900).map(|i| log_row(i, "chat", 200)).collect();
+    rows.extend((900..1000).map(|i| log_row(i, "chat", 502)));
+    assert_eq!(
+        docsdb::request_log::insert_batch(&db, &rows).await.unwrap(),
+        1000
+    );
+    assert_eq!(count(&db, "request_log").await, 1000);
+
+    use sqlx::Row;
+    let r = sqlx::query(
+        "SELECT requests_1h, errors_1h, requests_24h, error_rate_24h, prompt_tokens_24h, \
+         completion_tokens_24h, avg_ttft_ms_24h FROM v_handle_stats WHERE handle = 'chat'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(r.get::<i64, _>("requests_1h"), 1000);
+    assert_eq!(r.get::<i64, _>("errors_1h"), 100);
+    assert_eq!(r.get::<i64, _>("requests_24h"), 1000);
+    assert!((r.get::<f64, _>("error_rate_24h") - 0.1).abs() < 1e-9);
+    assert_eq!(r.get::<i64, _>("prompt_tokens_24h"), 10_000);
+    assert_eq!(r.get::<i64, _>("completion_tokens_24h"), 20_000);
+    assert!((r.get::<f64, _>("avg_ttft_ms_24h") - 5.0).abs() < 1e-9);
+    let errors = sqlx::query("SELECT COUNT(*) AS n FROM v_recent_errors WHERE source = 'request'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get::<i64, _>("n");
+    assert_eq!(errors, 100);
+    // A handle without traffic is listed with zeros, not missing.
+    let idle =
+        sqlx::query("SELECT requests_24h, error_rate_24h FROM v_handle_stats WHERE handle = 'big'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(idle.get::<i64, _>("requests_24h"), 0);
+    assert_eq!(idle.get::<Option<f64>, _>("error_rate_24h"), None);
+}
+
+async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
+    use docsdb::request_log::{RequestLogWriter, WriterConfig};
+    use std::sync::atomic::Ordering;
+    let cfg = WriterConfig {
+        capacity: 64,
+        batch_size: 16,
+        flush_interval: std::time::Duration::from_secs(60),
+    };
+    let w = RequestLogWriter::spawn(db.clone(), cfg);
+    // The test runtime has one thread: the writer task cannot run until we yield, so exactly
+    // `capacity` rows fit and the rest are dropped and counted.
+    let accepted = (0..100).filter(|i| w.log(log_row(*i, "chat", 200))).count();
+    assert_eq!(accepted, 64);
+    assert_eq!(w.stats().dropped.load(Ordering::Relaxed), 36);
+    // The flush interval is a minute: only close() gets these rows written now.
+    w.close().await;
+    assert_eq!(w.stats().written.load(Ordering::Relaxed), 64);
+    assert_eq!(count(&db, "request_log").await, 64);
+    assert!(
+        !w.log(log_row(0, "chat", 200)),
+        "a closed writer refuses rows"
+    );
+}
+
+async fn health_checks_feed_status_and_uptime(db: Db) {
+    use docsdb::health::{Check, record, statuses};
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let now = docsdb::now_ms();
+    let ok = Check {
+        ok: true,
+        status_code: Some(200),
+        latency_ms: Some(1.5),
+        error: None,
+    };
+    let down = Check {
+        ok: false,
+        status_code: None,
+        latency_ms: None,
+        error: Some("connection refused".into()),
+    };
+    for i in 0..3 {
+        record(&db, "gateway", now - 60_000 + i * 1000, &ok)
+            .await
+            .unwrap();
+    }
+    record(&db, "mlx-launch", now - 5000, &ok).await.unwrap();
+    record(&db, "mlx-launch", now - 1000, &down).await.unwrap();
+    assert!(record(&db, "nope", now, &ok).await.is_err());
+
+    let st = statuses(&db).await.unwrap();
+    let get = |n: &str| st.iter().find(|s| s.service == n).unwrap();
+    assert_eq!(get("gateway").status, "up");
+    assert_eq!(get("gateway").last_ok, Some(true));
+    assert_eq!(get("mlx-launch").status, "down");
+    assert_eq!(
+        get("mlx-launch").last_error.as_deref(),
+        Some("connection refused")
+    );
+    assert_eq!(get("orin-llm-server").status, "unknown");
+    assert_eq!(get("open-webui").status, "planned");
+
+    use sqlx::Row;
+    let r = sqlx::query(
+        "SELECT checks_1h, ok_1h, uptime_1h FROM v_service_uptime WHERE service = 'mlx-launch'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(r.get::<i64, _>("checks_1h"), 2);
+    assert_eq!(r.get::<i64, _>("ok_1h"), 1);
+    assert!((r.get::<f64, _>("uptime_1h") - 0.5).abs() < 1e-9);
+    let errs = sqlx::query("SELECT subject, error FROM v_recent_errors WHERE source = 'health'")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].get::<String, _>("subject"), "mlx-launch");
+}
+
+async fn model_inventory_orders_by_footprint_with_headroom(db: Db) {
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
+    let inv = read::model_inventory(&mut conn).await.unwrap();
+    let ids: Vec<_> = inv.iter().map(|r| r.model_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "mlx-community/Qwen2.5-32B-Instruct-4bit",
+            "mlx-community/Qwen2.5-7B-Instruct-4bit",
+            "llama-3.2-3b-instruct-q4_k_m",
+            "qwen2.5-1.5b-instruct-int4-ov",
+        ]
+    );
+    let gib = 1i64 << 30;
+    let studio = &inv[0];
+    assert_eq!(studio.host_memory_bytes, Some(64 * gib));
+    assert_eq!(studio.host_headroom_bytes, Some(64 * gib - 25 * gib));
+}
+
+async fn dry_run_changes_nothing(db: Db) {
+    let parsed = formats::parse(&example("system.yaml"), "system.yaml").unwrap();
+    let report = apply(&db, &parsed.spec, true).await.unwrap();
+    assert!(report.count(Action::Created) > 10);
+    assert_eq!(count(&db, "hosts").await, 0);
+    assert_eq!(count(&db, "handles").await, 0);
+}
+
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode_with_a_busy_timeout() {
+    use sqlx::Row;
+    let t = common::sqlite().await;
+    let mut conn = t.db.pool().acquire().await.unwrap();
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "wal");
+    let busy: i64 = sqlx::query("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(busy, 5000);
+    let fk: i64 = sqlx::query("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fk, 1);
+    drop(conn);
+    t.cleanup().await;
+}

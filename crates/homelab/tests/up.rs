@@ -1,0 +1,166 @@
+//! `homelab up` end to end, in process, on port 0s and a temp data folder: a chat through the
+//! gateway to the local engine (the random-weight fixture), plain and streamed, and the
+//! request-log rows it leaves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use homelab::up::{Running, UpOptions, up};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+fn fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
+}
+
+type Started = (
+    Running,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+async fn start(data: &std::path::Path) -> Started {
+    start_with(data, false).await
+}
+
+async fn start_with(data: &std::path::Path, no_engine: bool) -> Started {
+    let opts = UpOptions {
+        data_dir: data.to_owned(),
+        bind_host: "127.0.0.1".into(),
+        gateway_port: 0,
+        engine_port: 0,
+        model: (!no_engine).then(fixture),
+        no_engine,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        up(
+            &opts,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = ready_tx.send(r.clone());
+            },
+        )
+        .await
+        .unwrap();
+    });
+    let running = tokio::time::timeout(Duration::from_secs(60), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    (running, stop_tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, stop, task) = start(dir.path()).await;
+    let gw = format!("http://{}", r.gateway);
+    let c = reqwest::Client::new();
+    // The engine loads in the background; the gateway answers 503 until it is up.
+    let body = json!({"model": "local", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0});
+    let mut answer = None;
+    for _ in 0..200 {
+        let res = c
+            .post(format!("{gw}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            answer = Some(res.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = answer.expect("a chat answer through the gateway");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "tiny-random-gpt2tok-f16");
+    let models: Value = c
+        .get(format!("{gw}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["default", "local"]);
+
+    let mut s = body.clone();
+    s["model"] = json!("default");
+    s["stream"] = json!(true);
+    let text = c
+        .post(format!("{gw}/v1/chat/completions"))
+        .json(&s)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "usage hidden from a client that did not ask"
+    );
+
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let db = docsdb::Db::open(&r.db_url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT handle, target, status, streamed, completion_tokens FROM request_log WHERE status = 200 ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "both requests were logged before exit");
+    assert_eq!(rows[0].get::<String, _>("handle"), "local");
+    assert_eq!(rows[0].get::<String, _>("target"), "local-engine");
+    assert_eq!(rows[1].get::<i64, _>("streamed"), 1);
+    assert!(
+        rows[1].get::<Option<i64>, _>("completion_tokens").is_some(),
+        "tokens counted from the stream"
+    );
+    let services = docsdb::health::statuses(&db).await.unwrap();
+    let names: Vec<&str> = services.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(names, ["gateway", "local-engine"]);
+    db.close().await;
+
+    // A second run reuses what the first made.
+    let (r2, stop2, task2) = start(dir.path()).await;
+    assert_eq!(r2.model_id, r.model_id);
+    stop2.send(()).unwrap();
+    task2.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_without_the_engine_runs_the_gateway_over_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, stop_tx, task) = start_with(dir.path(), true).await;
+    assert!(r.engine.is_none() && r.model_id.is_none());
+    let health = reqwest::get(format!("http://{}/health/ready", r.gateway))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let models: Value = reqwest::get(format!("http://{}/v1/models", r.gateway))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"], json!([]), "no engine, no handles");
+    assert!(!dir.path().join("models").exists(), "nothing was pulled");
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+}

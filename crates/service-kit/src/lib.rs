@@ -1,0 +1,23 @@
+//! What every homelab-llm service shares, so that each service's own crate holds only its
+//! own logic:
+//!
+//! - [`config`]: the flags every service takes (log format, body limit, drain time), with
+//!   environment fallbacks, and value parsers for sizes and durations.
+//! - [`telemetry`]: `tracing` set-up, text or JSON.
+//! - [`health`]: `GET /health` (alive) and `GET /health/ready` (dependencies OK).
+//! - [`request_id`]: `x-request-id` taken from the client or generated, echoed back, and
+//!   put on the request's tracing span.
+//! - [`body`]: the body-size limit (413 in OpenAI shape) and JSON body extractors whose
+//!   rejections are OpenAI-shaped 400/413 errors.
+//! - [`server`]: binding (with `TCP_NODELAY`), the common layers, and graceful shutdown on
+//!   SIGTERM/SIGINT that drains in-flight requests and then runs flush hooks.
+
+pub mod body;
+pub mod config;
+mod error;
+pub mod health;
+pub mod request_id;
+pub mod server;
+pub mod telemetry;
+
+pub use error::Error;

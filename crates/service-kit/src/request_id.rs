@@ -1,0 +1,81 @@
+//! `x-request-id`: taken from the client when it is sane, generated otherwise, stored in the
+//! request's extensions as [`RequestId`], returned on the response, and recorded on a
+//! `request` tracing span around the whole request.
+//!
+//! A client id is kept only if it is 1–128 visible ASCII characters: an id goes into logs,
+//! upstream headers and the request log, so an unbounded or binary one is replaced.
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+/// The header name.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-supplied id we keep.
+pub const MAX_LEN: usize = 128;
+
+/// The request's id, in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A fresh id: a UUIDv7, so ids sort by time.
+pub fn generate() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Whether a client-supplied id is acceptable.
+pub fn is_valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// The middleware (use with `axum::middleware::from_fn`).
+pub async fn layer(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| is_valid(s))
+        .map(str::to_owned)
+        .unwrap_or_else(generate);
+    // Downstream code (and the upstream request) sees the id we settled on.
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let mut res = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity() {
+        assert!(is_valid("abc-123_XYZ"));
+        assert!(!is_valid(""));
+        assert!(!is_valid("has space"));
+        assert!(!is_valid(&"x".repeat(MAX_LEN + 1)));
+        assert!(is_valid(&generate()));
+        assert_ne!(generate(), generate());
+    }
+}

@@ -1,0 +1,20 @@
+//! Test servers standing in for systems that tests cannot run: an OpenAI-compatible model
+//! server ([`upstream`]) and SearXNG ([`searxng`]). They speak the real wire formats and can
+//! be told, at run time, to be slow, to fail, to compress, or to die half-way through a
+//! stream. Every request they receive is recorded for assertions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod fast;
+pub mod searxng;
+pub mod upstream;
+
+/// Binds 127.0.0.1:0 and serves `app` in the background; returns the address.
+pub async fn spawn(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}

@@ -1,0 +1,104 @@
+//! Who is calling: the master key, a virtual key, or nobody (only when no master key is
+//! configured).
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use docsdb::keys::{KeyInfo, hash_key};
+
+use crate::error::Error;
+use crate::table::Snapshot;
+
+/// The caller of one request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No master key is configured and the request carried no known key.
+    Anonymous,
+    Master,
+    Key(Arc<KeyInfo>),
+}
+
+impl Caller {
+    /// The name recorded in the request log.
+    pub fn log_name(&self) -> Option<String> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Master => Some("master".into()),
+            Caller::Key(k) => Some(k.name.clone()),
+        }
+    }
+
+    /// Whether the caller may use `handle`.
+    pub fn allows(&self, handle: &str) -> bool {
+        match self {
+            Caller::Anonymous | Caller::Master => true,
+            Caller::Key(k) => k.allows(handle),
+        }
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Identifies the caller. With a master key configured (`master_hash`), a key is required.
+pub fn authenticate(
+    headers: &HeaderMap,
+    master_hash: Option<&str>,
+    table: &Snapshot,
+) -> Result<Caller, Error> {
+    let token = bearer(headers);
+    let hash = token.map(hash_key);
+    if let (Some(master), Some(h)) = (master_hash, hash.as_deref())
+        && master == h
+    {
+        return Ok(Caller::Master);
+    }
+    if let Some(key) = hash.as_deref().and_then(|h| table.keys.get(h)) {
+        return Ok(Caller::Key(key.clone()));
+    }
+    match (master_hash, token) {
+        (None, _) => Ok(Caller::Anonymous),
+        (Some(_), None) => Err(Error::MissingKey),
+        (Some(_), Some(_)) => Err(Error::InvalidKey),
+    }
+}
+
+/// Whether an address is loopback (binding elsewhere without a master key is refused).
+pub fn is_loopback_bind(bind: &str) -> bool {
+    match bind.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => bind.starts_with("localhost:"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, "Bearer  sk-1 ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-1"));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn loopback_binds() {
+        assert!(is_loopback_bind("127.0.0.1:4000"));
+        assert!(is_loopback_bind("[::1]:4000"));
+        assert!(is_loopback_bind("localhost:4000"));
+        assert!(!is_loopback_bind("0.0.0.0:4000"));
+        assert!(!is_loopback_bind("192.168.1.5:4000"));
+    }
+}

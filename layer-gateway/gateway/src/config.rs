@@ -1,0 +1,95 @@
+//! The gateway's flags, with environment fallbacks and every limit explicit.
+
+use std::time::Duration;
+
+use clap::Parser;
+use service_kit::config::{CommonArgs, duration, size};
+
+/// homelab-llm gateway: routes OpenAI-compatible requests by handle, with fallbacks,
+/// virtual keys, limits and a request log.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOMELAB_GATEWAY_BIND", default_value = "127.0.0.1:4000")]
+    pub bind: String,
+
+    /// The system-docs DB.
+    #[arg(long, env = "HOMELAB_DB", default_value = docsdb::DEFAULT_DB_URL)]
+    pub db: String,
+
+    /// The master key. With it, every /v1 call needs `Authorization: Bearer <master or
+    /// virtual key>`. Set it through the environment so it does not show in `ps`.
+    #[arg(long, env = "HOMELAB_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+
+    /// Serve without any key on a non-loopback address (refused otherwise).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
+    /// How often the handle and key tables are re-read from the DB.
+    #[arg(long, env = "HOMELAB_GATEWAY_RELOAD_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub reload_interval: Duration,
+
+    /// Extra attempts on the same target after a connection error, before falling back.
+    #[arg(long, default_value_t = 1)]
+    pub retries: u32,
+
+    /// Consecutive failures that open a target's circuit breaker.
+    #[arg(long, default_value_t = 3)]
+    pub breaker_failures: u32,
+
+    /// How long an open breaker keeps its target out before one probe request is let through.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub breaker_cooldown: Duration,
+
+    /// Default connect timeout (a target's `connect_timeout_ms` overrides it).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// Default time to the first byte of the answer (`first_byte_timeout_ms`).
+    #[arg(long, default_value = "120s", value_parser = duration)]
+    pub first_byte_timeout: Duration,
+
+    /// Default longest silence between stream chunks (`idle_timeout_ms`).
+    #[arg(long, default_value = "120s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// Default total time for a request (`timeout_ms`).
+    #[arg(long, default_value = "30m", value_parser = duration)]
+    pub total_timeout: Duration,
+
+    /// Time limit of one web search (all SearXNG pages together).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub search_timeout: Duration,
+
+    /// Requests handled at once; more get 503 at once rather than queueing without bound.
+    #[arg(long, default_value_t = 4096)]
+    pub max_concurrency: usize,
+
+    /// Largest non-streamed upstream answer buffered (streams are not buffered).
+    #[arg(long, default_value = "64MiB", value_parser = size)]
+    pub max_response: u64,
+
+    /// Request-log rows that may wait for the writer; beyond this they are dropped and counted.
+    #[arg(long, default_value_t = 10_000)]
+    pub log_queue: usize,
+
+    /// Request-log rows per transaction.
+    #[arg(long, default_value_t = 512)]
+    pub log_batch: usize,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: defaults, this DB, this bind address.
+    pub fn new(db: &str, bind: &str) -> Self {
+        let mut c = Config::parse_from(["gateway"]);
+        c.db = db.to_owned();
+        c.bind = bind.to_owned();
+        c.master_key = None;
+        c
+    }
+}

@@ -1,0 +1,124 @@
+//! The gateway's one error type, turned into OpenAI error JSON at the edge.
+
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use contract::ApiError;
+
+/// What can go wrong with a request (or at start-up).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing API key")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("the master key is required")]
+    MasterKeyRequired,
+    /// Unknown handle, or one the key may not use: the same answer, so a key cannot probe.
+    #[error("unknown handle `{0}`")]
+    UnknownHandle(String),
+    #[error("{what} limit of {limit} per minute reached")]
+    RateLimited {
+        what: &'static str,
+        limit: i64,
+        retry_after_s: u64,
+    },
+    #[error("token budget of {budget} spent")]
+    BudgetSpent { budget: i64 },
+    #[error("{0}")]
+    BadRequest(String),
+    /// Every target failed; the reasons are in the log under the request id.
+    #[error("all targets of `{handle}` failed ({attempts} attempts)")]
+    AllTargetsFailed {
+        handle: String,
+        attempts: u32,
+        timed_out: bool,
+    },
+    #[error("no search tool `{0}`")]
+    UnknownSearchTool(String),
+    #[error("search failed: {0}")]
+    Search(String),
+    #[error("the gateway is at its concurrency limit")]
+    Overloaded,
+    #[error("{0}")]
+    Db(#[from] docsdb::Error),
+    #[error(
+        "refusing to listen on {0} without a master key; set HOMELAB_MASTER_KEY or pass --allow-unauthenticated"
+    )]
+    UnsafeBind(String),
+    #[error("{0}")]
+    Service(#[from] service_kit::Error),
+}
+
+impl Error {
+    /// The wire form.
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            Error::MissingKey => ApiError::invalid_api_key(
+                "You didn't provide an API key. Send `Authorization: Bearer <key>`.",
+            ),
+            Error::InvalidKey => ApiError::invalid_api_key("Incorrect API key provided."),
+            Error::MasterKeyRequired => {
+                ApiError::invalid_api_key("This endpoint needs the master key.")
+            }
+            Error::UnknownHandle(h) => ApiError::model_not_found(h),
+            Error::RateLimited { .. } => ApiError::rate_limited(self.to_string()),
+            Error::BudgetSpent { .. } => {
+                ApiError::quota_exceeded(format!("{self}; ask the operator for a new budget"))
+            }
+            Error::BadRequest(m) => ApiError::bad_request(m.clone()),
+            Error::AllTargetsFailed {
+                handle,
+                timed_out: true,
+                ..
+            } => ApiError::gateway_timeout(format!(
+                "no backend of `{handle}` answered in time; see the gateway log"
+            )),
+            Error::AllTargetsFailed { handle, .. } => ApiError::service_unavailable(format!(
+                "no backend of `{handle}` is available right now; see the gateway log"
+            )),
+            Error::UnknownSearchTool(t) => {
+                ApiError::not_found(format!("no search tool `{t}` is configured"))
+            }
+            Error::Search(_) => {
+                ApiError::bad_gateway("the search backend failed; see the gateway log")
+            }
+            Error::Overloaded => ApiError::service_unavailable(
+                "the gateway is at its concurrency limit; retry shortly",
+            ),
+            Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) => {
+                ApiError::internal("internal error; see the gateway log")
+            }
+        }
+    }
+
+    /// The short kind recorded in the request log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::MissingKey | Error::InvalidKey | Error::MasterKeyRequired => "auth",
+            Error::UnknownHandle(_) => "model_not_found",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::BudgetSpent { .. } => "budget_spent",
+            Error::BadRequest(_) => "bad_request",
+            Error::AllTargetsFailed {
+                timed_out: true, ..
+            } => "timeout",
+            Error::AllTargetsFailed { .. } => "all_targets_failed",
+            Error::UnknownSearchTool(_) => "unknown_search_tool",
+            Error::Search(_) => "search_failed",
+            Error::Overloaded => "overloaded",
+            Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut res = self.to_api().into_response();
+        if let Error::RateLimited { retry_after_s, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
+        {
+            res.headers_mut().insert("retry-after", v);
+        }
+        res
+    }
+}

@@ -1,0 +1,100 @@
+//! The homelab-llm gateway: the single entry point for model traffic.
+//!
+//! A request's `model` names a **handle**; the handle's targets (endpoint + upstream model)
+//! are tried in the order its strategy gives ([`routing`]), skipping targets whose circuit
+//! breaker is open, retrying and falling back only while nothing has reached the client
+//! ([`proxy`]). The body goes upstream byte for byte except `model` and unset defaults
+//! ([`rewrite`]); SSE streams are relayed chunk by chunk. Keys and limits ([`auth`],
+//! [`limits`]) are checked against an in-memory table ([`table`]) that reloads when the
+//! system-docs DB changes. Every request becomes one `request_log` row, written in batches
+//! off the request path; `/metrics` exposes the rest ([`metrics`]).
+//!
+//! Start reading at [`app`] and [`proxy::forward`].
+
+pub mod auth;
+mod config;
+mod error;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod rewrite;
+pub mod routes;
+pub mod routing;
+pub mod state;
+pub mod table;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use config::Config;
+pub use error::Error;
+pub use state::AppState;
+
+/// The gateway's routes, on `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    use routes::{admin, models, openai, search};
+    let api = Router::new()
+        .route("/chat/completions", post(openai::chat))
+        .route("/completions", post(openai::completions))
+        .route("/embeddings", post(openai::embeddings))
+        .route("/models", get(models::list))
+        .route("/models/{id}", get(models::get))
+        .route("/search", post(search::default_tool))
+        .route("/search/{tool}", post(search::named_tool));
+    Router::new()
+        .nest("/v1", api.clone())
+        .merge(api)
+        .route("/admin/reload", post(admin::reload))
+        .route("/metrics", get(admin::metrics))
+        .with_state(state.clone())
+        .merge(service_kit::health::routes(admin::ready_check(&state)))
+}
+
+/// Checks the bind address against the key setting: without a master key, only loopback
+/// unless `--allow-unauthenticated`.
+pub fn check_bind(config: &Config) -> Result<(), Error> {
+    if config.master_key.is_none()
+        && !config.allow_unauthenticated
+        && !auth::is_loopback_bind(&config.bind)
+    {
+        return Err(Error::UnsafeBind(config.bind.clone()));
+    }
+    Ok(())
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains requests and flushes the log.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    check_bind(&config)?;
+    let listener = service_kit::server::bind(&config.bind).await?;
+    let state = AppState::new(config).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Runs the gateway on a bound listener (tests bind 127.0.0.1:0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    state.spawn_reloader();
+    let body_limit = state.config.common.body_limit;
+    let drain = state.config.common.drain_timeout;
+    let router = service_kit::server::with_common_layers(app(state.clone()), body_limit).layer(
+        axum::middleware::from_fn_with_state(state.clone(), proxy::log_edge_rejections),
+    );
+    let flush = state.clone();
+    let plan = service_kit::server::ShutdownPlan::new(shutdown, drain).on_shutdown(
+        service_kit::server::flush_hook(move || async move {
+            flush.log.close().await;
+            tracing::info!("request log flushed");
+        }),
+    );
+    service_kit::server::serve(listener, router, plan).await?;
+    Ok(())
+}

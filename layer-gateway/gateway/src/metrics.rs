@@ -1,0 +1,215 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text).
+//!
+//! Per handle and target: requests, errors, latency and time-to-first-token histograms,
+//! tokens, in-flight requests, upstream attempts by outcome. At scrape time: request-log rows
+//! written/dropped/failed and each target's circuit state.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub handle: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub route: String,
+    pub handle: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub handle: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub handle: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub handle: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub handle: String,
+    pub target: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandleLabels {
+    pub handle: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~8 min.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub ttft: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    pub attempts: Family<AttemptLabels, Counter>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub in_flight: Family<HandleLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("homelab_gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let ttft = Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let in_flight = Family::<HandleLabels, Gauge>::default();
+        registry.register(
+            "requests",
+            "Client requests by route, handle and status",
+            requests.clone(),
+        );
+        registry.register("errors", "Failed client requests by kind", errors.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time until the last byte",
+            duration.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time until the first byte of the answer",
+            ttft.clone(),
+        );
+        registry.register(
+            "upstream_attempts",
+            "Requests sent to targets, by outcome",
+            attempts.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens by kind (prompt, completion)",
+            tokens.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Client requests being served",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            errors,
+            duration,
+            ttft,
+            attempts,
+            tokens,
+            in_flight,
+        }
+    }
+}
+
+/// Values read at scrape time.
+pub struct ScrapeExtras {
+    pub log_written: u64,
+    pub log_dropped: u64,
+    pub log_failed: u64,
+    /// (target key, breaker state 0/1/2, requests in flight)
+    pub targets: Vec<(String, i64, u64)>,
+}
+
+impl Metrics {
+    /// The OpenMetrics text of everything.
+    pub fn render(&self, extras: &ScrapeExtras) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP homelab_gateway_{name} {help}.");
+            let _ = writeln!(out, "# TYPE homelab_gateway_{name} counter");
+            let _ = writeln!(out, "homelab_gateway_{name}_total {v}");
+        };
+        counter(
+            &mut out,
+            "request_log_rows_written",
+            "Request-log rows written to the DB",
+            extras.log_written,
+        );
+        counter(
+            &mut out,
+            "request_log_rows_dropped",
+            "Request-log rows dropped because the queue was full",
+            extras.log_dropped,
+        );
+        counter(
+            &mut out,
+            "request_log_rows_failed",
+            "Request-log rows lost to DB errors",
+            extras.log_failed,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP homelab_gateway_circuit_state Circuit breaker per target: 0 closed, 1 open, 2 half-open."
+        );
+        let _ = writeln!(out, "# TYPE homelab_gateway_circuit_state gauge");
+        for (t, state, _) in &extras.targets {
+            let _ = writeln!(
+                out,
+                "homelab_gateway_circuit_state{{target=\"{}\"}} {state}",
+                escape(t)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP homelab_gateway_target_in_flight_requests Requests in flight per target."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE homelab_gateway_target_in_flight_requests gauge"
+        );
+        for (t, _, n) in &extras.targets {
+            let _ = writeln!(
+                out,
+                "homelab_gateway_target_in_flight_requests{{target=\"{}\"}} {n}",
+                escape(t)
+            );
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

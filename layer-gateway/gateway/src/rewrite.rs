@@ -1,0 +1,262 @@
+//! Editing a JSON request body without re-serialising it.
+//!
+//! The gateway forwards the client's bytes; only the top-level `model` value is replaced,
+//! defaults the client did not set are appended, and (for streams) `stream_options` gets
+//! `include_usage`. [`scan`] finds each top-level member's byte span with serde_json (so
+//! strings, escapes and nesting are handled by a real parser); [`rewrite`] splices.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// One top-level member: its key and the byte range of its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub key: String,
+    pub value: Range<usize>,
+}
+
+/// The top-level members of a JSON object, and the offset of its closing brace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scanned {
+    pub members: Vec<Member>,
+    pub close: usize,
+}
+
+impl Scanned {
+    /// The raw bytes of the value of `key`.
+    pub fn get<'a>(&self, body: &'a [u8], key: &str) -> Option<&'a [u8]> {
+        self.members
+            .iter()
+            .find(|m| m.key == key)
+            .map(|m| &body[m.value.clone()])
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// Reads one JSON value of type `T` at `i`; returns it and the offset after it.
+fn read_at<'a, T: Deserialize<'a>>(b: &'a [u8], i: usize) -> Result<(T, usize), String> {
+    let mut it = serde_json::Deserializer::from_slice(&b[i..]).into_iter::<T>();
+    match it.next() {
+        Some(Ok(v)) => Ok((v, i + it.byte_offset())),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("unexpected end of the body at byte {i}")),
+    }
+}
+
+/// Finds the top-level members of the object in `body`. Errors describe malformed JSON.
+pub fn scan(body: &[u8]) -> Result<Scanned, String> {
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return Err("the body must be a JSON object".into());
+    }
+    i += 1;
+    let mut members = Vec::new();
+    loop {
+        i = skip_ws(body, i);
+        match body.get(i) {
+            Some(b'}') if members.is_empty() => break,
+            Some(b'"') => {}
+            _ => return Err(format!("expected a key at byte {i}")),
+        }
+        let (key, after_key): (String, usize) = read_at(body, i)?;
+        i = skip_ws(body, after_key);
+        if body.get(i) != Some(&b':') {
+            return Err(format!("expected `:` at byte {i}"));
+        }
+        let start = skip_ws(body, i + 1);
+        let (_, end): (&RawValue, usize) = read_at(body, start)?;
+        members.push(Member {
+            key,
+            value: start..end,
+        });
+        i = skip_ws(body, end);
+        match body.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return Err(format!("expected `,` or `}}` at byte {i}")),
+        }
+    }
+    let close = i;
+    if skip_ws(body, close + 1) != body.len() {
+        return Err("trailing characters after the JSON object".into());
+    }
+    Ok(Scanned { members, close })
+}
+
+/// What to change.
+#[derive(Debug, Default)]
+pub struct Edits<'a> {
+    /// The new `model` value.
+    pub model: Option<&'a str>,
+    /// Members to add where the client did not send them.
+    pub defaults: Option<&'a Map<String, Value>>,
+    /// Make `stream_options.include_usage` true.
+    pub include_usage: bool,
+}
+
+/// Applies `edits` to `body`, whose members are `scanned`.
+pub fn rewrite(body: &[u8], scanned: &Scanned, edits: &Edits<'_>) -> Vec<u8> {
+    let find = |k: &str| scanned.members.iter().find(|m| m.key == k);
+    // Values replaced in place, and members appended before the closing brace.
+    let mut replace: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
+    let mut append: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(model) = edits.model {
+        let v = serde_json::to_vec(model).unwrap_or_default();
+        match find("model") {
+            Some(m) => replace.push((m.value.clone(), v)),
+            None => append.push(("model".into(), v)),
+        }
+    }
+    if edits.include_usage {
+        match find("stream_options") {
+            Some(m) => {
+                let mut opts: Map<String, Value> =
+                    serde_json::from_slice(&body[m.value.clone()]).unwrap_or_default();
+                opts.insert("include_usage".into(), Value::Bool(true));
+                replace.push((
+                    m.value.clone(),
+                    serde_json::to_vec(&opts).unwrap_or_default(),
+                ));
+            }
+            None => append.push((
+                "stream_options".into(),
+                br#"{"include_usage":true}"#.to_vec(),
+            )),
+        }
+    }
+    if let Some(defaults) = edits.defaults {
+        for (k, v) in defaults {
+            if find(k).is_none() && !append.iter().any(|(a, _)| a == k) {
+                append.push((k.clone(), serde_json::to_vec(v).unwrap_or_default()));
+            }
+        }
+    }
+    replace.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut pos = 0;
+    for (range, bytes) in replace {
+        out.extend_from_slice(&body[pos..range.start]);
+        out.extend_from_slice(&bytes);
+        pos = range.end;
+    }
+    out.extend_from_slice(&body[pos..scanned.close]);
+    let mut need_comma = !scanned.members.is_empty();
+    for (k, v) in append {
+        if need_comma {
+            out.push(b',');
+        }
+        out.extend_from_slice(&serde_json::to_vec(&k).unwrap_or_default());
+        out.push(b':');
+        out.extend_from_slice(&v);
+        need_comma = true;
+    }
+    out.extend_from_slice(&body[scanned.close..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(body: &str, e: &Edits<'_>) -> String {
+        let s = scan(body.as_bytes()).unwrap();
+        String::from_utf8(rewrite(body.as_bytes(), &s, e)).unwrap()
+    }
+
+    #[test]
+    fn only_the_model_changes_byte_for_byte() {
+        let body = "{ \"messages\" : [{\"role\":\"user\",\"content\":\"a \\\"model\\\": x\"}],\n  \"model\":\"chat\" , \"x\":{\"model\":\"inner\"} }";
+        let out = edit(
+            body,
+            &Edits {
+                model: Some("qwen/2.5"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            out,
+            body.replace("\"model\":\"chat\"", "\"model\":\"qwen/2.5\"")
+        );
+    }
+
+    #[test]
+    fn defaults_fill_only_what_is_missing() {
+        let mut d = Map::new();
+        d.insert("temperature".into(), Value::from(0.2));
+        d.insert("top_k".into(), Value::from(40));
+        let out = edit(
+            r#"{"model":"m","temperature":0.9}"#,
+            &Edits {
+                defaults: Some(&d),
+                ..Default::default()
+            },
+        );
+        assert_eq!(out, r#"{"model":"m","temperature":0.9,"top_k":40}"#);
+    }
+
+    #[test]
+    fn include_usage_is_added_or_merged() {
+        let out = edit(
+            r#"{"model":"m","stream":true}"#,
+            &Edits {
+                include_usage: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            out,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        let out = edit(
+            r#"{"model":"m","stream_options":{"x":1,"include_usage":false},"stream":true}"#,
+            &Edits {
+                include_usage: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            out,
+            r#"{"model":"m","stream_options":{"x":1,"include_usage":true},"stream":true}"#
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        for bad in [
+            "",
+            "[]",
+            "{",
+            r#"{"a":}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1} x"#,
+            r#"{"a" 1}"#,
+        ] {
+            assert!(scan(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert_eq!(scan(b" {} ").unwrap().members.len(), 0);
+    }
+
+    #[test]
+    fn empty_object_gets_valid_members() {
+        let out = edit(
+            "{}",
+            &Edits {
+                model: Some("m"),
+                include_usage: true,
+                ..Default::default()
+            },
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+}

@@ -1,0 +1,240 @@
+//! The gateway's shared state: the routing table (swapped whole on reload), live target
+//! state, limits, the request-log writer, metrics and the HTTP clients.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use docsdb::Db;
+use docsdb::request_log::{RequestLogRow, RequestLogWriter, WriterConfig};
+use sqlx::Row;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::limits::Limiter;
+use crate::metrics::{Metrics, ScrapeExtras};
+use crate::routing::TargetState;
+use crate::routing::breaker::BreakerConfig;
+use crate::table::{self, Snapshot, Timeouts};
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+    pub table: ArcSwap<Snapshot>,
+    targets: Mutex<HashMap<String, Arc<TargetState>>>,
+    pub limiter: Limiter,
+    /// Tokens used per key id, for budgets.
+    spent: Mutex<HashMap<i64, u64>>,
+    pub log: RequestLogWriter,
+    pub metrics: Metrics,
+    clients: Mutex<HashMap<u128, reqwest::Client>>,
+    /// SHA-256 of the master key, if one is configured.
+    pub master_hash: Option<String>,
+    pub concurrency: Arc<Semaphore>,
+    loaded: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("bind", &self.config.bind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Opens the DB (migrating it), loads the table and starts the request-log writer.
+    pub async fn new(config: Config) -> Result<Arc<Self>, crate::Error> {
+        let db = Db::open(&config.db).await?;
+        let log = RequestLogWriter::spawn(
+            db.clone(),
+            WriterConfig {
+                capacity: config.log_queue,
+                batch_size: config.log_batch,
+                ..WriterConfig::default()
+            },
+        );
+        let state = Arc::new(AppState {
+            master_hash: config.master_key.as_deref().map(docsdb::keys::hash_key),
+            concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            config,
+            db,
+            table: ArcSwap::from_pointee(Snapshot::default()),
+            targets: Mutex::new(HashMap::new()),
+            limiter: Limiter::default(),
+            spent: Mutex::new(HashMap::new()),
+            log,
+            metrics: Metrics::default(),
+            clients: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+        });
+        state.reload(true).await?;
+        Ok(state)
+    }
+
+    fn default_timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.config.connect_timeout,
+            first_byte: self.config.first_byte_timeout,
+            idle: self.config.idle_timeout,
+            total: self.config.total_timeout,
+        }
+    }
+
+    /// Re-reads the table if the registry changed (always with `force`). Returns whether a
+    /// new table was installed.
+    pub async fn reload(&self, force: bool) -> Result<bool, crate::Error> {
+        if !force && table::fingerprint(&self.db).await? == self.table.load().fingerprint {
+            return Ok(false);
+        }
+        let snap = table::load(&self.db, self.default_timeouts()).await?;
+        self.load_budgets(&snap).await?;
+        tracing::info!(
+            handles = snap.handles.len(),
+            keys = snap.keys.len(),
+            "routing table loaded"
+        );
+        self.table.store(Arc::new(snap));
+        self.loaded.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Whether a table has been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Reads how many tokens keys with a budget have used (once per key).
+    async fn load_budgets(&self, snap: &Snapshot) -> Result<(), crate::Error> {
+        for key in snap.keys.values().filter(|k| k.token_budget.is_some()) {
+            let known = self
+                .spent
+                .lock()
+                .map(|m| m.contains_key(&key.id))
+                .unwrap_or(true);
+            if known {
+                continue;
+            }
+            let used: Option<i64> = sqlx::query(
+                "SELECT CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS BIGINT) AS n \
+                 FROM request_log WHERE key_name = $1 AND started_at_ms >= $2",
+            )
+            .bind(&key.name)
+            .bind(key.created_at_ms)
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(docsdb::Error::from)?
+            .try_get("n")
+            .map_err(docsdb::Error::from)?;
+            if let Ok(mut m) = self.spent.lock() {
+                m.entry(key.id).or_insert(used.unwrap_or(0).max(0) as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens a key has used.
+    pub fn spent(&self, key_id: i64) -> u64 {
+        self.spent
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key_id).copied())
+            .unwrap_or(0)
+    }
+
+    /// Adds tokens to a key's spend.
+    pub fn add_spent(&self, key_id: i64, tokens: u64) {
+        if let Ok(mut m) = self.spent.lock() {
+            *m.entry(key_id).or_default() += tokens;
+        }
+    }
+
+    /// Re-reads the table every `reload_interval` until the state is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.config.reload_interval.max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(state) = weak.upgrade() else { return };
+                if let Err(e) = state.reload(false).await {
+                    tracing::warn!(error = %e, "reloading the routing table failed; keeping the old one");
+                }
+            }
+        });
+    }
+
+    /// The live state of a target.
+    pub fn target_state(&self, key: &str) -> Arc<TargetState> {
+        let cfg = BreakerConfig {
+            failures: self.config.breaker_failures,
+            cooldown: self.config.breaker_cooldown,
+        };
+        let Ok(mut m) = self.targets.lock() else {
+            return Arc::new(TargetState::new(cfg));
+        };
+        // Looked up on every request: no key allocation unless the target is new.
+        if let Some(s) = m.get(key) {
+            return s.clone();
+        }
+        m.entry(key.to_owned())
+            .or_insert_with(|| Arc::new(TargetState::new(cfg)))
+            .clone()
+    }
+
+    /// An HTTP client with this connect timeout (clients are shared per timeout value).
+    pub fn client(&self, connect: Duration) -> reqwest::Client {
+        let build = || {
+            reqwest::Client::builder()
+                .connect_timeout(connect)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                // Bodies pass through as the upstream encoded them; never decode here.
+                .no_gzip()
+                .no_brotli()
+                .no_deflate()
+                .no_zstd()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        };
+        match self.clients.lock() {
+            Ok(mut m) => m.entry(connect.as_millis()).or_insert_with(build).clone(),
+            Err(_) => build(),
+        }
+    }
+
+    /// Queues a request-log row (never waits).
+    pub fn log(&self, row: RequestLogRow) {
+        self.log.log(row);
+    }
+
+    /// The `/metrics` text.
+    pub fn render_metrics(&self) -> String {
+        let now = std::time::Instant::now();
+        let mut targets: Vec<(String, i64, u64)> = self
+            .targets
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, s)| (k.clone(), s.breaker_gauge(now), s.in_flight()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        targets.sort();
+        let stats = self.log.stats();
+        self.metrics.render(&ScrapeExtras {
+            log_written: stats.written.load(Ordering::Relaxed),
+            log_dropped: stats.dropped.load(Ordering::Relaxed),
+            log_failed: stats.failed.load(Ordering::Relaxed),
+            targets,
+        })
+    }
+}

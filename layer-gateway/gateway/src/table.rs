@@ -1,0 +1,207 @@
+//! The routing table: handles, targets, keys and search tools, loaded from the system-docs
+//! DB into an immutable [`Snapshot`] that requests read without locks and that reloads swap
+//! whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use docsdb::keys::KeyInfo;
+use docsdb::spec::{Api, Strategy};
+use docsdb::{Db, read};
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+/// Time limits of one target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+/// One place a handle's requests can go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// `endpoint/upstream-model`: identifies the target's live state across reloads.
+    pub key: String,
+    pub endpoint: String,
+    pub base_url: String,
+    pub api: Api,
+    /// `Bearer <value of auth_env>`, read when the table was loaded.
+    pub auth: Option<HeaderValue>,
+    pub upstream_model: String,
+    pub priority: i64,
+    pub weight: i64,
+    pub timeouts: Timeouts,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub params: Option<Map<String, Value>>,
+}
+
+/// A routing handle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handle {
+    pub name: String,
+    pub description: Option<String>,
+    pub strategy: Strategy,
+    /// Seconds since the epoch, for `/v1/models`.
+    pub created: i64,
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// A SearXNG instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchTool {
+    pub name: String,
+    pub base_url: String,
+    pub auth: Option<HeaderValue>,
+}
+
+/// Everything routing needs, as of one load.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub handles: HashMap<String, Arc<Handle>>,
+    /// Live keys by the SHA-256 of their secret.
+    pub keys: HashMap<String, Arc<KeyInfo>>,
+    /// Search tools; the first is the default of `POST /v1/search`.
+    pub search: Vec<SearchTool>,
+    /// What the DB looked like (see [`fingerprint`]).
+    pub fingerprint: Vec<i64>,
+}
+
+impl Snapshot {
+    /// Handles sorted by name.
+    pub fn handle_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.handles.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// A cheap summary of the registry tables: when it changes, the table is reloaded.
+pub async fn fingerprint(db: &Db) -> docsdb::Result<Vec<i64>> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM handles) AS a, \
+                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM handles) AS b, \
+                (SELECT COUNT(*) FROM handle_targets) AS c, \
+                (SELECT COUNT(*) FROM endpoints) AS d, \
+                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM endpoints) AS e, \
+                (SELECT COUNT(*) FROM api_keys) AS f, \
+                (SELECT COALESCE(MAX(revoked_at_ms), 0) FROM api_keys) AS g",
+    )
+    .fetch_one(db.pool())
+    .await
+    .map_err(docsdb::Error::from)?;
+    ["a", "b", "c", "d", "e", "f", "g"]
+        .iter()
+        .map(|c| row.try_get::<i64, _>(*c).map_err(docsdb::Error::from))
+        .collect()
+}
+
+fn bearer(auth_env: Option<&str>, what: &str) -> Option<HeaderValue> {
+    let name = auth_env?;
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => HeaderValue::from_str(&format!("Bearer {v}")).ok(),
+        _ => {
+            tracing::warn!(%what, env = %name, "auth_env is not set; calling without a key");
+            None
+        }
+    }
+}
+
+/// Loads the whole table.
+pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
+    let fingerprint = fingerprint(db).await?;
+    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
+    let endpoints: HashMap<String, _> = read::endpoints(&mut conn)
+        .await?
+        .into_iter()
+        .map(|(_, e)| (e.name.clone(), e))
+        .collect();
+    let created: HashMap<String, i64> = sqlx::query("SELECT name, created_at_ms FROM handles")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(docsdb::Error::from)?
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.try_get("name").ok()?,
+                r.try_get::<i64, _>("created_at_ms").ok()?,
+            ))
+        })
+        .collect();
+    // One lookup (and one warning) per endpoint, not per target.
+    let auth: HashMap<&str, Option<HeaderValue>> = endpoints
+        .values()
+        .map(|e| (e.name.as_str(), bearer(e.auth_env.as_deref(), &e.name)))
+        .collect();
+    let mut handles = HashMap::new();
+    for (_, h) in read::handles(&mut conn, false).await? {
+        let mut targets = Vec::with_capacity(h.targets.len());
+        for t in &h.targets {
+            let Some(e) = t.endpoint.as_ref().and_then(|n| endpoints.get(n)) else {
+                continue;
+            };
+            if matches!(e.api, Api::Searxng | Api::HomeAssistant | Api::Mcp) {
+                tracing::warn!(handle = %h.handle, endpoint = %e.name, api = %e.api, "not a model endpoint; target skipped");
+                continue;
+            }
+            let ms = |v: Option<i64>, d: Duration| {
+                v.map_or(d, |v| Duration::from_millis(v.max(1) as u64))
+            };
+            targets.push(Arc::new(Target {
+                key: format!("{}/{}", e.name, t.model),
+                endpoint: e.name.clone(),
+                base_url: e.base_url.trim_end_matches('/').to_owned(),
+                api: e.api,
+                auth: auth.get(e.name.as_str()).cloned().flatten(),
+                upstream_model: t.model.clone(),
+                priority: t.priority,
+                weight: t.weight,
+                timeouts: Timeouts {
+                    connect: ms(t.connect_timeout_ms, defaults.connect),
+                    first_byte: ms(t.first_byte_timeout_ms, defaults.first_byte),
+                    idle: ms(t.idle_timeout_ms, defaults.idle),
+                    total: ms(t.timeout_ms, defaults.total),
+                },
+                rpm: t.rpm,
+                tpm: t.tpm,
+                params: t.params.clone(),
+            }));
+        }
+        let handle = Handle {
+            created: created.get(&h.handle).copied().unwrap_or(0) / 1000,
+            name: h.handle.clone(),
+            description: h.description,
+            strategy: h.strategy,
+            targets,
+        };
+        handles.insert(h.handle, Arc::new(handle));
+    }
+    drop(conn);
+    let keys = docsdb::keys::live(db)
+        .await?
+        .into_iter()
+        .map(|(hash, info)| (hash, Arc::new(info)))
+        .collect();
+    let mut search: Vec<SearchTool> = endpoints
+        .values()
+        .filter(|e| e.api == Api::Searxng)
+        .map(|e| SearchTool {
+            name: e.name.clone(),
+            base_url: e.base_url.trim_end_matches('/').to_owned(),
+            auth: auth.get(e.name.as_str()).cloned().flatten(),
+        })
+        .collect();
+    // The default tool: one named `searxng`, else the first by name.
+    search.sort_by_key(|t| (t.name != "searxng", t.name.clone()));
+    Ok(Snapshot {
+        handles,
+        keys,
+        search,
+        fingerprint,
+    })
+}

@@ -1,0 +1,144 @@
+//! Starts a real gateway on 127.0.0.1:0 over a fresh SQLite system-docs DB.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use docsdb::Db;
+use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
+use gateway::{AppState, Config};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub struct Gateway {
+    pub url: String,
+    pub state: Arc<AppState>,
+    pub db: Db,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Result<(), gateway::Error>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Registers `spec`, applies `tweak` to the config, starts the gateway.
+    pub async fn start(spec: SystemSpec, tweak: impl FnOnce(&mut Config)) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
+        let db = Db::open(&db_url).await.unwrap();
+        docsdb::apply::apply(&db, &spec, false).await.unwrap();
+        let mut config = Config::new(&db_url, "127.0.0.1:0");
+        config.reload_interval = Duration::from_millis(100);
+        config.breaker_cooldown = Duration::from_millis(300);
+        tweak(&mut config);
+        let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState::new(config).await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(gateway::serve_on(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Gateway {
+            url,
+            state,
+            db,
+            stop: Some(tx),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    /// Stops it the way SIGTERM does, and waits for the drain and the log flush.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder().no_gzip().build().unwrap()
+    }
+
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut r = self.client().post(format!("{}{path}", self.url)).json(body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// Request-log rows, oldest first, as JSON objects.
+    pub async fn log_rows(&self) -> Vec<Value> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT request_id, key_name, route, handle, target, upstream_model, status, error_type, \
+             attempts, prompt_tokens, completion_tokens, streamed, ttft_ms FROM request_log ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "request_id": r.get::<String, _>("request_id"),
+                    "key_name": r.get::<Option<String>, _>("key_name"),
+                    "route": r.get::<String, _>("route"),
+                    "handle": r.get::<Option<String>, _>("handle"),
+                    "target": r.get::<Option<String>, _>("target"),
+                    "upstream_model": r.get::<Option<String>, _>("upstream_model"),
+                    "status": r.get::<i64, _>("status"),
+                    "error_type": r.get::<Option<String>, _>("error_type"),
+                    "attempts": r.get::<i64, _>("attempts"),
+                    "prompt_tokens": r.get::<Option<i64>, _>("prompt_tokens"),
+                    "completion_tokens": r.get::<Option<i64>, _>("completion_tokens"),
+                    "streamed": r.get::<i64, _>("streamed") != 0,
+                    "ttft_ms": r.get::<Option<f64>, _>("ttft_ms"),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A target on a base URL, named `name`.
+pub fn target(name: &str, base_url: &str, model: &str) -> TargetSpec {
+    let mut t = TargetSpec::on_endpoint(name, model);
+    t.base_url = Some(base_url.to_owned());
+    t
+}
+
+/// A handle with these targets.
+pub fn handle(name: &str, strategy: Strategy, targets: Vec<TargetSpec>) -> HandleSpec {
+    HandleSpec {
+        handle: name.into(),
+        description: Some(format!("{name} handle")),
+        strategy,
+        targets,
+    }
+}
+
+pub fn spec(handles: Vec<HandleSpec>) -> SystemSpec {
+    SystemSpec {
+        handles,
+        ..Default::default()
+    }
+}
+
+/// Reads an SSE response into its `data:` payloads.
+pub async fn sse_data(res: reqwest::Response) -> Vec<String> {
+    let text = res.text().await.unwrap();
+    let mut d = contract::sse::SseDecoder::new();
+    let mut ev = d.push(text.as_bytes()).unwrap();
+    ev.extend(d.finish());
+    ev.into_iter().map(|e| e.data).collect()
+}
+
+/// A port nothing listens on.
+pub async fn dead_port_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/v1")
+}

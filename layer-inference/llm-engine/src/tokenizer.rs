@@ -1,0 +1,113 @@
+//! A tokenizer built from the vocabulary in a GGUF file (GPT-2 style byte-level BPE, which
+//! SmolLM2, Qwen and Llama 3 use), with the file's control tokens as special tokens.
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::EngineError;
+
+/// The tokenizer and the ids that end a turn.
+pub struct GgufTokenizer {
+    pub inner: Tokenizer,
+    /// Ids that end generation (EOS and the chat end-of-turn tokens).
+    pub stop_ids: Vec<u32>,
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+}
+
+fn strings(ct: &Content, key: &str) -> Result<Vec<String>, EngineError> {
+    let v = ct
+        .metadata
+        .get(key)
+        .ok_or_else(|| EngineError::Load(format!("no {key} in the file")))?;
+    v.to_vec()
+        .map_err(|e| EngineError::Load(format!("{key}: {e}")))?
+        .iter()
+        .map(|x| {
+            x.to_string()
+                .cloned()
+                .map_err(|e| EngineError::Load(format!("{key}: {e}")))
+        })
+        .collect()
+}
+
+fn u32_of(ct: &Content, key: &str) -> Option<u32> {
+    ct.metadata.get(key).and_then(|v| v.to_u32().ok())
+}
+
+impl GgufTokenizer {
+    pub fn from_gguf(ct: &Content) -> Result<Self, EngineError> {
+        let model = ct
+            .metadata
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if model != "gpt2" {
+            return Err(EngineError::UnsupportedTokenizer(model));
+        }
+        let tokens = strings(ct, "tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings(ct, "tokenizer.ggml.merges")?
+            .into_iter()
+            .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .collect();
+        let types: Vec<i64> = match ct.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.to_i32().map(i64::from).unwrap_or(1))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut vocab = Vocab::default();
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.insert(t.clone(), i as u32);
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))?;
+        let mut tk = Tokenizer::new(bpe);
+        tk.with_pre_tokenizer(Some(
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
+        ));
+        tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        // Control tokens (type 3) are matched whole in text, as chat templates write them.
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| types.get(*i) == Some(&3))
+            .map(|(_, t)| AddedToken::from(t.clone(), true))
+            .collect();
+        tk.add_special_tokens(specials)
+            .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))?;
+        let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+        let eos_id = u32_of(ct, "tokenizer.ggml.eos_token_id");
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        for end in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
+            if let Some(i) = tokens.iter().position(|t| t == end) {
+                stop_ids.push(i as u32);
+            }
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Ok(GgufTokenizer {
+            inner: tk,
+            stop_ids,
+            bos: name(u32_of(ct, "tokenizer.ggml.bos_token_id")),
+            eos: name(eos_id),
+        })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| EngineError::Tokenize(e.to_string()))
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| EngineError::Tokenize(e.to_string()))
+    }
+}

@@ -1,0 +1,209 @@
+//! The engine on the deterministic random-weight fixture (`tests/fixtures`, written by
+//! `make_tiny_gguf.py OUT --f16 --gpt2`): shapes, limits, seeds, queueing, cancellation.
+//! The text is garbage by design; only its shape is checked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use llm_engine::template::TemplateMessage;
+use llm_engine::{Engine, EngineConfig, EngineError, Event, Finish, Input, Params};
+use tokio::sync::mpsc;
+
+fn fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-random-gpt2tok-f16.gguf")
+}
+
+fn engine(parallel: usize, queue: usize) -> Arc<Engine> {
+    let mut cfg = EngineConfig::new(fixture());
+    cfg.parallel = parallel;
+    cfg.queue = queue;
+    Arc::new(Engine::load(&cfg).unwrap())
+}
+
+fn chat(text: &str) -> Input {
+    Input::Chat(vec![TemplateMessage {
+        role: "user".into(),
+        content: text.into(),
+    }])
+}
+
+async fn run(e: &Arc<Engine>, input: Input, p: Params) -> (String, Finish, usize, usize) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let e2 = e.clone();
+    let task = tokio::spawn(async move { e2.generate(input, p, tx).await });
+    let mut text = String::new();
+    let mut done = None;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => done = Some((finish, prompt_tokens, completion_tokens)),
+        }
+    }
+    task.await.unwrap().unwrap();
+    let (f, p, c) = done.expect("a Done event");
+    (text, f, p, c)
+}
+
+#[tokio::test]
+async fn loads_and_reports_the_model() {
+    let e = engine(1, 4);
+    assert_eq!(e.model_id, "tiny-random-gpt2tok-f16");
+    assert_eq!(e.context, 512);
+    assert_eq!(e.info.architecture(), Some("llama"));
+    // The chat template from the file wraps the message in ChatML.
+    let toks = e.tokenize(&chat("hi")).unwrap();
+    assert!(
+        toks.contains(&1),
+        "<|im_start|> is one special token: {toks:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_tokens_gives_length_and_usage_counts() {
+    let e = engine(1, 4);
+    let (_, finish, prompt, completion) = run(
+        &e,
+        chat("hello"),
+        Params {
+            max_tokens: Some(5),
+            temperature: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(finish, Finish::Length);
+    assert_eq!(completion, 5);
+    assert_eq!(prompt, e.tokenize(&chat("hello")).unwrap().len());
+}
+
+#[tokio::test]
+async fn same_seed_same_text_and_greedy_is_deterministic() {
+    let e = engine(1, 4);
+    let p = |seed| Params {
+        max_tokens: Some(12),
+        temperature: Some(0.9),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let a = run(&e, chat("x"), p(7)).await.0;
+    let b = run(&e, chat("x"), p(7)).await.0;
+    assert_eq!(a, b);
+    let g = |_: ()| Params {
+        max_tokens: Some(12),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    assert_eq!(
+        run(&e, chat("x"), g(())).await.0,
+        run(&e, chat("x"), g(())).await.0
+    );
+}
+
+#[tokio::test]
+async fn a_prompt_over_the_context_is_refused_with_the_numbers() {
+    let e = engine(1, 4);
+    let long = "the ".repeat(2000);
+    let (tx, _rx) = mpsc::channel(4);
+    let err = e
+        .generate(Input::Text(long), Params::default(), tx)
+        .await
+        .unwrap_err();
+    match err {
+        EngineError::ContextExceeded { prompt, context } => {
+            assert!(prompt > 512);
+            assert_eq!(context, 512);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
+    let e = engine(1, 0);
+    // Hold the only sequence with a long generation whose receiver we keep but do not read.
+    let (tx, rx) = mpsc::channel(1);
+    let e2 = e.clone();
+    let long = tokio::spawn(async move {
+        e2.generate(
+            chat("a"),
+            Params {
+                max_tokens: Some(400),
+                temperature: Some(0.0),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+    });
+    while e.busy() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let (tx2, _rx2) = mpsc::channel(4);
+    let err = e
+        .generate(chat("b"), Params::default(), tx2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::QueueFull(_)), "{err}");
+    // The client goes away: the sequence stops and the slot is free again.
+    drop(rx);
+    long.await.unwrap().unwrap();
+    assert_eq!(e.busy(), 0);
+    let (text, _, _, c) = run(
+        &e,
+        chat("a"),
+        Params {
+            max_tokens: Some(3),
+            temperature: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(c, 3, "{text}");
+}
+
+/// The llama.cpp backend behaves like candle: limits, usage, seeds.
+#[cfg(feature = "llama-cpp")]
+#[tokio::test]
+async fn llama_cpp_backend_serves_the_fixture() {
+    let mut cfg = EngineConfig::new(fixture());
+    cfg.backend = llm_engine::Backend::LlamaCpp;
+    let e = Arc::new(Engine::load(&cfg).unwrap());
+    assert_eq!(e.backend, llm_engine::Backend::LlamaCpp);
+    let (_, finish, prompt, completion) = run(
+        &e,
+        chat("hello"),
+        Params {
+            max_tokens: Some(5),
+            temperature: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!((finish, completion), (Finish::Length, 5));
+    assert_eq!(prompt, e.tokenize(&chat("hello")).unwrap().len());
+    let p = |seed| Params {
+        max_tokens: Some(12),
+        temperature: Some(0.9),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    assert_eq!(
+        run(&e, chat("x"), p(7)).await.0,
+        run(&e, chat("x"), p(7)).await.0
+    );
+}
+
+#[cfg(not(feature = "llama-cpp"))]
+#[test]
+fn without_the_feature_llama_cpp_is_a_clear_error() {
+    let mut cfg = EngineConfig::new(fixture());
+    cfg.backend = llm_engine::Backend::LlamaCpp;
+    let err = Engine::load(&cfg).unwrap_err().to_string();
+    assert!(err.contains("--features llama-cpp"), "{err}");
+}

@@ -1,0 +1,226 @@
+//! The server on the random-weight fixture, over real HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+fn fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
+}
+
+async fn start(model: std::path::PathBuf) -> String {
+    let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = orin_llm_server::Config::new(model, "127.0.0.1:0");
+    tokio::spawn(orin_llm_server::serve_on(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    url
+}
+
+async fn ready(url: &str) {
+    for _ in 0..200 {
+        if reqwest::get(format!("{url}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never became healthy");
+}
+
+async fn post(url: &str, path: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_plain_and_streamed_with_usage() {
+    let url = start(fixture()).await;
+    ready(&url).await;
+    let models: Value = reqwest::get(format!("{url}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny-random-gpt2tok-f16");
+    assert_eq!(models["data"][0]["context_length"], 512);
+    assert_eq!(models["data"][0]["quantization"], "F16");
+    assert!(models["data"][0]["size_on_disk_bytes"].as_u64().unwrap() > 200_000);
+
+    let body = json!({"model": "anything", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0});
+    let v: Value = post(&url, "/v1/chat/completions", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(finish == "length" || finish == "stop");
+    let ct = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(ct <= 6);
+    assert_eq!(
+        v["usage"]["total_tokens"].as_u64().unwrap(),
+        v["usage"]["prompt_tokens"].as_u64().unwrap() + ct
+    );
+
+    let mut s = body.clone();
+    s["stream"] = json!(true);
+    s["stream_options"] = json!({"include_usage": true});
+    let res = post(&url, "/v1/chat/completions", &s).await;
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let text = res.text().await.unwrap();
+    let mut d = contract::sse::SseDecoder::new();
+    let events: Vec<String> = d
+        .push(text.as_bytes())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(
+        usage["usage"]["completion_tokens"].as_u64().unwrap(),
+        ct,
+        "greedy: the same tokens streamed"
+    );
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        streamed,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_limits_and_refusals() {
+    let url = start(fixture()).await;
+    ready(&url).await;
+    let ask = |seed: u64| json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10, "temperature": 0.8, "seed": seed});
+    let a: Value = post(&url, "/v1/chat/completions", &ask(3))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: Value = post(&url, "/v1/chat/completions", &ask(3))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"],
+        "same seed, same text"
+    );
+
+    let r = post(
+        &url,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [], "n": 2}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "n");
+
+    let long = "word ".repeat(3000);
+    let r = post(
+        &url,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": long}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("512"),
+        "{v}"
+    );
+
+    let v: Value = post(
+        &url,
+        "/v1/completions",
+        &json!({"model": "m", "prompt": "Once", "max_tokens": 4, "temperature": 0}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
+
+    let m = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("homelab_engine_requests_total 3"),
+        "three generations ran (the refused ones did not): {m}"
+    );
+    assert!(m.contains("homelab_engine_queue_depth 0"));
+    assert!(
+        m.contains("homelab_engine_time_to_first_token_seconds_count 3"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn health_is_503_until_the_model_loads_and_says_why_it_failed() {
+    let dir = std::env::temp_dir().join(format!("orin-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("broken.gguf");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let url = start(bad).await;
+    let mut last = None;
+    for _ in 0..100 {
+        let r = reqwest::get(format!("{url}/health")).await.unwrap();
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        if v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed to load")
+        {
+            last = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v = last.expect("the load failure is reported");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a GGUF file"),
+        "{v}"
+    );
+    let r = post(
+        &url,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+}

@@ -1,0 +1,387 @@
+//! `bench gateway`: requests/s and latency straight to a fast upstream and through the
+//! gateway, each in its own process as deployed, for plain and streaming chat at several
+//! concurrencies, plus the gateway's memory. Every figure is measured in the same run, so the
+//! ratios hold on a noisy machine where absolute numbers do not.
+//!
+//! Run: `cargo build --release -p gateway -p bench && target/release/bench gateway`
+//!
+//! `bench engine`: see `engine.rs`.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod engine;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
+
+#[derive(Parser)]
+#[command(name = "bench", about = "homelab-llm benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// The gateway against direct-to-upstream.
+    Gateway(GatewayArgs),
+    /// The engine's backends and llama.cpp's own server: time to first token and tokens/s
+    /// at several concurrencies, over HTTP.
+    Engine(engine::EngineArgs),
+    /// Serve the fast upstream on a port (the gateway benchmark runs this as its own process,
+    /// so that neither path shares a process with the load generator).
+    #[command(hide = true)]
+    Upstream {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// How long each case runs.
+    #[arg(long, default_value = "3s", value_parser = contract::units::parse_duration)]
+    duration: Duration,
+    /// Concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// The gateway binary (default: beside this one).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Extra flags for the gateway (space-separated), e.g. `--log-queue 1`.
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    gateway_args: String,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    ttfb_p50_us: f64,
+    errors: usize,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64
+}
+
+async fn run_case(
+    client: &reqwest::Client,
+    url: &str,
+    stream: bool,
+    conc: usize,
+    dur: Duration,
+) -> Stats {
+    let body = if stream {
+        r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#
+    } else {
+        r#"{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}"#
+    };
+    // Warm the connections up first.
+    let warm_until = Instant::now() + Duration::from_millis(300);
+    let deadline = warm_until + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let client = client.clone();
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut ttfb = Vec::new();
+            let mut errors = 0;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match r {
+                    Ok(mut res) if res.status().is_success() => {
+                        let first = Instant::now();
+                        let mut ok = true;
+                        loop {
+                            match res.chunk().await {
+                                Ok(Some(_)) => {}
+                                Ok(None) => break,
+                                Err(_) => {
+                                    ok = false;
+                                    break;
+                                }
+                            }
+                        }
+                        if ok && t0 >= warm_until {
+                            lat.push(t0.elapsed().as_micros() as u64);
+                            ttfb.push((first - t0).as_micros() as u64);
+                        }
+                        ok
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, ttfb, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut ttfb = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, f, e)) = t.await {
+            lat.extend(l);
+            ttfb.extend(f);
+            errors += e;
+        }
+    }
+    lat.sort_unstable();
+    ttfb.sort_unstable();
+    Stats {
+        rps: lat.len() as f64 / dur.as_secs_f64(),
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        ttfb_p50_us: percentile(&ttfb, 0.50),
+        errors,
+    }
+}
+
+fn rss_kb(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn free_port() -> Result<u16, String> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
+    let up_port = free_port().await?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut up_child = tokio::process::Command::new(&me)
+        .args(["upstream", "--port", &up_port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the upstream: {e}"))?;
+    let upstream = format!("127.0.0.1:{up_port}");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
+    let db = docsdb::Db::open(&db_url).await.map_err(|e| e.to_string())?;
+    let mut t = TargetSpec::on_endpoint("fast", "fast-model");
+    t.base_url = Some(format!("http://{upstream}/v1"));
+    let spec = SystemSpec {
+        handles: vec![HandleSpec {
+            handle: "bench".into(),
+            description: None,
+            strategy: Strategy::Priority,
+            targets: vec![t],
+        }],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&db, &spec, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.close().await;
+
+    let bin = match args.gateway_bin {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("gateway"),
+    };
+    let port = free_port().await?;
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["--db", &db_url, "--bind", &format!("127.0.0.1:{port}")])
+        .args(args.gateway_args.split_whitespace())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {}: {e} (cargo build --release -p gateway)",
+                bin.display()
+            )
+        })?;
+    let pid = child.id().ok_or("gateway exited")?;
+    let gw = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut ready = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{gw}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ready {
+        return Err("the gateway did not become ready".into());
+    }
+    let mut up_ready = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&upstream).await.is_ok() {
+            up_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !up_ready {
+        return Err("the upstream did not start".into());
+    }
+    let rss_idle = rss_kb(pid, "VmRSS:").unwrap_or(0);
+    println!(
+        "gateway pid {pid}, idle RSS {:.1} MB; each case runs {:?}\n",
+        rss_idle as f64 / 1024.0,
+        args.duration
+    );
+    println!(
+        "{:<10} {:>4} | {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} {:>9} | {:>6} {:>9} {:>9}",
+        "mode",
+        "conc",
+        "direct r/s",
+        "p50 µs",
+        "p99 µs",
+        "gw r/s",
+        "p50 µs",
+        "p99 µs",
+        "ttfb µs",
+        "ratio",
+        "+p50 µs",
+        "+p99 µs"
+    );
+    let direct_url = format!("http://{upstream}/v1/chat/completions");
+    let gw_url = format!("{gw}/v1/chat/completions");
+    let mut results = Vec::new();
+    let mut peak_rss = rss_idle;
+    for stream in [false, true] {
+        for &c in &args.concurrency {
+            let d = run_case(&client, &direct_url, stream, c, args.duration).await;
+            let sampler = {
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let s2 = stop.clone();
+                let h = tokio::spawn(async move {
+                    let mut peak = 0;
+                    while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                        peak = peak.max(rss_kb(pid, "VmRSS:").unwrap_or(0));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    peak
+                });
+                (stop, h)
+            };
+            let g = run_case(&client, &gw_url, stream, c, args.duration).await;
+            sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            peak_rss = peak_rss.max(sampler.1.await.unwrap_or(0));
+            let mode = if stream { "stream" } else { "json" };
+            println!(
+                "{:<10} {:>4} | {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} {:>9.0} | {:>5.0}% {:>9.0} {:>9.0}{}",
+                mode,
+                c,
+                d.rps,
+                d.p50_us,
+                d.p99_us,
+                g.rps,
+                g.p50_us,
+                g.p99_us,
+                g.ttfb_p50_us,
+                100.0 * g.rps / d.rps,
+                g.p50_us - d.p50_us,
+                g.p99_us - d.p99_us,
+                if d.errors + g.errors > 0 {
+                    format!("  ({} errors)", d.errors + g.errors)
+                } else {
+                    String::new()
+                }
+            );
+            results.push(serde_json::json!({
+                "mode": mode, "concurrency": c,
+                "direct": {"rps": d.rps, "p50_us": d.p50_us, "p99_us": d.p99_us, "errors": d.errors},
+                "gateway": {"rps": g.rps, "p50_us": g.p50_us, "p99_us": g.p99_us, "ttfb_p50_us": g.ttfb_p50_us, "errors": g.errors},
+                "throughput_ratio": g.rps / d.rps,
+                "added_p50_us": g.p50_us - d.p50_us,
+                "added_p99_us": g.p99_us - d.p99_us,
+            }));
+        }
+    }
+    let hwm = rss_kb(pid, "VmHWM:").unwrap_or(peak_rss);
+    println!(
+        "\ngateway RSS: idle {:.1} MB, peak under load {:.1} MB (VmHWM {:.1} MB)",
+        rss_idle as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    // The log writer flushes every 200 ms; let it catch up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows: i64 = {
+        use sqlx::Row;
+        let db = docsdb::Db::open(&db_url).await.map_err(|e| e.to_string())?;
+        sqlx::query("SELECT COUNT(*) AS n FROM request_log")
+            .fetch_one(db.pool())
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .unwrap_or(-1)
+    };
+    println!("request-log rows written during the run: {rows}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let _ = up_child.kill().await;
+    if let Some(path) = args.json {
+        let doc = serde_json::json!({"cases": results, "rss_idle_kb": rss_idle, "rss_peak_kb": peak_rss, "vm_hwm_kb": hwm});
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&doc).unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.what {
+        What::Gateway(a) => bench_gateway(a).await,
+        What::Upstream { port } => testkit::fast::serve(port).await,
+        What::Engine(a) => engine::run(a).await,
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
