@@ -13,7 +13,7 @@ use crate::{free_port, percentile, rss_kb};
 
 /// What serves the model in one row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Server {
+pub enum Contender {
     /// orin-llm-server with the pure-Rust candle backend.
     Candle,
     /// orin-llm-server with the llama.cpp backend (built with `--features llama-cpp`).
@@ -22,12 +22,12 @@ pub enum Server {
     LlamaCppServer,
 }
 
-impl Server {
+impl Contender {
     fn label(self) -> &'static str {
         match self {
-            Server::Candle => "candle",
-            Server::LlamaCpp => "llama-cpp",
-            Server::LlamaCppServer => "llama.cpp server",
+            Contender::Candle => "candle",
+            Contender::LlamaCpp => "llama-cpp",
+            Contender::LlamaCppServer => "llama.cpp server",
         }
     }
 }
@@ -44,7 +44,7 @@ pub struct EngineArgs {
         value_delimiter = ',',
         default_value = "candle,llama-cpp,llama-cpp-server"
     )]
-    servers: Vec<Server>,
+    servers: Vec<Contender>,
     /// Concurrent clients (the engine runs this many sequences at once).
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     concurrency: Vec<usize>,
@@ -136,7 +136,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
         "peak RSS",
         "vs anchor"
     );
-    let mut results: Vec<(Server, usize, Row, u64)> = Vec::new();
+    let mut results: Vec<(Contender, usize, Row, u64)> = Vec::new();
     let mut skipped = Vec::new();
     for &server in &a.servers {
         for &c in &a.concurrency {
@@ -149,31 +149,37 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
                 }
             };
             let base = format!("http://127.0.0.1:{port}/v1/chat/completions");
-            if let Err(e) = wait_ready(&client, &base, &mut child, a.load_timeout).await {
-                let _ = child.kill().await;
-                skipped.push(format!("{}: {e}", server.label()));
-                break;
-            }
+            let prompt_tokens = match wait_ready(&client, &base, &mut child, a.load_timeout).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = child.kill().await;
+                    skipped.push(format!("{}: {e}", server.label()));
+                    break;
+                }
+            };
             let pid = child.id().unwrap_or(0);
-            let row = measure(&client, &base, c, a.rounds, a.tokens).await;
+            let row = measure(&client, &base, c, a.rounds, a.tokens, prompt_tokens).await;
             let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
             let _ = child.kill().await;
             let _ = child.wait().await;
             let anchor = results
                 .iter()
-                .find(|(s, cc, _, _)| *s == Server::LlamaCppServer && *cc == c)
+                .find(|(s, cc, _, _)| *s == Contender::LlamaCppServer && *cc == c)
                 .map(|(_, _, r, _)| r.decode_tps_all);
             print_row(server, c, &row, hwm, anchor);
             results.push((server, c, row, hwm));
         }
     }
     // The anchor usually runs last: print every row's ratio against it once it is known.
-    if results.iter().any(|(s, ..)| *s == Server::LlamaCppServer) {
+    if results
+        .iter()
+        .any(|(s, ..)| *s == Contender::LlamaCppServer)
+    {
         println!("\ndecode tokens/s (all sequences) against llama.cpp's own server:");
         for (s, c, r, _) in &results {
             if let Some((_, _, anchor, _)) = results
                 .iter()
-                .find(|(s2, c2, ..)| *s2 == Server::LlamaCppServer && c2 == c)
+                .find(|(s2, c2, ..)| *s2 == Contender::LlamaCppServer && c2 == c)
                 && anchor.decode_tps_all > 0.0
             {
                 println!(
@@ -213,7 +219,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_row(server: Server, c: usize, r: &Row, hwm_kb: u64, anchor: Option<f64>) {
+fn print_row(server: Contender, c: usize, r: &Row, hwm_kb: u64, anchor: Option<f64>) {
     println!(
         "{:>16} {:>4} | {:>7.0}ms {:>11.0} {:>14.1} {:>14.1} {:>7.0}MB | {:>8}{}",
         server.label(),
@@ -238,7 +244,7 @@ fn print_row(server: Server, c: usize, r: &Row, hwm_kb: u64, anchor: Option<f64>
 }
 
 fn spawn(
-    server: Server,
+    server: Contender,
     a: &EngineArgs,
     server_bin: &std::path::Path,
     threads: usize,
@@ -247,7 +253,7 @@ fn spawn(
 ) -> Result<tokio::process::Child, String> {
     let model = a.model.display().to_string();
     let mut cmd = match server {
-        Server::Candle | Server::LlamaCpp => {
+        Contender::Candle | Contender::LlamaCpp => {
             let mut cmd = tokio::process::Command::new(server_bin);
             cmd.args(["--model", &model, "--bind", &format!("127.0.0.1:{port}")])
                 .args(["--backend", server_label_flag(server)])
@@ -259,13 +265,15 @@ fn spawn(
                 .env("RUST_LOG", "warn");
             cmd
         }
-        Server::LlamaCppServer => {
+        Contender::LlamaCppServer => {
             let mut cmd = tokio::process::Command::new(&a.python);
             cmd.args(["-m", "llama_cpp.server", "--model", &model])
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--n_ctx", &a.context.to_string()])
                 .args(["--n_threads", &threads.to_string()])
                 .args(["--n_threads_batch", &threads.to_string()])
+                // By default a new request cuts off the one being generated; queue instead.
+                .args(["--interrupt_requests", "false"])
                 .args(["--verbose", "false"]);
             cmd
         }
@@ -274,7 +282,7 @@ fn spawn(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     cmd.spawn().map_err(|e| match server {
-        Server::LlamaCppServer => format!(
+        Contender::LlamaCppServer => format!(
             "cannot run {}: {e} (pip install 'llama-cpp-python[server]')",
             a.python
         ),
@@ -285,23 +293,24 @@ fn spawn(
     })
 }
 
-fn server_label_flag(server: Server) -> &'static str {
+fn server_label_flag(server: Contender) -> &'static str {
     match server {
-        Server::LlamaCpp => "llama-cpp",
+        Contender::LlamaCpp => "llama-cpp",
         _ => "candle",
     }
 }
 
 /// Waits until a one-token chat succeeds (which also warms the server up), or the process
-/// exits (its last stderr line is the reason), or the timeout passes.
+/// exits (its last stderr line is the reason), or the timeout passes. Returns the prompt's
+/// length in tokens, for servers that send no usage when streaming.
 async fn wait_ready(
     client: &reqwest::Client,
     url: &str,
     child: &mut tokio::process::Child,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let deadline = Instant::now() + timeout;
-    let body = request_body(1, false);
+    let body = request_body(1, false, 0);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             let mut err = String::new();
@@ -321,18 +330,21 @@ async fn wait_ready(
         {
             // Stop reading stderr from here on: an unread pipe must not fill up and block.
             drop(child.stderr.take());
-            return Ok(());
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            return Ok(v["usage"]["prompt_tokens"].as_u64().unwrap_or(0));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(format!("not ready after {timeout:?}"))
 }
 
-fn request_body(max_tokens: u32, stream: bool) -> serde_json::Value {
+/// The same chat every time but for a request number in the system message, so that no
+/// server can answer from a cached prompt (llama-cpp-python keeps the previous prompt's KV).
+fn request_body(max_tokens: u32, stream: bool, n: u64) -> serde_json::Value {
     serde_json::json!({
         "model": "bench",
         "messages": [
-            {"role": "system", "content": SYSTEM},
+            {"role": "system", "content": format!("Request {n}. {SYSTEM}")},
             {"role": "user", "content": USER},
         ],
         "max_tokens": max_tokens,
@@ -348,17 +360,19 @@ async fn measure(
     conc: usize,
     rounds: usize,
     tokens: u32,
+    prompt_tokens: u64,
 ) -> Row {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conc {
+    for client_no in 0..conc {
         let client = client.clone();
         let url = url.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0;
-            for _ in 0..rounds {
-                match one(&client, &url, tokens).await {
+            for round in 0..rounds {
+                let n = (client_no * rounds + round + 1) as u64;
+                match one(&client, &url, tokens, n, prompt_tokens).await {
                     Ok(s) => samples.push(s),
                     Err(_) => errors += 1,
                 }
@@ -404,13 +418,19 @@ async fn measure(
     }
 }
 
-/// One streamed chat; token counts from the final usage chunk, or one per content chunk
-/// when a server sends no usage.
-async fn one(client: &reqwest::Client, url: &str, tokens: u32) -> Result<Sample, String> {
+/// One streamed chat; token counts from the final usage chunk, or — when a server sends no
+/// usage — one per content chunk and the prompt length the warm-up request reported.
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    tokens: u32,
+    n: u64,
+    prompt_tokens: u64,
+) -> Result<Sample, String> {
     let t0 = Instant::now();
     let mut res = client
         .post(url)
-        .json(&request_body(tokens, true))
+        .json(&request_body(tokens, true, n))
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -446,7 +466,7 @@ async fn one(client: &reqwest::Client, url: &str, tokens: u32) -> Result<Sample,
         }
     }
     let first = first.ok_or("no tokens")?;
-    let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, chunks));
+    let (prompt_tokens, completion_tokens) = usage.unwrap_or((prompt_tokens, chunks));
     Ok(Sample {
         ttft_us: (first - t0).as_micros() as u64,
         prompt_tokens,
