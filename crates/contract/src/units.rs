@@ -38,7 +38,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "us" | "µs" => value / 1e6,
         "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
+        "h" | "hour" | "hours" => value * 3600.0,
+        "d" | "day" | "days" => value * 86400.0,
         other => {
             return Err(format!(
                 "unknown duration unit `{other}` in `{s}` (try `30s`)"
@@ -86,6 +87,8 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("25h"), Ok(Duration::from_secs(25 * 3600)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
     }

@@ -13,6 +13,7 @@
 //! - [`keys`]: virtual API keys, stored as SHA-256 hashes.
 //! - [`request_log`]: the batched insert path for request-log rows.
 //! - [`health`]: health-check rows.
+//! - [`monitor`]: the monitor's settings, views and hourly rollups.
 //!
 //! Times are Unix epoch milliseconds in `*_at_ms` columns, the same number in both dialects.
 
@@ -22,6 +23,7 @@ mod error;
 pub mod formats;
 pub mod health;
 pub mod keys;
+pub mod monitor;
 pub mod read;
 pub mod request_log;
 pub mod spec;

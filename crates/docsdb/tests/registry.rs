@@ -424,7 +424,8 @@ async fn health_checks_feed_status_and_uptime(db: Db) {
     let get = |n: &str| st.iter().find(|s| s.service == n).unwrap();
     assert_eq!(get("gateway").status, "up");
     assert_eq!(get("gateway").last_ok, Some(true));
-    assert_eq!(get("mlx-launch").status, "down");
+    // One failed probe is not yet `down` (the threshold is 3 in a row by default).
+    assert_eq!(get("mlx-launch").status, "degraded");
     assert_eq!(
         get("mlx-launch").last_error.as_deref(),
         Some("connection refused")

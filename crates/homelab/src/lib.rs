@@ -68,6 +68,8 @@ pub struct UpArgs {
     pub gateway_port: u16,
     #[arg(long, default_value_t = 4010)]
     pub engine_port: u16,
+    #[arg(long, default_value_t = 4001)]
+    pub monitor_port: u16,
     /// Serve this GGUF file instead of the default model.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
@@ -207,6 +209,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             bind_host: a.bind_host.clone(),
             gateway_port: a.gateway_port,
             engine_port: a.engine_port,
+            monitor_port: a.monitor_port,
             model: a.model.clone(),
             no_engine: a.no_engine,
         };

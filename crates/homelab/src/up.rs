@@ -2,9 +2,9 @@
 //!
 //! Creates the data folder and the SQLite system-docs DB, gets the default model if there
 //! is none, registers this host, the services, the local engine's endpoint and the handles
-//! `local` and `default`, then runs the local engine and the gateway until Ctrl-C (or
-//! SIGTERM), when both drain and the request log is flushed. Running it again reuses what
-//! the first run made.
+//! `local` and `default`, then runs the local engine, the gateway and the system monitor until
+//! Ctrl-C (or SIGTERM), when they drain and the request log is flushed. Running it again
+//! reuses what the first run made.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ pub struct UpOptions {
     pub bind_host: String,
     pub gateway_port: u16,
     pub engine_port: u16,
+    pub monitor_port: u16,
     /// A GGUF file to serve instead of the default model.
     pub model: Option<PathBuf>,
     pub no_engine: bool,
@@ -33,6 +34,7 @@ pub struct UpOptions {
 #[derive(Debug, Clone)]
 pub struct Running {
     pub gateway: SocketAddr,
+    pub monitor: SocketAddr,
     pub engine: Option<SocketAddr>,
     pub db_url: String,
     pub model_id: Option<String>,
@@ -61,6 +63,12 @@ pub async fn up(
         .await
         .map_err(|e| input(e.to_string()))?;
     let gw_addr = gw_listener.local_addr().map_err(|e| input(e.to_string()))?;
+    let mon_listener = service_kit::server::bind(&bind(o.monitor_port))
+        .await
+        .map_err(|e| input(e.to_string()))?;
+    let mon_addr = mon_listener
+        .local_addr()
+        .map_err(|e| input(e.to_string()))?;
 
     let mut engine = None;
     if !o.no_engine {
@@ -103,6 +111,15 @@ pub async fn up(
         "/health/ready",
         "the gateway, run by homelab up",
         "layer-gateway/gateway/README.md",
+    ));
+    spec.services.push(service(
+        "system-monitor",
+        Layer::Gateway,
+        &host.name,
+        &format!("http://{mon_addr}"),
+        "/health/ready",
+        "the system monitor, run by homelab up",
+        "layer-gateway/system-monitor/README.md",
     ));
     let mut model_id = None;
     if let Some((_, addr, pulled)) = &engine {
@@ -163,9 +180,18 @@ pub async fn up(
             .await
             .map_err(|e| e.to_string())
     });
+    let mcfg = system_monitor::Config::new(&db_url, &mon_addr.to_string());
+    let mdb = docsdb::Db::open(&db_url).await?;
+    let s = stop.clone();
+    tasks.spawn(async move {
+        system_monitor::serve_on(mon_listener, mcfg, mdb, s.cancelled_owned())
+            .await
+            .map_err(|e| e.to_string())
+    });
 
     on_ready(&Running {
         gateway: gw_addr,
+        monitor: mon_addr,
         engine: engine_addr,
         db_url,
         model_id,
@@ -223,6 +249,10 @@ pub fn banner(r: &Running) -> String {
             r.model_id.clone().unwrap_or_default()
         ));
     }
+    s.push_str(&format!(
+        "  system monitor http://{}/   (dashboard; JSON under /api/status)\n",
+        r.monitor
+    ));
     s.push_str(&format!("  system-docs DB {}\n\n", r.db_url));
     if r.engine.is_some() {
         s.push_str(&format!(

@@ -31,6 +31,7 @@ async fn start_with(data: &std::path::Path, no_engine: bool) -> Started {
         bind_host: "127.0.0.1".into(),
         gateway_port: 0,
         engine_port: 0,
+        monitor_port: 0,
         model: (!no_engine).then(fixture),
         no_engine,
     };
@@ -115,6 +116,26 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
         "usage hidden from a client that did not ask"
     );
 
+    // The monitor runs too and soon shows every service it started as up.
+    let mon = format!("http://{}", r.monitor);
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = reqwest::get(format!("{mon}/api/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "ok" && status["counts"]["up"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "ok", "{status}");
+    assert_eq!(status["counts"]["up"], 3, "{status}");
+    let page = reqwest::get(&mon).await.unwrap().text().await.unwrap();
+    assert!(page.contains(r#"data-service="local-engine" data-status="up""#));
+
     stop.send(()).unwrap();
     task.await.unwrap();
     let db = docsdb::Db::open(&r.db_url).await.unwrap();
@@ -134,7 +155,7 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
     );
     let services = docsdb::health::statuses(&db).await.unwrap();
     let names: Vec<&str> = services.iter().map(|s| s.service.as_str()).collect();
-    assert_eq!(names, ["gateway", "local-engine"]);
+    assert_eq!(names, ["gateway", "system-monitor", "local-engine"]);
     db.close().await;
 
     // A second run reuses what the first made.

@@ -1,0 +1,117 @@
+//! The JSON API. Field names are stable and documented in the crate README.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use docsdb::monitor::{self, ServiceRow};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::state::AppState;
+
+/// The whole stack in one word, from its services: `down` if any active service is down,
+/// else `degraded` if any is degraded, else `unknown` if none is up, else `ok`.
+pub fn overall(services: &[ServiceRow]) -> &'static str {
+    let has = |s: &str| services.iter().any(|r| r.status == s);
+    if has("down") {
+        "down"
+    } else if has("degraded") {
+        "degraded"
+    } else if !has("up") {
+        "unknown"
+    } else {
+        "ok"
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub up: usize,
+    pub degraded: usize,
+    pub down: usize,
+    pub unknown: usize,
+    pub inactive: usize,
+}
+
+pub fn counts(services: &[ServiceRow]) -> Counts {
+    let n = |s: &str| services.iter().filter(|r| r.status == s).count();
+    Counts {
+        up: n("up"),
+        degraded: n("degraded"),
+        down: n("down"),
+        unknown: n("unknown"),
+        inactive: n("planned") + n("retired"),
+    }
+}
+
+/// `GET /api/status`
+pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
+    let services = monitor::services(&state.db).await?;
+    Ok(Json(serde_json::json!({
+        "status": overall(&services),
+        "at_ms": docsdb::now_ms(),
+        "counts": counts(&services),
+        "services": services,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Limit {
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/services/{name}`
+pub async fn service(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let row = monitor::service(&state.db, &name)
+        .await?
+        .ok_or_else(|| Error::UnknownService(name.clone()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let checks = monitor::recent_checks(&state.db, &name, limit).await?;
+    let hourly: Vec<_> = monitor::hourly(&state.db, docsdb::now_ms() - 24 * monitor::HOUR_MS)
+        .await?
+        .into_iter()
+        .filter(|h| h.service == name)
+        .collect();
+    Ok(Json(serde_json::json!({
+        "service": row,
+        "checks": checks,
+        "hourly": hourly,
+    })))
+}
+
+/// `GET /api/handles`
+pub async fn handles(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
+    Ok(Json(
+        serde_json::json!({ "handles": monitor::handles(&state.db).await? }),
+    ))
+}
+
+/// `GET /api/models`
+pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
+    Ok(Json(
+        serde_json::json!({ "models": monitor::models(&state.db).await? }),
+    ))
+}
+
+/// `GET /api/hosts`
+pub async fn hosts(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
+    Ok(Json(
+        serde_json::json!({ "hosts": monitor::hosts(&state.db).await? }),
+    ))
+}
+
+/// `GET /api/errors?limit=N`
+pub async fn errors(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<Limit>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(
+        serde_json::json!({ "errors": monitor::errors(&state.db, limit).await? }),
+    ))
+}

@@ -1,0 +1,156 @@
+//! The homelab-llm system monitor. It has no truth of its own: it writes health checks into
+//! the system-docs DB ([`probe`]) and shows SQL views over it — the registry joined with the
+//! checks and the gateway's request log — as a dashboard ([`page`]), a JSON API ([`api`]) and
+//! Prometheus gauges ([`metrics`]). Status changes go to webhooks ([`alerts`]). Old raw rows
+//! are folded into hourly rollups so the DB stays small ([`rollup_loop`]).
+//!
+//! Start reading at [`serve_on`].
+
+pub mod alerts;
+pub mod api;
+mod config;
+mod error;
+pub mod metrics;
+pub mod page;
+pub mod probe;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use config::Config;
+pub use error::Error;
+pub use state::AppState;
+
+/// The least retention: every window the views compute (up to 24 h) stays on raw rows.
+pub const MIN_RETENTION: Duration = Duration::from_secs(25 * 3600);
+
+/// The monitor's routes, on `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    let db = state.db.clone();
+    Router::new()
+        .route("/", get(page::dashboard))
+        .route("/api/status", get(api::status))
+        .route("/api/services/{name}", get(api::service))
+        .route("/api/handles", get(api::handles))
+        .route("/api/models", get(api::models))
+        .route("/api/hosts", get(api::hosts))
+        .route("/api/errors", get(api::errors))
+        .route("/metrics", get(metrics::metrics))
+        .with_state(state)
+        .merge(service_kit::health::routes(
+            service_kit::health::ready_check(move || {
+                let db = db.clone();
+                async move { db.ping().await.map_err(|e| e.to_string()) }
+            }),
+        ))
+}
+
+/// Runs the monitor until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let listener = service_kit::server::bind(&config.bind).await?;
+    let db = docsdb::Db::open(&config.db).await?;
+    serve_on(listener, config, db, shutdown).await
+}
+
+/// Runs the monitor on a bound listener and an open DB (tests bind 127.0.0.1:0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    db: docsdb::Db,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    if config.retention < MIN_RETENTION {
+        return Err(Error::BadConfig(format!(
+            "--retention {:?} is shorter than the least, 25h",
+            config.retention
+        )));
+    }
+    let fail_threshold = config.fail_threshold.max(1);
+    let interval_ms = u64::try_from(config.probe_interval.as_millis()).unwrap_or(u64::MAX);
+    docsdb::monitor::write_settings(&db, fail_threshold, interval_ms).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let state = Arc::new(AppState::new(config, db, tx)?);
+    baseline(&state).await;
+
+    let mut tasks = vec![
+        tokio::spawn(alerts::run(state.clone(), rx)),
+        tokio::spawn(rollup_loop(state.clone())),
+    ];
+    if !state.config.no_probe {
+        tasks.push(tokio::spawn(probe::run(state.clone())));
+    }
+    let body_limit = state.config.common.body_limit;
+    let drain = state.config.common.drain_timeout;
+    let router = service_kit::server::with_common_layers(app(state.clone()), body_limit);
+    let plan = service_kit::server::ShutdownPlan::new(shutdown, drain);
+    let served = service_kit::server::serve(listener, router, plan).await;
+    for t in &tasks {
+        t.abort();
+    }
+    state.db.close().await;
+    served?;
+    Ok(())
+}
+
+/// Seeds each service's last status from the DB, so a restart does not re-send alerts for
+/// changes already told. A status that is only `unknown` because nobody probed for a while
+/// is seeded with what the last probes said.
+async fn baseline(state: &AppState) {
+    let rows = match docsdb::monitor::services(&state.db).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the services' last status");
+            return;
+        }
+    };
+    let Ok(mut last) = state.last_status.lock() else {
+        return;
+    };
+    for r in rows {
+        let status = if r.stale {
+            match r.last_ok {
+                Some(true) => "up".to_owned(),
+                Some(false) if r.failures_in_row >= r.fail_threshold => "down".to_owned(),
+                Some(false) => "degraded".to_owned(),
+                None => r.status,
+            }
+        } else {
+            r.status
+        };
+        last.insert(r.service, status);
+    }
+}
+
+/// Folds rows older than the retention into hourly rollups, now and every interval.
+pub async fn rollup_loop(state: Arc<AppState>) {
+    let retention_ms = i64::try_from(state.config.retention.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(state.config.rollup_interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cutoff = docsdb::now_ms().saturating_sub(retention_ms);
+        match docsdb::monitor::rollup(&state.db, cutoff).await {
+            Ok(r) if r.health_rows + r.request_rows > 0 => {
+                state.metrics.rollup_rows.fetch_add(
+                    r.health_rows + r.request_rows,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tracing::info!(
+                    health_rows = r.health_rows,
+                    request_rows = r.request_rows,
+                    "rolled up old rows"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rollup failed"),
+        }
+    }
+}

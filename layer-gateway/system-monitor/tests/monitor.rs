@@ -1,0 +1,632 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The monitor against real HTTP services it probes, a real webhook receiver, and real
+//! SQLite and Postgres DBs.
+
+#[path = "../../../crates/docsdb/tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use docsdb::Db;
+use docsdb::health::Check;
+use docsdb::request_log::RequestLogRow;
+use docsdb::spec::{HostSpec, Layer, Lifecycle, ServiceSpec, SystemSpec};
+use serde_json::Value;
+
+/// A real HTTP service with a /health route, which the test can stop and start again on
+/// the same port.
+struct Svc {
+    addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Svc {
+    async fn start() -> Svc {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        Svc {
+            addr,
+            task: Some(serve_health(l)),
+        }
+    }
+    fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+    async fn restart(&mut self) {
+        let l = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.task = Some(serve_health(l));
+    }
+}
+
+fn serve_health(l: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let app = Router::new().route("/health", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    })
+}
+
+/// Collects webhook deliveries; refuses the first one of each kind with a 500 so that
+/// retries are exercised.
+#[derive(Clone, Default)]
+struct Receiver {
+    json: Arc<Mutex<Vec<Value>>>,
+    ntfy: Arc<Mutex<Vec<(String, String)>>>,
+    refused: Arc<Mutex<u32>>,
+}
+
+async fn receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let (j, n, refused) = (r.json.clone(), r.ntfy.clone(), r.refused.clone());
+    let refused2 = refused.clone();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(move |body: axum::Json<Value>| {
+                let j = j.clone();
+                let refused = refused.clone();
+                async move {
+                    let mut n = refused.lock().unwrap();
+                    if *n == 0 {
+                        *n += 1;
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    j.lock().unwrap().push(body.0);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .route(
+            "/ntfy",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let n = n.clone();
+                let _ = &refused2;
+                async move {
+                    let title = headers
+                        .get("title")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    n.lock().unwrap().push((title, body));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (r, url)
+}
+
+fn service(
+    name: &str,
+    layer: Layer,
+    base_url: Option<String>,
+    health: Option<&str>,
+) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        layer,
+        host: Some("mini".into()),
+        kind: Default::default(),
+        base_url,
+        health_path: health.map(str::to_owned),
+        unit: None,
+        lifecycle: Lifecycle::Active,
+        description: None,
+        docs: Vec::new(),
+    }
+}
+
+fn host() -> HostSpec {
+    HostSpec {
+        name: "mini".into(),
+        description: None,
+        address: None,
+        os: Some("linux".into()),
+        arch: Some("x86_64".into()),
+        accelerator: None,
+        memory_bytes: Some(docsdb::spec::ByteSize(16 << 30)),
+    }
+}
+
+struct Monitor {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), system_monitor::Error>>,
+}
+
+impl Monitor {
+    async fn start(db: &Db, tweak: impl FnOnce(&mut system_monitor::Config)) -> Monitor {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let mut config = system_monitor::Config::new(db.url(), "127.0.0.1:0");
+        config.probe_interval = Duration::from_millis(100);
+        config.probe_timeout = Duration::from_secs(2);
+        config.fail_threshold = 2;
+        tweak(&mut config);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(system_monitor::serve_on(l, config, db.clone(), async {
+            let _ = rx.await;
+        }));
+        Monitor {
+            url,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(format!("{}{path}", self.url)).await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn text(&self, path: &str) -> String {
+        reqwest::get(format!("{}{path}", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `/api/status` until `service` shows `want` (10 s at most).
+    async fn wait_status(&self, service: &str, want: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let (_, v) = self.get("/api/status").await;
+            if let Some(s) = v["services"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["service"] == service))
+            {
+                if s["status"] == want {
+                    return s.clone();
+                }
+                last = s.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{service} never became {want}; last: {last}");
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn probes_alerts_and_the_api(db: Db) {
+    let mut echo = Svc::start().await;
+    let (hooks, hook_url) = receiver().await;
+    let spec = SystemSpec {
+        hosts: vec![host()],
+        services: vec![
+            service(
+                "echo",
+                Layer::Inference,
+                Some(format!("http://{}", echo.addr)),
+                Some("/health"),
+            ),
+            service("silent", Layer::Tools, None, None),
+            ServiceSpec {
+                lifecycle: Lifecycle::Planned,
+                ..service(
+                    "later",
+                    Layer::Data,
+                    Some("http://127.0.0.1:9".into()),
+                    Some("/h"),
+                )
+            },
+        ],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&db, &spec, false).await.unwrap();
+    let mon = Monitor::start(&db, |c| {
+        c.webhooks = vec![format!("{hook_url}/hook")];
+        c.ntfy = vec![format!("{hook_url}/ntfy")];
+    })
+    .await;
+
+    let up = mon.wait_status("echo", "up").await;
+    assert_eq!(up["layer"], "inference");
+    assert_eq!(up["host"], "mini");
+    assert_eq!(up["last_status_code"], 200);
+    assert!(up["since_ms"].as_i64().is_some());
+    let (_, st) = mon.get("/api/status").await;
+    let by = |n: &str| {
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by("silent")["status"],
+        "unknown",
+        "no health URL: never probed"
+    );
+    assert_eq!(by("later")["status"], "planned");
+    assert_eq!(st["status"], "ok");
+
+    // Stop it: degraded after one failed probe, down after two, one alert per sink.
+    echo.stop();
+    let down = mon.wait_status("echo", "down").await;
+    assert!(down["failures_in_row"].as_i64().unwrap() >= 2);
+    assert!(
+        down["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{down}"
+    );
+    let (_, st) = mon.get("/api/status").await;
+    assert_eq!(st["status"], "down");
+    assert_eq!(st["counts"]["down"], 1);
+    let alert = wait_for("the down alert", || {
+        hooks.json.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(alert["service"], "echo");
+    assert_eq!(alert["to"], "down");
+    assert_eq!(alert["event"], "service_status_changed");
+    assert!(alert["message"].as_str().unwrap().contains("echo is down"));
+    assert_eq!(
+        *hooks.refused.lock().unwrap(),
+        1,
+        "the first delivery was refused and retried"
+    );
+    let (title, body) = wait_for("the ntfy alert", || {
+        hooks.ntfy.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(title, "homelab: echo down");
+    assert!(body.contains("echo is down"), "{body}");
+
+    // Back up: one recovery alert; no alert for the degraded step on the way down.
+    echo.restart().await;
+    mon.wait_status("echo", "up").await;
+    let recovered = wait_for("the recovery alert", || {
+        hooks.json.lock().unwrap().get(1).cloned()
+    })
+    .await;
+    assert_eq!(recovered["from"], "down");
+    assert_eq!(recovered["to"], "up");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(hooks.json.lock().unwrap().len(), 2, "once per change");
+    assert_eq!(hooks.ntfy.lock().unwrap().len(), 2);
+
+    // One service's detail: recent checks, both kinds, newest first.
+    let (code, detail) = mon.get("/api/services/echo").await;
+    assert_eq!(code, 200);
+    let checks = detail["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["ok"] == false));
+    assert_eq!(checks[0]["ok"], true);
+    assert!(!detail["hourly"].as_array().unwrap().is_empty());
+    let (code, err) = mon.get("/api/services/nope").await;
+    assert_eq!(code, 404);
+    assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
+
+    // The page shows every service with its status; metrics say the same.
+    let page = mon.text("/").await;
+    assert!(
+        page.contains(r#"data-service="echo" data-status="up""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-service="silent" data-status="unknown""#));
+    assert!(page.contains("<svg class=\"bars\""));
+    let metrics = mon.text("/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("homelab_service_up{") && l.contains("service=\"echo\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(line.ends_with(" 1.0") || line.ends_with(" 1"), "{line}");
+    assert!(
+        metrics.contains("homelab_monitor_alerts_sent_total 4"),
+        "{metrics}"
+    );
+
+    let (_, hosts) = mon.get("/api/hosts").await;
+    assert_eq!(hosts["hosts"][0]["host"], "mini");
+    assert_eq!(hosts["hosts"][0]["services"], 3);
+    let (_, handles) = mon.get("/api/handles").await;
+    assert!(handles["handles"].as_array().unwrap().is_empty());
+    mon.shutdown().await;
+    echo.stop();
+}
+
+/// The views' rules, from rows written straight into the DB.
+async fn view_rules(db: Db) {
+    let spec = SystemSpec {
+        hosts: vec![host()],
+        services: vec![
+            service(
+                "a",
+                Layer::Gateway,
+                Some("http://127.0.0.1:9".into()),
+                Some("/health"),
+            ),
+            service(
+                "b",
+                Layer::Gateway,
+                Some("http://127.0.0.1:9".into()),
+                Some("/health"),
+            ),
+        ],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&db, &spec, false).await.unwrap();
+    docsdb::monitor::write_settings(&db, 3, 15_000)
+        .await
+        .unwrap();
+    let now = docsdb::now_ms();
+    let ok = |ms: f64| Check {
+        ok: true,
+        status_code: Some(200),
+        latency_ms: Some(ms),
+        error: None,
+    };
+    let bad = Check {
+        ok: false,
+        status_code: None,
+        latency_ms: None,
+        error: Some("cannot connect".into()),
+    };
+    // a: 100 good probes with latencies 1..=100 ms, then failures.
+    for i in 1..=100 {
+        docsdb::health::record(&db, "a", now - 130_000 + i * 1000, &ok(i as f64))
+            .await
+            .unwrap();
+    }
+    let status = |db: Db, name: &'static str| async move {
+        docsdb::monitor::service(&db, name).await.unwrap().unwrap()
+    };
+    let a = status(db.clone(), "a").await;
+    assert_eq!(a.status, "up");
+    assert_eq!(a.since_ms, Some(now - 130_000 + 1000));
+    assert_eq!(a.latency_p50_ms, Some(50.0));
+    assert_eq!(a.latency_p95_ms, Some(95.0));
+    assert_eq!(a.uptime_1h, Some(1.0));
+
+    docsdb::health::record(&db, "a", now - 25_000, &bad)
+        .await
+        .unwrap();
+    let a = status(db.clone(), "a").await;
+    assert_eq!((a.status.as_str(), a.failures_in_row), ("degraded", 1));
+    assert_eq!(a.since_ms, Some(now - 25_000));
+    docsdb::health::record(&db, "a", now - 20_000, &bad)
+        .await
+        .unwrap();
+    docsdb::health::record(&db, "a", now - 15_000, &bad)
+        .await
+        .unwrap();
+    let a = status(db.clone(), "a").await;
+    assert_eq!((a.status.as_str(), a.failures_in_row), ("down", 3));
+    assert_eq!(
+        a.since_ms,
+        Some(now - 25_000),
+        "down since the first failure"
+    );
+    assert_eq!(a.checks_24h, 103);
+    assert!((a.uptime_24h.unwrap() - 100.0 / 103.0).abs() < 1e-9);
+
+    // A per-service threshold overrides the setting.
+    sqlx::query("UPDATE services SET fail_threshold = 5 WHERE name = 'a'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(status(db.clone(), "a").await.status, "degraded");
+
+    // b was probed ten minutes ago, then nobody looked: unknown, and marked stale.
+    docsdb::health::record(&db, "b", now - 600_000, &ok(3.0))
+        .await
+        .unwrap();
+    let b = status(db.clone(), "b").await;
+    assert_eq!(b.status, "unknown");
+    assert!(b.stale);
+    assert_eq!(b.last_ok, Some(true));
+
+    // Handle traffic: 100 requests with latencies 1..=100 ms, 10 failed.
+    let rows: Vec<RequestLogRow> = (1..=100)
+        .map(|i| RequestLogRow {
+            request_id: format!("r{i}"),
+            started_at_ms: now - 10_000 - i,
+            key_name: None,
+            route: "/v1/chat/completions".into(),
+            handle: Some("chat".into()),
+            target: Some("t".into()),
+            upstream_model: Some("m".into()),
+            status: if i % 10 == 0 { 502 } else { 200 },
+            error_type: None,
+            attempts: 1,
+            latency_ms: i as f64,
+            ttft_ms: Some(0.0),
+            prompt_tokens: Some(10),
+            completion_tokens: Some(if i % 10 == 0 { 0 } else { 1 }),
+            streamed: true,
+        })
+        .collect();
+    docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
+    sqlx::query("INSERT INTO handles (name, strategy, created_at_ms, updated_at_ms) VALUES ('chat', 'priority', 0, 0)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let h = &docsdb::monitor::handles(&db).await.unwrap()[0];
+    assert_eq!((h.requests_1h, h.errors_1h, h.requests_24h), (100, 10, 100));
+    assert_eq!(h.error_rate_1h, Some(0.1));
+    assert_eq!(h.p50_latency_ms_24h, Some(50.0));
+    assert_eq!(h.p95_latency_ms_24h, Some(95.0));
+    assert_eq!(h.prompt_tokens_24h, 1000);
+    assert_eq!(h.completion_tokens_24h, 90);
+    // 90 tokens over the sum of those requests' generation times (their latencies).
+    let gen_s: f64 = (1..=100)
+        .filter(|i| i % 10 != 0)
+        .map(f64::from)
+        .sum::<f64>()
+        / 1000.0;
+    assert!((h.tokens_per_s_24h.unwrap() - 90.0 / gen_s).abs() < 1e-6);
+    let errors = docsdb::monitor::errors(&db, 100).await.unwrap();
+    assert_eq!(errors.iter().filter(|e| e.source == "request").count(), 10);
+    assert_eq!(errors.iter().filter(|e| e.source == "health").count(), 3);
+}
+
+/// Old rows fold into hourly rollups, leave the raw tables, and still count in the views.
+async fn rollup_and_retention(db: Db) {
+    let spec = SystemSpec {
+        hosts: vec![host()],
+        services: vec![service(
+            "a",
+            Layer::Gateway,
+            Some("http://127.0.0.1:9".into()),
+            Some("/health"),
+        )],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&db, &spec, false).await.unwrap();
+    let hour = docsdb::monitor::HOUR_MS;
+    let now = docsdb::now_ms();
+    let three_days_ago = (now - 72 * hour).div_euclid(hour) * hour;
+    for i in 0..60 {
+        let check = Check {
+            ok: i % 6 != 0, // 10 failures
+            status_code: Some(200),
+            latency_ms: Some(f64::from(i)),
+            error: None,
+        };
+        docsdb::health::record(&db, "a", three_days_ago + i64::from(i) * 60_000, &check)
+            .await
+            .unwrap();
+    }
+    docsdb::health::record(
+        &db,
+        "a",
+        now - 1000,
+        &Check {
+            ok: true,
+            status_code: Some(200),
+            latency_ms: Some(1.0),
+            error: None,
+        },
+    )
+    .await
+    .unwrap();
+    let rows: Vec<RequestLogRow> = (0..30)
+        .map(|i| RequestLogRow {
+            request_id: format!("old{i}"),
+            started_at_ms: three_days_ago + i * 1000,
+            key_name: None,
+            route: "/v1/chat/completions".into(),
+            handle: Some("chat".into()),
+            target: None,
+            upstream_model: None,
+            status: 200,
+            error_type: None,
+            attempts: 1,
+            latency_ms: 100.0,
+            ttft_ms: Some(20.0),
+            prompt_tokens: Some(5),
+            completion_tokens: Some(8),
+            streamed: false,
+        })
+        .collect();
+    docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
+    let before = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
+
+    let r = docsdb::monitor::rollup(&db, now - 48 * hour).await.unwrap();
+    assert_eq!((r.health_rows, r.health_hours), (60, 1));
+    assert_eq!((r.request_rows, r.request_hours), (30, 1));
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            use sqlx::Row;
+            sqlx::query(sql)
+                .fetch_one(db.pool())
+                .await
+                .unwrap()
+                .try_get::<i64, _>(0)
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM health_checks").await,
+        1,
+        "only the recent check stays"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM request_log").await, 0);
+    assert_eq!(
+        count("SELECT CAST(checks * 1000 + failures AS BIGINT) FROM health_rollups").await,
+        60_010
+    );
+    assert_eq!(
+        count("SELECT CAST(requests * 1000 + completion_tokens AS BIGINT) FROM request_rollups")
+            .await,
+        30_240
+    );
+    // The 7-day uptime still counts the folded checks; the hourly history shows the hour.
+    let after = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
+    assert_eq!(after.uptime_7d, before.uptime_7d);
+    let hourly = docsdb::monitor::hourly(&db, now - 96 * hour).await.unwrap();
+    let old = hourly.iter().find(|h| h.hour_ms == three_days_ago).unwrap();
+    assert_eq!((old.checks, old.failures), (60, 10));
+
+    // Again: nothing left to fold. A late row for a folded hour merges into its rollup.
+    assert_eq!(
+        docsdb::monitor::rollup(&db, now - 48 * hour).await.unwrap(),
+        docsdb::monitor::RollupReport::default()
+    );
+    docsdb::health::record(
+        &db,
+        "a",
+        three_days_ago + 5,
+        &Check {
+            ok: false,
+            status_code: None,
+            latency_ms: None,
+            error: Some("late".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let r = docsdb::monitor::rollup(&db, now - 48 * hour).await.unwrap();
+    assert_eq!(r.health_rows, 1);
+    assert_eq!(
+        count("SELECT CAST(checks * 1000 + failures AS BIGINT) FROM health_rollups").await,
+        61_011
+    );
+}
+
+on_both!(probes_alerts_and_the_api, view_rules, rollup_and_retention);
+
+#[tokio::test]
+async fn a_retention_under_a_day_is_refused() {
+    let t = common::sqlite().await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = system_monitor::Config::new(&t.url, "127.0.0.1:0");
+    config.retention = Duration::from_secs(3600);
+    let err = system_monitor::serve_on(l, config, t.db.clone(), async {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("25h"), "{err}");
+    t.cleanup().await;
+}
