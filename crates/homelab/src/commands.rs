@@ -375,3 +375,117 @@ pub async fn pull_model(db: &Db, args: &PullArgs) -> Result<(), Error> {
     output::line(&format!("sha256 {}", p.sha256));
     Ok(())
 }
+
+/// `homelab status`: the monitor's picture from the DB — services per layer, then handles.
+pub async fn status(db: &Db, as_json: bool) -> Result<(), Error> {
+    use system_monitor::api::{counts, overall};
+    let services = docsdb::monitor::services(db).await?;
+    let handles = docsdb::monitor::handles(db).await?;
+    let c = counts(&services);
+    if as_json {
+        output::line(&json(&serde_json::json!({
+            "status": overall(&services),
+            "at_ms": docsdb::now_ms(),
+            "counts": c,
+            "services": services,
+            "handles": handles,
+        })));
+        return Ok(());
+    }
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"));
+    let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.2}%", v * 100.0));
+    let mut out = format!(
+        "homelab-llm: {} ({} up, {} degraded, {} down, {} unknown)\n",
+        overall(&services),
+        c.up,
+        c.degraded,
+        c.down,
+        c.unknown
+    );
+    for layer in [
+        "interface",
+        "gateway",
+        "inference",
+        "tools",
+        "data",
+        "platform",
+    ] {
+        let rows: Vec<Vec<String>> = services
+            .iter()
+            .filter(|s| s.layer == layer)
+            .map(|s| {
+                vec![
+                    s.service.clone(),
+                    if s.stale {
+                        format!("{} (stale)", s.status)
+                    } else {
+                        s.status.clone()
+                    },
+                    s.since_ms.map_or_else(|| "-".to_owned(), time),
+                    ratio(s.uptime_24h),
+                    format!("{} / {}", ms(s.latency_p50_ms), ms(s.latency_p95_ms)),
+                    opt(&s.host),
+                    s.last_error
+                        .as_deref()
+                        .filter(|_| s.last_ok == Some(false))
+                        .unwrap_or("")
+                        .chars()
+                        .take(80)
+                        .collect(),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n{layer}\n"));
+        out.push_str(&table(
+            &[
+                "service",
+                "status",
+                "since",
+                "uptime 24h",
+                "p50 / p95",
+                "host",
+                "last error",
+            ],
+            rows,
+        ));
+        out.push('\n');
+    }
+    out.push_str("\nhandles\n");
+    out.push_str(&table(
+        &[
+            "handle",
+            "req 1h",
+            "errors 1h",
+            "req 24h",
+            "errors 24h",
+            "p50 / p95",
+            "TTFT",
+            "tokens/s",
+        ],
+        handles
+            .iter()
+            .map(|h| {
+                vec![
+                    h.handle.clone(),
+                    h.requests_1h.to_string(),
+                    ratio(h.error_rate_1h),
+                    h.requests_24h.to_string(),
+                    ratio(h.error_rate_24h),
+                    format!(
+                        "{} / {}",
+                        ms(h.p50_latency_ms_24h),
+                        ms(h.p95_latency_ms_24h)
+                    ),
+                    ms(h.avg_ttft_ms_24h),
+                    h.tokens_per_s_24h
+                        .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+                ]
+            })
+            .collect(),
+    ));
+    output::line(&out);
+    Ok(())
+}

@@ -52,8 +52,14 @@ pub enum Command {
     /// GGUF models in the model cache.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Run the whole stack on this machine: the local engine and the gateway.
+    /// Run the whole stack on this machine: the local engine, the gateway and the monitor.
     Up(UpArgs),
+    /// Health and traffic of the stack, from the DB: services per layer, then handles.
+    Status {
+        /// Print JSON (the monitor's /api/status fields, plus `handles`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +244,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             )
             .await
         }
+        Command::Status { json } => commands::status(&db, json).await,
         // Handled above, before the DB is opened.
         Command::Up(_) => Ok(()),
     };

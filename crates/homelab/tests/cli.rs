@@ -69,6 +69,30 @@ fn operator_flow(db: &str, dir: &Path) {
         r.stderr
     );
 
+    // Nothing has been probed yet: every active service is unknown, planned ones say so.
+    let out = ok(db, &["status"]);
+    assert!(out.starts_with("homelab-llm: unknown"), "{out}");
+    assert!(
+        out.contains("\ngateway\n") && out.contains("\nhandles\n"),
+        "{out}"
+    );
+    let st: Value = serde_json::from_str(&ok(db, &["status", "--json"])).unwrap();
+    assert_eq!(st["status"], "unknown");
+    let services = st["services"].as_array().unwrap();
+    assert!(
+        services
+            .iter()
+            .any(|s| s["service"] == "gateway" && s["status"] == "unknown")
+    );
+    assert!(services.iter().any(|s| s["status"] == "planned"), "{st}");
+    assert!(
+        st["handles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["handle"] == "chat")
+    );
+
     let handles: Value =
         serde_json::from_str(&ok(db, &["registry", "list", "handles", "--json"])).unwrap();
     let names: Vec<_> = handles
