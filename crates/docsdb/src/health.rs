@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -42,40 +43,108 @@ pub async fn record(db: &Db, service: &str, checked_at_ms: i64, check: &Check) -
     Ok(())
 }
 
-/// One row of `v_service_status`.
+/// One row of `v_service_status`: a service and its status now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceStatus {
     pub service: String,
     pub layer: String,
     pub host: Option<String>,
-    /// `up`, `down`, `unknown` (never probed), or the lifecycle (`planned`, `retired`).
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub health_path: Option<String>,
+    /// `up`, `degraded`, `down`, `unknown`, or the lifecycle (`planned`, `retired`).
     pub status: String,
+    /// When the current run of successes (or failures) began.
+    pub since_ms: Option<i64>,
+    pub failures_in_row: i64,
+    pub fail_threshold: i64,
+    pub probe_interval_ms: i64,
+    /// The last probe is older than three intervals.
+    pub stale: bool,
     pub last_checked_at_ms: Option<i64>,
     pub last_ok: Option<bool>,
+    pub last_status_code: Option<i64>,
     pub last_latency_ms: Option<f64>,
     pub last_error: Option<String>,
 }
 
+impl ServiceStatus {
+    /// The last probe's error, while the service is failing.
+    pub fn current_error(&self) -> Option<&str> {
+        self.last_error
+            .as_deref()
+            .filter(|_| self.last_ok == Some(false))
+    }
+}
+
+/// The columns [`status_row`] reads, qualified by `alias`.
+pub(crate) fn status_columns(alias: &str) -> String {
+    [
+        "service",
+        "layer",
+        "host",
+        "kind",
+        "base_url",
+        "health_path",
+        "status",
+        "since_ms",
+        "failures_in_row",
+        "fail_threshold",
+        "probe_interval_ms",
+        "stale",
+        "last_checked_at_ms",
+        "last_ok",
+        "last_status_code",
+        "last_latency_ms",
+        "last_error",
+    ]
+    .map(|c| format!("{alias}.{c}"))
+    .join(", ")
+}
+
+/// Reads the [`status_columns`] of a row.
+pub(crate) fn status_row(r: &AnyRow) -> Result<ServiceStatus> {
+    Ok(ServiceStatus {
+        service: req(text(r, "service")?, "service")?,
+        layer: req(text(r, "layer")?, "layer")?,
+        host: text(r, "host")?,
+        kind: req(text(r, "kind")?, "kind")?,
+        base_url: text(r, "base_url")?,
+        health_path: text(r, "health_path")?,
+        status: req(text(r, "status")?, "status")?,
+        since_ms: int(r, "since_ms")?,
+        failures_in_row: int(r, "failures_in_row")?.unwrap_or(0),
+        fail_threshold: int(r, "fail_threshold")?.unwrap_or(3),
+        probe_interval_ms: int(r, "probe_interval_ms")?.unwrap_or(15_000),
+        stale: flag(r, "stale")?.unwrap_or(false),
+        last_checked_at_ms: int(r, "last_checked_at_ms")?,
+        last_ok: flag(r, "last_ok")?,
+        last_status_code: int(r, "last_status_code")?,
+        last_latency_ms: float(r, "last_latency_ms")?,
+        last_error: text(r, "last_error")?,
+    })
+}
+
 /// The status of every service, by layer and name.
 pub async fn statuses(db: &Db) -> Result<Vec<ServiceStatus>> {
-    let rows = sqlx::query(
-        "SELECT service, layer, host, status, last_checked_at_ms, last_ok, last_latency_ms, \
-                last_error FROM v_service_status ORDER BY layer, service",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {} FROM v_service_status s ORDER BY s.layer, s.service",
+        status_columns("s")
+    ))
     .fetch_all(db.pool())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ServiceStatus {
-                service: req(text(r, "service")?, "service")?,
-                layer: req(text(r, "layer")?, "layer")?,
-                host: text(r, "host")?,
-                status: req(text(r, "status")?, "status")?,
-                last_checked_at_ms: int(r, "last_checked_at_ms")?,
-                last_ok: flag(r, "last_ok")?,
-                last_latency_ms: float(r, "last_latency_ms")?,
-                last_error: text(r, "last_error")?,
-            })
-        })
-        .collect()
+    rows.iter().map(status_row).collect()
+}
+
+/// The status of one service, if it exists: what the prober reads after each probe (only
+/// this view, not the uptime and latency windows).
+pub async fn status(db: &Db, service: &str) -> Result<Option<ServiceStatus>> {
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM v_service_status s WHERE s.service = $1",
+        status_columns("s")
+    ))
+    .bind(service)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(status_row).transpose()
 }

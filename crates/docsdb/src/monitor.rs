@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 
 use crate::db::Db;
 use crate::error::Result;
+use crate::health::{ServiceStatus, status_columns, status_row};
 use crate::read::{flag, float, int, req, text};
 
 /// One hour in milliseconds.
@@ -80,29 +81,12 @@ pub fn join_url(base: &str, path: &str) -> String {
     )
 }
 
-/// One row of `v_service_status` joined with uptime and probe latency.
+/// A service's status now ([`ServiceStatus`], flattened into the same JSON object) with its
+/// uptime and probe latency.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceRow {
-    pub service: String,
-    pub layer: String,
-    pub host: Option<String>,
-    pub kind: String,
-    pub base_url: Option<String>,
-    pub health_path: Option<String>,
-    /// `up`, `degraded`, `down`, `unknown`, `planned` or `retired`.
-    pub status: String,
-    /// When the current run of successes (or failures) began.
-    pub since_ms: Option<i64>,
-    pub failures_in_row: i64,
-    pub fail_threshold: i64,
-    pub probe_interval_ms: i64,
-    /// The last probe is older than three intervals.
-    pub stale: bool,
-    pub last_checked_at_ms: Option<i64>,
-    pub last_ok: Option<bool>,
-    pub last_status_code: Option<i64>,
-    pub last_latency_ms: Option<f64>,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub now: ServiceStatus,
     pub uptime_1h: Option<f64>,
     pub uptime_24h: Option<f64>,
     pub uptime_7d: Option<f64>,
@@ -111,33 +95,46 @@ pub struct ServiceRow {
     pub latency_p95_ms: Option<f64>,
 }
 
-const SERVICE_SELECT: &str = "SELECT s.service, s.layer, s.host, s.kind, s.base_url, s.health_path, \
-        s.status, s.since_ms, s.failures_in_row, s.fail_threshold, s.probe_interval_ms, s.stale, \
-        s.last_checked_at_ms, s.last_ok, s.last_status_code, s.last_latency_ms, s.last_error, \
-        u.uptime_1h, u.uptime_24h, u.uptime_7d, u.checks_24h, l.latency_p50_ms, l.latency_p95_ms \
-     FROM v_service_status s \
-     JOIN v_service_uptime u ON u.service_id = s.service_id \
-     JOIN v_service_latency l ON l.service_id = s.service_id";
+/// Field access reads through to the status (`row.status`, `row.service`).
+impl std::ops::Deref for ServiceRow {
+    type Target = ServiceStatus;
+    fn deref(&self) -> &ServiceStatus {
+        &self.now
+    }
+}
+
+/// Services grouped by layer, in the order of [`crate::spec::Layer::ALL`], empty layers left out.
+pub fn by_layer(services: &[ServiceRow]) -> Vec<(&'static str, Vec<&ServiceRow>)> {
+    crate::spec::Layer::ALL
+        .iter()
+        .map(|l| {
+            let layer = l.as_str();
+            (
+                layer,
+                services
+                    .iter()
+                    .filter(|s| s.layer == layer)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect()
+}
+
+fn service_select() -> String {
+    format!(
+        "SELECT {}, u.uptime_1h, u.uptime_24h, u.uptime_7d, u.checks_24h, \
+                l.latency_p50_ms, l.latency_p95_ms \
+         FROM v_service_status s \
+         JOIN v_service_uptime u ON u.service_id = s.service_id \
+         JOIN v_service_latency l ON l.service_id = s.service_id",
+        status_columns("s")
+    )
+}
 
 fn service_row(r: &AnyRow) -> Result<ServiceRow> {
     Ok(ServiceRow {
-        service: req(text(r, "service")?, "service")?,
-        layer: req(text(r, "layer")?, "layer")?,
-        host: text(r, "host")?,
-        kind: req(text(r, "kind")?, "kind")?,
-        base_url: text(r, "base_url")?,
-        health_path: text(r, "health_path")?,
-        status: req(text(r, "status")?, "status")?,
-        since_ms: int(r, "since_ms")?,
-        failures_in_row: int(r, "failures_in_row")?.unwrap_or(0),
-        fail_threshold: int(r, "fail_threshold")?.unwrap_or(3),
-        probe_interval_ms: int(r, "probe_interval_ms")?.unwrap_or(15_000),
-        stale: flag(r, "stale")?.unwrap_or(false),
-        last_checked_at_ms: int(r, "last_checked_at_ms")?,
-        last_ok: flag(r, "last_ok")?,
-        last_status_code: int(r, "last_status_code")?,
-        last_latency_ms: float(r, "last_latency_ms")?,
-        last_error: text(r, "last_error")?,
+        now: status_row(r)?,
         uptime_1h: float(r, "uptime_1h")?,
         uptime_24h: float(r, "uptime_24h")?,
         uptime_7d: float(r, "uptime_7d")?,
@@ -149,7 +146,7 @@ fn service_row(r: &AnyRow) -> Result<ServiceRow> {
 
 /// Every service, by layer and name.
 pub async fn services(db: &Db) -> Result<Vec<ServiceRow>> {
-    let rows = sqlx::query(&format!("{SERVICE_SELECT} ORDER BY s.layer, s.service"))
+    let rows = sqlx::query(&format!("{} ORDER BY s.layer, s.service", service_select()))
         .fetch_all(db.pool())
         .await?;
     rows.iter().map(service_row).collect()
@@ -157,7 +154,7 @@ pub async fn services(db: &Db) -> Result<Vec<ServiceRow>> {
 
 /// One service, if it exists.
 pub async fn service(db: &Db, name: &str) -> Result<Option<ServiceRow>> {
-    let row = sqlx::query(&format!("{SERVICE_SELECT} WHERE s.service = $1"))
+    let row = sqlx::query(&format!("{} WHERE s.service = $1", service_select()))
         .bind(name)
         .fetch_optional(db.pool())
         .await?;
@@ -208,15 +205,25 @@ pub struct HourRow {
     pub latency_ms: Option<f64>,
 }
 
-/// Hourly probe buckets since `since_ms`, by service and hour.
-pub async fn hourly(db: &Db, since_ms: i64) -> Result<Vec<HourRow>> {
-    let rows = sqlx::query(
-        "SELECT service, hour_ms, checks, failures, latency_ms FROM v_service_hourly \
-         WHERE hour_ms >= $1 ORDER BY service, hour_ms",
-    )
-    .bind(since_ms)
-    .fetch_all(db.pool())
-    .await?;
+/// Hourly probe buckets since `since_ms` (of one service, or all), by service and hour.
+pub async fn hourly(db: &Db, since_ms: i64, service: Option<&str>) -> Result<Vec<HourRow>> {
+    const SELECT: &str = "SELECT service, hour_ms, checks, failures, latency_ms \
+                          FROM v_service_hourly WHERE hour_ms >= $1";
+    let rows = match service {
+        Some(name) => {
+            sqlx::query(&format!("{SELECT} AND service = $2 ORDER BY hour_ms"))
+                .bind(since_ms)
+                .bind(name)
+                .fetch_all(db.pool())
+                .await?
+        }
+        None => {
+            sqlx::query(&format!("{SELECT} ORDER BY service, hour_ms"))
+                .bind(since_ms)
+                .fetch_all(db.pool())
+                .await?
+        }
+    };
     rows.iter()
         .map(|r| {
             Ok(HourRow {
@@ -436,34 +443,29 @@ fn pct(sorted: &[f64], p: f64) -> Option<f64> {
 pub async fn rollup(db: &Db, cutoff_ms: i64) -> Result<RollupReport> {
     let cutoff = cutoff_ms.div_euclid(HOUR_MS) * HOUR_MS;
     let mut report = RollupReport::default();
-    loop {
-        let oldest: Option<i64> = sqlx::query(
-            "SELECT MIN(checked_at_ms) AS m FROM health_checks WHERE checked_at_ms < $1",
-        )
-        .bind(cutoff)
-        .fetch_one(db.pool())
-        .await?
-        .try_get::<Option<i64>, _>("m")?;
-        let Some(oldest) = oldest else { break };
-        let hour = oldest.div_euclid(HOUR_MS) * HOUR_MS;
+    while let Some(hour) = oldest_hour(db, "health_checks", "checked_at_ms", cutoff).await? {
         let (rows, hours) = rollup_health_hour(db, hour).await?;
         report.health_rows += rows;
         report.health_hours += hours;
     }
-    loop {
-        let oldest: Option<i64> =
-            sqlx::query("SELECT MIN(started_at_ms) AS m FROM request_log WHERE started_at_ms < $1")
-                .bind(cutoff)
-                .fetch_one(db.pool())
-                .await?
-                .try_get::<Option<i64>, _>("m")?;
-        let Some(oldest) = oldest else { break };
-        let hour = oldest.div_euclid(HOUR_MS) * HOUR_MS;
+    while let Some(hour) = oldest_hour(db, "request_log", "started_at_ms", cutoff).await? {
         let (rows, hours) = rollup_request_hour(db, hour).await?;
         report.request_rows += rows;
         report.request_hours += hours;
     }
     Ok(report)
+}
+
+/// The start of the hour of the oldest row of `table` before `cutoff`, if any.
+async fn oldest_hour(db: &Db, table: &str, time_col: &str, cutoff: i64) -> Result<Option<i64>> {
+    let oldest: Option<i64> = sqlx::query(&format!(
+        "SELECT MIN({time_col}) AS m FROM {table} WHERE {time_col} < $1"
+    ))
+    .bind(cutoff)
+    .fetch_one(db.pool())
+    .await?
+    .try_get("m")?;
+    Ok(oldest.map(|t| t.div_euclid(HOUR_MS) * HOUR_MS))
 }
 
 /// Merges a percentile of `n_new` samples into one of `n_old`, weighted by count.

@@ -378,13 +378,13 @@ pub async fn pull_model(db: &Db, args: &PullArgs) -> Result<(), Error> {
 
 /// `homelab status`: the monitor's picture from the DB — services per layer, then handles.
 pub async fn status(db: &Db, as_json: bool) -> Result<(), Error> {
-    use system_monitor::api::{counts, overall};
+    use system_monitor::api::counts;
     let services = docsdb::monitor::services(db).await?;
     let handles = docsdb::monitor::handles(db).await?;
     let c = counts(&services);
     if as_json {
         output::line(&json(&serde_json::json!({
-            "status": overall(&services),
+            "status": c.overall(),
             "at_ms": docsdb::now_ms(),
             "counts": c,
             "services": services,
@@ -396,23 +396,15 @@ pub async fn status(db: &Db, as_json: bool) -> Result<(), Error> {
     let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.2}%", v * 100.0));
     let mut out = format!(
         "homelab-llm: {} ({} up, {} degraded, {} down, {} unknown)\n",
-        overall(&services),
+        c.overall(),
         c.up,
         c.degraded,
         c.down,
         c.unknown
     );
-    for layer in [
-        "interface",
-        "gateway",
-        "inference",
-        "tools",
-        "data",
-        "platform",
-    ] {
+    for (layer, services) in docsdb::monitor::by_layer(&services) {
         let rows: Vec<Vec<String>> = services
             .iter()
-            .filter(|s| s.layer == layer)
             .map(|s| {
                 vec![
                     s.service.clone(),
@@ -425,19 +417,10 @@ pub async fn status(db: &Db, as_json: bool) -> Result<(), Error> {
                     ratio(s.uptime_24h),
                     format!("{} / {}", ms(s.latency_p50_ms), ms(s.latency_p95_ms)),
                     opt(&s.host),
-                    s.last_error
-                        .as_deref()
-                        .filter(|_| s.last_ok == Some(false))
-                        .unwrap_or("")
-                        .chars()
-                        .take(80)
-                        .collect(),
+                    s.current_error().unwrap_or("").chars().take(80).collect(),
                 ]
             })
             .collect();
-        if rows.is_empty() {
-            continue;
-        }
         out.push_str(&format!("\n{layer}\n"));
         out.push_str(&table(
             &[

@@ -153,7 +153,6 @@ pub async fn up(
         model_id = Some(pulled.model_id.clone());
     }
     docsdb::apply::apply(&db, &spec, false).await?;
-    db.close().await;
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -181,10 +180,10 @@ pub async fn up(
             .map_err(|e| e.to_string())
     });
     let mcfg = system_monitor::Config::new(&db_url, &mon_addr.to_string());
-    let mdb = docsdb::Db::open(&db_url).await?;
+    // The monitor keeps the connection `up` registered the stack with (and closes it).
     let s = stop.clone();
     tasks.spawn(async move {
-        system_monitor::serve_on(mon_listener, mcfg, mdb, s.cancelled_owned())
+        system_monitor::serve_on(mon_listener, mcfg, db, s.cancelled_owned())
             .await
             .map_err(|e| e.to_string())
     });

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use docsdb::monitor::ServiceRow;
+use docsdb::health::ServiceStatus;
 use serde::Serialize;
 
 use crate::state::AppState;
@@ -44,7 +44,7 @@ pub struct Alert {
 }
 
 impl Alert {
-    pub fn from_row(row: &ServiceRow, from: &str, at_ms: i64) -> Self {
+    pub fn from_row(row: &ServiceStatus, from: &str, at_ms: i64) -> Self {
         let message = match (row.status.as_str(), &row.last_error) {
             ("down", Some(e)) => format!(
                 "{} is down ({} failed probes in a row): {e}",

@@ -10,21 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::state::AppState;
 
-/// The whole stack in one word, from its services: `down` if any active service is down,
-/// else `degraded` if any is degraded, else `unknown` if none is up, else `ok`.
-pub fn overall(services: &[ServiceRow]) -> &'static str {
-    let has = |s: &str| services.iter().any(|r| r.status == s);
-    if has("down") {
-        "down"
-    } else if has("degraded") {
-        "degraded"
-    } else if !has("up") {
-        "unknown"
-    } else {
-        "ok"
-    }
-}
-
+/// How many services are in each status.
 #[derive(Debug, Serialize)]
 pub struct Counts {
     pub up: usize,
@@ -32,6 +18,22 @@ pub struct Counts {
     pub down: usize,
     pub unknown: usize,
     pub inactive: usize,
+}
+
+impl Counts {
+    /// The whole stack in one word: `down` if any active service is down, else `degraded`
+    /// if any is degraded, else `unknown` if none is up, else `ok`.
+    pub fn overall(&self) -> &'static str {
+        if self.down > 0 {
+            "down"
+        } else if self.degraded > 0 {
+            "degraded"
+        } else if self.up == 0 {
+            "unknown"
+        } else {
+            "ok"
+        }
+    }
 }
 
 pub fn counts(services: &[ServiceRow]) -> Counts {
@@ -48,10 +50,11 @@ pub fn counts(services: &[ServiceRow]) -> Counts {
 /// `GET /api/status`
 pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
     let services = monitor::services(&state.db).await?;
+    let counts = counts(&services);
     Ok(Json(serde_json::json!({
-        "status": overall(&services),
+        "status": counts.overall(),
         "at_ms": docsdb::now_ms(),
-        "counts": counts(&services),
+        "counts": counts,
         "services": services,
     })))
 }
@@ -72,11 +75,8 @@ pub async fn service(
         .ok_or_else(|| Error::UnknownService(name.clone()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let checks = monitor::recent_checks(&state.db, &name, limit).await?;
-    let hourly: Vec<_> = monitor::hourly(&state.db, docsdb::now_ms() - 24 * monitor::HOUR_MS)
-        .await?
-        .into_iter()
-        .filter(|h| h.service == name)
-        .collect();
+    let since = docsdb::now_ms() - 24 * monitor::HOUR_MS;
+    let hourly = monitor::hourly(&state.db, since, Some(&name)).await?;
     Ok(Json(serde_json::json!({
         "service": row,
         "checks": checks,

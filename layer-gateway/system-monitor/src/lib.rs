@@ -104,7 +104,7 @@ pub async fn serve_on(
 /// changes already told. A status that is only `unknown` because nobody probed for a while
 /// is seeded with what the last probes said.
 async fn baseline(state: &AppState) {
-    let rows = match docsdb::monitor::services(&state.db).await {
+    let rows = match docsdb::health::statuses(&state.db).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the services' last status");

@@ -10,17 +10,8 @@ use axum::extract::State;
 use axum::response::Html;
 use docsdb::monitor::{self, ErrorRow, HandleRow, HostRow, HourRow, ModelRow, ServiceRow};
 
-use crate::api::{counts, overall};
+use crate::api::counts;
 use crate::state::AppState;
-
-const LAYERS: [&str; 6] = [
-    "interface",
-    "gateway",
-    "inference",
-    "tools",
-    "data",
-    "platform",
-];
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -161,7 +152,7 @@ async fn load(state: &AppState, now_ms: i64) -> Data {
     let s = |e: docsdb::Error| e.to_string();
     Data {
         services: monitor::services(db).await.map_err(s),
-        hourly: monitor::hourly(db, now_ms - 24 * monitor::HOUR_MS)
+        hourly: monitor::hourly(db, now_ms - 24 * monitor::HOUR_MS, None)
             .await
             .unwrap_or_default(),
         handles: monitor::handles(db).await.map_err(s),
@@ -183,7 +174,7 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
         Ok(s) => {
             let c = counts(s);
             (
-                overall(s),
+                c.overall(),
                 format!(
                     "{} up · {} degraded · {} down · {} unknown",
                     c.up, c.degraded, c.down, c.unknown
@@ -211,11 +202,7 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
     for row in &d.hourly {
         hours.entry(row.service.as_str()).or_default().push(row);
     }
-    for layer in LAYERS {
-        let rows: Vec<&ServiceRow> = services.iter().filter(|s| s.layer == layer).collect();
-        if rows.is_empty() {
-            continue;
-        }
+    for (layer, rows) in monitor::by_layer(services) {
         let _ = write!(
             h,
             r#"<section class="layer" id="layer-{layer}"><h2>{layer}</h2><table><thead><tr><th>service</th><th>status</th><th>last 24 h</th><th>uptime 24 h</th><th>p50 / p95</th><th>latency</th><th>since</th><th>host</th><th>last error</th></tr></thead><tbody>"#
@@ -237,9 +224,7 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
                 since = ago(now, s.since_ms),
                 host = esc(s.host.as_deref().unwrap_or("–")),
                 err = esc(&s
-                    .last_error
-                    .as_deref()
-                    .filter(|_| s.last_ok == Some(false))
+                    .current_error()
                     .unwrap_or("")
                     .chars()
                     .take(120)

@@ -108,7 +108,7 @@ pub async fn probe_and_record(state: &AppState, target: &ProbeTarget) {
         tracing::warn!(service = %target.service, error = %e, "cannot record a probe");
         return;
     }
-    let row = match docsdb::monitor::service(&state.db, &target.service).await {
+    let row = match docsdb::health::status(&state.db, &target.service).await {
         Ok(Some(row)) => row,
         Ok(None) => return,
         Err(e) => {

@@ -586,7 +586,9 @@ async fn rollup_and_retention(db: Db) {
     // The 7-day uptime still counts the folded checks; the hourly history shows the hour.
     let after = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
     assert_eq!(after.uptime_7d, before.uptime_7d);
-    let hourly = docsdb::monitor::hourly(&db, now - 96 * hour).await.unwrap();
+    let hourly = docsdb::monitor::hourly(&db, now - 96 * hour, None)
+        .await
+        .unwrap();
     let old = hourly.iter().find(|h| h.hour_ms == three_days_ago).unwrap();
     assert_eq!((old.checks, old.failures), (60, 10));
 

@@ -126,15 +126,8 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
         a.context
     );
     println!(
-        "{:>16} {:>4} | {:>9} {:>11} {:>14} {:>14} {:>9} | {:>8}",
-        "server",
-        "conc",
-        "TTFT p50",
-        "prefill t/s",
-        "decode t/s/seq",
-        "decode t/s all",
-        "peak RSS",
-        "vs anchor"
+        "{:>16} {:>4} | {:>9} {:>11} {:>14} {:>14} {:>9}",
+        "server", "conc", "TTFT p50", "prefill t/s", "decode t/s/seq", "decode t/s all", "peak RSS"
     );
     let mut results: Vec<(Contender, usize, Row, u64)> = Vec::new();
     let mut skipped = Vec::new();
@@ -162,15 +155,11 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
             let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
             let _ = child.kill().await;
             let _ = child.wait().await;
-            let anchor = results
-                .iter()
-                .find(|(s, cc, _, _)| *s == Contender::LlamaCppServer && *cc == c)
-                .map(|(_, _, r, _)| r.decode_tps_all);
-            print_row(server, c, &row, hwm, anchor);
+            print_row(server, c, &row, hwm);
             results.push((server, c, row, hwm));
         }
     }
-    // The anchor usually runs last: print every row's ratio against it once it is known.
+    // Every row against the anchor, once all are measured (the anchor runs last by default).
     if results
         .iter()
         .any(|(s, ..)| *s == Contender::LlamaCppServer)
@@ -219,9 +208,9 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_row(server: Contender, c: usize, r: &Row, hwm_kb: u64, anchor: Option<f64>) {
+fn print_row(server: Contender, c: usize, r: &Row, hwm_kb: u64) {
     println!(
-        "{:>16} {:>4} | {:>7.0}ms {:>11.0} {:>14.1} {:>14.1} {:>7.0}MB | {:>8}{}",
+        "{:>16} {:>4} | {:>7.0}ms {:>11.0} {:>14.1} {:>14.1} {:>7.0}MB{}",
         server.label(),
         c,
         r.ttft_p50_ms,
@@ -229,12 +218,6 @@ fn print_row(server: Contender, c: usize, r: &Row, hwm_kb: u64, anchor: Option<f
         r.decode_tps_seq,
         r.decode_tps_all,
         hwm_kb as f64 / 1024.0,
-        anchor
-            .filter(|a| *a > 0.0)
-            .map_or_else(String::new, |a| format!(
-                "{:.0}%",
-                100.0 * r.decode_tps_all / a
-            )),
         if r.errors > 0 {
             format!("  ({} failed)", r.errors)
         } else {
