@@ -158,6 +158,18 @@ fn validate(spec: &SystemSpec) -> Result<()> {
         if let Some(u) = &s.base_url {
             check_url(u, format!("services[{i}].base_url"))?;
         }
+        if s.probe_interval_ms.is_some_and(|v| v < 1000) {
+            return Err(err(
+                format!("services[{i}].probe_interval_ms"),
+                "must be at least 1000 (one second)",
+            ));
+        }
+        if s.fail_threshold.is_some_and(|v| v < 1) {
+            return Err(err(
+                format!("services[{i}].fail_threshold"),
+                "must be at least 1",
+            ));
+        }
     }
     for (i, e) in spec.endpoints.iter().enumerate() {
         check_url(&e.base_url, format!("endpoints[{i}].base_url"))?;
@@ -343,7 +355,8 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 sqlx::query(
                     "UPDATE services SET layer = $1, host_id = $2, kind = $3, base_url = $4, \
                      health_path = $5, unit = $6, lifecycle = $7, description = $8, \
-                     updated_at_ms = $9 WHERE id = $10",
+                     updated_at_ms = $9, probe_interval_ms = $10, fail_threshold = $11 \
+                     WHERE id = $12",
                 )
                 .bind(s.layer.as_str())
                 .bind(host_id)
@@ -354,6 +367,8 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 .bind(s.lifecycle.as_str())
                 .bind(&s.description)
                 .bind(now)
+                .bind(s.probe_interval_ms)
+                .bind(s.fail_threshold)
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
@@ -367,8 +382,9 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
             None => {
                 let row = sqlx::query(
                     "INSERT INTO services (name, layer, host_id, kind, base_url, health_path, \
-                     unit, lifecycle, description, created_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+                     unit, lifecycle, description, created_at_ms, updated_at_ms, \
+                     probe_interval_ms, fail_threshold) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) RETURNING id",
                 )
                 .bind(&s.name)
                 .bind(s.layer.as_str())
@@ -380,6 +396,8 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 .bind(s.lifecycle.as_str())
                 .bind(&s.description)
                 .bind(now)
+                .bind(s.probe_interval_ms)
+                .bind(s.fail_threshold)
                 .fetch_one(&mut *conn)
                 .await?;
                 report.push("service", &s.name, Action::Created, vec![]);

@@ -69,6 +69,16 @@ pub async fn probe_targets(db: &Db) -> Result<Vec<ProbeTarget>> {
         .collect()
 }
 
+/// A latency for people: tenths below 10 ms (a loopback probe takes well under one), whole
+/// milliseconds above.
+pub fn show_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
 /// `http://h:1/v1` + `/health` → `http://h:1/v1/health`; an absolute path URL wins.
 pub fn join_url(base: &str, path: &str) -> String {
     if path.starts_with("http://") || path.starts_with("https://") {

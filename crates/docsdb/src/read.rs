@@ -79,7 +79,7 @@ pub async fn hosts(conn: &mut AnyConnection) -> Result<Vec<(i64, HostSpec)>> {
 pub async fn services(conn: &mut AnyConnection) -> Result<Vec<(i64, ServiceSpec)>> {
     let rows = sqlx::query(
         "SELECT s.id, s.name, s.layer, h.name AS host, s.kind, s.base_url, s.health_path, \
-                s.unit, s.lifecycle, s.description \
+                s.unit, s.lifecycle, s.description, s.probe_interval_ms, s.fail_threshold \
          FROM services s LEFT JOIN hosts h ON h.id = s.host_id ORDER BY s.name",
     )
     .fetch_all(&mut *conn)
@@ -112,6 +112,8 @@ pub async fn services(conn: &mut AnyConnection) -> Result<Vec<(i64, ServiceSpec)
                 unit: text(r, "unit")?,
                 lifecycle: parse_enum(text(r, "lifecycle")?, "lifecycle")?,
                 description: text(r, "description")?,
+                probe_interval_ms: int(r, "probe_interval_ms")?,
+                fail_threshold: int(r, "fail_threshold")?,
                 docs: service_docs,
             },
         ));

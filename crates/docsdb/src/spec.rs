@@ -68,6 +68,14 @@ pub struct ServiceSpec {
     pub lifecycle: Lifecycle,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// How often the monitor probes it, in milliseconds (at least 1000; absent: the
+    /// monitor's `--probe-interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval_ms: Option<i64>,
+    /// Failed probes in a row before it counts as down (at least 1; absent: the monitor's
+    /// `--fail-threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_threshold: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub docs: Vec<DocSpec>,
 }

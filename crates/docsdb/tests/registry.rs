@@ -129,6 +129,21 @@ async fn yaml_import_export_import_is_a_fixed_point(db: Db) {
         .await
         .unwrap();
     let exported = export_yaml(&db).await;
+    assert!(
+        exported.contains("probe_interval_ms: 60000") && exported.contains("fail_threshold: 5"),
+        "per-service probe settings survive export:\n{exported}"
+    );
+    // ... and are what the status view applies.
+    let searxng = docsdb::health::statuses(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.service == "searxng")
+        .unwrap();
+    assert_eq!(
+        (searxng.probe_interval_ms, searxng.fail_threshold),
+        (60000, 5)
+    );
     // Into the same DB: nothing changes.
     let again = import(&db, &exported, "export.yaml").await.unwrap();
     assert!(again.is_noop(), "{again}");
@@ -186,6 +201,19 @@ async fn broken_file_leaves_the_db_unchanged(db: Db) {
     let err = import(&db, yaml, "system.yaml").await.unwrap_err();
     assert!(
         err.starts_with("system.yaml:4: services[0].host: host `atlantis`"),
+        "{err}"
+    );
+    // Probe settings out of range.
+    let yaml = "services:\n  - name: s\n    layer: tools\n    probe_interval_ms: 10\n";
+    let err = import(&db, yaml, "system.yaml").await.unwrap_err();
+    assert!(
+        err.starts_with("system.yaml:4: services[0].probe_interval_ms: must be at least 1000"),
+        "{err}"
+    );
+    let yaml = "services:\n  - name: s\n    layer: tools\n    fail_threshold: 0\n";
+    let err = import(&db, yaml, "system.yaml").await.unwrap_err();
+    assert!(
+        err.starts_with("system.yaml:4: services[0].fail_threshold: must be at least 1"),
         "{err}"
     );
     assert_eq!(export_yaml(&db).await, before);

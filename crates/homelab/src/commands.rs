@@ -392,7 +392,7 @@ pub async fn status(db: &Db, as_json: bool) -> Result<(), Error> {
         })));
         return Ok(());
     }
-    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"));
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), docsdb::monitor::show_ms);
     let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.2}%", v * 100.0));
     let mut out = format!(
         "homelab-llm: {} ({} up, {} degraded, {} down, {} unknown)\n",

@@ -231,6 +231,8 @@ fn service(
         unit: None,
         lifecycle: Default::default(),
         description: Some(description.into()),
+        probe_interval_ms: None,
+        fail_threshold: None,
         docs: vec![docsdb::spec::DocSpec {
             kind: "README".into(),
             location: readme.into(),

@@ -30,7 +30,7 @@ pub fn esc(s: &str) -> String {
 }
 
 fn opt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0} ms"))
+    v.map_or_else(|| "–".to_owned(), monitor::show_ms)
 }
 
 fn pct(v: Option<f64>) -> String {

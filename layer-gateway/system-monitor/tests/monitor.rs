@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 //! The monitor against real HTTP services it probes, a real webhook receiver, and real
 //! SQLite and Postgres DBs.
 
@@ -121,6 +126,8 @@ fn service(
         unit: None,
         lifecycle: Lifecycle::Active,
         description: None,
+        probe_interval_ms: None,
+        fail_threshold: None,
         docs: Vec::new(),
     }
 }
@@ -630,5 +637,159 @@ async fn a_retention_under_a_day_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("25h"), "{err}");
+    t.cleanup().await;
+}
+
+/// Debian's chromium, or `HOMELAB_CHROMIUM`. `None` (with a note) outside CI when there is
+/// none; with `CI=true` a missing browser fails the test (`.ci/run` installs it).
+fn chromium() -> Option<std::path::PathBuf> {
+    let candidates = std::env::var_os("HOMELAB_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(Into::into));
+    for c in candidates {
+        if c.exists() {
+            return Some(c);
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true but no chromium: install Debian's chromium or set HOMELAB_CHROMIUM");
+    }
+    eprintln!("note: no chromium found; skipping the browser test");
+    None
+}
+
+/// Runs headless chromium on `url` with `args`, in a fresh profile, and returns its stdout.
+async fn headless(browser: &std::path::Path, url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(args)
+    .arg(url)
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("chromium did not finish within 90 s")
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The dashboard in a real browser: an up service, a down one and one never probed, each with
+/// its status in the DOM the browser built, the handle table with traffic, and a screenshot
+/// under `target/` for a person to look at.
+#[tokio::test]
+async fn the_page_renders_in_a_headless_browser() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let t = common::sqlite().await;
+    let echo = Svc::start().await;
+    let mut gone = Svc::start().await;
+    gone.stop();
+    let spec = SystemSpec {
+        hosts: vec![host()],
+        services: vec![
+            service(
+                "echo",
+                Layer::Inference,
+                Some(format!("http://{}", echo.addr)),
+                Some("/health"),
+            ),
+            service(
+                "gone",
+                Layer::Tools,
+                Some(format!("http://{}", gone.addr)),
+                Some("/health"),
+            ),
+            service("silent", Layer::Data, None, None),
+        ],
+        handles: vec![docsdb::spec::HandleSpec {
+            handle: "chat".into(),
+            description: None,
+            strategy: Default::default(),
+            targets: vec![docsdb::spec::TargetSpec {
+                endpoint: None,
+                base_url: Some(format!("http://{}/v1", echo.addr)),
+                ..docsdb::spec::TargetSpec::on_endpoint("", "m")
+            }],
+        }],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&t.db, &spec, false).await.unwrap();
+    let now = docsdb::now_ms();
+    let rows: Vec<RequestLogRow> = (0..40)
+        .map(|i| RequestLogRow {
+            request_id: format!("r{i}"),
+            started_at_ms: now - 1_000 * i,
+            key_name: None,
+            route: "/v1/chat/completions".into(),
+            handle: Some("chat".into()),
+            target: Some("t".into()),
+            upstream_model: Some("m".into()),
+            status: if i % 10 == 0 { 502 } else { 200 },
+            error_type: None,
+            attempts: 1,
+            latency_ms: 100.0 + i as f64,
+            ttft_ms: Some(20.0),
+            prompt_tokens: Some(10),
+            completion_tokens: Some(20),
+            streamed: true,
+        })
+        .collect();
+    docsdb::request_log::insert_batch(&t.db, &rows)
+        .await
+        .unwrap();
+    let mon = Monitor::start(&t.db, |_| {}).await;
+    mon.wait_status("echo", "up").await;
+    mon.wait_status("gone", "down").await;
+
+    let dom = headless(&browser, &mon.url, &["--dump-dom"]).await;
+    for (service, status) in [("echo", "up"), ("gone", "down"), ("silent", "unknown")] {
+        let row = format!(r#"data-service="{service}" data-status="{status}""#);
+        assert!(dom.contains(&row), "{row} not in the DOM:\n{dom}");
+    }
+    assert!(
+        dom.contains(r#"id="overall" class="pill down" data-status="down""#),
+        "overall status in the DOM:\n{dom}"
+    );
+    assert!(dom.contains(r#"data-handle="chat""#), "handle row:\n{dom}");
+    assert!(dom.contains("<svg"), "inline SVG charts:\n{dom}");
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("system-monitor-dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        &browser,
+        &mon.url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1400",
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("a screenshot was written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    assert_eq!(width, 1280, "the screenshot has the window's width");
+    eprintln!("screenshot: {}", shot.display());
+    mon.shutdown().await;
     t.cleanup().await;
 }

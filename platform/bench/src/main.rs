@@ -5,11 +5,12 @@
 //!
 //! Run: `cargo build --release -p gateway -p bench && target/release/bench gateway`
 //!
-//! `bench engine`: see `engine.rs`.
+//! `bench engine`: see `engine.rs`. `bench monitor`: see `monitor.rs`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod engine;
+mod monitor;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +32,9 @@ enum What {
     /// The engine's backends and llama.cpp's own server: time to first token and tokens/s
     /// at several concurrencies, over HTTP.
     Engine(engine::EngineArgs),
+    /// The system monitor's reads over a week of traffic against the same reads over empty
+    /// logs, on SQLite and Postgres.
+    Monitor(monitor::MonitorArgs),
     /// Serve the fast upstream on a port (the gateway benchmark runs this as its own process,
     /// so that neither path shares a process with the load generator).
     #[command(hide = true)]
@@ -376,6 +380,7 @@ async fn main() -> std::process::ExitCode {
         What::Gateway(a) => bench_gateway(a).await,
         What::Upstream { port } => testkit::fast::serve(port).await,
         What::Engine(a) => engine::run(a).await,
+        What::Monitor(a) => monitor::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
