@@ -132,6 +132,16 @@ fn service(
     }
 }
 
+/// A service probed at `svc`'s `/health`.
+fn probed(name: &str, layer: Layer, svc: &Svc) -> ServiceSpec {
+    service(
+        name,
+        layer,
+        Some(format!("http://{}", svc.addr)),
+        Some("/health"),
+    )
+}
+
 fn host() -> HostSpec {
     HostSpec {
         name: "mini".into(),
@@ -228,12 +238,7 @@ async fn probes_alerts_and_the_api(db: Db) {
     let spec = SystemSpec {
         hosts: vec![host()],
         services: vec![
-            service(
-                "echo",
-                Layer::Inference,
-                Some(format!("http://{}", echo.addr)),
-                Some("/health"),
-            ),
+            probed("echo", Layer::Inference, &echo),
             service("silent", Layer::Tools, None, None),
             ServiceSpec {
                 lifecycle: Lifecycle::Planned,
@@ -705,18 +710,8 @@ async fn the_page_renders_in_a_headless_browser() {
     let spec = SystemSpec {
         hosts: vec![host()],
         services: vec![
-            service(
-                "echo",
-                Layer::Inference,
-                Some(format!("http://{}", echo.addr)),
-                Some("/health"),
-            ),
-            service(
-                "gone",
-                Layer::Tools,
-                Some(format!("http://{}", gone.addr)),
-                Some("/health"),
-            ),
+            probed("echo", Layer::Inference, &echo),
+            probed("gone", Layer::Tools, &gone),
             service("silent", Layer::Data, None, None),
         ],
         handles: vec![docsdb::spec::HandleSpec {
