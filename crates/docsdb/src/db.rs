@@ -22,6 +22,40 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// Whether a statement that binds an `Option<f64>` may be cached. Not on Postgres: sqlx's
+    /// Any driver declares a NULL double as a `float4` parameter, and a cached statement
+    /// prepared that way refuses the next real double ("incorrect binary data format").
+    /// Such statements are prepared afresh each time there.
+    pub fn caches_nullable_floats(self) -> bool {
+        self == Backend::Sqlite
+    }
+}
+
+/// Appends `rows` placeholder tuples of `cols` each (`(?, ?), (?, ?)` or `($1, $2), ($3, $4)`)
+/// for a multi-row `INSERT ... VALUES`. SQLite gets anonymous `?` placeholders: with numbered
+/// ones, looking up each parameter's name walks a list as long as the statement's parameters,
+/// which makes binding quadratic. sqlx's QueryBuilder writes `?` for the Any driver, which
+/// Postgres does not accept.
+pub(crate) fn push_values(sql: &mut String, rows: usize, cols: usize, backend: Backend) {
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
+        }
+        sql.push(')');
+    }
+}
+
 /// Pool and timeout settings. Every limit is explicit.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -114,6 +148,12 @@ impl Db {
                             .as_str(),
                         )
                         .await?;
+                    } else {
+                        // Every query here is short. Postgres JIT-compiles a query whose
+                        // estimated cost passes `jit_above_cost`, and the monitor's status view
+                        // (correlated counts over the health checks) is estimated high: on a
+                        // week of probes, compiling took 300 ms of a 1 ms query.
+                        conn.execute("SET jit = off").await?;
                     }
                     Ok(())
                 })

@@ -38,6 +38,7 @@ pub async fn record(db: &Db, service: &str, checked_at_ms: i64, check: &Check) -
     .bind(check.status_code.map(i64::from))
     .bind(check.latency_ms)
     .bind(&check.error)
+    .persistent(db.backend().caches_nullable_floats())
     .execute(db.pool())
     .await?;
     Ok(())

@@ -13,7 +13,7 @@
 //! - [`keys`]: virtual API keys, stored as SHA-256 hashes.
 //! - [`request_log`]: the batched insert path for request-log rows.
 //! - [`health`]: health-check rows.
-//! - [`monitor`]: the monitor's settings, views and hourly rollups.
+//! - [`monitor`]: the monitor's settings, views and hourly rollups (folded as each hour ends).
 //!
 //! Times are Unix epoch milliseconds in `*_at_ms` columns, the same number in both dialects.
 
@@ -26,6 +26,7 @@ pub mod keys;
 pub mod monitor;
 pub mod read;
 pub mod request_log;
+mod rollup;
 pub mod spec;
 mod yaml_lines;
 

@@ -1,18 +1,16 @@
-//! What the system monitor reads and writes: its settings, the views it shows, and the
-//! hourly rollups that keep the DB small. Every reader (the monitor, `homelab status`) goes
-//! through here, so they all see the same picture.
+//! What the system monitor reads and writes: its settings, the views it shows, and (in
+//! `rollup`, re-exported here) the hourly rollups that keep the views fast and the DB small.
+//! Every reader (the monitor, `homelab status`) goes through here, so they all see the same
+//! picture.
 
 use serde::Serialize;
-use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::db::Db;
 use crate::error::Result;
 use crate::health::{ServiceStatus, status_columns, status_row};
 use crate::read::{flag, float, int, req, text};
-
-/// One hour in milliseconds.
-pub const HOUR_MS: i64 = 3_600_000;
+pub use crate::rollup::{HOUR_MS, RollupReport, rollup};
 
 /// Stores the monitor's defaults where the status view reads them.
 pub async fn write_settings(db: &Db, fail_threshold: u32, probe_interval_ms: u64) -> Result<()> {
@@ -261,6 +259,7 @@ pub struct HandleRow {
     pub requests_24h: i64,
     pub errors_24h: i64,
     pub error_rate_24h: Option<f64>,
+    pub avg_latency_ms_24h: Option<f64>,
     pub p50_latency_ms_24h: Option<f64>,
     pub p95_latency_ms_24h: Option<f64>,
     pub avg_ttft_ms_24h: Option<f64>,
@@ -275,8 +274,8 @@ pub async fn handles(db: &Db) -> Result<Vec<HandleRow>> {
     let rows = sqlx::query(
         "SELECT handle, strategy, targets, requests_1h, errors_1h, error_rate_1h, \
                 avg_latency_ms_1h, avg_ttft_ms_1h, requests_24h, errors_24h, error_rate_24h, \
-                p50_latency_ms_24h, p95_latency_ms_24h, avg_ttft_ms_24h, prompt_tokens_24h, \
-                completion_tokens_24h, tokens_per_s_24h, last_request_at_ms \
+                avg_latency_ms_24h, p50_latency_ms_24h, p95_latency_ms_24h, avg_ttft_ms_24h, \
+                prompt_tokens_24h, completion_tokens_24h, tokens_per_s_24h, last_request_at_ms \
          FROM v_handle_stats ORDER BY handle",
     )
     .fetch_all(db.pool())
@@ -295,6 +294,7 @@ pub async fn handles(db: &Db) -> Result<Vec<HandleRow>> {
                 requests_24h: int(r, "requests_24h")?.unwrap_or(0),
                 errors_24h: int(r, "errors_24h")?.unwrap_or(0),
                 error_rate_24h: float(r, "error_rate_24h")?,
+                avg_latency_ms_24h: float(r, "avg_latency_ms_24h")?,
                 p50_latency_ms_24h: float(r, "p50_latency_ms_24h")?,
                 p95_latency_ms_24h: float(r, "p95_latency_ms_24h")?,
                 avg_ttft_ms_24h: float(r, "avg_ttft_ms_24h")?,
@@ -424,267 +424,9 @@ pub async fn errors(db: &Db, limit: i64) -> Result<Vec<ErrorRow>> {
         .collect()
 }
 
-/// What one rollup pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RollupReport {
-    /// Health checks folded and deleted.
-    pub health_rows: u64,
-    /// (service, hour) rollups written.
-    pub health_hours: u64,
-    /// Request-log rows folded and deleted.
-    pub request_rows: u64,
-    /// (handle, hour) rollups written.
-    pub request_hours: u64,
-}
-
-/// Nearest-rank percentile of sorted values.
-fn pct(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
-/// Folds raw health checks and request-log rows from whole hours before `cutoff_ms` into
-/// hourly rollups and deletes them, one hour per transaction (a crash loses nothing and
-/// counts nothing twice). An hour that already has a rollup (rows that arrived late) is
-/// merged: counts add up, percentiles are weighted by count.
-pub async fn rollup(db: &Db, cutoff_ms: i64) -> Result<RollupReport> {
-    let cutoff = cutoff_ms.div_euclid(HOUR_MS) * HOUR_MS;
-    let mut report = RollupReport::default();
-    while let Some(hour) = oldest_hour(db, "health_checks", "checked_at_ms", cutoff).await? {
-        let (rows, hours) = rollup_health_hour(db, hour).await?;
-        report.health_rows += rows;
-        report.health_hours += hours;
-    }
-    while let Some(hour) = oldest_hour(db, "request_log", "started_at_ms", cutoff).await? {
-        let (rows, hours) = rollup_request_hour(db, hour).await?;
-        report.request_rows += rows;
-        report.request_hours += hours;
-    }
-    Ok(report)
-}
-
-/// The start of the hour of the oldest row of `table` before `cutoff`, if any.
-async fn oldest_hour(db: &Db, table: &str, time_col: &str, cutoff: i64) -> Result<Option<i64>> {
-    let oldest: Option<i64> = sqlx::query(&format!(
-        "SELECT MIN({time_col}) AS m FROM {table} WHERE {time_col} < $1"
-    ))
-    .bind(cutoff)
-    .fetch_one(db.pool())
-    .await?
-    .try_get("m")?;
-    Ok(oldest.map(|t| t.div_euclid(HOUR_MS) * HOUR_MS))
-}
-
-/// Merges a percentile of `n_new` samples into one of `n_old`, weighted by count.
-fn merge_pct(old: Option<f64>, n_old: i64, new: Option<f64>, n_new: i64) -> Option<f64> {
-    match (old, new) {
-        (Some(a), Some(b)) => {
-            Some((a * n_old as f64 + b * n_new as f64) / (n_old + n_new).max(1) as f64)
-        }
-        (a, b) => a.or(b),
-    }
-}
-
-async fn rollup_health_hour(db: &Db, hour: i64) -> Result<(u64, u64)> {
-    let mut tx = db.pool().begin().await?;
-    let rows = sqlx::query(
-        "SELECT service_id, ok, latency_ms FROM health_checks \
-         WHERE checked_at_ms >= $1 AND checked_at_ms < $2",
-    )
-    .bind(hour)
-    .bind(hour + HOUR_MS)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut by_service: std::collections::BTreeMap<i64, (i64, i64, Vec<f64>)> =
-        std::collections::BTreeMap::new();
-    for r in &rows {
-        let id = req(int(r, "service_id")?, "service_id")?;
-        let e = by_service.entry(id).or_default();
-        e.0 += 1;
-        if !req(flag(r, "ok")?, "ok")? {
-            e.1 += 1;
-        } else if let Some(l) = float(r, "latency_ms")? {
-            e.2.push(l);
-        }
-    }
-    let service_hours = by_service.len() as u64;
-    for (service_id, (checks, failures, mut lat)) in by_service {
-        lat.sort_by(f64::total_cmp);
-        let (p50, p95, max) = (pct(&lat, 0.5), pct(&lat, 0.95), lat.last().copied());
-        let old = sqlx::query(
-            "SELECT checks, latency_p50_ms, latency_p95_ms, latency_max_ms FROM health_rollups \
-             WHERE service_id = $1 AND hour_ms = $2",
-        )
-        .bind(service_id)
-        .bind(hour)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (p50, p95, max) = match &old {
-            Some(o) => {
-                let n = int(o, "checks")?.unwrap_or(0);
-                (
-                    merge_pct(float(o, "latency_p50_ms")?, n, p50, checks),
-                    merge_pct(float(o, "latency_p95_ms")?, n, p95, checks),
-                    match (float(o, "latency_max_ms")?, max) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        (a, b) => a.or(b),
-                    },
-                )
-            }
-            None => (p50, p95, max),
-        };
-        sqlx::query(
-            "INSERT INTO health_rollups \
-                 (service_id, hour_ms, checks, failures, latency_p50_ms, latency_p95_ms, latency_max_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (service_id, hour_ms) DO UPDATE SET \
-                 checks = health_rollups.checks + excluded.checks, \
-                 failures = health_rollups.failures + excluded.failures, \
-                 latency_p50_ms = excluded.latency_p50_ms, \
-                 latency_p95_ms = excluded.latency_p95_ms, \
-                 latency_max_ms = excluded.latency_max_ms",
-        )
-        .bind(service_id)
-        .bind(hour)
-        .bind(checks)
-        .bind(failures)
-        .bind(p50)
-        .bind(p95)
-        .bind(max)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let deleted =
-        sqlx::query("DELETE FROM health_checks WHERE checked_at_ms >= $1 AND checked_at_ms < $2")
-            .bind(hour)
-            .bind(hour + HOUR_MS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    tx.commit().await?;
-    Ok((deleted, service_hours))
-}
-
-#[derive(Default)]
-struct ReqAgg {
-    requests: i64,
-    errors: i64,
-    latency: Vec<f64>,
-    ttft: Vec<f64>,
-    prompt: i64,
-    completion: i64,
-    generation_ms: f64,
-}
-
-async fn rollup_request_hour(db: &Db, hour: i64) -> Result<(u64, u64)> {
-    let mut tx = db.pool().begin().await?;
-    let rows = sqlx::query(
-        "SELECT handle, status, error_type, latency_ms, ttft_ms, prompt_tokens, completion_tokens \
-         FROM request_log WHERE started_at_ms >= $1 AND started_at_ms < $2",
-    )
-    .bind(hour)
-    .bind(hour + HOUR_MS)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut by_handle: std::collections::BTreeMap<String, ReqAgg> =
-        std::collections::BTreeMap::new();
-    for r in &rows {
-        let handle = text(r, "handle")?.unwrap_or_default();
-        let a = by_handle.entry(handle).or_default();
-        a.requests += 1;
-        let status = int(r, "status")?.unwrap_or(0);
-        if status >= 400 || text(r, "error_type")?.is_some() {
-            a.errors += 1;
-        }
-        let latency = float(r, "latency_ms")?.unwrap_or(0.0);
-        a.latency.push(latency);
-        let ttft = float(r, "ttft_ms")?;
-        if let Some(t) = ttft {
-            a.ttft.push(t);
-        }
-        a.prompt += int(r, "prompt_tokens")?.unwrap_or(0);
-        let completion = int(r, "completion_tokens")?.unwrap_or(0);
-        a.completion += completion;
-        if completion > 0 {
-            a.generation_ms += (latency - ttft.unwrap_or(0.0)).max(0.0);
-        }
-    }
-    let hours = by_handle.len() as u64;
-    for (handle, mut a) in by_handle {
-        a.latency.sort_by(f64::total_cmp);
-        a.ttft.sort_by(f64::total_cmp);
-        let old = sqlx::query(
-            "SELECT requests, latency_p50_ms, latency_p95_ms, ttft_p50_ms FROM request_rollups \
-             WHERE handle = $1 AND hour_ms = $2",
-        )
-        .bind(&handle)
-        .bind(hour)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (mut p50, mut p95, mut t50) = (
-            pct(&a.latency, 0.5),
-            pct(&a.latency, 0.95),
-            pct(&a.ttft, 0.5),
-        );
-        if let Some(o) = &old {
-            let n = int(o, "requests")?.unwrap_or(0);
-            p50 = merge_pct(float(o, "latency_p50_ms")?, n, p50, a.requests);
-            p95 = merge_pct(float(o, "latency_p95_ms")?, n, p95, a.requests);
-            t50 = merge_pct(float(o, "ttft_p50_ms")?, n, t50, a.requests);
-        }
-        sqlx::query(
-            "INSERT INTO request_rollups (handle, hour_ms, requests, errors, latency_p50_ms, \
-                 latency_p95_ms, ttft_p50_ms, prompt_tokens, completion_tokens, generation_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (handle, hour_ms) DO UPDATE SET \
-                 requests = request_rollups.requests + excluded.requests, \
-                 errors = request_rollups.errors + excluded.errors, \
-                 latency_p50_ms = excluded.latency_p50_ms, \
-                 latency_p95_ms = excluded.latency_p95_ms, \
-                 ttft_p50_ms = excluded.ttft_p50_ms, \
-                 prompt_tokens = request_rollups.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = request_rollups.completion_tokens + excluded.completion_tokens, \
-                 generation_ms = request_rollups.generation_ms + excluded.generation_ms",
-        )
-        .bind(&handle)
-        .bind(hour)
-        .bind(a.requests)
-        .bind(a.errors)
-        .bind(p50)
-        .bind(p95)
-        .bind(t50)
-        .bind(a.prompt)
-        .bind(a.completion)
-        .bind(a.generation_ms)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let deleted =
-        sqlx::query("DELETE FROM request_log WHERE started_at_ms >= $1 AND started_at_ms < $2")
-            .bind(hour)
-            .bind(hour + HOUR_MS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    tx.commit().await?;
-    Ok((deleted, hours))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(pct(&v, 0.5), Some(50.0));
-        assert_eq!(pct(&v, 0.95), Some(95.0));
-        assert_eq!(pct(&[7.0], 0.95), Some(7.0));
-        assert_eq!(pct(&[], 0.5), None);
-    }
 
     #[test]
     fn health_urls_join_without_doubled_slashes() {

@@ -47,31 +47,14 @@ const ROWS_PER_STATEMENT: usize = 256;
 
 const COLUMNS: usize = 15;
 
-/// The multi-row `INSERT`. SQLite gets anonymous `?` placeholders: with numbered ones,
-/// looking up each parameter's name walks a list as long as the statement's parameters, which
-/// made binding quadratic (it was most of the gateway's CPU time under load).
+/// The multi-row `INSERT`.
 fn insert_sql(rows: usize, backend: Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO request_log (request_id, started_at_ms, key_name, route, handle, target, \
          upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
          completion_tokens, streamed) VALUES ",
     );
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..COLUMNS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    sql.push('$');
-                    sql.push_str(&(r * COLUMNS + c + 1).to_string());
-                }
-            }
-        }
-        sql.push(')');
-    }
+    crate::db::push_values(&mut sql, rows, COLUMNS, backend);
     sql
 }
 
@@ -83,10 +66,8 @@ pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
     let mut tx = db.pool().begin().await?;
     let mut written = 0;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        // Placeholders are spelled out per dialect: sqlx's QueryBuilder writes `?` for the
-        // Any driver, which Postgres does not accept.
         let sql = insert_sql(chunk.len(), db.backend());
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql).persistent(db.backend().caches_nullable_floats());
         for r in chunk {
             q = q
                 .bind(r.request_id.clone())

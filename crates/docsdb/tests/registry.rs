@@ -62,6 +62,7 @@ on_both!(
     health_checks_feed_status_and_uptime,
     model_inventory_orders_by_footprint_with_headroom,
     dry_run_changes_nothing,
+    missing_and_present_latencies_alternate,
 );
 
 async fn migrating_twice_is_harmless(db: Db) {
@@ -477,6 +478,42 @@ async fn health_checks_feed_status_and_uptime(db: Db) {
         .unwrap();
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].get::<String, _>("subject"), "mlx-launch");
+}
+
+/// A missing latency (a refused probe, a request without a first token) and a present one
+/// alternate on the same statements and connections. (sqlx's Any driver declares a NULL
+/// double as a Postgres `float4` parameter; a cached statement prepared that way refuses the
+/// next real double.)
+async fn missing_and_present_latencies_alternate(db: Db) {
+    use docsdb::health::{Check, record};
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let now = docsdb::now_ms();
+    for i in 0..8_usize {
+        let check = |latency_ms: Option<f64>| Check {
+            ok: latency_ms.is_some(),
+            status_code: latency_ms.map(|_| 200),
+            latency_ms,
+            error: None,
+        };
+        let at = now - 20_000 + i as i64;
+        record(&db, "gateway", at, &check(None)).await.unwrap();
+        record(&db, "gateway", at + 10_000, &check(Some(2.5)))
+            .await
+            .unwrap();
+        let mut row = log_row(i, "chat", 200);
+        row.ttft_ms = None;
+        docsdb::request_log::insert_batch(&db, &[row.clone()])
+            .await
+            .unwrap();
+        row.ttft_ms = Some(7.5);
+        docsdb::request_log::insert_batch(&db, &[row])
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(&db, "health_checks").await, 16);
+    assert_eq!(count(&db, "request_log").await, 16);
 }
 
 async fn model_inventory_orders_by_footprint_with_headroom(db: Db) {

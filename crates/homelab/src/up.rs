@@ -152,6 +152,7 @@ pub async fn up(
         }
         model_id = Some(pulled.model_id.clone());
     }
+    keep_probe_settings(&db, &mut spec.services).await?;
     docsdb::apply::apply(&db, &spec, false).await?;
 
     let stop = CancellationToken::new();
@@ -206,6 +207,20 @@ pub async fn up(
     while let Some(r) = tasks.join_next().await {
         if let Ok(Err(e)) = r {
             tracing::error!(error = %e, "a service stopped with an error");
+        }
+    }
+    Ok(())
+}
+
+/// Carries over the probe interval and failure threshold an operator set on services that
+/// `up` registers again, so a restart does not reset them.
+async fn keep_probe_settings(db: &docsdb::Db, services: &mut [ServiceSpec]) -> Result<(), Error> {
+    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
+    let known = docsdb::read::services(&mut conn).await?;
+    for s in services.iter_mut() {
+        if let Some((_, old)) = known.iter().find(|(_, k)| k.name == s.name) {
+            s.probe_interval_ms = s.probe_interval_ms.or(old.probe_interval_ms);
+            s.fail_threshold = s.fail_threshold.or(old.fail_threshold);
         }
     }
     Ok(())

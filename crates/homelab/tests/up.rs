@@ -184,4 +184,32 @@ async fn up_without_the_engine_runs_the_gateway_over_the_registry() {
     assert!(!dir.path().join("models").exists(), "nothing was pulled");
     stop_tx.send(()).unwrap();
     task.await.unwrap();
+
+    // An operator's probe settings on a service `up` registers survive the next `up`.
+    let db = docsdb::Db::open(&r.db_url).await.unwrap();
+    sqlx::query(
+        "UPDATE services SET probe_interval_ms = 60000, fail_threshold = 5 WHERE name = 'gateway'",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    db.close().await;
+    let (r, stop_tx, task) = start_with(dir.path(), true).await;
+    let db = docsdb::Db::open(&r.db_url).await.unwrap();
+    let row = sqlx::query(
+        "SELECT probe_interval_ms, fail_threshold FROM services WHERE name = 'gateway'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            row.try_get::<i64, _>("probe_interval_ms").unwrap(),
+            row.try_get::<i64, _>("fail_threshold").unwrap()
+        ),
+        (60_000, 5)
+    );
+    db.close().await;
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
 }

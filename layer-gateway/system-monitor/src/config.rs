@@ -42,13 +42,14 @@ pub struct Config {
     #[arg(long)]
     pub no_probe: bool,
 
-    /// Raw health checks and request-log rows older than this are folded into hourly
-    /// rollups and deleted (at least 25h, so every window up to a day stays exact).
+    /// Raw health checks and request-log rows older than this are deleted (they are folded
+    /// into hourly rollups as each hour ends). At least 25h: the views read the raw rows of
+    /// the last hour and of each window's partial first hour.
     #[arg(long, env = "HOMELAB_MONITOR_RETENTION", default_value = "7d", value_parser = duration)]
     pub retention: Duration,
 
-    /// How often the rollup runs.
-    #[arg(long, default_value = "10m", value_parser = duration)]
+    /// How often complete hours are folded into the rollups and old rows deleted.
+    #[arg(long, default_value = "5m", value_parser = duration)]
     pub rollup_interval: Duration,
 
     /// POST a JSON message here on every status change (repeatable).

@@ -1,8 +1,9 @@
 //! The homelab-llm system monitor. It has no truth of its own: it writes health checks into
 //! the system-docs DB ([`probe`]) and shows SQL views over it — the registry joined with the
 //! checks and the gateway's request log — as a dashboard ([`page`]), a JSON API ([`api`]) and
-//! Prometheus gauges ([`metrics`]). Status changes go to webhooks ([`alerts`]). Old raw rows
-//! are folded into hourly rollups so the DB stays small ([`rollup_loop`]).
+//! Prometheus gauges ([`metrics`]). Status changes go to webhooks ([`alerts`]). Each complete
+//! hour is folded into hourly rollups, which keeps the views fast, and raw rows past the
+//! retention are deleted, which keeps the DB small ([`rollup_loop`]).
 //!
 //! Start reading at [`serve_on`].
 
@@ -26,7 +27,8 @@ pub use config::Config;
 pub use error::Error;
 pub use state::AppState;
 
-/// The least retention: every window the views compute (up to 24 h) stays on raw rows.
+/// The least retention: the views read the raw rows of the last hour and of the first,
+/// partial hour of the 24 h window.
 pub const MIN_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
 /// The monitor's routes, on `state`.
@@ -129,16 +131,17 @@ async fn baseline(state: &AppState) {
     }
 }
 
-/// Folds rows older than the retention into hourly rollups, now and every interval.
+/// Folds complete hours into the rollups and deletes rows older than the retention, now and
+/// every interval.
 pub async fn rollup_loop(state: Arc<AppState>) {
     let retention_ms = i64::try_from(state.config.retention.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(state.config.rollup_interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let cutoff = docsdb::now_ms().saturating_sub(retention_ms);
-        match docsdb::monitor::rollup(&state.db, cutoff).await {
-            Ok(r) if r.health_rows + r.request_rows > 0 => {
+        let now = docsdb::now_ms();
+        match docsdb::monitor::rollup(&state.db, now, now.saturating_sub(retention_ms)).await {
+            Ok(r) if r != docsdb::monitor::RollupReport::default() => {
                 state.metrics.rollup_rows.fetch_add(
                     r.health_rows + r.request_rows,
                     std::sync::atomic::Ordering::Relaxed,
@@ -146,7 +149,9 @@ pub async fn rollup_loop(state: Arc<AppState>) {
                 tracing::info!(
                     health_rows = r.health_rows,
                     request_rows = r.request_rows,
-                    "rolled up old rows"
+                    health_pruned = r.health_pruned,
+                    request_pruned = r.request_pruned,
+                    "folded hours into the rollups"
                 );
             }
             Ok(_) => {}

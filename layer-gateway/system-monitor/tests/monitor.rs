@@ -480,10 +480,7 @@ async fn view_rules(db: Db) {
         })
         .collect();
     docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
-    sqlx::query("INSERT INTO handles (name, strategy, created_at_ms, updated_at_ms) VALUES ('chat', 'priority', 0, 0)")
-        .execute(db.pool())
-        .await
-        .unwrap();
+    add_chat_handle(&db).await;
     let h = &docsdb::monitor::handles(&db).await.unwrap()[0];
     assert_eq!((h.requests_1h, h.errors_1h, h.requests_24h), (100, 10, 100));
     assert_eq!(h.error_rate_1h, Some(0.1));
@@ -503,8 +500,28 @@ async fn view_rules(db: Db) {
     assert_eq!(errors.iter().filter(|e| e.source == "health").count(), 3);
 }
 
-/// Old rows fold into hourly rollups, leave the raw tables, and still count in the views.
-async fn rollup_and_retention(db: Db) {
+fn request(id: String, at_ms: i64, status: u16, latency_ms: f64) -> RequestLogRow {
+    RequestLogRow {
+        request_id: id,
+        started_at_ms: at_ms,
+        key_name: None,
+        route: "/v1/chat/completions".into(),
+        handle: Some("chat".into()),
+        target: None,
+        upstream_model: None,
+        status,
+        error_type: None,
+        attempts: 1,
+        latency_ms,
+        ttft_ms: Some(20.0),
+        prompt_tokens: Some(5),
+        completion_tokens: Some(8),
+        streamed: false,
+    }
+}
+
+/// Registers one service, `a`, whose health URL nothing answers (the tests write its checks).
+async fn register_a(db: &Db) {
     let spec = SystemSpec {
         hosts: vec![host()],
         services: vec![service(
@@ -515,7 +532,34 @@ async fn rollup_and_retention(db: Db) {
         )],
         ..Default::default()
     };
-    docsdb::apply::apply(&db, &spec, false).await.unwrap();
+    docsdb::apply::apply(db, &spec, false).await.unwrap();
+}
+
+/// A handle `chat` without targets, for request-log rows to be counted against.
+async fn add_chat_handle(db: &Db) {
+    sqlx::query(
+        "INSERT INTO handles (name, strategy, created_at_ms, updated_at_ms) \
+         VALUES ('chat', 'priority', 0, 0)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query(sql)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
+}
+
+/// Complete hours fold into rollups; rows past the retention leave the raw tables and still
+/// count in the views; late rows count before and after they are folded.
+async fn rollup_and_retention(db: Db) {
+    register_a(&db).await;
     let hour = docsdb::monitor::HOUR_MS;
     let now = docsdb::now_ms();
     let three_days_ago = (now - 72 * hour).div_euclid(hour) * hour;
@@ -530,70 +574,62 @@ async fn rollup_and_retention(db: Db) {
             .await
             .unwrap();
     }
-    docsdb::health::record(
-        &db,
-        "a",
-        now - 1000,
-        &Check {
-            ok: true,
-            status_code: Some(200),
-            latency_ms: Some(1.0),
-            error: None,
-        },
-    )
-    .await
-    .unwrap();
+    // In the current hour: never folded yet.
+    let ok = Check {
+        ok: true,
+        status_code: Some(200),
+        latency_ms: Some(1.0),
+        error: None,
+    };
+    docsdb::health::record(&db, "a", now, &ok).await.unwrap();
     let rows: Vec<RequestLogRow> = (0..30)
-        .map(|i| RequestLogRow {
-            request_id: format!("old{i}"),
-            started_at_ms: three_days_ago + i * 1000,
-            key_name: None,
-            route: "/v1/chat/completions".into(),
-            handle: Some("chat".into()),
-            target: None,
-            upstream_model: None,
-            status: 200,
-            error_type: None,
-            attempts: 1,
-            latency_ms: 100.0,
-            ttft_ms: Some(20.0),
-            prompt_tokens: Some(5),
-            completion_tokens: Some(8),
-            streamed: false,
-        })
+        .map(|i| request(format!("old{i}"), three_days_ago + i * 1000, 200, 100.0))
         .collect();
     docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
     let before = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
+    assert_eq!(before.uptime_7d, Some(51.0 / 61.0));
 
-    let r = docsdb::monitor::rollup(&db, now - 48 * hour).await.unwrap();
-    assert_eq!((r.health_rows, r.health_hours), (60, 1));
-    assert_eq!((r.request_rows, r.request_hours), (30, 1));
-    let count = |sql: &'static str| {
-        let db = db.clone();
-        async move {
-            use sqlx::Row;
-            sqlx::query(sql)
-                .fetch_one(db.pool())
-                .await
-                .unwrap()
-                .try_get::<i64, _>(0)
-                .unwrap()
-        }
-    };
+    let r = docsdb::monitor::rollup(&db, now, now - 48 * hour)
+        .await
+        .unwrap();
     assert_eq!(
-        count("SELECT COUNT(*) FROM health_checks").await,
+        (r.health_rows, r.health_hours, r.health_pruned),
+        (60, 1, 60)
+    );
+    assert_eq!(
+        (r.request_rows, r.request_hours, r.request_pruned),
+        (30, 1, 30)
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM health_checks").await,
         1,
         "only the recent check stays"
     );
-    assert_eq!(count("SELECT COUNT(*) FROM request_log").await, 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM request_log").await, 0);
     assert_eq!(
-        count("SELECT CAST(checks * 1000 + failures AS BIGINT) FROM health_rollups").await,
+        count(
+            &db,
+            "SELECT CAST(checks * 1000 + failures AS BIGINT) FROM health_rollups"
+        )
+        .await,
         60_010
     );
     assert_eq!(
-        count("SELECT CAST(requests * 1000 + completion_tokens AS BIGINT) FROM request_rollups")
-            .await,
+        count(
+            &db,
+            "SELECT CAST(requests * 1000 + completion_tokens AS BIGINT) FROM request_rollups"
+        )
+        .await,
         30_240
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT CAST(SUM(samples) AS BIGINT) FROM health_latency_buckets"
+        )
+        .await,
+        50,
+        "one histogram sample per successful probe"
     );
     // The 7-day uptime still counts the folded checks; the hourly history shows the hour.
     let after = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
@@ -603,34 +639,167 @@ async fn rollup_and_retention(db: Db) {
         .unwrap();
     let old = hourly.iter().find(|h| h.hour_ms == three_days_ago).unwrap();
     assert_eq!((old.checks, old.failures), (60, 10));
+    let mean = (1..60).filter(|i| i % 6 != 0).sum::<i32>() as f64 / 50.0;
+    assert!((old.latency_ms.unwrap() - mean).abs() < 1e-9);
 
-    // Again: nothing left to fold. A late row for a folded hour merges into its rollup.
+    // Again: nothing left to fold or delete.
     assert_eq!(
-        docsdb::monitor::rollup(&db, now - 48 * hour).await.unwrap(),
+        docsdb::monitor::rollup(&db, now, now - 48 * hour)
+            .await
+            .unwrap(),
         docsdb::monitor::RollupReport::default()
     );
-    docsdb::health::record(
-        &db,
-        "a",
-        three_days_ago + 5,
-        &Check {
-            ok: false,
-            status_code: None,
-            latency_ms: None,
-            error: Some("late".into()),
-        },
-    )
-    .await
-    .unwrap();
-    let r = docsdb::monitor::rollup(&db, now - 48 * hour).await.unwrap();
-    assert_eq!(r.health_rows, 1);
+    // A late row for a folded hour counts at once, then merges into its rollup.
+    let late = Check {
+        ok: false,
+        status_code: None,
+        latency_ms: None,
+        error: Some("late".into()),
+    };
+    docsdb::health::record(&db, "a", three_days_ago + 5, &late)
+        .await
+        .unwrap();
+    let unfolded = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
+    assert_eq!(unfolded.uptime_7d, Some(51.0 / 62.0));
+    let r = docsdb::monitor::rollup(&db, now, now - 48 * hour)
+        .await
+        .unwrap();
+    assert_eq!((r.health_rows, r.health_pruned), (1, 1));
     assert_eq!(
-        count("SELECT CAST(checks * 1000 + failures AS BIGINT) FROM health_rollups").await,
+        count(
+            &db,
+            "SELECT CAST(checks * 1000 + failures AS BIGINT) FROM health_rollups"
+        )
+        .await,
         61_011
     );
+    let folded = docsdb::monitor::service(&db, "a").await.unwrap().unwrap();
+    assert_eq!(folded.uptime_7d, unfolded.uptime_7d);
 }
 
-on_both!(probes_alerts_and_the_api, view_rules, rollup_and_retention);
+fn close(a: Option<f64>, b: Option<f64>, rel: f64) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Thirty hours of probes and requests read the same from raw rows as after their complete
+/// hours are folded: counts and means exactly, percentiles within the buckets' 1 %. Rows sit
+/// 90 s away from every window's edge, so the few seconds between the reads move nothing.
+async fn folded_hours_read_as_raw_rows(db: Db) {
+    register_a(&db).await;
+    add_chat_handle(&db).await;
+    let now = docsdb::now_ms();
+    let mut rows = Vec::new();
+    for k in 0..600_i64 {
+        let at = now - 90_000 - k * 180_000;
+        let check = Check {
+            ok: k % 7 != 0,
+            status_code: Some(200),
+            latency_ms: Some(1.0 + (k * 37 % 200) as f64 * 1.5),
+            error: None,
+        };
+        docsdb::health::record(&db, "a", at, &check).await.unwrap();
+        let mut r = request(
+            format!("r{k}"),
+            at,
+            if k % 11 == 0 { 500 } else { 200 },
+            100.0 + (k * 53 % 900) as f64,
+        );
+        r.ttft_ms = (k % 4 != 0).then_some((k % 50) as f64);
+        r.completion_tokens = Some((k % 5) as u64);
+        rows.push(r);
+    }
+    docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
+    let read = |db: Db| async move {
+        (
+            docsdb::monitor::service(&db, "a").await.unwrap().unwrap(),
+            docsdb::monitor::handles(&db).await.unwrap().remove(0),
+            docsdb::monitor::hourly(&db, 0, None).await.unwrap(),
+        )
+    };
+    let (s0, h0, hours0) = read(db.clone()).await;
+    assert_eq!(s0.checks_24h, 480, "24 h of probes every 3 minutes");
+    assert_eq!(h0.requests_24h, 480);
+
+    let r = docsdb::monitor::rollup(&db, now, now - 30 * 24 * docsdb::monitor::HOUR_MS)
+        .await
+        .unwrap();
+    assert!(r.health_hours >= 29 && r.request_hours >= 29, "{r:?}");
+    assert_eq!((r.health_pruned, r.request_pruned), (0, 0));
+    let (s1, h1, hours1) = read(db.clone()).await;
+
+    assert_eq!(
+        (s1.checks_24h, s1.uptime_1h, s1.uptime_24h, s1.uptime_7d),
+        (s0.checks_24h, s0.uptime_1h, s0.uptime_24h, s0.uptime_7d)
+    );
+    for (a, b) in [
+        (s0.latency_p50_ms, s1.latency_p50_ms),
+        (s0.latency_p95_ms, s1.latency_p95_ms),
+        (h0.p50_latency_ms_24h, h1.p50_latency_ms_24h),
+        (h0.p95_latency_ms_24h, h1.p95_latency_ms_24h),
+    ] {
+        assert!(close(a, b, 0.01), "{a:?} vs {b:?}");
+        assert!(a.is_some());
+    }
+    assert_eq!(
+        (
+            h1.requests_1h,
+            h1.errors_1h,
+            h1.requests_24h,
+            h1.errors_24h,
+            h1.prompt_tokens_24h,
+            h1.completion_tokens_24h,
+            h1.last_request_at_ms
+        ),
+        (
+            h0.requests_1h,
+            h0.errors_1h,
+            h0.requests_24h,
+            h0.errors_24h,
+            h0.prompt_tokens_24h,
+            h0.completion_tokens_24h,
+            h0.last_request_at_ms
+        )
+    );
+    for (a, b) in [
+        (h0.avg_latency_ms_1h, h1.avg_latency_ms_1h),
+        (h0.avg_ttft_ms_24h, h1.avg_ttft_ms_24h),
+        (h0.tokens_per_s_24h, h1.tokens_per_s_24h),
+    ] {
+        assert!(close(a, b, 1e-9), "{a:?} vs {b:?}");
+    }
+    assert_eq!(hours0.len(), hours1.len());
+    for (a, b) in hours0.iter().zip(&hours1) {
+        assert_eq!(
+            (a.hour_ms, a.checks, a.failures),
+            (b.hour_ms, b.checks, b.failures)
+        );
+        assert!(close(a.latency_ms, b.latency_ms, 1e-9));
+    }
+
+    // A request logged late for a folded hour counts before and after the next fold.
+    let late = request("late".into(), now - 5 * docsdb::monitor::HOUR_MS, 200, 50.0);
+    docsdb::request_log::insert_batch(&db, &[late])
+        .await
+        .unwrap();
+    let h2 = docsdb::monitor::handles(&db).await.unwrap().remove(0);
+    assert_eq!(h2.requests_24h, h0.requests_24h + 1);
+    let r = docsdb::monitor::rollup(&db, now, 0).await.unwrap();
+    assert_eq!((r.request_rows, r.request_hours), (1, 1));
+    let h3 = docsdb::monitor::handles(&db).await.unwrap().remove(0);
+    assert_eq!(h3.requests_24h, h2.requests_24h);
+    assert!(close(h3.avg_latency_ms_24h, h2.avg_latency_ms_24h, 1e-9));
+}
+
+on_both!(
+    probes_alerts_and_the_api,
+    view_rules,
+    rollup_and_retention,
+    folded_hours_read_as_raw_rows
+);
 
 #[tokio::test]
 async fn a_retention_under_a_day_is_refused() {
