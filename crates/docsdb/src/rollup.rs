@@ -75,27 +75,27 @@ pub async fn rollup(db: &Db, now_ms: i64, cutoff_ms: i64) -> Result<RollupReport
     let until = hour_of(now_ms);
     let mut report = RollupReport::default();
     for source in [Source::Health, Source::Requests] {
+        let (rows, groups, pruned) = match source {
+            Source::Health => (
+                &mut report.health_rows,
+                &mut report.health_hours,
+                &mut report.health_pruned,
+            ),
+            Source::Requests => (
+                &mut report.request_rows,
+                &mut report.request_hours,
+                &mut report.request_pruned,
+            ),
+        };
         loop {
             let pass = fold_pass(db, source, until).await?;
-            match source {
-                Source::Health => {
-                    report.health_rows += pass.rows;
-                    report.health_hours += pass.groups;
-                }
-                Source::Requests => {
-                    report.request_rows += pass.rows;
-                    report.request_hours += pass.groups;
-                }
-            }
+            *rows += pass.rows;
+            *groups += pass.groups;
             if pass.caught_up {
                 break;
             }
         }
-        let pruned = prune(db, source, hour_of(cutoff_ms)).await?;
-        match source {
-            Source::Health => report.health_pruned = pruned,
-            Source::Requests => report.request_pruned = pruned,
-        }
+        *pruned = prune(db, source, hour_of(cutoff_ms)).await?;
     }
     Ok(report)
 }
@@ -144,6 +144,15 @@ struct Marks {
     max_id: i64,
 }
 
+impl Marks {
+    fn from_row(r: &AnyRow) -> Result<Marks> {
+        Ok(Marks {
+            until: req(int(r, "folded_until_ms")?, "folded_until_ms")?,
+            max_id: req(int(r, "folded_max_id")?, "folded_max_id")?,
+        })
+    }
+}
+
 async fn fold_pass(db: &Db, source: Source, until: i64) -> Result<Pass> {
     let (table, time) = (source.table(), source.time());
     let mut tx = db.pool().begin().await?;
@@ -155,22 +164,16 @@ async fn fold_pass(db: &Db, source: Source, until: i64) -> Result<Pass> {
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query(
-        "UPDATE monitor_folds SET folded_until_ms = folded_until_ms, \
-         folded_max_id = folded_max_id WHERE source = $1",
-    )
-    .bind(table)
-    .execute(&mut *tx)
-    .await?;
-    let r =
-        sqlx::query("SELECT folded_until_ms, folded_max_id FROM monitor_folds WHERE source = $1")
-            .bind(table)
-            .fetch_one(&mut *tx)
-            .await?;
-    let old = Marks {
-        until: req(int(&r, "folded_until_ms")?, "folded_until_ms")?,
-        max_id: req(int(&r, "folded_max_id")?, "folded_max_id")?,
-    };
+    // The no-op update takes SQLite's write lock (and the row's lock on Postgres).
+    let old = Marks::from_row(
+        &sqlx::query(
+            "UPDATE monitor_folds SET folded_until_ms = folded_until_ms WHERE source = $1 \
+             RETURNING folded_until_ms, folded_max_id",
+        )
+        .bind(table)
+        .fetch_one(&mut *tx)
+        .await?,
+    )?;
     let r = sqlx::query(&format!(
         "SELECT MAX(id) AS max_id, \
                 (SELECT MIN({time}) FROM {table} WHERE {time} >= $1 AND {time} < $2) AS first_new, \
@@ -426,13 +429,13 @@ async fn write_buckets(
 /// Deletes folded rows of the hours before `cutoff` (an hour start), an hour per statement.
 async fn prune(db: &Db, source: Source, cutoff: i64) -> Result<u64> {
     let (table, time) = (source.table(), source.time());
-    let marks =
-        sqlx::query("SELECT folded_until_ms, folded_max_id FROM monitor_folds WHERE source = $1")
+    let marks = Marks::from_row(
+        &sqlx::query("SELECT folded_until_ms, folded_max_id FROM monitor_folds WHERE source = $1")
             .bind(table)
             .fetch_one(db.pool())
-            .await?;
-    let limit = cutoff.min(req(int(&marks, "folded_until_ms")?, "folded_until_ms")?);
-    let max_id = req(int(&marks, "folded_max_id")?, "folded_max_id")?;
+            .await?,
+    )?;
+    let (limit, max_id) = (cutoff.min(marks.until), marks.max_id);
     let mut deleted = 0;
     loop {
         let oldest: Option<i64> = sqlx::query(&format!(
