@@ -1,11 +1,14 @@
 //! Test servers standing in for systems that tests cannot run: an OpenAI-compatible model
-//! server ([`upstream`]) and SearXNG ([`searxng`]). They speak the real wire formats and can
+//! server ([`upstream`]), SearXNG ([`searxng`]) and Home Assistant ([`home_assistant`]); and
+//! [`mcp`], a small MCP client over Streamable HTTP and stdio that shows the wire as it is. They speak the real wire formats and can
 //! be told, at run time, to be slow, to fail, to compress, or to die half-way through a
 //! stream. Every request they receive is recorded for assertions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fast;
+pub mod home_assistant;
+pub mod mcp;
 pub mod searxng;
 pub mod upstream;
 

@@ -1,0 +1,59 @@
+//! The checks in front of `/mcp`: the bearer token and the cap on open sessions. (`Host` and
+//! `Origin` are checked by the SDK's transport, configured in [`crate::http_app`].)
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use contract::ApiError;
+use http::{HeaderValue, Method, header};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use sha2::{Digest, Sha256};
+
+pub(crate) struct Guard {
+    /// SHA-256 of the token: comparing fixed-size digests does not leak the token's length
+    /// or a matching prefix through timing.
+    pub token_digest: Option<[u8; 32]>,
+    pub sessions: Arc<LocalSessionManager>,
+    pub max_sessions: usize,
+}
+
+pub(crate) fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+pub(crate) async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    if let Some(want) = &guard.token_digest {
+        let got = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| digest(t.trim()));
+        if got.as_ref() != Some(want) {
+            let mut resp = ApiError::invalid_api_key(
+                "this MCP server needs `Authorization: Bearer TOKEN` with its token",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    let opens_session =
+        req.method() == Method::POST && !req.headers().contains_key("mcp-session-id");
+    if opens_session {
+        let open = guard.sessions.sessions.read().await.len();
+        if open >= guard.max_sessions {
+            tracing::warn!(open, max = guard.max_sessions, "refusing a new MCP session");
+            return ApiError::service_unavailable(format!(
+                "{open} MCP sessions are open, the most this server allows (--max-sessions); \
+                 close one (DELETE /mcp) or wait for idle ones to expire"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
