@@ -82,6 +82,30 @@ pub struct UpArgs {
     /// Run without the local engine (only the gateway over the registry).
     #[arg(long)]
     pub no_engine: bool,
+    /// Run without the MCP tool servers.
+    #[arg(long)]
+    pub no_tools: bool,
+    #[arg(long, default_value_t = 4020)]
+    pub web_fetch_port: u16,
+    #[arg(long, default_value_t = 4021)]
+    pub web_search_port: u16,
+    #[arg(long, default_value_t = 4022)]
+    pub ha_port: u16,
+    /// A private host, address or CIDR range web-fetch may reach (repeatable); nothing
+    /// private is reachable otherwise.
+    #[arg(long = "allow-host", value_name = "HOST_OR_CIDR")]
+    pub allow_hosts: Vec<String>,
+    /// SearXNG's base URL (JSON format enabled; see layer-tools/searxng): registered as the
+    /// gateway's search backend for /v1/search and the web-search tool.
+    #[arg(long, env = "HOMELAB_SEARXNG_URL")]
+    pub searxng: Option<String>,
+    /// Home Assistant's base URL; with --ha-policy, runs the home-assistant tool server
+    /// (token from HOMELAB_HA_TOKEN).
+    #[arg(long, env = "HOMELAB_HA_URL", requires = "ha_policy")]
+    pub ha_url: Option<String>,
+    /// The home-assistant allow-list (see layer-tools/mcp-tools/home-assistant).
+    #[arg(long, env = "HOMELAB_HA_POLICY", requires = "ha_url")]
+    pub ha_policy: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +242,15 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             monitor_port: a.monitor_port,
             model: a.model.clone(),
             no_engine: a.no_engine,
+            tools: up::ToolsOptions {
+                enabled: !a.no_tools,
+                web_fetch_port: a.web_fetch_port,
+                web_search_port: a.web_search_port,
+                ha_port: a.ha_port,
+                allow_hosts: a.allow_hosts.clone(),
+                searxng: a.searxng.clone(),
+                home_assistant: a.ha_url.clone().zip(a.ha_policy.clone()),
+            },
         };
         return up::up(&opts, service_kit::server::signal(), |r| {
             output::line(&up::banner(r))

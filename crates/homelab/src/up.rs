@@ -17,6 +17,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
+/// The tool servers `up` runs: web-fetch and web-search always (unless disabled),
+/// home-assistant when its URL and policy are given.
+#[derive(Debug, Clone, Default)]
+pub struct ToolsOptions {
+    pub enabled: bool,
+    pub web_fetch_port: u16,
+    pub web_search_port: u16,
+    pub ha_port: u16,
+    /// Private hosts web-fetch may reach (`--allow-host`).
+    pub allow_hosts: Vec<String>,
+    /// A SearXNG base URL to register as the gateway's search backend.
+    pub searxng: Option<String>,
+    /// Home Assistant's URL and the policy file (the token comes from `HOMELAB_HA_TOKEN`).
+    pub home_assistant: Option<(String, PathBuf)>,
+}
+
 /// Options of `up`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -28,6 +44,7 @@ pub struct UpOptions {
     /// A GGUF file to serve instead of the default model.
     pub model: Option<PathBuf>,
     pub no_engine: bool,
+    pub tools: ToolsOptions,
 }
 
 /// Where things ended up.
@@ -38,6 +55,8 @@ pub struct Running {
     pub engine: Option<SocketAddr>,
     pub db_url: String,
     pub model_id: Option<String>,
+    /// `(name, MCP endpoint URL)` of each tool server.
+    pub tools: Vec<(String, String)>,
 }
 
 fn input(msg: impl Into<String>) -> Error {
@@ -69,6 +88,10 @@ pub async fn up(
     let mon_addr = mon_listener
         .local_addr()
         .map_err(|e| input(e.to_string()))?;
+
+    // Built before anything is registered or started, so a bad tool setting (a missing Home
+    // Assistant token, a broken policy file) stops `up` with nothing half-done.
+    let tools = bind_tools(o, &bind, gw_addr, &host.name).await?;
 
     let mut engine = None;
     if !o.no_engine {
@@ -152,6 +175,33 @@ pub async fn up(
         }
         model_id = Some(pulled.model_id.clone());
     }
+    for t in &tools {
+        spec.services.push(service(
+            t.name,
+            Layer::Tools,
+            &host.name,
+            &format!("http://{}", t.addr),
+            "/health",
+            t.description,
+            t.readme,
+        ));
+        spec.endpoints.push(EndpointSpec {
+            name: t.name.into(),
+            service: Some(t.name.into()),
+            base_url: format!("http://{}/mcp", t.addr),
+            api: docsdb::spec::Api::Mcp,
+            auth_env: None,
+        });
+    }
+    if let Some(url) = &o.tools.searxng {
+        spec.endpoints.push(EndpointSpec {
+            name: "searxng".into(),
+            service: None,
+            base_url: url.trim_end_matches('/').to_owned(),
+            api: docsdb::spec::Api::Searxng,
+            auth_env: None,
+        });
+    }
     keep_probe_settings(&db, &mut spec.services).await?;
     docsdb::apply::apply(&db, &spec, false).await?;
 
@@ -189,12 +239,31 @@ pub async fn up(
             .map_err(|e| e.to_string())
     });
 
+    let mut tool_urls = Vec::new();
+    for t in tools {
+        tool_urls.push((t.name.to_owned(), format!("http://{}/mcp", t.addr)));
+        let s = stop.clone();
+        tasks.spawn(async move {
+            mcp_kit::serve_on(
+                t.name,
+                t.listener,
+                t.app,
+                &t.opts,
+                std::time::Duration::from_secs(10),
+                s.cancelled_owned(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        });
+    }
+
     on_ready(&Running {
         gateway: gw_addr,
         monitor: mon_addr,
         engine: engine_addr,
         db_url,
         model_id,
+        tools: tool_urls,
     });
     tokio::select! {
         () = shutdown => {}
@@ -210,6 +279,137 @@ pub async fn up(
         }
     }
     Ok(())
+}
+
+/// A tool server, bound and built, not yet serving.
+struct BoundTool {
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: axum::Router,
+    opts: mcp_kit::HttpOptions,
+    description: &'static str,
+    readme: &'static str,
+}
+
+async fn bind_tools(
+    o: &UpOptions,
+    bind: &impl Fn(u16) -> String,
+    gateway: SocketAddr,
+    host_name: &str,
+) -> Result<Vec<BoundTool>, Error> {
+    if !o.tools.enabled {
+        return Ok(Vec::new());
+    }
+    let mut wanted = vec![
+        (
+            "web-fetch",
+            o.tools.web_fetch_port,
+            "MCP web-fetch (SSRF-guarded), run by homelab up",
+            "layer-tools/mcp-tools/web-fetch/README.md",
+        ),
+        (
+            "web-search",
+            o.tools.web_search_port,
+            "MCP web search through the gateway's /v1/search, run by homelab up",
+            "layer-tools/mcp-tools/web-search/README.md",
+        ),
+    ];
+    if o.tools.home_assistant.is_some() {
+        wanted.push((
+            "home-assistant",
+            o.tools.ha_port,
+            "MCP Home Assistant control (allow-listed), run by homelab up",
+            "layer-tools/mcp-tools/home-assistant/README.md",
+        ));
+    }
+    let mut out = Vec::new();
+    for (name, port, description, readme) in wanted {
+        let opts = tool_http_options(o, host_name);
+        let app = tool_app(name, o, gateway, &opts)?;
+        let listener = service_kit::server::bind(&bind(port))
+            .await
+            .map_err(|e| input(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| input(e.to_string()))?;
+        out.push(BoundTool {
+            name,
+            listener,
+            addr,
+            app,
+            opts,
+            description,
+            readme,
+        });
+    }
+    Ok(out)
+}
+
+/// The tool servers' transport options: bound beyond loopback, they also accept requests
+/// addressed to this machine by name (the `Host` check refuses other names, against DNS
+/// rebinding).
+fn tool_http_options(o: &UpOptions, host_name: &str) -> mcp_kit::HttpOptions {
+    let mut opts = mcp_kit::HttpOptions::default();
+    let bind = o.bind_host.trim_matches(|c| c == '[' || c == ']');
+    if !mcp_kit::LOOPBACK_HOSTS.contains(&bind) {
+        opts.host_headers = vec![host_name.to_owned(), format!("{host_name}.local")];
+        if !matches!(bind, "0.0.0.0" | "::") {
+            opts.host_headers.push(bind.to_owned());
+        }
+    }
+    opts
+}
+
+/// The HTTP app of one tool server, configured from `up`'s options.
+fn tool_app(
+    name: &str,
+    o: &UpOptions,
+    gateway: SocketAddr,
+    opts: &mcp_kit::HttpOptions,
+) -> Result<axum::Router, Error> {
+    match name {
+        "web-fetch" => {
+            let cfg = web_fetch::Config {
+                allow_hosts: o
+                    .tools
+                    .allow_hosts
+                    .iter()
+                    .map(|h| h.parse().map_err(input))
+                    .collect::<Result<_, _>>()?,
+                ..Default::default()
+            };
+            web_fetch::app(&cfg, opts).map_err(|e| input(e.to_string()))
+        }
+        "web-search" => {
+            let mut gateway = gateway;
+            if gateway.ip().is_unspecified() {
+                gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let mut cfg = web_search::Config::for_gateway(format!("http://{gateway}"));
+            // With a master key set, the gateway wants a key: search with it.
+            if std::env::var_os("HOMELAB_MASTER_KEY").is_some() {
+                cfg.key_env = "HOMELAB_MASTER_KEY".into();
+            }
+            web_search::app(&cfg, opts).map_err(|e| input(e.to_string()))
+        }
+        _ => {
+            let (url, policy) = o
+                .tools
+                .home_assistant
+                .clone()
+                .ok_or_else(|| input("home-assistant is not configured"))?;
+            let cfg = home_assistant::Config {
+                bind: String::new(),
+                ha_url: url,
+                ha_token_env: "HOMELAB_HA_TOKEN".into(),
+                policy,
+                timeout: std::time::Duration::from_secs(10),
+                max_entities: 200,
+                mcp: mcp_kit::McpArgs::default(),
+            };
+            let shared = home_assistant::shared(&cfg).map_err(|e| input(e.to_string()))?;
+            Ok(home_assistant::app(shared, opts))
+        }
+    }
 }
 
 /// Carries over the probe interval and failure threshold an operator set on services that
@@ -269,6 +469,9 @@ pub fn banner(r: &Running) -> String {
         "  system monitor http://{}/   (dashboard; JSON under /api/status)\n",
         r.monitor
     ));
+    for (name, url) in &r.tools {
+        s.push_str(&format!("  {name:<14} {url}   (MCP, Streamable HTTP)\n"));
+    }
     s.push_str(&format!("  system-docs DB {}\n\n", r.db_url));
     if r.engine.is_some() {
         s.push_str(&format!(

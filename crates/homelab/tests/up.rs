@@ -4,9 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::time::Duration;
 
-use homelab::up::{Running, UpOptions, up};
+use common::Started;
+use homelab::up::UpOptions;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -15,18 +18,12 @@ fn fixture() -> std::path::PathBuf {
         .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
 }
 
-type Started = (
-    Running,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-);
-
 async fn start(data: &std::path::Path) -> Started {
     start_with(data, false).await
 }
 
 async fn start_with(data: &std::path::Path, no_engine: bool) -> Started {
-    let opts = UpOptions {
+    common::run_up(UpOptions {
         data_dir: data.to_owned(),
         bind_host: "127.0.0.1".into(),
         gateway_port: 0,
@@ -34,27 +31,9 @@ async fn start_with(data: &std::path::Path, no_engine: bool) -> Started {
         monitor_port: 0,
         model: (!no_engine).then(fixture),
         no_engine,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        up(
-            &opts,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |r| {
-                let _ = ready_tx.send(r.clone());
-            },
-        )
-        .await
-        .unwrap();
-    });
-    let running = tokio::time::timeout(Duration::from_secs(60), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
-    (running, stop_tx, task)
+        tools: Default::default(),
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,19 +97,10 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
 
     // The monitor runs too and soon shows every service it started as up.
     let mon = format!("http://{}", r.monitor);
-    let mut status = Value::Null;
-    for _ in 0..200 {
-        status = reqwest::get(format!("{mon}/api/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["status"] == "ok" && status["counts"]["up"] == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = common::poll_json(&format!("{mon}/api/status"), 100, |s| {
+        s["status"] == "ok" && s["counts"]["up"] == 3
+    })
+    .await;
     assert_eq!(status["status"], "ok", "{status}");
     assert_eq!(status["counts"]["up"], 3, "{status}");
     let page = reqwest::get(&mon).await.unwrap().text().await.unwrap();

@@ -1,0 +1,56 @@
+//! Runs `homelab up` in process until the test says stop.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use homelab::up::{Running, UpOptions, up};
+
+/// What is running, the way to stop it, and the task to wait for.
+pub type Started = (
+    Running,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Starts `up` with these options; returns once everything listens.
+pub async fn run_up(opts: UpOptions) -> Started {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        up(
+            &opts,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = ready_tx.send(r.clone());
+            },
+        )
+        .await
+        .unwrap();
+    });
+    let running = tokio::time::timeout(Duration::from_secs(60), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    (running, stop_tx, task)
+}
+
+/// GETs `url` as JSON until `done` says so (at most `tries` times, 100 ms apart); the last
+/// answer.
+pub async fn poll_json(
+    url: &str,
+    tries: usize,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..tries {
+        last = reqwest::get(url).await.unwrap().json().await.unwrap();
+        if done(&last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
