@@ -1,0 +1,120 @@
+//! The LaunchDaemon plists in deploy/launchd, read as XML property lists (`plutil -lint` is
+//! macOS-only): the keys launchd needs are there with the right types, and the arguments are
+//! ones the binaries accept.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use plist::{Dictionary, Value};
+
+fn read(name: &str) -> Dictionary {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/launchd")
+        .join(name);
+    match Value::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) {
+        Value::Dictionary(d) => d,
+        other => panic!("{name}: the top level is {other:?}, not a dict"),
+    }
+}
+
+/// The keys every daemon of ours sets, with their types; the program arguments.
+fn check_daemon(name: &str, label: &str, binary: &str) -> Vec<String> {
+    let d = read(name);
+    assert_eq!(
+        d.get("Label").and_then(Value::as_string),
+        Some(label),
+        "{name}"
+    );
+    assert_eq!(
+        d.get("RunAtLoad").and_then(Value::as_boolean),
+        Some(true),
+        "{name}"
+    );
+    let keep = d
+        .get("KeepAlive")
+        .and_then(Value::as_dictionary)
+        .expect("KeepAlive is a dict");
+    assert_eq!(
+        keep.get("SuccessfulExit").and_then(Value::as_boolean),
+        Some(false),
+        "{name}: restart on failure, not after a clean stop"
+    );
+    let throttle = d
+        .get("ThrottleInterval")
+        .and_then(Value::as_signed_integer)
+        .expect("ThrottleInterval");
+    assert!(throttle >= 1, "{name}");
+    assert_eq!(
+        d.get("UserName").and_then(Value::as_string),
+        Some("homelab"),
+        "{name}: not root"
+    );
+    for key in ["StandardOutPath", "StandardErrorPath"] {
+        let p = d
+            .get(key)
+            .and_then(Value::as_string)
+            .unwrap_or_else(|| panic!("{name}: {key}"));
+        assert!(
+            p.starts_with('/') && p.ends_with(".log"),
+            "{name}: {key} = {p}"
+        );
+    }
+    let args: Vec<String> = d
+        .get("ProgramArguments")
+        .and_then(Value::as_array)
+        .expect("ProgramArguments")
+        .iter()
+        .map(|v| v.as_string().expect("arguments are strings").to_owned())
+        .collect();
+    assert_eq!(args[0], format!("/usr/local/bin/{binary}"), "{name}");
+    args
+}
+
+#[test]
+fn mlx_launch_daemon() {
+    let args = check_daemon(
+        "com.homelab-llm.mlx-launch.plist",
+        "com.homelab-llm.mlx-launch",
+        "mlx-launch",
+    );
+    let config = mlx_launch::Config::try_parse_from(&args).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.bind, "0.0.0.0:4012");
+    assert_eq!(config.host.as_deref(), Some("studio"));
+    let d = read("com.homelab-llm.mlx-launch.plist");
+    let env = d
+        .get("EnvironmentVariables")
+        .and_then(Value::as_dictionary)
+        .expect("env");
+    let path = env
+        .get("PATH")
+        .and_then(Value::as_string)
+        .expect("PATH for mlx_lm.server");
+    assert!(path.split(':').any(|p| p.ends_with("/bin")), "{path}");
+}
+
+#[test]
+fn gateway_daemon() {
+    let args = check_daemon(
+        "com.homelab-llm.gateway.plist",
+        "com.homelab-llm.gateway",
+        "gateway",
+    );
+    // Every flag is one the gateway knows (its --help, from the binary built beside this test).
+    let exe = std::env::current_exe().unwrap();
+    let gateway = exe.parent().unwrap().parent().unwrap().join("gateway");
+    assert!(
+        gateway.exists(),
+        "{} is not built; run cargo test --workspace",
+        gateway.display()
+    );
+    let help = std::process::Command::new(&gateway)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(flag.as_str()), "the gateway has no {flag}");
+    }
+}
