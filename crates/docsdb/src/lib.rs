@@ -26,6 +26,7 @@ pub mod keys;
 pub mod monitor;
 pub mod read;
 pub mod request_log;
+pub mod residency;
 mod rollup;
 pub mod spec;
 mod yaml_lines;

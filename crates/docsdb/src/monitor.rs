@@ -307,44 +307,13 @@ pub async fn handles(db: &Db) -> Result<Vec<HandleRow>> {
         .collect()
 }
 
-/// One row of `v_model_inventory`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelRow {
-    pub model_id: String,
-    pub host: Option<String>,
-    pub format: Option<String>,
-    pub quantization: Option<String>,
-    pub context_length: Option<i64>,
-    pub size_on_disk_bytes: Option<i64>,
-    pub memory_footprint_bytes: Option<i64>,
-    pub host_memory_bytes: Option<i64>,
-    pub host_headroom_bytes: Option<i64>,
-}
+/// One row of `v_model_inventory` (the same row `homelab models list` reads).
+pub use crate::read::InventoryRow as ModelRow;
 
 /// Models, largest memory footprint first.
 pub async fn models(db: &Db) -> Result<Vec<ModelRow>> {
-    let rows = sqlx::query(
-        "SELECT model_id, host, format, quantization, context_length, size_on_disk_bytes, \
-                memory_footprint_bytes, host_memory_bytes, host_headroom_bytes \
-         FROM v_model_inventory",
-    )
-    .fetch_all(db.pool())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ModelRow {
-                model_id: req(text(r, "model_id")?, "model_id")?,
-                host: text(r, "host")?,
-                format: text(r, "format")?,
-                quantization: text(r, "quantization")?,
-                context_length: int(r, "context_length")?,
-                size_on_disk_bytes: int(r, "size_on_disk_bytes")?,
-                memory_footprint_bytes: int(r, "memory_footprint_bytes")?,
-                host_memory_bytes: int(r, "host_memory_bytes")?,
-                host_headroom_bytes: int(r, "host_headroom_bytes")?,
-            })
-        })
-        .collect()
+    let mut conn = db.pool().acquire().await?;
+    crate::read::model_inventory(&mut conn).await
 }
 
 /// One row of `v_host_capacity`.
@@ -359,13 +328,18 @@ pub struct HostRow {
     pub models_footprint_bytes: i64,
     pub headroom_bytes: Option<i64>,
     pub services: i64,
+    /// Models in memory now, the memory they take, and what is left.
+    pub loaded_models: i64,
+    pub loaded_bytes: i64,
+    pub free_bytes: Option<i64>,
 }
 
 /// Hosts by name, with the memory their models take.
 pub async fn hosts(db: &Db) -> Result<Vec<HostRow>> {
     let rows = sqlx::query(
         "SELECT host, os, arch, accelerator, memory_bytes, models, models_footprint_bytes, \
-                headroom_bytes, services FROM v_host_capacity ORDER BY host",
+                headroom_bytes, services, loaded_models, loaded_bytes, free_bytes \
+         FROM v_host_capacity ORDER BY host",
     )
     .fetch_all(db.pool())
     .await?;
@@ -381,6 +355,9 @@ pub async fn hosts(db: &Db) -> Result<Vec<HostRow>> {
                 models_footprint_bytes: int(r, "models_footprint_bytes")?.unwrap_or(0),
                 headroom_bytes: int(r, "headroom_bytes")?,
                 services: int(r, "services")?.unwrap_or(0),
+                loaded_models: int(r, "loaded_models")?.unwrap_or(0),
+                loaded_bytes: int(r, "loaded_bytes")?.unwrap_or(0),
+                free_bytes: int(r, "free_bytes")?,
             })
         })
         .collect()

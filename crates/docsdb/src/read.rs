@@ -272,13 +272,21 @@ pub struct InventoryRow {
     pub memory_footprint_bytes: Option<i64>,
     pub host_memory_bytes: Option<i64>,
     pub host_headroom_bytes: Option<i64>,
+    /// In memory now (`model_residency`).
+    pub loaded: bool,
+    pub loaded_by: Option<String>,
+    pub loaded_at_ms: Option<i64>,
+    /// Memory the host's loaded models take, and what is left of the host's memory.
+    pub host_loaded_bytes: i64,
+    pub host_free_bytes: Option<i64>,
 }
 
 /// The model inventory view, largest memory footprint first.
 pub async fn model_inventory(conn: &mut AnyConnection) -> Result<Vec<InventoryRow>> {
     let rows = sqlx::query(
         "SELECT model_id, host, format, quantization, context_length, size_on_disk_bytes, \
-                memory_footprint_bytes, host_memory_bytes, host_headroom_bytes \
+                memory_footprint_bytes, host_memory_bytes, host_headroom_bytes, loaded, loaded_by, \
+                loaded_at_ms, host_loaded_bytes, host_free_bytes \
          FROM v_model_inventory \
          ORDER BY memory_footprint_bytes DESC NULLS LAST, model_id, host",
     )
@@ -296,6 +304,11 @@ pub async fn model_inventory(conn: &mut AnyConnection) -> Result<Vec<InventoryRo
                 memory_footprint_bytes: int(r, "memory_footprint_bytes")?,
                 host_memory_bytes: int(r, "host_memory_bytes")?,
                 host_headroom_bytes: int(r, "host_headroom_bytes")?,
+                loaded: int(r, "loaded")?.unwrap_or(0) != 0,
+                loaded_by: text(r, "loaded_by")?,
+                loaded_at_ms: int(r, "loaded_at_ms")?,
+                host_loaded_bytes: int(r, "host_loaded_bytes")?.unwrap_or(0),
+                host_free_bytes: int(r, "host_free_bytes")?,
             })
         })
         .collect()

@@ -61,6 +61,7 @@ on_both!(
     request_log_writer_flushes_on_close_and_counts_drops,
     health_checks_feed_status_and_uptime,
     model_inventory_orders_by_footprint_with_headroom,
+    residency_shows_what_is_loaded_and_what_is_free,
     dry_run_changes_nothing,
     missing_and_present_latencies_alternate,
 );
@@ -536,6 +537,81 @@ async fn model_inventory_orders_by_footprint_with_headroom(db: Db) {
     let studio = &inv[0];
     assert_eq!(studio.host_memory_bytes, Some(64 * gib));
     assert_eq!(studio.host_headroom_bytes, Some(64 * gib - 25 * gib));
+}
+
+async fn residency_shows_what_is_loaded_and_what_is_free(db: Db) {
+    use docsdb::residency;
+    import(&db, &example("system.yaml"), "system.yaml")
+        .await
+        .unwrap();
+    let gib = 1i64 << 30;
+    let big = "mlx-community/Qwen2.5-32B-Instruct-4bit";
+    let small = "mlx-community/Qwen2.5-7B-Instruct-4bit";
+    assert!(
+        residency::mark_loaded(&db, "studio", big, "mlx-launch", 21 * gib)
+            .await
+            .unwrap()
+    );
+    assert!(
+        residency::mark_loaded(&db, "studio", small, "mlx-launch", 5 * gib)
+            .await
+            .unwrap()
+    );
+    // Not a model of that host: nothing written.
+    assert!(
+        !residency::mark_loaded(&db, "mini", big, "mlx-launch", gib)
+            .await
+            .unwrap()
+    );
+    let mut conn = db.pool().acquire().await.unwrap();
+    let inv = read::model_inventory(&mut conn).await.unwrap();
+    let row = |id: &str| inv.iter().find(|r| r.model_id == id).unwrap().clone();
+    assert!(row(big).loaded && row(small).loaded);
+    assert_eq!(row(big).loaded_by.as_deref(), Some("mlx-launch"));
+    assert!(row(big).loaded_at_ms.is_some());
+    assert_eq!(row(big).host_loaded_bytes, 26 * gib);
+    assert_eq!(row(big).host_free_bytes, Some(64 * gib - 26 * gib));
+    let ov = row("qwen2.5-1.5b-instruct-int4-ov");
+    assert!(!ov.loaded);
+    assert_eq!(
+        (ov.host_loaded_bytes, ov.host_free_bytes),
+        (0, Some(32 * gib))
+    );
+    let hosts = docsdb::monitor::hosts(&db).await.unwrap();
+    let studio = hosts.iter().find(|h| h.host == "studio").unwrap();
+    assert_eq!((studio.loaded_models, studio.loaded_bytes), (2, 26 * gib));
+    assert_eq!(studio.free_bytes, Some(38 * gib));
+    assert_eq!(
+        studio.models_footprint_bytes,
+        25 * gib,
+        "registered, loaded or not"
+    );
+
+    // Loading again updates; unloading and clearing remove.
+    assert!(
+        residency::mark_loaded(&db, "studio", big, "mlx-launch", 20 * gib)
+            .await
+            .unwrap()
+    );
+    residency::mark_unloaded(&db, "studio", small)
+        .await
+        .unwrap();
+    let hosts = docsdb::monitor::hosts(&db).await.unwrap();
+    let studio = hosts.iter().find(|h| h.host == "studio").unwrap();
+    assert_eq!((studio.loaded_models, studio.loaded_bytes), (1, 20 * gib));
+    assert_eq!(
+        residency::clear_service(&db, "studio", "other")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        residency::clear_service(&db, "studio", "mlx-launch")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(count(&db, "model_residency").await, 0);
 }
 
 async fn dry_run_changes_nothing(db: Db) {

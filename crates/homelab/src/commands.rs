@@ -213,6 +213,8 @@ pub async fn list(db: &Db, args: &ListArgs) -> Result<(), Error> {
                         "memory",
                         "host memory",
                         "host headroom",
+                        "loaded",
+                        "host free now",
                     ],
                     models
                         .iter()
@@ -227,6 +229,11 @@ pub async fn list(db: &Db, args: &ListArgs) -> Result<(), Error> {
                                 bytes(m.memory_footprint_bytes),
                                 bytes(m.host_memory_bytes),
                                 bytes(m.host_headroom_bytes),
+                                m.loaded_by
+                                    .as_ref()
+                                    .filter(|_| m.loaded)
+                                    .map_or_else(|| "-".to_owned(), |by| format!("by {by}")),
+                                bytes(m.host_free_bytes),
                             ]
                         })
                         .collect(),

@@ -275,17 +275,20 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
 
     h.push_str(r#"<section id="capacity"><h2>models and hosts</h2>"#);
     if let Ok(hosts) = &d.hosts {
-        h.push_str("<table><thead><tr><th>host</th><th>memory</th><th>models</th><th>used by models</th><th>headroom</th></tr></thead><tbody>");
+        h.push_str("<table><thead><tr><th>host</th><th>memory</th><th>models</th><th>used by models</th><th>headroom</th><th>loaded now</th><th>free now</th></tr></thead><tbody>");
         for x in hosts {
             let _ = write!(
                 h,
-                r#"<tr class="host" data-host="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                r#"<tr class="host" data-host="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td></tr>"#,
                 esc(&x.host),
                 esc(&x.host),
                 bytes(x.memory_bytes),
                 x.models,
                 capacity_bar(x),
-                bytes(x.headroom_bytes)
+                bytes(x.headroom_bytes),
+                x.loaded_models,
+                bytes(Some(x.loaded_bytes)),
+                bytes(x.free_bytes)
             );
         }
         h.push_str("</tbody></table>");
@@ -295,11 +298,15 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
             let _ = write!(h, r#"<p class="banner">models unknown: {}</p>"#, esc(e));
         }
         Ok(models) => {
-            h.push_str("<table><thead><tr><th>model</th><th>host</th><th>format</th><th>quant</th><th>context</th><th>on disk</th><th>memory</th></tr></thead><tbody>");
+            h.push_str("<table><thead><tr><th>model</th><th>host</th><th>format</th><th>quant</th><th>context</th><th>on disk</th><th>memory</th><th>loaded</th></tr></thead><tbody>");
             for m in models {
+                let loaded = match (&m.loaded_by, m.loaded) {
+                    (Some(by), true) => format!(r#"<span class="up">by {}</span>"#, esc(by)),
+                    _ => "–".to_owned(),
+                };
                 let _ = write!(
                     h,
-                    r#"<tr class="model"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                    r#"<tr class="model"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{loaded}</td></tr>"#,
                     esc(&m.model_id),
                     esc(m.host.as_deref().unwrap_or("–")),
                     esc(m.format.as_deref().unwrap_or("–")),
