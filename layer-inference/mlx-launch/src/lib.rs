@@ -4,6 +4,7 @@
 //! stop; the running models' memory footprints stay within a budget (least recently used
 //! stops first). The command is a template, so any OpenAI-compatible engine can be the child.
 //!
+//! - [`scan`]: MLX folders under `--models-dir` registered as this host's models.
 //! - [`registry`]: which models may be started (the system-docs DB, this host).
 //! - [`supervisor`]: the children.
 //! - [`routes`]: the HTTP face.
@@ -11,6 +12,7 @@
 mod error;
 pub mod registry;
 pub mod routes;
+pub mod scan;
 pub mod supervisor;
 
 use std::collections::HashMap;
@@ -45,6 +47,15 @@ pub struct Config {
     /// This host's name in the registry (its models are the ones served).
     #[arg(long, env = "HOMELAB_HOST")]
     pub host: Option<String>,
+
+    /// A folder of MLX models (plain folders or a Hugging Face cache) registered as this
+    /// host's models at start and at every registry reload (repeatable).
+    #[arg(
+        long = "models-dir",
+        env = "HOMELAB_MLX_MODELS_DIR",
+        value_name = "DIR"
+    )]
+    pub models_dirs: Vec<std::path::PathBuf>,
 
     /// Model formats served (repeatable).
     #[arg(long = "format", default_values_t = ["mlx".to_owned()])]
@@ -139,6 +150,17 @@ pub struct AppState {
     pub http: reqwest::Client,
 }
 
+/// Registers the models found in `dirs`; a failure is logged (what is registered still serves).
+async fn register_found(db: &docsdb::Db, host: &str, dirs: &[std::path::PathBuf]) {
+    if dirs.is_empty() {
+        return;
+    }
+    match scan::register(db, host, dirs).await {
+        Ok(n) => tracing::debug!(models = n, "models folders registered"),
+        Err(e) => tracing::warn!(error = %e, "could not register the models folders"),
+    }
+}
+
 /// The HTTP app.
 pub fn app(state: Arc<AppState>, body_limit: u64) -> Router {
     let routes = Router::new()
@@ -172,9 +194,16 @@ pub async fn serve_on(
     let launch = config.launch()?;
     let db = docsdb::Db::open(&config.db).await?;
     let host = config.host_name();
+    register_found(&db, &host, &config.models_dirs).await;
     let models = registry::load(&db, &host, &config.formats).await?;
     tracing::info!(host = %host, models = models.len(), budget = config.memory_budget, "registry read");
-    let supervisor = Arc::new(Supervisor::new(launch, models));
+    let residency = supervisor::Residency {
+        db: db.clone(),
+        host: host.clone(),
+    };
+    let supervisor = Arc::new(Supervisor::new(launch, models, Some(residency)));
+    // Whatever a previous run recorded as loaded is not loaded now.
+    supervisor.clear_residency().await;
     let state = Arc::new(AppState {
         supervisor: supervisor.clone(),
         http: reqwest::Client::builder()
@@ -190,13 +219,14 @@ pub async fn serve_on(
     // The registry is read again now and then; idle children are stopped.
     {
         let (sup, stop, formats) = (supervisor.clone(), stop.clone(), config.formats.clone());
-        let every = config.reload_interval;
+        let (every, dirs) = (config.reload_interval, config.models_dirs.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(every) => {}
                 }
+                register_found(&db, &host, &dirs).await;
                 match registry::load(&db, &host, &formats).await {
                     Ok(m) => sup.set_models(m),
                     Err(e) => tracing::warn!(error = %e, "could not read the registry"),
@@ -222,5 +252,6 @@ pub async fn serve_on(
     let result = service_kit::server::serve(listener, app, plan).await;
     stop.cancel();
     supervisor.stop_all().await;
+    supervisor.clear_residency().await;
     Ok(result?)
 }

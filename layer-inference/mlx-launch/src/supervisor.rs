@@ -78,8 +78,19 @@ pub struct ChildStatus {
     pub up_ms: u64,
 }
 
+/// Where the supervisor records which models are loaded (`model_residency`).
+#[derive(Debug, Clone)]
+pub struct Residency {
+    pub db: docsdb::Db,
+    pub host: String,
+}
+
+/// The service name residency rows carry.
+pub const SERVICE: &str = "mlx-launch";
+
 pub struct Supervisor {
     launch: Launch,
+    residency: Option<Residency>,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     children: Mutex<HashMap<String, Running>>,
     switch: tokio::sync::Mutex<()>,
@@ -89,9 +100,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(launch: Launch, models: BTreeMap<String, ModelEntry>) -> Self {
+    pub fn new(
+        launch: Launch,
+        models: BTreeMap<String, ModelEntry>,
+        residency: Option<Residency>,
+    ) -> Self {
         Supervisor {
             launch,
+            residency,
             models: RwLock::new(models),
             children: Mutex::new(HashMap::new()),
             switch: tokio::sync::Mutex::new(()),
@@ -160,7 +176,15 @@ impl Supervisor {
             return Ok(l);
         }
         self.make_room(&entry).await?;
-        let running = self.start(&entry).await?;
+        let running = match self.start(&entry).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A child that died before (and so may still be recorded) is gone for good.
+                self.record(&entry.model_id, None).await;
+                return Err(e);
+            }
+        };
+        self.record(&entry.model_id, Some(entry.memory_bytes)).await;
         let mut children = self
             .children
             .lock()
@@ -197,6 +221,38 @@ impl Supervisor {
                 children.remove(&entry.model_id);
                 None
             }
+        }
+    }
+
+    /// Records `model_id` as loaded (with its memory) or not. A failure to write is logged:
+    /// the inventory lags, serving goes on.
+    async fn record(&self, model_id: &str, loaded: Option<u64>) {
+        let Some(r) = &self.residency else {
+            return;
+        };
+        let result = match loaded {
+            Some(bytes) => docsdb::residency::mark_loaded(
+                &r.db,
+                &r.host,
+                model_id,
+                SERVICE,
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+            )
+            .await
+            .map(|_| ()),
+            None => docsdb::residency::mark_unloaded(&r.db, &r.host, model_id).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(model = %model_id, error = %e, "could not record the model's residency");
+        }
+    }
+
+    /// Forgets every residency row of this service on this host (at start and at stop).
+    pub async fn clear_residency(&self) {
+        if let Some(r) = &self.residency
+            && let Err(e) = docsdb::residency::clear_service(&r.db, &r.host, SERVICE).await
+        {
+            tracing::warn!(error = %e, "could not clear the residency rows");
         }
     }
 
@@ -353,6 +409,7 @@ impl Supervisor {
             .and_then(|mut c| c.remove(model_id));
         if let Some(mut r) = removed {
             terminate(&mut r.process, self.launch.stop_timeout).await;
+            self.record(model_id, None).await;
             self.stops.fetch_add(1, Ordering::Relaxed);
             tracing::info!(model = %model_id, "engine stopped");
         }

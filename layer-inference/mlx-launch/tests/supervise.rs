@@ -37,6 +37,7 @@ fn engine_binary() -> PathBuf {
 
 struct Launcher {
     url: String,
+    db: docsdb::Db,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -81,6 +82,7 @@ impl Launcher {
         }));
         Launcher {
             url,
+            db,
             http: reqwest::Client::new(),
             _dir: dir,
             stop: Some(tx),
@@ -124,6 +126,23 @@ impl Launcher {
             .iter()
             .map(|c| c["model_id"].as_str().unwrap().to_owned())
             .collect()
+    }
+
+    /// What the system-docs DB's inventory says is loaded on the studio.
+    async fn loaded(&self) -> Vec<String> {
+        let mut conn = self.db.pool().acquire().await.unwrap();
+        let mut ids: Vec<String> = docsdb::read::model_inventory(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.loaded)
+            .map(|r| {
+                assert_eq!(r.loaded_by.as_deref(), Some("mlx-launch"));
+                r.model_id
+            })
+            .collect();
+        ids.sort();
+        ids
     }
 
     async fn pid(&self, model: &str) -> u64 {
@@ -241,6 +260,13 @@ async fn the_memory_budget_stops_the_least_recently_used() {
     assert_eq!(l.running().await, ["m1", "m3"]);
     assert_eq!(l.status().await["memory_used_bytes"], 200 * MIB);
     assert!(!alive(m2), "the evicted child exited");
+    assert_eq!(l.loaded().await, ["m1", "m3"], "the inventory follows");
+    let hosts = docsdb::monitor::hosts(&l.db).await.unwrap();
+    let studio = hosts.iter().find(|h| h.host == "studio").unwrap();
+    assert_eq!(
+        (studio.loaded_models, studio.loaded_bytes),
+        (2, (200 * MIB) as i64)
+    );
 
     let r = l.chat("huge", json!({})).await;
     assert_eq!(r.status(), 400);
@@ -273,6 +299,7 @@ async fn idle_children_stop() {
     }
     assert!(running.is_empty(), "still running: {running:?}");
     assert!(!alive(pid));
+    assert!(l.loaded().await.is_empty());
     assert_eq!(l.status().await["stops"], 1);
     // Asked again, it starts again.
     assert_eq!(l.chat("tiny", json!({})).await.status(), 200);
