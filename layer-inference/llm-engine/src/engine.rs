@@ -29,6 +29,9 @@ pub enum Backend {
     Candle,
     /// llama.cpp: built with the `llama-cpp` feature (`cuda` on the Jetson).
     LlamaCpp,
+    /// OpenVINO (an IR folder with its GGUF beside it): built with the `openvino` feature;
+    /// the library is loaded at run time.
+    OpenVino,
 }
 
 impl std::str::FromStr for Backend {
@@ -37,13 +40,33 @@ impl std::str::FromStr for Backend {
         match s {
             "candle" => Ok(Backend::Candle),
             "llama-cpp" | "llamacpp" | "llama.cpp" => Ok(Backend::LlamaCpp),
-            other => Err(format!("unknown backend `{other}` (candle, llama-cpp)")),
+            "openvino" => Ok(Backend::OpenVino),
+            other => Err(format!(
+                "unknown backend `{other}` (candle, llama-cpp, openvino)"
+            )),
         }
     }
 }
 
 /// Whether this build has the llama.cpp backend.
 pub const HAS_LLAMA_CPP: bool = cfg!(feature = "llama-cpp");
+/// Whether this build has the OpenVINO backend.
+pub const HAS_OPENVINO: bool = cfg!(feature = "openvino");
+
+/// Loads the OpenVINO C library from this file or folder now (instead of from
+/// `OPENVINO_LIB_PATH` or the usual locations at the first load). An error in a build without
+/// the OpenVINO backend.
+pub fn use_openvino_library(path: PathBuf) -> Result<(), EngineError> {
+    #[cfg(feature = "openvino")]
+    return crate::openvino::load_library_from(Some(path));
+    #[cfg(not(feature = "openvino"))]
+    {
+        let _ = path;
+        Err(EngineError::Load(
+            "this build has no OpenVINO backend; rebuild with `--features openvino`".into(),
+        ))
+    }
+}
 
 /// How to load and serve a model.
 #[derive(Debug, Clone)]
@@ -61,6 +84,11 @@ pub struct EngineConfig {
     /// CPU threads for the llama.cpp backend (0: every core). Candle sizes its thread pool
     /// from `RAYON_NUM_THREADS`, else every core.
     pub threads: usize,
+    /// The OpenVINO device (`CPU`, `GPU`, `NPU`, `AUTO`).
+    pub device: String,
+    /// The OpenVINO inference precision (`f32`, `bf16`, `f16`); the device's default (bf16 on
+    /// CPUs that have it) when `None`.
+    pub precision: Option<String>,
 }
 
 impl EngineConfig {
@@ -73,6 +101,8 @@ impl EngineConfig {
             parallel: 1,
             queue: 16,
             threads: 0,
+            device: "CPU".into(),
+            precision: None,
         }
     }
 }
@@ -143,6 +173,8 @@ enum Weights {
     Candle(Box<ModelWeights>),
     #[cfg(feature = "llama-cpp")]
     Llama(crate::llama::LlamaWeights),
+    #[cfg(feature = "openvino")]
+    OpenVino(crate::openvino::OvWeights),
 }
 
 /// One sequence's model state (its KV cache).
@@ -150,6 +182,8 @@ enum Session<'a> {
     Candle(Box<ModelWeights>),
     #[cfg(feature = "llama-cpp")]
     Llama(crate::llama::LlamaSession<'a>),
+    #[cfg(feature = "openvino")]
+    OpenVino(crate::openvino::OvSession),
     #[allow(dead_code)]
     Unused(std::marker::PhantomData<&'a ()>),
 }
@@ -163,6 +197,8 @@ impl Session<'_> {
             }
             #[cfg(feature = "llama-cpp")]
             Session::Llama(l) => l.prefill(tokens),
+            #[cfg(feature = "openvino")]
+            Session::OpenVino(o) => o.prefill(tokens),
             Session::Unused(_) => Err(EngineError::Generate("no backend".into())),
         }
     }
@@ -175,6 +211,8 @@ impl Session<'_> {
             }
             #[cfg(feature = "llama-cpp")]
             Session::Llama(l) => l.step(token, pos),
+            #[cfg(feature = "openvino")]
+            Session::OpenVino(o) => o.step(token, pos),
             Session::Unused(_) => Err(EngineError::Generate("no backend".into())),
         }
     }
@@ -207,9 +245,16 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads the model (blocking: run it on a blocking thread).
     pub fn load(cfg: &EngineConfig) -> Result<Engine, EngineError> {
-        let info = GgufInfo::read(&cfg.model_path)?;
-        let mut file =
-            std::fs::File::open(&cfg.model_path).map_err(|e| EngineError::Load(e.to_string()))?;
+        // An OpenVINO IR takes its tokenizer and chat template from the GGUF beside it.
+        #[cfg(feature = "openvino")]
+        let gguf = match cfg.backend {
+            Backend::OpenVino => crate::openvino::tokenizer_gguf(&cfg.model_path)?,
+            _ => cfg.model_path.clone(),
+        };
+        #[cfg(not(feature = "openvino"))]
+        let gguf = cfg.model_path.clone();
+        let info = GgufInfo::read(&gguf)?;
+        let mut file = std::fs::File::open(&gguf).map_err(|e| EngineError::Load(e.to_string()))?;
         let ct =
             gguf_file::Content::read(&mut file).map_err(|e| EngineError::Load(e.to_string()))?;
         let tokenizer = GgufTokenizer::from_gguf(&ct)?;
@@ -229,6 +274,18 @@ impl Engine {
                 return Err(EngineError::Load(
                     "this build has no llama.cpp backend; rebuild with `--features llama-cpp`"
                         .into(),
+                ));
+            }
+            #[cfg(feature = "openvino")]
+            Backend::OpenVino => Weights::OpenVino(crate::openvino::OvWeights::load(
+                &cfg.model_path,
+                &cfg.device,
+                cfg.precision.as_deref(),
+            )?),
+            #[cfg(not(feature = "openvino"))]
+            Backend::OpenVino => {
+                return Err(EngineError::Load(
+                    "this build has no OpenVINO backend; rebuild with `--features openvino`".into(),
                 ));
             }
         };
@@ -326,6 +383,8 @@ impl Engine {
             Weights::Candle(w) => Session::Candle(Box::new((**w).clone())),
             #[cfg(feature = "llama-cpp")]
             Weights::Llama(w) => Session::Llama(w.session(self.context)?),
+            #[cfg(feature = "openvino")]
+            Weights::OpenVino(w) => Session::OpenVino(w.session()?),
         };
         let temperature = p.temperature.unwrap_or(1.0);
         let seed = p.seed.unwrap_or_else(|| {

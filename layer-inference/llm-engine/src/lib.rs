@@ -12,8 +12,13 @@ mod error;
 pub mod gguf;
 #[cfg(feature = "llama-cpp")]
 mod llama;
+#[cfg(feature = "openvino")]
+pub mod openvino;
 pub mod template;
 pub mod tokenizer;
 
-pub use engine::{Backend, Engine, EngineConfig, Event, Finish, HAS_LLAMA_CPP, Input, Params};
+pub use engine::{
+    Backend, Engine, EngineConfig, Event, Finish, HAS_LLAMA_CPP, HAS_OPENVINO, Input, Params,
+    use_openvino_library,
+};
 pub use error::EngineError;

@@ -6,7 +6,7 @@ use clap::Parser;
 #[allow(clippy::print_stderr)] // logging is not set up when this fails
 async fn main() -> std::process::ExitCode {
     let config = orin_llm_server::Config::parse();
-    if let Err(e) = service_kit::telemetry::init(config.common.log_format) {
+    if let Err(e) = service_kit::telemetry::init(config.engine.common.log_format) {
         eprintln!("{e}");
     }
     match orin_llm_server::serve(config, service_kit::server::signal()).await {

@@ -1,0 +1,134 @@
+//! The OpenAI-compatible server for one model on the embedded engine (`llm-engine`), shared
+//! by the services that are "the engine with a backend": `orin-llm-server` (candle or
+//! llama.cpp, the Jetson and `homelab up`) and `ov-llm-server` (OpenVINO, the Mini). Each
+//! service adds only its own name, address and default backend.
+//!
+//! It binds at once and loads the model in the background: `/health` answers 503 while
+//! loading, as llama-server does, so supervisors and the gateway can tell "starting" from
+//! "down". Chat and legacy completions, plain and streamed; `/v1/models` with context
+//! length, size on disk and quantisation; `/metrics`.
+
+mod routes;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use clap::Args;
+use llm_engine::{Backend, Engine, EngineConfig};
+use service_kit::config::CommonArgs;
+
+pub use routes::app;
+
+/// The engine flags every engine service takes (besides its `--bind`).
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// The model: a GGUF file, or for OpenVINO an IR folder with its GGUF beside it.
+    #[arg(long, env = "HOMELAB_ENGINE_MODEL")]
+    pub model: std::path::PathBuf,
+    /// The name the model is served under (default: the file or folder name).
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Context length (0: the model's own, at most 4096).
+    #[arg(long, default_value_t = 0)]
+    pub context: usize,
+    /// Sequences generated at once.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Requests that may wait for a sequence; more get 503 at once.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// CPU threads for the llama.cpp backend (0: every core). The candle backend follows
+    /// `RAYON_NUM_THREADS`, else every core.
+    #[arg(long, env = "HOMELAB_ENGINE_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// The inference backend: `candle` (pure Rust, always built), `llama-cpp` (builds with
+    /// `--features llama-cpp`, or `cuda` on the Jetson) or `openvino` (`--features openvino`;
+    /// the library is loaded at run time). Each service has its own default.
+    #[arg(long, env = "HOMELAB_ENGINE_BACKEND")]
+    pub backend: Option<Backend>,
+    /// The OpenVINO device: `CPU`, `GPU`, `NPU`, `AUTO`, ...
+    #[arg(long, env = "HOMELAB_ENGINE_DEVICE", default_value = "CPU")]
+    pub device: String,
+    /// The OpenVINO inference precision (`f32`, `bf16`, `f16`); the device's default if unset.
+    #[arg(long, env = "HOMELAB_ENGINE_PRECISION")]
+    pub precision: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl EngineArgs {
+    /// The engine's configuration, with `default_backend` unless `--backend` says otherwise.
+    pub fn engine_config(&self, default_backend: Backend) -> EngineConfig {
+        EngineConfig {
+            backend: self.backend.unwrap_or(default_backend),
+            model_path: self.model.clone(),
+            model_id: self.model_id.clone(),
+            context: self.context,
+            parallel: self.parallel,
+            queue: self.queue,
+            threads: self.threads,
+            device: self.device.clone(),
+            precision: self.precision.clone(),
+        }
+    }
+}
+
+/// What went wrong starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Service(#[from] service_kit::Error),
+    #[error("{0}")]
+    Engine(#[from] llm_engine::EngineError),
+}
+
+/// Shared state: the engine once loaded, or why loading failed.
+#[derive(Debug, Default)]
+pub struct AppState {
+    engine: OnceLock<Arc<Engine>>,
+    failed: OnceLock<String>,
+    pub started: i64,
+}
+
+impl AppState {
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.get()
+    }
+}
+
+/// Loads the model in the background, setting it (or the failure) on `state`.
+pub fn load_in_background(state: Arc<AppState>, cfg: EngineConfig) {
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        match Engine::load(&cfg) {
+            Ok(e) => {
+                tracing::info!(model = %e.model_id, backend = ?e.backend, context = e.context, secs = t.elapsed().as_secs_f64(), "model loaded");
+                let _ = state.engine.set(Arc::new(e));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, model = %cfg.model_path.display(), "model failed to load");
+                let _ = state.failed.set(e.to_string());
+            }
+        }
+    });
+}
+
+/// Runs the server on a bound listener until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    args: &EngineArgs,
+    default_backend: Backend,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = Arc::new(AppState {
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        ..Default::default()
+    });
+    load_in_background(state.clone(), args.engine_config(default_backend));
+    let router = service_kit::server::with_common_layers(app(state), args.common.body_limit);
+    let plan = service_kit::server::ShutdownPlan::new(shutdown, args.common.drain_timeout);
+    service_kit::server::serve(listener, router, plan).await?;
+    Ok(())
+}

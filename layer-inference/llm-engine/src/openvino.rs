@@ -1,0 +1,260 @@
+//! The OpenVINO backend (feature `openvino`): a stateful LLM IR (`openvino_model.xml/.bin`,
+//! the folder OpenVINO GenAI writes) run through OpenVINO's core C API. The C library is
+//! loaded at run time, so the crate builds and its other backends run without OpenVINO.
+//!
+//! The generation loop is ours, as the wheels carry no GenAI C library: each sequence has its
+//! own infer request (its state — the KV cache — starts empty), is fed `input_ids`,
+//! `attention_mask`, `position_ids` and `beam_idx`, and hands the last position's logits to
+//! the engine's sampler. The tokenizer and chat template come from the GGUF the IR was derived
+//! from, kept beside it, so every backend tokenizes and templates alike.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{Device, Tensor};
+use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, RwPropertyKey, Shape};
+
+use crate::error::EngineError;
+
+/// The environment variable naming the OpenVINO C library (a file, or a folder holding it).
+pub const LIB_ENV: &str = "OPENVINO_LIB_PATH";
+
+fn load_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Load(format!("OpenVINO: {e}"))
+}
+
+/// Loads `libopenvino_c` once: from `OPENVINO_LIB_PATH` (a file, or a folder with
+/// `libopenvino_c.so*` / `.dylib` / `.dll`), else from the usual install locations
+/// (`INTEL_OPENVINO_DIR`, `LD_LIBRARY_PATH`, `/usr/lib`, `/opt/intel/openvino*`).
+pub fn load_library() -> Result<(), EngineError> {
+    load_library_from(std::env::var_os(LIB_ENV).map(PathBuf::from))
+}
+
+/// As [`load_library`], from this file or folder (`None`: the usual locations). The first
+/// call decides; later calls return its outcome.
+pub fn load_library_from(path: Option<PathBuf>) -> Result<(), EngineError> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            match path {
+                Some(p) => {
+                    let file = if p.is_dir() { find_c_library(&p)? } else { p };
+                    openvino_sys::library::load_from(&file)
+                        .map_err(|e| format!("cannot load {}: {e}", file.display()))
+                }
+                None => openvino_sys::library::load().map_err(|e| {
+                    format!("the OpenVINO C library (libopenvino_c) was not found ({e}); set {LIB_ENV} to it or to its folder")
+                }),
+            }
+        })
+        .clone()
+        .map_err(load_err)
+}
+
+/// `libopenvino_c` in a folder, versioned names (`libopenvino_c.so.2641`) accepted.
+fn find_c_library(dir: &Path) -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libopenvino_c.so")
+                    || n.starts_with("libopenvino_c.") && n.ends_with(".dylib")
+                    || n == "openvino_c.dll"
+            })
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| format!("no libopenvino_c in {}", dir.display()))
+}
+
+/// The IR files of a model path: a folder with `openvino_model.xml`/`.bin`, or the `.xml`.
+fn ir_files(model: &Path) -> Result<(PathBuf, PathBuf), EngineError> {
+    let xml = if model.is_dir() {
+        model.join("openvino_model.xml")
+    } else {
+        model.to_owned()
+    };
+    let bin = xml.with_extension("bin");
+    if !xml.is_file() || !bin.is_file() {
+        return Err(EngineError::Load(format!(
+            "{} is not an OpenVINO IR model: want openvino_model.xml and openvino_model.bin",
+            model.display()
+        )));
+    }
+    Ok((xml, bin))
+}
+
+/// The GGUF beside the IR that gives the tokenizer and the chat template.
+pub fn tokenizer_gguf(model: &Path) -> Result<PathBuf, EngineError> {
+    let dir = if model.is_dir() {
+        model.to_owned()
+    } else {
+        model
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    };
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| EngineError::Load(format!("{}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    ggufs.sort();
+    match ggufs.len() {
+        1 => Ok(ggufs.remove(0)),
+        0 => Err(EngineError::Load(format!(
+            "{} has no .gguf: the IR folder keeps the GGUF it was derived from, for the tokenizer and chat template",
+            dir.display()
+        ))),
+        n => Err(EngineError::Load(format!(
+            "{} has {n} .gguf files; keep only the one the IR was derived from",
+            dir.display()
+        ))),
+    }
+}
+
+/// A compiled model; each sequence gets its own infer request from it.
+pub struct OvWeights {
+    compiled: Mutex<CompiledModel>,
+    has_beam_idx: bool,
+    // The core outlives the compiled model.
+    _core: Mutex<Core>,
+}
+
+impl OvWeights {
+    /// Reads and compiles the IR for `device` (`CPU`, `GPU`, `NPU`, `AUTO`, ...), at the
+    /// device's own inference precision or at `precision` (`f32`, `bf16`, `f16`).
+    pub fn load(model: &Path, device: &str, precision: Option<&str>) -> Result<Self, EngineError> {
+        load_library()?;
+        let (xml, bin) = ir_files(model)?;
+        let mut core = Core::new().map_err(load_err)?;
+        let ir = core
+            .read_model_from_file(&xml.to_string_lossy(), &bin.to_string_lossy())
+            .map_err(load_err)?;
+        let mut inputs = Vec::new();
+        for i in 0..ir.get_inputs_len().map_err(load_err)? {
+            let port = ir.get_input_by_index(i).map_err(load_err)?;
+            inputs.push(port.get_name().map_err(load_err)?);
+        }
+        for want in ["input_ids", "attention_mask", "position_ids"] {
+            if !inputs.iter().any(|n| n == want) {
+                return Err(EngineError::Load(format!(
+                    "{} is not a stateful LLM IR: it has no `{want}` input (inputs: {})",
+                    xml.display(),
+                    inputs.join(", ")
+                )));
+            }
+        }
+        let device: DeviceType<'static> = device
+            .parse()
+            .map_err(|e| load_err(format!("device `{device}`: {e:?}")))?;
+        if let Some(p) = precision {
+            core.set_property(
+                &device,
+                &RwPropertyKey::Other("INFERENCE_PRECISION_HINT".into()),
+                p,
+            )
+            .map_err(|e| load_err(format!("precision `{p}`: {e}")))?;
+        }
+        let compiled = core.compile_model(&ir, device).map_err(load_err)?;
+        Ok(OvWeights {
+            compiled: Mutex::new(compiled),
+            has_beam_idx: inputs.iter().any(|n| n == "beam_idx"),
+            _core: Mutex::new(core),
+        })
+    }
+
+    /// A fresh sequence (empty state).
+    pub fn session(&self) -> Result<OvSession, EngineError> {
+        let mut compiled = self
+            .compiled
+            .lock()
+            .map_err(|_| EngineError::Generate("OpenVINO model lock poisoned".into()))?;
+        let request = compiled
+            .create_infer_request()
+            .map_err(|e| EngineError::Generate(format!("OpenVINO: {e}")))?;
+        Ok(OvSession {
+            request,
+            has_beam_idx: self.has_beam_idx,
+        })
+    }
+}
+
+/// One sequence: an infer request whose state holds the KV cache.
+pub struct OvSession {
+    request: InferRequest,
+    has_beam_idx: bool,
+}
+
+fn gen_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Generate(format!("OpenVINO: {e}"))
+}
+
+fn i64_tensor(dims: &[i64], fill: impl Fn(usize) -> i64) -> Result<openvino::Tensor, EngineError> {
+    let shape = Shape::new(dims).map_err(gen_err)?;
+    let mut t = openvino::Tensor::new(ElementType::I64, &shape).map_err(gen_err)?;
+    for (i, v) in t
+        .get_data_mut::<i64>()
+        .map_err(gen_err)?
+        .iter_mut()
+        .enumerate()
+    {
+        *v = fill(i);
+    }
+    Ok(t)
+}
+
+impl OvSession {
+    /// The prompt, from position 0; the last position's logits.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+        self.run(tokens, 0)
+    }
+
+    /// One token at `pos`; its logits.
+    pub fn step(&mut self, token: u32, pos: usize) -> Result<Tensor, EngineError> {
+        self.run(&[token], pos)
+    }
+
+    fn run(&mut self, tokens: &[u32], start: usize) -> Result<Tensor, EngineError> {
+        let n = tokens.len() as i64;
+        let start = start as i64;
+        let ids = i64_tensor(&[1, n], |i| i64::from(tokens[i]))?;
+        // The mask covers what the state holds plus the new tokens.
+        let mask = i64_tensor(&[1, start + n], |_| 1)?;
+        let pos = i64_tensor(&[1, n], |i| start + i as i64)?;
+        self.request
+            .set_tensor("input_ids", &ids)
+            .map_err(gen_err)?;
+        self.request
+            .set_tensor("attention_mask", &mask)
+            .map_err(gen_err)?;
+        self.request
+            .set_tensor("position_ids", &pos)
+            .map_err(gen_err)?;
+        if self.has_beam_idx {
+            let shape = Shape::new(&[1]).map_err(gen_err)?;
+            let mut beam = openvino::Tensor::new(ElementType::I32, &shape).map_err(gen_err)?;
+            beam.get_data_mut::<i32>().map_err(gen_err)?[0] = 0;
+            self.request
+                .set_tensor("beam_idx", &beam)
+                .map_err(gen_err)?;
+        }
+        self.request.infer().map_err(gen_err)?;
+        let out = self.request.get_tensor("logits").map_err(gen_err)?;
+        if out.get_element_type().map_err(gen_err)? != ElementType::F32 {
+            return Err(gen_err("the logits output is not f32"));
+        }
+        let dims = out.get_shape().map_err(gen_err)?.get_dimensions().to_vec();
+        let vocab = dims.last().copied().unwrap_or(0) as usize;
+        let data = out.get_data::<f32>().map_err(gen_err)?;
+        if vocab == 0 || data.len() < vocab {
+            return Err(gen_err(format!("unexpected logits shape {dims:?}")));
+        }
+        let last = &data[data.len() - vocab..];
+        Ok(Tensor::from_slice(last, vocab, &Device::Cpu)?)
+    }
+}
