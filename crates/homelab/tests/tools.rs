@@ -157,7 +157,7 @@ async fn up_runs_the_tools_and_search_goes_through_the_gateway() {
     // The official MCP Python SDK: over HTTP to the running server, and over stdio to the
     // binary pointed at the same gateway.
     if testkit::mcp::python_sdk_available() {
-        let bin = sibling_binary("web-search");
+        let bin = testkit::sibling_binary("web-search").display().to_string();
         let plan = json!({
             "calls": [{"tool": "web_search", "arguments": {"query": "rust mcp", "max_results": 2}}],
             "servers": [
@@ -183,17 +183,4 @@ async fn up_runs_the_tools_and_search_goes_through_the_gateway() {
 
     let _ = stop.send(());
     task.await.unwrap();
-}
-
-/// A binary of another workspace package, built beside this test by `cargo test --workspace`.
-fn sibling_binary(name: &str) -> String {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is not built; run the workspace's tests (cargo test --workspace)",
-        bin.display()
-    );
-    bin.display().to_string()
 }

@@ -68,16 +68,14 @@ pub struct McpArgs {
 }
 
 impl Default for McpArgs {
+    /// The flags' defaults.
     fn default() -> Self {
-        McpArgs {
-            stdio: false,
-            token_env: None,
-            allow_origins: Vec::new(),
-            host_headers: Vec::new(),
-            max_sessions: 64,
-            session_idle: Duration::from_secs(600),
-            common: CommonArgs::default(),
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: McpArgs,
         }
+        <Only as clap::Parser>::parse_from(["mcp"]).args
     }
 }
 

@@ -22,3 +22,16 @@ pub async fn spawn(app: axum::Router) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A binary of another workspace package, built beside the running test by
+/// `cargo test --workspace` (Cargo gives a test only its own package's binaries).
+pub fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built; run the workspace's tests (cargo test --workspace)",
+        bin.display()
+    );
+    bin
+}

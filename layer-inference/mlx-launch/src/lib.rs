@@ -147,7 +147,6 @@ impl Config {
 /// What the handlers share.
 pub struct AppState {
     pub supervisor: Arc<Supervisor>,
-    pub http: reqwest::Client,
 }
 
 /// Registers the models found in `dirs`; a failure is logged (what is registered still serves).
@@ -206,14 +205,6 @@ pub async fn serve_on(
     supervisor.clear_residency().await;
     let state = Arc::new(AppState {
         supervisor: supervisor.clone(),
-        http: reqwest::Client::builder()
-            .no_gzip()
-            .no_brotli()
-            .no_deflate()
-            .no_zstd()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default(),
     });
     let stop = tokio_util::sync::CancellationToken::new();
     // The registry is read again now and then; idle children are stopped.

@@ -106,7 +106,8 @@ async fn send(
     path: &str,
     body: &[u8],
 ) -> Result<reqwest::Response, reqwest::Error> {
-    app.http
+    app.supervisor
+        .http()
         .post(format!("{}{path}", lease.base_url))
         .header(header::CONTENT_TYPE, "application/json")
         .body(body.to_vec())

@@ -111,13 +111,24 @@ impl Supervisor {
             models: RwLock::new(models),
             children: Mutex::new(HashMap::new()),
             switch: tokio::sync::Mutex::new(()),
+            // Used for readiness probes and for forwarding: bodies pass through as the child
+            // encoded them, redirects are not followed.
             http: reqwest::Client::builder()
+                .no_gzip()
+                .no_brotli()
+                .no_deflate()
+                .no_zstd()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
             starts: AtomicU64::new(0),
             stops: AtomicU64::new(0),
         }
+    }
+
+    /// The HTTP client that talks to the children.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn budget(&self) -> u64 {

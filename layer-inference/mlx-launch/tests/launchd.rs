@@ -102,13 +102,7 @@ fn gateway_daemon() {
         "gateway",
     );
     // Every flag is one the gateway knows (its --help, from the binary built beside this test).
-    let exe = std::env::current_exe().unwrap();
-    let gateway = exe.parent().unwrap().parent().unwrap().join("gateway");
-    assert!(
-        gateway.exists(),
-        "{} is not built; run cargo test --workspace",
-        gateway.display()
-    );
+    let gateway = testkit::sibling_binary("gateway");
     let help = std::process::Command::new(&gateway)
         .arg("--help")
         .output()

@@ -18,23 +18,6 @@ fn fixture() -> PathBuf {
         .join("../llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
 }
 
-/// orin-llm-server, built beside this test by `cargo test --workspace`.
-fn engine_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("orin-llm-server");
-    assert!(
-        bin.exists(),
-        "{} is not built; run the workspace's tests (cargo test --workspace)",
-        bin.display()
-    );
-    bin
-}
-
 struct Launcher {
     url: String,
     db: docsdb::Db,
@@ -67,7 +50,7 @@ impl Launcher {
         config.formats = vec!["gguf".into()];
         config.command = format!(
             "{} --model {{path}} --bind 127.0.0.1:{{port}} --model-id {{model_id}} --context 256",
-            engine_binary().display()
+            testkit::sibling_binary("orin-llm-server").display()
         );
         config.upstream_model = "{model_id}".into();
         config.memory_budget = 250 * MIB;

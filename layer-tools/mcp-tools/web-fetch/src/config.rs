@@ -59,17 +59,8 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The flags' defaults (and their environment variables).
     fn default() -> Self {
-        Config {
-            bind: DEFAULT_BIND.into(),
-            allow_hosts: Vec::new(),
-            ignore_robots_txt: false,
-            user_agent: USER_AGENT.into(),
-            connect_timeout: Duration::from_secs(10),
-            timeout: Duration::from_secs(30),
-            max_redirects: 5,
-            max_bytes: 5 << 20,
-            mcp: McpArgs::default(),
-        }
+        Config::parse_from(["web-fetch"])
     }
 }
