@@ -10,6 +10,8 @@
 //! - [`formats`]: `handles.jsonl`, `system.yaml` and LiteLLM `config.yaml`, detected by content.
 //! - [`apply`]: writes a [`spec::SystemSpec`] in one transaction, idempotently, with a report.
 //! - [`read`]: loads the registry back (for export and listing).
+//! - [`register`]: what a service finds on its machine (host, model files) registered.
+//! - [`residency`]: which models are loaded now, and by which service.
 //! - [`keys`]: virtual API keys, stored as SHA-256 hashes.
 //! - [`request_log`]: the batched insert path for request-log rows.
 //! - [`health`]: health-check rows.
@@ -25,6 +27,7 @@ pub mod health;
 pub mod keys;
 pub mod monitor;
 pub mod read;
+pub mod register;
 pub mod request_log;
 pub mod residency;
 mod rollup;

@@ -6,8 +6,10 @@
 //! It binds at once and loads the model in the background: `/health` answers 503 while
 //! loading, as llama-server does, so supervisors and the gateway can tell "starting" from
 //! "down". Chat and legacy completions, plain and streamed; `/v1/models` with context
-//! length, size on disk and quantisation; `/metrics`.
+//! length, size on disk and quantisation; `/metrics`. With `--db` the loaded model is
+//! registered in the system-docs DB and recorded loaded while the server runs ([`register`]).
 
+pub mod register;
 mod routes;
 
 use std::future::Future;
@@ -52,6 +54,16 @@ pub struct EngineArgs {
     /// The OpenVINO inference precision (`f32`, `bf16`, `f16`); the device's default if unset.
     #[arg(long, env = "HOMELAB_ENGINE_PRECISION")]
     pub precision: Option<String>,
+    /// The system-docs DB to register the model in and to record it loaded while serving
+    /// (`sqlite://...` or `postgres://...`; unset: nothing is recorded).
+    #[arg(long, env = "HOMELAB_DB")]
+    pub db: Option<String>,
+    /// The host the model is registered on (default: this machine's name).
+    #[arg(long, env = "HOMELAB_HOST")]
+    pub host: Option<String>,
+    /// The service name the residency rows carry (default: this server's name).
+    #[arg(long, env = "HOMELAB_SERVICE_NAME")]
+    pub service_name: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -80,6 +92,8 @@ pub enum Error {
     Service(#[from] service_kit::Error),
     #[error("{0}")]
     Engine(#[from] llm_engine::EngineError),
+    #[error("system-docs DB: {0}")]
+    Db(#[from] docsdb::Error),
 }
 
 /// Shared state: the engine once loaded, or why loading failed.
@@ -96,39 +110,74 @@ impl AppState {
     }
 }
 
-/// Loads the model in the background, setting it (or the failure) on `state`.
-pub fn load_in_background(state: Arc<AppState>, cfg: EngineConfig) {
-    tokio::task::spawn_blocking(move || {
+/// Loads the model in the background, setting it (or the failure) on `state`; with a
+/// registration, the model is registered and recorded loaded before it is set (so a `/health`
+/// of 200 means the registry says so too).
+pub fn load_in_background(
+    state: Arc<AppState>,
+    cfg: EngineConfig,
+    registration: Option<register::Registration>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let path = cfg.model_path.clone();
         let t = std::time::Instant::now();
-        match Engine::load(&cfg) {
+        let loaded = tokio::task::spawn_blocking(move || Engine::load(&cfg))
+            .await
+            .unwrap_or_else(|e| Err(llm_engine::EngineError::Load(e.to_string())));
+        match loaded {
             Ok(e) => {
                 tracing::info!(model = %e.model_id, backend = ?e.backend, context = e.context, secs = t.elapsed().as_secs_f64(), "model loaded");
+                if let Some(r) = &registration {
+                    r.loaded(&e, &path).await;
+                }
                 let _ = state.engine.set(Arc::new(e));
             }
             Err(e) => {
-                tracing::error!(error = %e, model = %cfg.model_path.display(), "model failed to load");
+                tracing::error!(error = %e, model = %path.display(), "model failed to load");
                 let _ = state.failed.set(e.to_string());
             }
         }
-    });
+    })
 }
 
-/// Runs the server on a bound listener until `shutdown`.
+/// Runs the server on a bound listener until `shutdown`; `service` names it in the registry
+/// unless `--service-name` says otherwise.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     args: &EngineArgs,
     default_backend: Backend,
+    service: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let registration = match &args.db {
+        Some(url) => {
+            let name = args.service_name.as_deref().unwrap_or(service);
+            let r = register::Registration::open(url, args.host.as_deref(), name).await?;
+            r.clear().await;
+            Some(r)
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
         ..Default::default()
     });
-    load_in_background(state.clone(), args.engine_config(default_backend));
+    let loading = load_in_background(
+        state.clone(),
+        args.engine_config(default_backend),
+        registration.clone(),
+    );
     let router = service_kit::server::with_common_layers(app(state), args.common.body_limit);
     let plan = service_kit::server::ShutdownPlan::new(shutdown, args.common.drain_timeout);
-    service_kit::server::serve(listener, router, plan).await?;
-    Ok(())
+    let served = service_kit::server::serve(listener, router, plan).await;
+    // Not loaded any more: a load still running records nothing after this.
+    loading.abort();
+    let _ = loading.await;
+    if let Some(r) = &registration {
+        r.clear().await;
+        r.db.close().await;
+    }
+    Ok(served?)
 }

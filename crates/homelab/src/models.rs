@@ -218,36 +218,7 @@ async fn fetch_url(url: &str, dest: &Path, expect: Option<&str>) -> Result<Strin
 
 /// The local machine, for registering what `pull` put on it.
 pub fn local_host() -> HostSpec {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "local".to_owned());
-    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(ByteSize(kb * 1024))
-    });
-    HostSpec {
-        name,
-        description: Some("this machine".into()),
-        address: None,
-        os: Some(std::env::consts::OS.to_owned()),
-        arch: Some(std::env::consts::ARCH.to_owned()),
-        accelerator: None,
-        memory_bytes: memory,
-    }
-}
-
-/// `host` if the DB does not know it yet: registering it again would overwrite an
-/// operator's description of it.
-pub async fn new_host(db: &docsdb::Db, host: &HostSpec) -> Result<Option<HostSpec>, Error> {
-    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
-    let known = docsdb::read::hosts(&mut conn)
-        .await?
-        .iter()
-        .any(|(_, h)| h.name == host.name);
-    Ok((!known).then(|| host.clone()))
+    docsdb::register::this_machine(None, "this machine")
 }
 
 /// Options of `pull`.
@@ -341,7 +312,7 @@ pub async fn pull(db: &docsdb::Db, o: &PullOptions<'_>) -> Result<Pulled, Error>
         .context_length()
         .map_or(o.context, |c| c.min(o.context));
     let host = local_host();
-    let new_host = new_host(db, &host).await?;
+    let new_host = docsdb::register::new_host(db, &host).await?;
     let cache_path = std::fs::canonicalize(&dest).unwrap_or(dest.clone());
     let spec = SystemSpec {
         hosts: new_host.into_iter().collect(),

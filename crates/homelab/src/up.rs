@@ -120,7 +120,7 @@ pub async fn up(
 
     // The registry: this host, the services, the engine's endpoint, the handles.
     let mut spec = SystemSpec {
-        hosts: crate::models::new_host(&db, &host)
+        hosts: docsdb::register::new_host(&db, &host)
             .await?
             .into_iter()
             .collect(),
@@ -212,6 +212,10 @@ pub async fn up(
         engine_addr = Some(addr);
         let mut cfg = orin_llm_server::Config::new(pulled.cache_path.clone(), &addr.to_string());
         cfg.engine.model_id = Some(pulled.model_id.clone());
+        // The engine records its model loaded (as the service `local-engine` of this host).
+        cfg.engine.db = Some(db_url.clone());
+        cfg.engine.host = Some(host.name.clone());
+        cfg.engine.service_name = Some("local-engine".into());
         let s = stop.clone();
         tasks.spawn(async move {
             orin_llm_server::serve_on(listener, cfg, s.cancelled_owned())

@@ -1,6 +1,6 @@
 //! `homelab up` end to end, in process, on port 0s and a temp data folder: a chat through the
 //! gateway to the local engine (the random-weight fixture), plain and streamed, and the
-//! request-log rows it leaves.
+//! request-log rows it leaves, and the engine's model recorded loaded while it runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -105,6 +105,16 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
     assert_eq!(status["counts"]["up"], 3, "{status}");
     let page = reqwest::get(&mon).await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"data-service="local-engine" data-status="up""#));
+    // The engine recorded its model loaded; the monitor's inventory shows it.
+    let models = common::poll_json(&format!("{mon}/api/models"), 100, |m| {
+        m["models"][0]["loaded"] == true
+    })
+    .await;
+    assert_eq!(
+        models["models"][0]["model_id"], "tiny-random-gpt2tok-f16",
+        "{models}"
+    );
+    assert_eq!(models["models"][0]["loaded_by"], "local-engine", "{models}");
 
     stop.send(()).unwrap();
     task.await.unwrap();
@@ -126,6 +136,13 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
     let services = docsdb::health::statuses(&db).await.unwrap();
     let names: Vec<&str> = services.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(names, ["gateway", "system-monitor", "local-engine"]);
+    let mut conn = db.pool().acquire().await.unwrap();
+    let inventory = docsdb::read::model_inventory(&mut conn).await.unwrap();
+    drop(conn);
+    assert!(
+        inventory.iter().all(|m| !m.loaded),
+        "not loaded once stopped: {inventory:?}"
+    );
     db.close().await;
 
     // A second run reuses what the first made.

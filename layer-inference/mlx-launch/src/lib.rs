@@ -109,11 +109,7 @@ impl Config {
 
     /// The registry host name: `--host`, else this machine's name (without `.local`).
     pub fn host_name(&self) -> String {
-        self.host.clone().unwrap_or_else(|| {
-            let uname = rustix::system::uname();
-            let name = uname.nodename().to_string_lossy().into_owned();
-            name.trim_end_matches(".local").to_owned()
-        })
+        docsdb::register::host_name(self.host.as_deref())
     }
 
     fn launch(&self) -> Result<Launch, Error> {

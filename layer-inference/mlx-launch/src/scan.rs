@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use docsdb::spec::{ByteSize, HostSpec, ModelSpec, SystemSpec};
+use docsdb::spec::{ByteSize, ModelSpec};
 use serde_json::Value;
 
 use crate::error::Error;
@@ -111,54 +111,32 @@ fn read_model(id: &str, folder: &Path) -> Option<Found> {
     })
 }
 
-/// Registers what `dirs` hold as `mlx` models of `host`, keeping what the registry already
-/// says where it says more (a footprint an operator measured is not overwritten by the
-/// estimate). The host is registered if it is not. How many models were written.
+/// Registers what `dirs` hold as `mlx` models of `host` (see `docsdb::register::found_models`:
+/// a footprint an operator measured is not overwritten by the estimate). The host is
+/// registered if it is not. How many models were written.
 pub async fn register(db: &docsdb::Db, host: &str, dirs: &[PathBuf]) -> Result<usize, Error> {
     let found: Vec<Found> = dirs.iter().flat_map(|d| scan(d)).collect();
     if found.is_empty() {
         return Ok(0);
     }
-    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
-    let hosts = docsdb::read::hosts(&mut conn).await?;
-    let known = docsdb::read::models(&mut conn).await?;
-    drop(conn);
-    let mut spec = SystemSpec::default();
-    if !hosts.iter().any(|(_, h)| h.name == host) {
-        spec.hosts.push(HostSpec {
-            name: host.to_owned(),
-            description: Some("registered by mlx-launch".into()),
-            address: None,
-            os: Some(std::env::consts::OS.to_owned()),
-            arch: Some(std::env::consts::ARCH.to_owned()),
-            accelerator: None,
-            memory_bytes: None,
-        });
-    }
-    for f in &found {
-        let old = known
-            .iter()
-            .map(|(_, m)| m)
-            .find(|m| m.model_id == f.model_id && m.host.as_deref() == Some(host));
-        let path = f.path.display().to_string();
-        spec.models.push(ModelSpec {
+    let host = docsdb::register::this_machine(Some(host), "registered by mlx-launch");
+    let models = found
+        .iter()
+        .map(|f| ModelSpec {
             model_id: f.model_id.clone(),
-            host: Some(host.to_owned()),
-            family: old.and_then(|m| m.family.clone()).or(f.family.clone()),
+            host: Some(host.name.clone()),
+            family: f.family.clone(),
             format: Some("mlx".into()),
-            quantization: old
-                .and_then(|m| m.quantization.clone())
-                .or(f.quantization.clone()),
-            params: old.and_then(|m| m.params),
-            context_length: old.and_then(|m| m.context_length).or(f.context_length),
+            quantization: f.quantization.clone(),
+            params: None,
+            context_length: f.context_length,
             size_on_disk_bytes: Some(ByteSize(f.size_on_disk)),
-            memory_footprint_bytes: old
-                .and_then(|m| m.memory_footprint_bytes)
-                .or(Some(ByteSize(f.memory_estimate()))),
-            source_path: old.and_then(|m| m.source_path.clone()),
-            cache_path: Some(path),
-        });
-    }
-    docsdb::apply::apply(db, &spec, false).await?;
-    Ok(found.len())
+            memory_footprint_bytes: Some(ByteSize(f.memory_estimate())),
+            source_path: None,
+            cache_path: Some(f.path.display().to_string()),
+        })
+        .collect();
+    Ok(docsdb::register::found_models(db, &host, models)
+        .await?
+        .len())
 }

@@ -50,6 +50,7 @@ pub async fn serve_on(
         listener,
         &config.engine,
         llm_engine::Backend::Candle,
+        "orin-llm-server",
         shutdown,
     )
     .await

@@ -224,3 +224,119 @@ async fn health_is_503_until_the_model_loads_and_says_why_it_failed() {
     .await;
     assert_eq!(r.status(), 503);
 }
+
+async fn inventory(db: &docsdb::Db) -> Vec<docsdb::read::InventoryRow> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    docsdb::read::model_inventory(&mut conn).await.unwrap()
+}
+
+/// With `--db` the server registers its model on this host and records it loaded while it
+/// serves (a footprint the registry already had is kept), and clears what a previous run
+/// left behind at start and its own row at stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_its_model_and_records_it_loaded_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/system-docs.db", dir.path().display());
+    let db = docsdb::Db::open(&url).await.unwrap();
+    let yaml = "hosts:\n  - name: jetson\n    memory_bytes: 8 GiB\n\
+        models:\n  - model_id: tiny-random-gpt2tok-f16\n    host: jetson\n    memory_footprint_bytes: 300 MiB\n    source_path: pypi:fixture\n\
+        \x20 - model_id: left-over\n    host: jetson\n    memory_footprint_bytes: 1 GiB\n";
+    let spec = docsdb::formats::system_yaml::parse(yaml, "system.yaml").unwrap();
+    docsdb::apply::apply(&db, &spec, false).await.unwrap();
+    // A previous run died with `left-over` loaded.
+    assert!(
+        docsdb::residency::mark_loaded(&db, "jetson", "left-over", "orin-llm-server", 1 << 30)
+            .await
+            .unwrap()
+    );
+
+    let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = orin_llm_server::Config::new(fixture(), "127.0.0.1:0");
+    config.engine.db = Some(url.clone());
+    config.engine.host = Some("jetson".into());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(orin_llm_server::serve_on(
+        listener,
+        config,
+        stop.clone().cancelled_owned(),
+    ));
+    ready(&base).await;
+
+    let rows = inventory(&db).await;
+    let row = rows
+        .iter()
+        .find(|r| r.model_id == "tiny-random-gpt2tok-f16")
+        .unwrap();
+    assert!(row.loaded, "{row:?}");
+    assert_eq!(row.loaded_by.as_deref(), Some("orin-llm-server"));
+    assert_eq!(row.format.as_deref(), Some("gguf"));
+    assert_eq!(row.quantization.as_deref(), Some("F16"));
+    assert_eq!(row.context_length, Some(512));
+    let file_size = std::fs::metadata(fixture()).unwrap().len() as i64;
+    assert_eq!(row.size_on_disk_bytes, Some(file_size));
+    assert_eq!(row.memory_footprint_bytes, Some(300 << 20), "kept");
+    assert_eq!(
+        row.host_loaded_bytes,
+        300 << 20,
+        "only this model is loaded"
+    );
+    assert_eq!(row.host_free_bytes, Some((8 << 30) - (300 << 20)));
+    let left = rows.iter().find(|r| r.model_id == "left-over").unwrap();
+    assert!(!left.loaded, "the previous run's row is cleared: {left:?}");
+    let registered = docsdb::read::models(&mut db.pool().acquire().await.unwrap())
+        .await
+        .unwrap();
+    let m = &registered
+        .iter()
+        .find(|(_, m)| m.model_id == "tiny-random-gpt2tok-f16")
+        .unwrap()
+        .1;
+    assert_eq!(m.source_path.as_deref(), Some("pypi:fixture"), "kept");
+    assert_eq!(m.family.as_deref(), Some("llama"));
+    let cache = std::fs::canonicalize(fixture()).unwrap();
+    assert_eq!(m.cache_path.as_deref(), Some(&*cache.display().to_string()));
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    assert!(
+        inventory(&db).await.iter().all(|r| !r.loaded),
+        "cleared at stop"
+    );
+}
+
+/// On an empty registry the server registers this machine and the model, with a footprint
+/// estimated from the file and the served context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_the_host_and_an_estimate_on_an_empty_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/system-docs.db", dir.path().display());
+    let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = orin_llm_server::Config::new(fixture(), "127.0.0.1:0");
+    config.engine.db = Some(url.clone());
+    config.engine.service_name = Some("local-engine".into());
+    tokio::spawn(orin_llm_server::serve_on(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    ready(&base).await;
+    let db = docsdb::Db::open(&url).await.unwrap();
+    let rows = inventory(&db).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(
+        row.host.as_deref(),
+        Some(&*docsdb::register::host_name(None))
+    );
+    assert!(row.loaded);
+    assert_eq!(row.loaded_by.as_deref(), Some("local-engine"));
+    let file_size = std::fs::metadata(fixture()).unwrap().len() as i64;
+    let footprint = row.memory_footprint_bytes.unwrap();
+    assert!(footprint > file_size, "{footprint} {file_size}");
+    assert_eq!(row.host_loaded_bytes, footprint);
+    if cfg!(target_os = "linux") {
+        assert!(row.host_memory_bytes.unwrap() > footprint);
+    }
+}

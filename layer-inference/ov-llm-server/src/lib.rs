@@ -54,6 +54,7 @@ pub async fn serve_on(
         listener,
         &config.engine,
         llm_engine::Backend::OpenVino,
+        "ov-llm-server",
         shutdown,
     )
     .await

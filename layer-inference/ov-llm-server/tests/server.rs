@@ -1,6 +1,7 @@
 //! ov-llm-server over real HTTP on an IR derived from the random-weight fixture (OpenVINO
 //! from the PyPI wheels): the OpenAI surface, greedy text equal to orin-llm-server's candle
-//! backend on the same GGUF, and a clear error for a folder that is not an IR.
+//! backend on the same GGUF, the model registered and recorded loaded in the system-docs
+//! DB, and a clear error for a folder that is not an IR.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -68,14 +69,38 @@ async fn serves_an_ir_like_the_engine_serves_the_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let ir = testkit::openvino::derive_ir(&fixture(), &dir.path().join("tiny-ov"));
 
+    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
     let (url, ready) = start(|bind| {
         let mut c = ov_llm_server::Config::new(&ir, bind);
         c.engine.precision = Some("f32".into());
         c.engine.context = 256;
+        c.engine.db = Some(db_url.clone());
+        c.engine.host = Some("mini".into());
         c
     })
     .await;
     ready.unwrap();
+    // Registered as an IR of this host and recorded loaded.
+    let db = docsdb::Db::open(&db_url).await.unwrap();
+    let rows = docsdb::read::model_inventory(&mut db.pool().acquire().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(
+        (row.model_id.as_str(), row.host.as_deref()),
+        ("tiny-ov", Some("mini"))
+    );
+    assert_eq!(row.format.as_deref(), Some("openvino-ir"));
+    assert_eq!(row.quantization.as_deref(), Some("f16"), "the IR's weights");
+    assert_eq!(row.context_length, Some(512));
+    let on_disk: u64 = std::fs::read_dir(&ir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(row.size_on_disk_bytes, Some(on_disk as i64));
+    assert!(row.loaded);
+    assert_eq!(row.loaded_by.as_deref(), Some("ov-llm-server"));
     let models: Value = reqwest::get(format!("{url}/v1/models"))
         .await
         .unwrap()
@@ -134,8 +159,22 @@ async fn a_folder_that_is_not_an_ir_is_a_clear_503() {
     llm_engine::openvino::load_library_from(Some(libs)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture(), dir.path().join("m.gguf")).unwrap();
-    let (url, ready) = start(|bind| ov_llm_server::Config::new(dir.path(), bind)).await;
+    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
+    let (url, ready) = start(|bind| {
+        let mut c = ov_llm_server::Config::new(dir.path(), bind);
+        c.engine.db = Some(db_url.clone());
+        c
+    })
+    .await;
     let body = ready.expect_err("a folder without openvino_model.xml does not load");
+    let db = docsdb::Db::open(&db_url).await.unwrap();
+    let rows = docsdb::read::model_inventory(&mut db.pool().acquire().await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        rows.is_empty(),
+        "a model that did not load is not registered: {rows:?}"
+    );
     assert!(
         body.to_string().contains("not an OpenVINO IR model"),
         "{body}"
