@@ -28,11 +28,19 @@ pub fn wheel_libs() -> Option<PathBuf> {
 }
 
 /// Copies `gguf` into `dir` and derives the IR (`openvino_model.xml/.bin`, tokenizer and
-/// detokenizer) beside it; returns `dir`.
+/// detokenizer) beside it; returns `dir`. Panics on failure (see [`try_derive_ir`]).
 pub fn derive_ir(gguf: &Path, dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let copy = dir.join(gguf.file_name().unwrap());
-    std::fs::copy(gguf, &copy).unwrap();
+    try_derive_ir(gguf, dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`derive_ir`], with the failure as a message.
+pub fn try_derive_ir(gguf: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let name = gguf
+        .file_name()
+        .ok_or_else(|| format!("{} is not a file", gguf.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let copy = dir.join(name);
+    std::fs::copy(gguf, &copy).map_err(|e| format!("{}: {e}", gguf.display()))?;
     let script = format!(
         "import openvino_genai as g; g.LLMPipeline({:?}, 'CPU', enable_save_ov_model=True)",
         copy.display().to_string()
@@ -40,12 +48,12 @@ pub fn derive_ir(gguf: &Path, dir: &Path) -> PathBuf {
     let out = std::process::Command::new("python3")
         .args(["-c", &script])
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "deriving the IR failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(dir.join("openvino_model.xml").exists());
-    dir.to_owned()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() || !dir.join("openvino_model.xml").exists() {
+        return Err(format!(
+            "deriving the IR failed (pip install openvino-genai): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(dir.to_owned())
 }

@@ -1,8 +1,9 @@
-//! `bench engine`: the engine served over HTTP, as clients use it, by each of its backends and
-//! by llama.cpp's own server (`python -m llama_cpp.server`, from the PyPI package
-//! `llama-cpp-python`) as the anchor, all in one run with the same model, prompt, thread count
-//! and client. Each server runs in its own process, one after the other, so none shares the
-//! two cores with another.
+//! `bench engine`: the engine served over HTTP, as clients use it, by each of its backends
+//! (orin-llm-server with candle and llama.cpp, ov-llm-server with OpenVINO on an IR derived
+//! from the same GGUF) and by llama.cpp's own server (`python -m llama_cpp.server`, from the
+//! PyPI package `llama-cpp-python`) as the anchor, all in one run with the same model, prompt,
+//! thread count and client. Each server runs in its own process, one after the other, so none
+//! shares the two cores with another.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,6 +19,13 @@ pub enum Contender {
     Candle,
     /// orin-llm-server with the llama.cpp backend (built with `--features llama-cpp`).
     LlamaCpp,
+    /// ov-llm-server: OpenVINO at the device's own inference precision (bf16 on a CPU with
+    /// AMX or AVX-512 BF16, else f32).
+    #[value(name = "openvino")]
+    OpenVino,
+    /// ov-llm-server with `--precision f32`.
+    #[value(name = "openvino-f32")]
+    OpenVinoF32,
     /// llama.cpp's own server through llama-cpp-python: the anchor.
     LlamaCppServer,
 }
@@ -27,6 +35,8 @@ impl Contender {
         match self {
             Contender::Candle => "candle",
             Contender::LlamaCpp => "llama-cpp",
+            Contender::OpenVino => "openvino",
+            Contender::OpenVinoF32 => "openvino f32",
             Contender::LlamaCppServer => "llama.cpp server",
         }
     }
@@ -42,7 +52,7 @@ pub struct EngineArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "candle,llama-cpp,llama-cpp-server"
+        default_value = "candle,llama-cpp,openvino,openvino-f32,llama-cpp-server"
     )]
     servers: Vec<Contender>,
     /// Concurrent clients (the engine runs this many sequences at once).
@@ -63,6 +73,14 @@ pub struct EngineArgs {
     /// The orin-llm-server binary (default: beside this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// The ov-llm-server binary (default: beside this one).
+    #[arg(long)]
+    ov_server_bin: Option<PathBuf>,
+    /// The OpenVINO IR folder of the same model (default: derived from `--model` by
+    /// openvino-genai into a temporary folder, `pip install openvino openvino-genai`). The
+    /// library comes from `OPENVINO_LIB_PATH`, else the `openvino` wheel.
+    #[arg(long)]
+    ov_model: Option<PathBuf>,
     /// The Python that has `llama-cpp-python[server]` installed.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -108,11 +126,43 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
     let threads = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });
-    let server_bin = match &a.server_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
+    let beside = |name: &str| -> Result<PathBuf, String> {
+        Ok(std::env::current_exe()
             .map_err(|e| e.to_string())?
-            .with_file_name("orin-llm-server"),
+            .with_file_name(name))
+    };
+    let mut skipped = Vec::new();
+    let ir_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let wants_ov = a
+        .servers
+        .iter()
+        .any(|s| matches!(s, Contender::OpenVino | Contender::OpenVinoF32));
+    let bins = Bins {
+        orin: a
+            .server_bin
+            .clone()
+            .map_or_else(|| beside("orin-llm-server"), Ok)?,
+        ov: a
+            .ov_server_bin
+            .clone()
+            .map_or_else(|| beside("ov-llm-server"), Ok)?,
+        ov_model: match (&a.ov_model, wants_ov) {
+            (Some(m), _) => Some(m.clone()),
+            (None, false) => None,
+            (None, true) => {
+                let stem = a.model.file_stem().unwrap_or_default();
+                match testkit::openvino::try_derive_ir(&a.model, &ir_dir.path().join(stem)) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        skipped.push(format!("openvino: {e}"));
+                        None
+                    }
+                }
+            }
+        },
+        ov_lib: std::env::var_os("OPENVINO_LIB_PATH")
+            .map(PathBuf::from)
+            .or_else(|| wants_ov.then(testkit::openvino::wheel_libs).flatten()),
     };
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -130,11 +180,14 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
         "server", "conc", "TTFT p50", "prefill t/s", "decode t/s/seq", "decode t/s all", "peak RSS"
     );
     let mut results: Vec<(Contender, usize, Row, u64)> = Vec::new();
-    let mut skipped = Vec::new();
     for &server in &a.servers {
+        let is_ov = matches!(server, Contender::OpenVino | Contender::OpenVinoF32);
+        if is_ov && bins.ov_model.is_none() {
+            continue;
+        }
         for &c in &a.concurrency {
             let port = free_port().await?;
-            let mut child = match spawn(server, &a, &server_bin, threads, c, port) {
+            let mut child = match spawn(server, &a, &bins, threads, c, port) {
                 Ok(ch) => ch,
                 Err(e) => {
                     skipped.push(format!("{}: {e}", server.label()));
@@ -226,27 +279,50 @@ fn print_row(server: Contender, c: usize, r: &Row, hwm_kb: u64) {
     );
 }
 
+/// The servers' binaries, and the OpenVINO IR and library.
+struct Bins {
+    orin: PathBuf,
+    ov: PathBuf,
+    ov_model: Option<PathBuf>,
+    ov_lib: Option<PathBuf>,
+}
+
 fn spawn(
     server: Contender,
     a: &EngineArgs,
-    server_bin: &std::path::Path,
+    bins: &Bins,
     threads: usize,
     parallel: usize,
     port: u16,
 ) -> Result<tokio::process::Child, String> {
     let model = a.model.display().to_string();
-    let mut cmd = match server {
+    let engine = |bin: &std::path::Path, model: &str| {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["--model", model, "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--parallel", &parallel.to_string()])
+            .args(["--queue", &(parallel * 4).to_string()])
+            .args(["--context", &a.context.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    let (mut cmd, bin) = match server {
         Contender::Candle | Contender::LlamaCpp => {
-            let mut cmd = tokio::process::Command::new(server_bin);
-            cmd.args(["--model", &model, "--bind", &format!("127.0.0.1:{port}")])
-                .args(["--backend", server_label_flag(server)])
-                .args(["--parallel", &parallel.to_string()])
-                .args(["--queue", &(parallel * 4).to_string()])
-                .args(["--context", &a.context.to_string()])
-                .args(["--threads", &threads.to_string()])
-                .env("RAYON_NUM_THREADS", threads.to_string())
-                .env("RUST_LOG", "warn");
-            cmd
+            let mut cmd = engine(&bins.orin, &model);
+            cmd.args(["--backend", server_label_flag(server)]);
+            (cmd, &bins.orin)
+        }
+        Contender::OpenVino | Contender::OpenVinoF32 => {
+            let ir = bins.ov_model.as_deref().unwrap_or(a.model.as_path());
+            let mut cmd = engine(&bins.ov, &ir.display().to_string());
+            if server == Contender::OpenVinoF32 {
+                cmd.args(["--precision", "f32"]);
+            }
+            if let Some(lib) = &bins.ov_lib {
+                cmd.env("OPENVINO_LIB_PATH", lib);
+            }
+            (cmd, &bins.ov)
         }
         Contender::LlamaCppServer => {
             let mut cmd = tokio::process::Command::new(&a.python);
@@ -258,7 +334,7 @@ fn spawn(
                 // By default a new request cuts off the one being generated; queue instead.
                 .args(["--interrupt_requests", "false"])
                 .args(["--verbose", "false"]);
-            cmd
+            (cmd, &bins.orin)
         }
     };
     cmd.stdout(std::process::Stdio::null())
@@ -270,8 +346,8 @@ fn spawn(
             a.python
         ),
         _ => format!(
-            "cannot run {}: {e} (cargo build --release -p orin-llm-server --features llama-cpp)",
-            server_bin.display()
+            "cannot run {}: {e} (cargo build --release -p orin-llm-server -p ov-llm-server --features orin-llm-server/llama-cpp)",
+            bin.display()
         ),
     })
 }
@@ -308,13 +384,18 @@ async fn wait_ready(
                 .unwrap_or("");
             return Err(format!("exited while loading: {last}"));
         }
-        if let Ok(r) = client.post(url).json(&body).send().await
-            && r.status().is_success()
-        {
-            // Stop reading stderr from here on: an unread pipe must not fill up and block.
-            drop(child.stderr.take());
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            return Ok(v["usage"]["prompt_tokens"].as_u64().unwrap_or(0));
+        if let Ok(r) = client.post(url).json(&body).send().await {
+            if r.status().is_success() {
+                // Stop reading stderr from here on: an unread pipe must not fill up and block.
+                drop(child.stderr.take());
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                return Ok(v["usage"]["prompt_tokens"].as_u64().unwrap_or(0));
+            }
+            // Our servers stay up after a failed load and say why.
+            let text = r.text().await.unwrap_or_default();
+            if text.contains("failed to load") {
+                return Err(text);
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
