@@ -149,11 +149,13 @@ pub async fn serve_on(
     service: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let config = args.engine_config(default_backend);
+    let model_id = config.served_model_id();
     let registration = match &args.db {
         Some(url) => {
             let name = args.service_name.as_deref().unwrap_or(service);
             let r = register::Registration::open(url, args.host.as_deref(), name).await?;
-            r.clear().await;
+            r.unloaded(&model_id).await;
             Some(r)
         }
         None => None,
@@ -164,11 +166,7 @@ pub async fn serve_on(
             .map_or(0, |d| d.as_secs() as i64),
         ..Default::default()
     });
-    let loading = load_in_background(
-        state.clone(),
-        args.engine_config(default_backend),
-        registration.clone(),
-    );
+    let loading = load_in_background(state.clone(), config, registration.clone());
     let router = service_kit::server::with_common_layers(app(state), args.common.body_limit);
     let plan = service_kit::server::ShutdownPlan::new(shutdown, args.common.drain_timeout);
     let served = service_kit::server::serve(listener, router, plan).await;
@@ -176,7 +174,7 @@ pub async fn serve_on(
     loading.abort();
     let _ = loading.await;
     if let Some(r) = &registration {
-        r.clear().await;
+        r.unloaded(&model_id).await;
         r.db.close().await;
     }
     Ok(served?)

@@ -32,13 +32,13 @@ impl Registration {
         })
     }
 
-    /// Forgets what this service had loaded on this host (at start: a previous run may have
-    /// died without saying so; and at stop).
-    pub async fn clear(&self) {
-        if let Err(e) =
-            docsdb::residency::clear_service(&self.db, &self.host.name, &self.service).await
+    /// Records `model_id` of this host not loaded (at start: a previous run may have died
+    /// without saying so; and at stop). Only this model's row: another server on this host
+    /// may run under the same service name with another model.
+    pub async fn unloaded(&self, model_id: &str) {
+        if let Err(e) = docsdb::residency::mark_unloaded(&self.db, &self.host.name, model_id).await
         {
-            tracing::warn!(error = %e, "could not clear the residency rows");
+            tracing::warn!(model = %model_id, error = %e, "could not record the model unloaded");
         }
     }
 

@@ -92,6 +92,13 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The name the model is served under: `model_id`, else the file or folder name.
+    pub fn served_model_id(&self) -> String {
+        self.model_id
+            .clone()
+            .unwrap_or_else(|| file_stem(&self.model_path))
+    }
+
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
         EngineConfig {
             backend: Backend::Candle,
@@ -297,10 +304,7 @@ impl Engine {
         };
         let parallel = cfg.parallel.max(1);
         Ok(Engine {
-            model_id: cfg
-                .model_id
-                .clone()
-                .unwrap_or_else(|| file_stem(&cfg.model_path)),
+            model_id: cfg.served_model_id(),
             info,
             context,
             backend: cfg.backend,

@@ -231,8 +231,8 @@ async fn inventory(db: &docsdb::Db) -> Vec<docsdb::read::InventoryRow> {
 }
 
 /// With `--db` the server registers its model on this host and records it loaded while it
-/// serves (a footprint the registry already had is kept), and clears what a previous run
-/// left behind at start and its own row at stop.
+/// serves (a footprint the registry already had is kept), replacing the row a previous run
+/// left, and clears its row at stop — leaving another server's model on the host alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_its_model_and_records_it_loaded_while_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,15 +240,18 @@ async fn registers_its_model_and_records_it_loaded_while_serving() {
     let db = docsdb::Db::open(&url).await.unwrap();
     let yaml = "hosts:\n  - name: jetson\n    memory_bytes: 8 GiB\n\
         models:\n  - model_id: tiny-random-gpt2tok-f16\n    host: jetson\n    memory_footprint_bytes: 300 MiB\n    source_path: pypi:fixture\n\
-        \x20 - model_id: left-over\n    host: jetson\n    memory_footprint_bytes: 1 GiB\n";
+        \x20 - model_id: sibling\n    host: jetson\n    memory_footprint_bytes: 1 GiB\n";
     let spec = docsdb::formats::system_yaml::parse(yaml, "system.yaml").unwrap();
     docsdb::apply::apply(&db, &spec, false).await.unwrap();
-    // A previous run died with `left-over` loaded.
-    assert!(
-        docsdb::residency::mark_loaded(&db, "jetson", "left-over", "orin-llm-server", 1 << 30)
-            .await
-            .unwrap()
-    );
+    // A previous run died with the model loaded; another server on the host, under the same
+    // service name, serves `sibling`.
+    for (model, bytes) in [("tiny-random-gpt2tok-f16", 1), ("sibling", 1 << 30)] {
+        assert!(
+            docsdb::residency::mark_loaded(&db, "jetson", model, "orin-llm-server", bytes)
+                .await
+                .unwrap()
+        );
+    }
 
     let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -278,12 +281,18 @@ async fn registers_its_model_and_records_it_loaded_while_serving() {
     assert_eq!(row.memory_footprint_bytes, Some(300 << 20), "kept");
     assert_eq!(
         row.host_loaded_bytes,
-        300 << 20,
-        "only this model is loaded"
+        (300 << 20) + (1 << 30),
+        "this model at its registered footprint, and the sibling"
     );
-    assert_eq!(row.host_free_bytes, Some((8 << 30) - (300 << 20)));
-    let left = rows.iter().find(|r| r.model_id == "left-over").unwrap();
-    assert!(!left.loaded, "the previous run's row is cleared: {left:?}");
+    assert_eq!(
+        row.host_free_bytes,
+        Some((8 << 30) - (300 << 20) - (1 << 30))
+    );
+    let sibling = rows.iter().find(|r| r.model_id == "sibling").unwrap();
+    assert!(
+        sibling.loaded,
+        "another server's row is left alone: {sibling:?}"
+    );
     let registered = docsdb::read::models(&mut db.pool().acquire().await.unwrap())
         .await
         .unwrap();
@@ -299,10 +308,13 @@ async fn registers_its_model_and_records_it_loaded_while_serving() {
 
     stop.cancel();
     server.await.unwrap().unwrap();
-    assert!(
-        inventory(&db).await.iter().all(|r| !r.loaded),
-        "cleared at stop"
-    );
+    let rows = inventory(&db).await;
+    let loaded: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.loaded)
+        .map(|r| r.model_id.as_str())
+        .collect();
+    assert_eq!(loaded, ["sibling"], "this model's row cleared at stop");
 }
 
 /// On an empty registry the server registers this machine and the model, with a footprint
