@@ -40,6 +40,10 @@ impl Contender {
             Contender::LlamaCppServer => "llama.cpp server",
         }
     }
+
+    fn is_openvino(self) -> bool {
+        matches!(self, Contender::OpenVino | Contender::OpenVinoF32)
+    }
 }
 
 #[derive(clap::Args)]
@@ -133,10 +137,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
     };
     let mut skipped = Vec::new();
     let ir_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let wants_ov = a
-        .servers
-        .iter()
-        .any(|s| matches!(s, Contender::OpenVino | Contender::OpenVinoF32));
+    let wants_ov = a.servers.iter().any(|s| s.is_openvino());
     let bins = Bins {
         orin: a
             .server_bin
@@ -181,8 +182,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
     );
     let mut results: Vec<(Contender, usize, Row, u64)> = Vec::new();
     for &server in &a.servers {
-        let is_ov = matches!(server, Contender::OpenVino | Contender::OpenVinoF32);
-        if is_ov && bins.ov_model.is_none() {
+        if server.is_openvino() && bins.ov_model.is_none() {
             continue;
         }
         for &c in &a.concurrency {
