@@ -69,6 +69,16 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// For a server configured in code (`Config::new`): serves `model`, and forgets what the
+    /// environment said about the registry (`HOMELAB_DB`, `HOMELAB_HOST`,
+    /// `HOMELAB_SERVICE_NAME`), so it registers only when its caller says so.
+    pub fn configured_in_code(&mut self, model: std::path::PathBuf) {
+        self.model = model;
+        self.db = None;
+        self.host = None;
+        self.service_name = None;
+    }
+
     /// The engine's configuration, with `default_backend` unless `--backend` says otherwise.
     pub fn engine_config(&self, default_backend: Backend) -> EngineConfig {
         EngineConfig {

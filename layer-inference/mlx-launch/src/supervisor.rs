@@ -347,6 +347,11 @@ impl Supervisor {
         tracing::info!(model = %entry.model_id, port, command = %argv.join(" "), "starting engine");
         let mut process = Command::new(program)
             .args(args)
+            // This supervisor records its children's residency; an engine child that reads
+            // these would record itself a second time.
+            .env_remove("HOMELAB_DB")
+            .env_remove("HOMELAB_HOST")
+            .env_remove("HOMELAB_SERVICE_NAME")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -22,10 +22,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for `model`, on `bind`.
+    /// Defaults for `model`, on `bind` (registering nowhere unless `engine.db` is set).
     pub fn new(model: impl Into<std::path::PathBuf>, bind: &str) -> Self {
         let mut c = Config::parse_from(["orin-llm-server", "--model", "x"]);
-        c.engine.model = model.into();
+        c.engine.configured_in_code(model.into());
         c.bind = bind.to_owned();
         c
     }

@@ -25,10 +25,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for the IR folder `model`, on `bind`.
+    /// Defaults for the IR folder `model`, on `bind` (registering nowhere unless `engine.db` is
+    /// set).
     pub fn new(model: impl Into<std::path::PathBuf>, bind: &str) -> Self {
         let mut c = Config::parse_from(["ov-llm-server", "--model", "x"]);
-        c.engine.model = model.into();
+        c.engine.configured_in_code(model.into());
         c.bind = bind.to_owned();
         c
     }

@@ -204,6 +204,7 @@ async fn a_missing_library_is_a_clear_503_from_the_binary() {
             dir.path().join("no-such-libopenvino_c.so"),
         )
         .env("RUST_LOG", "warn")
+        .env_remove("HOMELAB_DB")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
