@@ -82,30 +82,38 @@ impl Registration {
 /// What the loaded files say about the model.
 fn model_spec(engine: &Engine, path: &Path, host: &str) -> ModelSpec {
     let info = &engine.info;
-    let ir = engine.backend == Backend::OpenVino && path.is_dir();
-    let (size_on_disk, weights, quantization) = if ir {
-        let xml = path.join("openvino_model.xml");
-        let bin = std::fs::metadata(path.join("openvino_model.bin")).map_or(0, |m| m.len());
-        (
-            folder_size(path),
-            bin,
-            ir_weight_type(&std::fs::read_to_string(xml).unwrap_or_default()),
-        )
-    } else {
-        (
+    // An OpenVINO model is an IR (its folder, or its `.xml`); any other is the GGUF itself.
+    let ir = match engine.backend {
+        Backend::OpenVino => llm_engine::ir::files(path).ok(),
+        _ => None,
+    };
+    let (format, location, size_on_disk, weights, quantization) = match &ir {
+        Some((xml, bin)) => {
+            let folder = xml.parent().unwrap_or(path);
+            (
+                "openvino-ir",
+                folder,
+                folder_size(folder),
+                std::fs::metadata(bin).map_or(0, |m| m.len()),
+                llm_engine::ir::weight_type(&std::fs::read_to_string(xml).unwrap_or_default()),
+            )
+        }
+        None => (
+            "gguf",
+            path,
             info.file_size,
             info.file_size,
             info.quantization().map(str::to_owned),
-        )
+        ),
     };
     // The footprint of the weights actually loaded plus the KV cache at the served context.
     let footprint = info.memory_footprint(engine.context as u64) - info.file_size + weights;
-    let cache = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let cache = std::fs::canonicalize(location).unwrap_or_else(|_| location.to_owned());
     ModelSpec {
         model_id: engine.model_id.clone(),
         host: Some(host.to_owned()),
         family: info.architecture().map(str::to_owned),
-        format: Some(if ir { "openvino-ir" } else { "gguf" }.into()),
+        format: Some(format.into()),
         quantization,
         params: i64::try_from(info.parameter_count())
             .ok()
@@ -128,54 +136,4 @@ fn folder_size(dir: &Path) -> u64 {
             .map(|m| m.len())
             .sum()
     })
-}
-
-/// The weights' element type of an IR (`openvino_model.xml`): the type of most constant
-/// bytes among the weight types (index constants — `i32`, `i64` — do not count): `int4`,
-/// `int8`, `f16`, `bf16` or `f32`.
-pub fn ir_weight_type(xml: &str) -> Option<String> {
-    let mut bytes: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    for tag in xml.split("<data ").skip(1) {
-        let tag = format!(" {}", tag.split('>').next().unwrap_or(""));
-        let (Some(ty), Some(size)) = (attr(&tag, "element_type"), attr(&tag, "size")) else {
-            continue;
-        };
-        let name = match ty {
-            "u4" | "i4" | "nf4" => "int4",
-            "u8" | "i8" => "int8",
-            "f16" => "f16",
-            "bf16" => "bf16",
-            "f32" => "f32",
-            _ => continue,
-        };
-        *bytes.entry(name).or_default() += size.parse::<u64>().unwrap_or(0);
-    }
-    bytes
-        .into_iter()
-        .max_by_key(|(_, b)| *b)
-        .filter(|(_, b)| *b > 0)
-        .map(|(n, _)| n.to_owned())
-}
-
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    let rest = &tag[start..];
-    Some(&rest[..rest.find('"')?])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ir_weight_type;
-
-    #[test]
-    fn the_weight_type_is_the_one_with_the_most_bytes() {
-        let xml = r#"<layer type="Const"><data element_type="i64" shape="1" offset="0" size="80000" /></layer>
-            <layer type="Const"><data element_type="u4" shape="576,576" offset="8" size="165888" /></layer>
-            <layer type="Const"><data element_type="f16" shape="576,18" offset="9" size="20736" /></layer>
-            <layer type="Parameter"><data shape="?,?" element_type="i64" /></layer>"#;
-        assert_eq!(ir_weight_type(xml).as_deref(), Some("int4"));
-        let f16 = xml.replace("\"u4\"", "\"f32\"").replace("165888", "100");
-        assert_eq!(ir_weight_type(&f16).as_deref(), Some("f16"));
-        assert_eq!(ir_weight_type("<net></net>"), None);
-    }
 }

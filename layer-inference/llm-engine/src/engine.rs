@@ -255,7 +255,7 @@ impl Engine {
         // An OpenVINO IR takes its tokenizer and chat template from the GGUF beside it.
         #[cfg(feature = "openvino")]
         let gguf = match cfg.backend {
-            Backend::OpenVino => crate::openvino::tokenizer_gguf(&cfg.model_path)?,
+            Backend::OpenVino => crate::ir::tokenizer_gguf(&cfg.model_path)?,
             _ => cfg.model_path.clone(),
         };
         #[cfg(not(feature = "openvino"))]

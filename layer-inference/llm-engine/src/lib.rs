@@ -2,6 +2,7 @@
 //!
 //! - [`gguf`]: the metadata and tensor table of GGUF files (what a model is, how large, how
 //!   much memory it will want), read without the weights.
+//! - [`ir`]: the files of an OpenVINO IR folder (model, tokenizer GGUF, weight type).
 //! - [`tokenizer`]: the tokenizer built from the vocabulary in the file.
 //! - [`template`]: the chat template from the file, rendered with minijinja.
 //! - [`engine`]: loading (candle, pure Rust; llama.cpp with the `llama-cpp` feature), the request queue and parallel sequences, and
@@ -10,6 +11,7 @@
 pub mod engine;
 mod error;
 pub mod gguf;
+pub mod ir;
 #[cfg(feature = "llama-cpp")]
 mod llama;
 #[cfg(feature = "openvino")]

@@ -71,52 +71,6 @@ fn find_c_library(dir: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("no libopenvino_c in {}", dir.display()))
 }
 
-/// The IR files of a model path: a folder with `openvino_model.xml`/`.bin`, or the `.xml`.
-fn ir_files(model: &Path) -> Result<(PathBuf, PathBuf), EngineError> {
-    let xml = if model.is_dir() {
-        model.join("openvino_model.xml")
-    } else {
-        model.to_owned()
-    };
-    let bin = xml.with_extension("bin");
-    if !xml.is_file() || !bin.is_file() {
-        return Err(EngineError::Load(format!(
-            "{} is not an OpenVINO IR model: want openvino_model.xml and openvino_model.bin",
-            model.display()
-        )));
-    }
-    Ok((xml, bin))
-}
-
-/// The GGUF beside the IR that gives the tokenizer and the chat template.
-pub fn tokenizer_gguf(model: &Path) -> Result<PathBuf, EngineError> {
-    let dir = if model.is_dir() {
-        model.to_owned()
-    } else {
-        model
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_owned)
-    };
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| EngineError::Load(format!("{}: {e}", dir.display())))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    ggufs.sort();
-    match ggufs.len() {
-        1 => Ok(ggufs.remove(0)),
-        0 => Err(EngineError::Load(format!(
-            "{} has no .gguf: the IR folder keeps the GGUF it was derived from, for the tokenizer and chat template",
-            dir.display()
-        ))),
-        n => Err(EngineError::Load(format!(
-            "{} has {n} .gguf files; keep only the one the IR was derived from",
-            dir.display()
-        ))),
-    }
-}
-
 /// A compiled model; each sequence gets its own infer request from it.
 pub struct OvWeights {
     compiled: Mutex<CompiledModel>,
@@ -130,7 +84,7 @@ impl OvWeights {
     /// device's own inference precision or at `precision` (`f32`, `bf16`, `f16`).
     pub fn load(model: &Path, device: &str, precision: Option<&str>) -> Result<Self, EngineError> {
         load_library()?;
-        let (xml, bin) = ir_files(model)?;
+        let (xml, bin) = crate::ir::files(model)?;
         let mut core = Core::new().map_err(load_err)?;
         let ir = core
             .read_model_from_file(&xml.to_string_lossy(), &bin.to_string_lossy())
