@@ -181,6 +181,12 @@ impl ApiError {
         Self::new(503, "server_error", Some("service_unavailable"), message)
     }
 
+    /// 503 when the backend is busy: its queue is full, or the request waited too long.
+    /// `Retry-After` goes in a header.
+    pub fn server_busy(message: impl Into<String>) -> Self {
+        Self::new(503, "server_error", Some("server_busy"), message)
+    }
+
     /// 504: the backend did not answer in time.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(504, "server_error", Some("timeout"), message)

@@ -11,11 +11,13 @@
 //!
 //! Modules: [`units`] (sizes and durations in flags and files), [`chat`] (chat completions and streamed chunks), [`completions`] (legacy
 //! completions), [`embeddings`], [`models`], [`usage`], [`error`] (the error envelope),
-//! [`sse`] (an incremental server-sent-events decoder and encoder) and [`search`] (`/v1/search`).
+//! [`sse`] (an incremental server-sent-events decoder and encoder), [`search`] (`/v1/search`)
+//! and [`engine`] (priority, queue, timings and loading: what our engines add).
 
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod engine;
 pub mod error;
 pub mod models;
 pub mod search;

@@ -5,10 +5,13 @@
 //!
 //! It binds at once and loads the model in the background: `/health` answers 503 while
 //! loading, as llama-server does, so supervisors and the gateway can tell "starting" from
-//! "down". Chat and legacy completions, plain and streamed; `/v1/models` with context
-//! length, size on disk and quantisation; `/metrics`. With `--db` the loaded model is
+//! "down". Chat and legacy completions, plain and streamed, with the sampler settings a
+//! request leaves unset filled from the model's defaults (shown in `/v1/models`) and a
+//! priority (`x-homelab-priority` or the body's `priority`) that orders the engine's queue;
+//! `/queue` and `/queue/{request_id}` say who waits; `/metrics`. With `--db` the loaded model is
 //! registered in the system-docs DB and recorded loaded while the server runs ([`register`]).
 
+mod params;
 pub mod register;
 mod routes;
 
@@ -36,9 +39,19 @@ pub struct EngineArgs {
     /// Sequences generated at once.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
-    /// Requests that may wait for a sequence; more get 503 at once.
+    /// Requests that may wait for a sequence; more get 503 at once (a better-priority
+    /// newcomer takes the place of the worst one waiting instead).
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
+    /// The longest a request waits for a sequence before it gets 503.
+    #[arg(long, default_value = "10m", value_parser = service_kit::config::duration)]
+    pub max_queue_wait: std::time::Duration,
+    /// New tokens for a request that sets no `max_tokens` (0: up to the context).
+    #[arg(long, default_value_t = 0)]
+    pub default_max_tokens: u32,
+    /// How often a streamed request that waits for its first token gets an SSE comment.
+    #[arg(long, default_value = "5s", value_parser = service_kit::config::duration)]
+    pub sse_keepalive: std::time::Duration,
     /// CPU threads for the llama.cpp backend (0: every core). The candle backend follows
     /// `RAYON_NUM_THREADS`, else every core.
     #[arg(long, env = "HOMELAB_ENGINE_THREADS", default_value_t = 0)]
@@ -88,6 +101,8 @@ impl EngineArgs {
             context: self.context,
             parallel: self.parallel,
             queue: self.queue,
+            max_queue_wait: self.max_queue_wait,
+            default_max_tokens: (self.default_max_tokens > 0).then_some(self.default_max_tokens),
             threads: self.threads,
             device: self.device.clone(),
             precision: self.precision.clone(),
@@ -107,14 +122,28 @@ pub enum Error {
 }
 
 /// Shared state: the engine once loaded, or why loading failed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
     failed: OnceLock<String>,
     pub started: i64,
+    /// How often a waiting stream gets an SSE comment.
+    pub keepalive: std::time::Duration,
 }
 
 impl AppState {
+    /// Nothing loaded yet.
+    pub fn new(keepalive: std::time::Duration) -> Self {
+        AppState {
+            engine: OnceLock::new(),
+            failed: OnceLock::new(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            keepalive: keepalive.max(std::time::Duration::from_millis(100)),
+        }
+    }
+
     pub fn engine(&self) -> Option<&Arc<Engine>> {
         self.engine.get()
     }
@@ -170,12 +199,7 @@ pub async fn serve_on(
         }
         None => None,
     };
-    let state = Arc::new(AppState {
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
-        ..Default::default()
-    });
+    let state = Arc::new(AppState::new(args.sse_keepalive));
     let loading = load_in_background(state.clone(), config, registration.clone());
     let router = service_kit::server::with_common_layers(app(state), args.common.body_limit);
     let plan = service_kit::server::ShutdownPlan::new(shutdown, args.common.drain_timeout);

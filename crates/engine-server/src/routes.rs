@@ -1,32 +1,46 @@
-//! The OpenAI surface: chat and legacy completions (plain and SSE), models, health, metrics.
+//! The OpenAI surface: chat and legacy completions (plain and SSE), models, health, the
+//! queue, metrics.
+//!
+//! A streamed request that has to wait for a sequence gets its headers at once and an SSE
+//! comment (`: queued, 2 ahead`), and `: waiting` after every `--sse-keepalive` of silence
+//! (waiting, reading the prompt, parked), so a proxy in front can tell a busy engine from a
+//! dead one; the role chunk comes with the first token, so the first data event still marks
+//! the time to first token. Answers
+//! carry llama-server's `timings` (for a stream, on the chunk with `finish_reason`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use contract::ApiError;
 use contract::chat::ChatCompletionRequest;
 use contract::completions::{CompletionRequest, Prompt};
+use contract::engine::{LOADING_MESSAGE, QueueState, RequestState, Timings};
 use llm_engine::template::TemplateMessage;
 use llm_engine::{Engine, EngineError, Event, Finish, Input, Params};
 use serde_json::{Value, json};
 use service_kit::body::JsonBody;
-use tokio::sync::mpsc;
+use service_kit::request_id::RequestId;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::AppState;
+use crate::params::{self, Common};
 
 /// The routes (also without the `/v1` prefix).
 pub fn app(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/chat/completions", post(chat))
         .route("/completions", post(completions))
-        .route("/models", get(models));
+        .route("/models", get(models))
+        .route("/queue", get(queue))
+        .route("/queue/{request_id}", get(request_state));
     Router::new()
         .nest("/v1", api.clone())
         .merge(api)
@@ -42,24 +56,88 @@ fn loading(state: &AppState) -> Response {
         // llama-server's answer while loading.
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})),
+            axum::Json(json!({"error": {"code": 503, "message": LOADING_MESSAGE, "type": "unavailable_error"}})),
         )
             .into_response(),
     }
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.engine().is_some() {
-        axum::Json(json!({"status": "ok"})).into_response()
-    } else {
-        loading(&state)
+fn queue_state(e: &Engine) -> QueueState {
+    let q = e.queue();
+    QueueState {
+        parallel: q.parallel as u64,
+        running: q.running as u64,
+        waiting: q.waiting as u64,
+        parked: q.parked as u64,
+        limit: q.limit as u64,
     }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let Some(e) = state.engine() else {
+        return loading(&state);
+    };
+    let q = queue_state(e);
+    // llama-server's older slot counts, and the whole queue.
+    axum::Json(json!({
+        "status": "ok",
+        "slots_idle": q.parallel.saturating_sub(q.running),
+        "slots_processing": q.running,
+        "queue": q,
+    }))
+    .into_response()
+}
+
+async fn queue(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine() {
+        Some(e) => axum::Json(queue_state(e)).into_response(),
+        None => loading(&state),
+    }
+}
+
+async fn request_state(
+    State(state): State<Arc<AppState>>,
+    Path(request_id): Path<String>,
+) -> Response {
+    let Some(e) = state.engine() else {
+        return loading(&state);
+    };
+    let Some(s) = e.request_state(&request_id) else {
+        return ApiError::not_found(format!(
+            "no request `{request_id}` is waiting or generating here"
+        ))
+        .into_response();
+    };
+    let wire = match s {
+        llm_engine::RequestState::Waiting {
+            priority,
+            ahead,
+            parked,
+            waited_ms,
+        } => RequestState::Waiting {
+            priority: priority.0,
+            ahead: ahead as u64,
+            parked,
+            waited_ms,
+        },
+        llm_engine::RequestState::Generating {
+            priority,
+            tokens,
+            since_ms,
+        } => RequestState::Generating {
+            priority: priority.0,
+            tokens,
+            since_ms,
+        },
+    };
+    axum::Json(wire).into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
     let Some(e) = state.engine() else {
         return loading(&state);
     };
+    let d = &e.sampler_defaults;
     axum::Json(json!({"object": "list", "data": [{
         "id": e.model_id,
         "object": "model",
@@ -70,6 +148,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
         "quantization": e.info.quantization(),
         "architecture": e.info.architecture(),
         "parameters": e.info.parameter_count(),
+        // What a request gets for each sampler setting it leaves unset, and for max_tokens.
+        "sampling_defaults": d.settings,
+        "sampling_defaults_from_model_file": d.from_model_file,
+        "default_max_tokens": e.default_max_tokens,
     }]}))
     .into_response()
 }
@@ -89,18 +171,36 @@ fn ready_for(state: &AppState, n: Option<u32>) -> Result<Arc<Engine>, Box<Respon
     Ok(e)
 }
 
-fn engine_error(e: EngineError) -> Response {
-    match e {
+fn engine_api_error(e: &Engine, err: EngineError) -> ApiError {
+    match err {
         EngineError::ContextExceeded { prompt, context } => ApiError::invalid_value(
             "context_length_exceeded",
             format!("This model's maximum context length is {context} tokens; the prompt has {prompt} tokens."),
         )
-        .with_param("messages")
-        .into_response(),
-        EngineError::QueueFull(n) => ApiError::service_unavailable(format!("the server is busy ({n} requests waiting); retry shortly")).into_response(),
-        EngineError::Template(m) => ApiError::bad_request(format!("the chat template refused the messages: {m}")).into_response(),
-        other => ApiError::internal(other.to_string()).into_response(),
+        .with_param("messages"),
+        EngineError::EmptyPrompt => ApiError::bad_request("the prompt is empty"),
+        EngineError::QueueFull(_) | EngineError::Shed(_) | EngineError::QueueTimeout(_) => {
+            ApiError::server_busy(format!(
+                "the engine is busy ({}): {err}; retry shortly",
+                queue_state(e).describe()
+            ))
+        }
+        EngineError::Template(m) => ApiError::bad_request(format!("the chat template refused the messages: {m}")),
+        other => ApiError::internal(other.to_string()),
     }
+}
+
+fn engine_error(e: &Engine, err: EngineError) -> Response {
+    let busy = matches!(
+        err,
+        EngineError::QueueFull(_) | EngineError::Shed(_) | EngineError::QueueTimeout(_)
+    );
+    let mut res = engine_api_error(e, err).into_response();
+    if busy {
+        res.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    res
 }
 
 fn now_s() -> i64 {
@@ -113,25 +213,14 @@ fn id(prefix: &str) -> String {
     format!("{prefix}-{}", service_kit::request_id::generate())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn params(
-    max_tokens: Option<u32>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<i64>,
-    stop: Option<&contract::OneOrMany<String>>,
-) -> Params {
-    Params {
-        max_tokens,
-        temperature,
-        top_p,
-        seed: seed.map(|s| s as u64),
-        stop: stop.map(|s| s.as_slice().to_vec()).unwrap_or_default(),
-    }
+fn rid(r: Option<Extension<RequestId>>) -> Option<String> {
+    r.map(|Extension(r)| r.0)
 }
 
 async fn chat(
     State(state): State<Arc<AppState>>,
+    request_id: Option<Extension<RequestId>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Response {
     let e = match ready_for(&state, req.n) {
@@ -146,14 +235,22 @@ async fn chat(
             content: m.text_content(),
         })
         .collect();
-    let p = params(
-        req.token_limit(),
-        req.temperature,
-        req.top_p,
-        req.seed,
-        req.stop.as_ref(),
-    );
+    let common = Common {
+        max_tokens: req.token_limit(),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        seed: req.seed,
+        stop: req.stop.as_ref(),
+        extra: &req.extra,
+    };
+    let p = match params::read(&common, &headers, rid(request_id)) {
+        Ok(p) => p,
+        Err(err) => return err.into_response(),
+    };
     run(
+        &state,
         e,
         Input::Chat(messages),
         p,
@@ -166,6 +263,8 @@ async fn chat(
 
 async fn completions(
     State(state): State<Arc<AppState>>,
+    request_id: Option<Extension<RequestId>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Response {
     let e = match ready_for(&state, req.n) {
@@ -180,20 +279,28 @@ async fn completions(
         .with_param("prompt")
         .into_response();
     };
-    // The legacy API's default is 16 tokens.
-    let p = params(
-        Some(req.max_tokens.unwrap_or(16)),
-        req.temperature,
-        req.top_p,
-        req.seed,
-        req.stop.as_ref(),
-    );
+    let common = Common {
+        // The legacy API's default is 16 tokens.
+        max_tokens: Some(req.max_tokens.unwrap_or(16)),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        presence_penalty: None,
+        frequency_penalty: None,
+        seed: req.seed,
+        stop: req.stop.as_ref(),
+        extra: &req.extra,
+    };
+    let p = match params::read(&common, &headers, rid(request_id)) {
+        Ok(p) => p,
+        Err(err) => return err.into_response(),
+    };
     let usage = req
         .stream_options
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     run(
+        &state,
         e,
         Input::Text(prompt.clone()),
         p,
@@ -210,7 +317,27 @@ enum Kind {
     Text,
 }
 
+fn timings_json(t: &llm_engine::Timings, prompt_n: usize, predicted_n: usize) -> Value {
+    let per_second = (t.predicted_ms > 0.0 && predicted_n > 1)
+        .then(|| predicted_n as f64 / (t.predicted_ms / 1000.0));
+    serde_json::to_value(Timings {
+        prompt_n: prompt_n as u64,
+        prompt_ms: t.prompt_ms,
+        predicted_n: predicted_n as u64,
+        predicted_ms: t.predicted_ms,
+        predicted_per_second: per_second,
+        queue_ms: Some(t.queue_ms),
+        parked_ms: Some(t.parked_ms),
+    })
+    .unwrap_or(Value::Null)
+}
+
+fn usage_json(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
 async fn run(
+    state: &AppState,
     e: Arc<Engine>,
     input: Input,
     p: Params,
@@ -219,126 +346,87 @@ async fn run(
     stream_usage: bool,
 ) -> Response {
     let (tx, mut rx) = mpsc::channel::<Event>(64);
-    let (err_tx, err_rx) = tokio::sync::oneshot::channel();
+    let (err_tx, err_rx) = oneshot::channel();
     let e2 = e.clone();
     tokio::spawn(async move {
         let r = e2.generate(input, p, tx).await;
         let _ = err_tx.send(r);
     });
     // The first event or an error decides the status.
-    let first = rx.recv().await;
-    if first.is_none() {
+    let Some(first) = rx.recv().await else {
         return match err_rx.await {
-            Ok(Err(err)) => engine_error(err),
+            Ok(Err(err)) => engine_error(&e, err),
             _ => ApiError::internal("generation ended without an answer").into_response(),
         };
-    }
+    };
     let model = e.model_id.clone();
     let created = now_s();
     if !stream {
         let mut text = String::new();
         let mut done = None;
-        let mut ev = first;
+        let mut ev = Some(first);
         while let Some(x) = ev {
             match x {
+                Event::Queued { .. } => {}
                 Event::Text(t) => text.push_str(&t),
                 Event::Done {
                     finish,
                     prompt_tokens,
                     completion_tokens,
-                } => done = Some((finish, prompt_tokens, completion_tokens)),
+                    timings,
+                } => done = Some((finish, prompt_tokens, completion_tokens, timings)),
             }
             ev = rx.recv().await;
         }
-        let (finish, pt, ct) = done.unwrap_or((Finish::Length, 0, 0));
-        let usage = json!({"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct});
+        let Some((finish, pt, ct, timings)) = done else {
+            // It waited, then failed (the queue's longest wait, a generation error).
+            return match err_rx.await {
+                Ok(Err(err)) => engine_error(&e, err),
+                _ => ApiError::internal("generation ended without an answer").into_response(),
+            };
+        };
+        let usage = usage_json(pt, ct);
+        let timings = timings_json(&timings, pt, ct);
         let body = match kind {
             Kind::Chat => {
                 json!({"id": id("chatcmpl"), "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str(), "logprobs": null}],
-                "usage": usage})
+                "usage": usage, "timings": timings})
             }
             Kind::Text => {
                 json!({"id": id("cmpl"), "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": text, "finish_reason": finish.as_str(), "logprobs": null}],
-                "usage": usage})
+                "usage": usage, "timings": timings})
             }
         };
         return axum::Json(body).into_response();
     }
-    let cid = id(if kind == Kind::Chat {
-        "chatcmpl"
-    } else {
-        "cmpl"
-    });
-    let object = if kind == Kind::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
+    let frames = Frames {
+        id: id(if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        }),
+        model,
+        created,
+        kind,
+        usage: stream_usage,
     };
-    let frame = move |choice: Value, usage: Option<Value>| {
-        let mut v = json!({"id": cid, "object": object, "created": created, "model": model, "choices": [choice]});
-        if let Some(u) = usage {
-            v["choices"] = json!([]);
-            v["usage"] = u;
-        }
-        Bytes::from(contract::sse::encode_json_data(v.to_string().as_bytes()))
-    };
-    let piece = move |text: &str| match kind {
-        Kind::Chat => json!({"index": 0, "delta": {"content": text}, "finish_reason": null}),
-        Kind::Text => json!({"index": 0, "text": text, "finish_reason": null}),
-    };
-    let end = move |finish: Finish| match kind {
-        Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish.as_str()}),
-        Kind::Text => json!({"index": 0, "text": "", "finish_reason": finish.as_str()}),
-    };
-    let mut out: Vec<Bytes> = Vec::new();
-    if kind == Kind::Chat {
-        out.push(frame(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}), None));
-    }
-    let state = (
+    let sse = SseState {
         rx,
-        first,
-        out.into_iter().collect::<std::collections::VecDeque<_>>(),
-        false,
-    );
-    let body = futures_util::stream::unfold(
-        state,
-        move |(mut rx, mut pending, mut out, mut ended)| {
-            let frame = frame.clone();
-            async move {
-                loop {
-                    if let Some(b) = out.pop_front() {
-                        return Some((Ok::<_, std::io::Error>(b), (rx, pending, out, ended)));
-                    }
-                    if ended {
-                        return None;
-                    }
-                    let ev = match pending.take() {
-                        Some(ev) => Some(ev),
-                        None => rx.recv().await,
-                    };
-                    match ev {
-                        Some(Event::Text(t)) => out.push_back(frame(piece(&t), None)),
-                        Some(Event::Done {
-                            finish,
-                            prompt_tokens,
-                            completion_tokens,
-                        }) => {
-                            out.push_back(frame(end(finish), None));
-                            if stream_usage {
-                                let u = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
-                                out.push_back(frame(Value::Null, Some(u)));
-                            }
-                            out.push_back(Bytes::from_static(contract::sse::DONE_FRAME));
-                            ended = true;
-                        }
-                        None => ended = true,
-                    }
-                }
-            }
-        },
-    );
+        pending: Some(first),
+        err_rx: Some(err_rx),
+        engine: e,
+        frames,
+        out: std::collections::VecDeque::new(),
+        started: false,
+        ended: false,
+        keepalive: state.keepalive,
+    };
+    let body = futures_util::stream::unfold(sse, |mut s| async move {
+        let b = s.next_frame().await?;
+        Some((Ok::<_, std::io::Error>(b), s))
+    });
     (
         [
             ("content-type", "text/event-stream"),
@@ -349,11 +437,155 @@ async fn run(
         .into_response()
 }
 
+/// Builds the frames of one stream.
+struct Frames {
+    id: String,
+    model: String,
+    created: i64,
+    kind: Kind,
+    usage: bool,
+}
+
+impl Frames {
+    fn object(&self) -> &'static str {
+        match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Text => "text_completion",
+        }
+    }
+
+    fn frame(&self, v: &Value) -> Bytes {
+        Bytes::from(contract::sse::encode_json_data(v.to_string().as_bytes()))
+    }
+
+    fn chunk(&self, choice: Value) -> Value {
+        json!({"id": self.id, "object": self.object(), "created": self.created, "model": self.model, "choices": [choice]})
+    }
+
+    fn role(&self) -> Option<Bytes> {
+        (self.kind == Kind::Chat).then(|| {
+            self.frame(&self.chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})))
+        })
+    }
+
+    fn piece(&self, text: &str) -> Bytes {
+        let choice = match self.kind {
+            Kind::Chat => json!({"index": 0, "delta": {"content": text}, "finish_reason": null}),
+            Kind::Text => json!({"index": 0, "text": text, "finish_reason": null}),
+        };
+        self.frame(&self.chunk(choice))
+    }
+
+    fn end(&self, finish: Finish, timings: Value) -> Bytes {
+        let choice = match self.kind {
+            Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish.as_str()}),
+            Kind::Text => json!({"index": 0, "text": "", "finish_reason": finish.as_str()}),
+        };
+        let mut v = self.chunk(choice);
+        v["timings"] = timings;
+        self.frame(&v)
+    }
+
+    fn usage(&self, prompt: usize, completion: usize) -> Bytes {
+        let mut v = self.chunk(Value::Null);
+        v["choices"] = json!([]);
+        v["usage"] = usage_json(prompt, completion);
+        self.frame(&v)
+    }
+}
+
+/// A stream in progress.
+struct SseState {
+    rx: mpsc::Receiver<Event>,
+    pending: Option<Event>,
+    err_rx: Option<oneshot::Receiver<Result<(), EngineError>>>,
+    engine: Arc<Engine>,
+    frames: Frames,
+    out: std::collections::VecDeque<Bytes>,
+    /// The first token was sent (with the role chunk before it).
+    started: bool,
+    ended: bool,
+    keepalive: Duration,
+}
+
+impl SseState {
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.out.pop_front() {
+                return Some(b);
+            }
+            if self.ended {
+                return None;
+            }
+            let ev = match self.pending.take() {
+                Some(ev) => Some(ev),
+                // Silence (waiting, reading the prompt, parked behind a better request): a
+                // comment now and then, so the client and any proxy see the engine is alive.
+                None => match tokio::time::timeout(self.keepalive, self.rx.recv()).await {
+                    Err(_) => {
+                        self.out.push_back(Bytes::from_static(b": waiting\n\n"));
+                        continue;
+                    }
+                    Ok(ev) => ev,
+                },
+            };
+            match ev {
+                Some(Event::Queued { ahead }) => self
+                    .out
+                    .push_back(Bytes::from(format!(": queued, {ahead} ahead\n\n"))),
+                Some(Event::Text(t)) => {
+                    if !self.started {
+                        self.started = true;
+                        self.out.extend(self.frames.role());
+                    }
+                    self.out.push_back(self.frames.piece(&t));
+                }
+                Some(Event::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                    timings,
+                }) => {
+                    if !self.started {
+                        self.started = true;
+                        self.out.extend(self.frames.role());
+                    }
+                    let t = timings_json(&timings, prompt_tokens, completion_tokens);
+                    self.out.push_back(self.frames.end(finish, t));
+                    if self.frames.usage {
+                        self.out
+                            .push_back(self.frames.usage(prompt_tokens, completion_tokens));
+                    }
+                    self.out
+                        .push_back(Bytes::from_static(contract::sse::DONE_FRAME));
+                    self.ended = true;
+                }
+                None => {
+                    // Ended without `Done`: say why, as an error event.
+                    self.ended = true;
+                    let err = match self.err_rx.take() {
+                        Some(rx) => rx.await.ok().and_then(Result::err),
+                        None => None,
+                    };
+                    if let Some(err) = err {
+                        let api = engine_api_error(&self.engine, err);
+                        self.out.push_back(
+                            self.frames
+                                .frame(&serde_json::to_value(&api).unwrap_or(Value::Null)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let Some(e) = state.engine() else {
         return (StatusCode::OK, "# model loading\n").into_response();
     };
     let s = &e.stats;
+    let q = e.queue();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let decode_s = get(&s.decode_us) as f64 / 1e6;
     let completion = get(&s.completion_tokens);
@@ -366,6 +598,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
          # TYPE homelab_engine_decode_tokens_per_second gauge\nhomelab_engine_decode_tokens_per_second {}\n\
          # TYPE homelab_engine_time_to_first_token_seconds summary\nhomelab_engine_time_to_first_token_seconds_sum {}\nhomelab_engine_time_to_first_token_seconds_count {}\n\
          # TYPE homelab_engine_queue_depth gauge\nhomelab_engine_queue_depth {}\n\
+         # TYPE homelab_engine_parked_sequences gauge\nhomelab_engine_parked_sequences {}\n\
          # TYPE homelab_engine_busy_sequences gauge\nhomelab_engine_busy_sequences {}\n",
         get(&s.requests),
         get(&s.prompt_tokens),
@@ -377,8 +610,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         },
         get(&s.ttft_us) as f64 / 1e6,
         get(&s.ttft_count),
-        e.waiting(),
-        e.busy(),
+        q.waiting,
+        q.parked,
+        q.running,
     );
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

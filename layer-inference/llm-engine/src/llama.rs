@@ -101,29 +101,22 @@ impl LlamaSession<'_> {
         )?)
     }
 
-    /// Feeds the prompt; returns the logits after its last token.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+    /// Feeds `tokens` from position `start`; returns the logits after the last one.
+    pub fn feed(&mut self, tokens: &[u32], start: usize) -> Result<Tensor, EngineError> {
         self.batch.clear();
         for (i, t) in tokens.iter().enumerate() {
             self.batch
-                .add(LlamaToken(*t as i32), i as i32, &[0], i + 1 == tokens.len())
+                .add(
+                    LlamaToken(*t as i32),
+                    (start + i) as i32,
+                    &[0],
+                    i + 1 == tokens.len(),
+                )
                 .map_err(|e| EngineError::Generate(e.to_string()))?;
         }
         self.ctx
             .decode(&mut self.batch)
             .map_err(|e| EngineError::Generate(e.to_string()))?;
         self.logits(self.batch.n_tokens() - 1)
-    }
-
-    /// Feeds one token at `pos`; returns the next logits.
-    pub fn step(&mut self, token: u32, pos: usize) -> Result<Tensor, EngineError> {
-        self.batch.clear();
-        self.batch
-            .add(LlamaToken(token as i32), pos as i32, &[0], true)
-            .map_err(|e| EngineError::Generate(e.to_string()))?;
-        self.ctx
-            .decode(&mut self.batch)
-            .map_err(|e| EngineError::Generate(e.to_string()))?;
-        self.logits(0)
     }
 }

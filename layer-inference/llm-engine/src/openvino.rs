@@ -163,17 +163,8 @@ fn i64_tensor(dims: &[i64], fill: impl Fn(usize) -> i64) -> Result<openvino::Ten
 }
 
 impl OvSession {
-    /// The prompt, from position 0; the last position's logits.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Tensor, EngineError> {
-        self.run(tokens, 0)
-    }
-
-    /// One token at `pos`; its logits.
-    pub fn step(&mut self, token: u32, pos: usize) -> Result<Tensor, EngineError> {
-        self.run(&[token], pos)
-    }
-
-    fn run(&mut self, tokens: &[u32], start: usize) -> Result<Tensor, EngineError> {
+    /// Feeds `tokens` from position `start`; the last position's logits.
+    pub fn feed(&mut self, tokens: &[u32], start: usize) -> Result<Tensor, EngineError> {
         let n = tokens.len() as i64;
         let start = start as i64;
         let ids = i64_tensor(&[1, n], |i| i64::from(tokens[i]))?;

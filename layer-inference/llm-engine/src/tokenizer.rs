@@ -7,11 +7,29 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::EngineError;
 
+/// Token names that end a turn in the chat formats we know (ChatML, Llama 3, Phi, Gemma,
+/// DeepSeek, gpt-oss, ...), as llama.cpp's end-of-generation list has them.
+const END_OF_TURN_NAMES: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "<|return|>",
+    "<|call|>",
+    "<EOT>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
+
 /// The tokenizer and the ids that end a turn.
 pub struct GgufTokenizer {
     pub inner: Tokenizer,
-    /// Ids that end generation (EOS and the chat end-of-turn tokens).
+    /// Ids that end generation (EOS, EOT, and the chat end-of-turn tokens).
     pub stop_ids: Vec<u32>,
+    /// Control tokens (chat markup such as `<|im_start|>`), sorted.
+    pub control_ids: Vec<u32>,
     pub bos: Option<String>,
     pub eos: Option<String>,
 }
@@ -82,17 +100,29 @@ impl GgufTokenizer {
             .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))?;
         let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
         let eos_id = u32_of(ct, "tokenizer.ggml.eos_token_id");
-        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
-        for end in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>"] {
+        let mut stop_ids: Vec<u32> = [
+            eos_id,
+            u32_of(ct, "tokenizer.ggml.eot_token_id"),
+            u32_of(ct, "tokenizer.ggml.eom_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for end in END_OF_TURN_NAMES {
             if let Some(i) = tokens.iter().position(|t| t == end) {
                 stop_ids.push(i as u32);
             }
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
+        let control_ids: Vec<u32> = (0..tokens.len())
+            .filter(|i| types.get(*i) == Some(&3))
+            .map(|i| i as u32)
+            .collect();
         Ok(GgufTokenizer {
             inner: tk,
             stop_ids,
+            control_ids,
             bos: name(u32_of(ct, "tokenizer.ggml.bos_token_id")),
             eos: name(eos_id),
         })
@@ -103,6 +133,11 @@ impl GgufTokenizer {
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| EngineError::Tokenize(e.to_string()))
+    }
+
+    /// Whether `id` is a control token (chat markup, never text).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control_ids.binary_search(&id).is_ok()
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {

@@ -1,5 +1,6 @@
 //! The engine on the deterministic random-weight fixture (`tests/fixtures`, written by
-//! `make_tiny_gguf.py OUT --f16 --gpt2`): shapes, limits, seeds, queueing, cancellation.
+//! `make_tiny_gguf.py OUT --f16 --gpt2`): shapes, limits, seeds, queueing, priority and
+//! yielding, cancellation.
 //! The text is garbage by design; only its shape is checked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,7 +8,10 @@
 use std::sync::Arc;
 
 use llm_engine::template::TemplateMessage;
-use llm_engine::{Engine, EngineConfig, EngineError, Event, Finish, Input, Params};
+use llm_engine::{
+    Engine, EngineConfig, EngineError, Event, Finish, Input, Params, Priority, RequestState,
+    SamplerRequest, Timings,
+};
 use tokio::sync::mpsc;
 
 fn fixture() -> std::path::PathBuf {
@@ -42,7 +46,9 @@ async fn run(e: &Arc<Engine>, input: Input, p: Params) -> (String, Finish, usize
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => done = Some((finish, prompt_tokens, completion_tokens)),
+            Event::Queued { .. } => {}
         }
     }
     task.await.unwrap().unwrap();
@@ -72,7 +78,7 @@ async fn max_tokens_gives_length_and_usage_counts() {
         chat("hello"),
         Params {
             max_tokens: Some(5),
-            temperature: Some(0.0),
+            sampling: SamplerRequest::greedy(),
             ..Default::default()
         },
     )
@@ -87,7 +93,10 @@ async fn same_seed_same_text_and_greedy_is_deterministic() {
     let e = engine(1, 4);
     let p = |seed| Params {
         max_tokens: Some(12),
-        temperature: Some(0.9),
+        sampling: SamplerRequest {
+            temperature: Some(0.9),
+            ..Default::default()
+        },
         seed: Some(seed),
         ..Default::default()
     };
@@ -96,7 +105,7 @@ async fn same_seed_same_text_and_greedy_is_deterministic() {
     assert_eq!(a, b);
     let g = |_: ()| Params {
         max_tokens: Some(12),
-        temperature: Some(0.0),
+        sampling: SamplerRequest::greedy(),
         ..Default::default()
     };
     assert_eq!(
@@ -134,7 +143,7 @@ async fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
             chat("a"),
             Params {
                 max_tokens: Some(400),
-                temperature: Some(0.0),
+                sampling: SamplerRequest::greedy(),
                 ..Default::default()
             },
             tx,
@@ -159,7 +168,7 @@ async fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
         chat("a"),
         Params {
             max_tokens: Some(3),
-            temperature: Some(0.0),
+            sampling: SamplerRequest::greedy(),
             ..Default::default()
         },
     )
@@ -180,7 +189,7 @@ async fn llama_cpp_backend_serves_the_fixture() {
         chat("hello"),
         Params {
             max_tokens: Some(5),
-            temperature: Some(0.0),
+            sampling: SamplerRequest::greedy(),
             ..Default::default()
         },
     )
@@ -189,7 +198,10 @@ async fn llama_cpp_backend_serves_the_fixture() {
     assert_eq!(prompt, e.tokenize(&chat("hello")).unwrap().len());
     let p = |seed| Params {
         max_tokens: Some(12),
-        temperature: Some(0.9),
+        sampling: SamplerRequest {
+            temperature: Some(0.9),
+            ..Default::default()
+        },
         seed: Some(seed),
         ..Default::default()
     };
@@ -206,4 +218,121 @@ fn without_the_feature_llama_cpp_is_a_clear_error() {
     cfg.backend = llm_engine::Backend::LlamaCpp;
     let err = Engine::load(&cfg).unwrap_err().to_string();
     assert!(err.contains("--features llama-cpp"), "{err}");
+}
+
+/// Generates greedily with a priority and id; returns the events in order.
+async fn events(
+    e: Arc<Engine>,
+    input: Input,
+    max_tokens: u32,
+    priority: Priority,
+    id: &str,
+) -> Vec<Event> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let p = Params {
+        max_tokens: Some(max_tokens),
+        sampling: SamplerRequest::greedy(),
+        priority,
+        request_id: Some(id.into()),
+        ..Default::default()
+    };
+    let task = tokio::spawn(async move { e.generate(input, p, tx).await });
+    let mut out = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        out.push(ev);
+    }
+    task.await.unwrap().unwrap();
+    out
+}
+
+fn text_of(evs: &[Event]) -> String {
+    evs.iter()
+        .filter_map(|e| match e {
+            Event::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn timings_of(evs: &[Event]) -> Timings {
+    match evs.last() {
+        Some(Event::Done { timings, .. }) => *timings,
+        other => panic!("no Done: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_runs_before_background_work_which_resumes_unchanged() {
+    let e = engine(1, 4);
+    // What the background request generates when nothing interrupts it.
+    // (This raw prompt runs to the limit on the fixture: the request is long enough to be
+    // interrupted.)
+    let long = || Input::Text("hello".into());
+    let alone = events(e.clone(), long(), 400, Priority::BACKGROUND, "ref").await;
+    assert_eq!(timings_of(&alone).parked_ms, 0.0);
+    assert!(matches!(
+        alone.last(),
+        Some(Event::Done {
+            completion_tokens: 400,
+            ..
+        })
+    ));
+
+    let bg = tokio::spawn(events(e.clone(), long(), 400, Priority::BACKGROUND, "bg"));
+    // Once it generates, a chat arrives.
+    loop {
+        if let Some(RequestState::Generating { tokens, .. }) = e.request_state("bg")
+            && tokens > 0
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let chat_events = events(e.clone(), chat("b"), 5, Priority::INTERACTIVE, "chat").await;
+    assert!(
+        !bg.is_finished(),
+        "the chat finished while the background request was parked"
+    );
+    assert!(
+        matches!(chat_events.first(), Some(Event::Queued { ahead: 0 })),
+        "the chat waited for the yield, first in line: {:?}",
+        chat_events.first()
+    );
+    let bg_events = bg.await.unwrap();
+    assert_eq!(
+        text_of(&bg_events),
+        text_of(&alone),
+        "resumed with its cache intact: the same greedy text"
+    );
+    let t = timings_of(&bg_events);
+    assert!(t.parked_ms > 0.0, "{t:?}");
+    assert!(t.predicted_ms > 0.0, "{t:?}");
+    assert_eq!(e.busy(), 0);
+    assert_eq!(e.waiting(), 0);
+    assert!(e.request_state("bg").is_none());
+}
+
+#[tokio::test]
+async fn the_template_end_of_turn_token_stops_and_defaults_are_llama_cpp_s() {
+    let e = engine(1, 4);
+    let im_end = e.tokenize(&Input::Text("<|im_end|>".into())).unwrap();
+    assert_eq!(im_end.len(), 1, "one control token");
+    assert!(e.stop_ids().contains(&im_end[0]), "{:?}", e.stop_ids());
+    // The fixture has no `general.sampling.*` keys: llama.cpp's defaults apply.
+    assert_eq!(
+        e.sampler_defaults.settings,
+        llm_engine::SamplerSettings::LLAMA_CPP
+    );
+    assert!(e.sampler_defaults.from_model_file.is_empty());
+}
+
+#[tokio::test]
+async fn an_empty_prompt_is_refused() {
+    let e = engine(1, 4);
+    let (tx, _rx) = mpsc::channel(4);
+    let err = e
+        .generate(Input::Text(String::new()), Params::default(), tx)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::EmptyPrompt), "{err}");
 }

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use llm_engine::template::TemplateMessage;
-use llm_engine::{Backend, Engine, EngineConfig, Event, Input, Params};
+use llm_engine::{Backend, Engine, EngineConfig, Event, Input, Params, SamplerRequest};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-random-gpt2tok-f16.gguf")
@@ -24,7 +24,7 @@ async fn greedy(cfg: &EngineConfig) -> String {
     }]);
     let params = Params {
         max_tokens: Some(12),
-        temperature: Some(0.0),
+        sampling: SamplerRequest::greedy(),
         ..Default::default()
     };
     let e = engine.clone();
@@ -36,6 +36,7 @@ async fn greedy(cfg: &EngineConfig) -> String {
             Event::Done {
                 completion_tokens, ..
             } => assert!(completion_tokens > 0),
+            Event::Queued { .. } => {}
         }
     }
     job.await.unwrap().unwrap();

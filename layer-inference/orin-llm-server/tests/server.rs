@@ -12,9 +12,17 @@ fn fixture() -> std::path::PathBuf {
 }
 
 async fn start(model: std::path::PathBuf) -> String {
+    start_with(model, |_| {}).await
+}
+
+async fn start_with(
+    model: std::path::PathBuf,
+    set: impl FnOnce(&mut orin_llm_server::Config),
+) -> String {
     let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = orin_llm_server::Config::new(model, "127.0.0.1:0");
+    let mut config = orin_llm_server::Config::new(model, "127.0.0.1:0");
+    set(&mut config);
     tokio::spawn(orin_llm_server::serve_on(
         listener,
         config,
@@ -111,6 +119,198 @@ async fn chat_plain_and_streamed_with_usage() {
         streamed,
         v["choices"][0]["message"]["content"].as_str().unwrap()
     );
+}
+
+/// Sends a chat request with an id and a priority; the raw response.
+async fn send(url: &str, id: &str, priority: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("x-request-id", id)
+        .header("x-homelab-priority", priority)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn state_of(url: &str, id: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("{url}/v1/queue/{id}")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_engine_says_so_and_serves_the_chat_first() {
+    let url = start_with(fixture(), |c| {
+        c.engine.sse_keepalive = Duration::from_millis(100);
+    })
+    .await;
+    ready(&url).await;
+    // A raw prompt that runs to the limit on the fixture, as background work.
+    let long = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 480, "temperature": 0});
+    let first = tokio::spawn({
+        let (url, long) = (url.clone(), long.clone());
+        async move {
+            let r = send(&url, "bg-1", "background", &long).await;
+            let done = std::time::Instant::now();
+            (r.json::<Value>().await.unwrap(), done)
+        }
+    });
+    loop {
+        let (status, s) = state_of(&url, "bg-1").await;
+        if status == 200 && s["state"] == "generating" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A second background request waits behind it: a streamed answer starts at once, with
+    // comments until its first token.
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let mut second = send(&url, "bg-2", "background", &streamed).await;
+    assert_eq!(second.status(), 200);
+    let opening = second.chunk().await.unwrap().unwrap();
+    assert_eq!(&opening[..], b": queued, 0 ahead\n\n");
+    let (status, s) = state_of(&url, "bg-2").await;
+    assert_eq!(status, 200);
+    assert_eq!(s["state"], "waiting", "{s}");
+    assert_eq!(s["ahead"], 0, "{s}");
+    let q: Value = reqwest::get(format!("{url}/v1/queue"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (q["running"].as_u64(), q["waiting"].as_u64()),
+        (Some(1), Some(1)),
+        "{q}"
+    );
+    let health: Value = reqwest::get(format!("{url}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["slots_processing"], 1, "{health}");
+    assert_eq!(health["queue"]["waiting"], 1, "{health}");
+
+    // A chat arrives: the running background request yields to it.
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0});
+    let c = send(&url, "chat-1", "interactive", &chat).await;
+    let chat_done = std::time::Instant::now();
+    assert_eq!(c.status(), 200);
+    let cv: Value = c.json().await.unwrap();
+    assert!(cv["timings"]["queue_ms"].as_f64().is_some(), "{cv}");
+
+    let mut rest = Vec::from(&opening[..]);
+    while let Some(b) = second.chunk().await.unwrap() {
+        rest.extend_from_slice(&b);
+    }
+    let second_done = std::time::Instant::now();
+    let (v, first_done) = first.await.unwrap();
+    assert!(
+        chat_done < first_done && chat_done < second_done,
+        "the chat came first"
+    );
+    let t = &v["timings"];
+    assert!(
+        t["parked_ms"].as_f64().unwrap() > 0.0,
+        "the first yielded: {v}"
+    );
+    assert_eq!(t["predicted_n"], v["usage"]["completion_tokens"], "{v}");
+    assert!(t["predicted_per_second"].as_f64().unwrap() > 0.0, "{v}");
+    let text = String::from_utf8(rest).unwrap();
+    let mut d = contract::sse::SseDecoder::new();
+    let events = d.push(text.as_bytes()).unwrap();
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let last: Value = serde_json::from_str(&events[events.len() - 2].data).unwrap();
+    assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+    assert!(
+        last["timings"]["queue_ms"].as_f64().unwrap() > 0.0,
+        "{last}"
+    );
+    let first_data: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(
+        first_data["choices"][0]["delta"]["role"], "assistant",
+        "the role chunk comes with the first token"
+    );
+
+    // Nobody is left in the queue; an unknown id and a bad priority are clear errors.
+    let (status, s) = state_of(&url, "bg-1").await;
+    assert_eq!(status, 404, "{s}");
+    let r = send(&url, "x", "urgent", &chat).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("urgent"),
+        "{e}"
+    );
+    let r = post(
+        &url,
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 2}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "top_p");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unset_sampling_comes_from_the_defaults_it_shows() {
+    let url = start(fixture()).await;
+    ready(&url).await;
+    let models: Value = reqwest::get(format!("{url}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let d = &models["data"][0]["sampling_defaults"];
+    assert_eq!(d["temperature"], 0.8, "{models}");
+    assert_eq!(d["top_k"], 40);
+    assert_eq!(d["min_p"], 0.05);
+    assert_eq!(d["repeat_last_n"], 64);
+    assert_eq!(
+        models["data"][0]["sampling_defaults_from_model_file"],
+        json!([])
+    );
+    // top_k 1 is greedy whatever the temperature: the same text as temperature 0.
+    let ask = |extra: Value| {
+        let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 12, "seed": 1});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let text = |v: Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let greedy = text(
+        post(
+            &url,
+            "/v1/chat/completions",
+            &ask(json!({"temperature": 0})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap(),
+    );
+    let top1 = text(
+        post(
+            &url,
+            "/v1/chat/completions",
+            &ask(json!({"top_k": 1, "temperature": 1.5})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap(),
+    );
+    assert_eq!(greedy, top1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
