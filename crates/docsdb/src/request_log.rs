@@ -39,20 +39,25 @@ pub struct RequestLogRow {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub streamed: bool,
+    /// How long the backend spent generating the completion tokens, when it was measured
+    /// (the backend's `timings`, or a stream's first to last chunk); tokens per second come
+    /// from this and nothing else.
+    #[serde(default)]
+    pub generation_ms: Option<f64>,
 }
 
-/// Rows per `INSERT` statement: 15 columns × 256 rows stays far below both dialects'
+/// Rows per `INSERT` statement: 16 columns × 256 rows stays far below both dialects'
 /// bind-parameter limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
-const COLUMNS: usize = 15;
+const COLUMNS: usize = 16;
 
 /// The multi-row `INSERT`.
 fn insert_sql(rows: usize, backend: Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO request_log (request_id, started_at_ms, key_name, route, handle, target, \
          upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
-         completion_tokens, streamed) VALUES ",
+         completion_tokens, streamed, generation_ms) VALUES ",
     );
     crate::db::push_values(&mut sql, rows, COLUMNS, backend);
     sql
@@ -84,7 +89,8 @@ pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
                 .bind(r.ttft_ms)
                 .bind(r.prompt_tokens.map(|t| t as i64))
                 .bind(r.completion_tokens.map(|t| t as i64))
-                .bind(r.streamed);
+                .bind(r.streamed)
+                .bind(r.generation_ms);
         }
         written += q.execute(&mut *tx).await?.rows_affected();
     }

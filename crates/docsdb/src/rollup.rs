@@ -126,7 +126,7 @@ impl Source {
             Source::Health => "service_id, checked_at_ms, ok, latency_ms",
             Source::Requests => {
                 "handle, started_at_ms, status, error_type, latency_ms, ttft_ms, prompt_tokens, \
-                 completion_tokens"
+                 completion_tokens, generation_ms"
             }
         }
     }
@@ -316,6 +316,7 @@ struct RequestHour {
     prompt_tokens: i64,
     completion_tokens: i64,
     generation_ms: f64,
+    generation_tokens: i64,
     last_at_ms: i64,
     buckets: Histogram,
 }
@@ -342,8 +343,12 @@ async fn write_requests(tx: &mut Tx, backend: Backend, rows: &[AnyRow]) -> Resul
         h.prompt_tokens += int(r, "prompt_tokens")?.unwrap_or(0);
         let completion = int(r, "completion_tokens")?.unwrap_or(0);
         h.completion_tokens += completion;
-        if completion > 0 {
-            h.generation_ms += (latency - ttft.unwrap_or(0.0)).max(0.0);
+        // Only measured spans, of at least two tokens, make a rate (as in v_handle_stats).
+        if let Some(g) = float(r, "generation_ms")?.filter(|g| *g > 0.0)
+            && completion > 1
+        {
+            h.generation_ms += g;
+            h.generation_tokens += completion;
         }
         h.last_at_ms = h.last_at_ms.max(at);
     }
@@ -352,8 +357,8 @@ async fn write_requests(tx: &mut Tx, backend: Backend, rows: &[AnyRow]) -> Resul
         sqlx::query(
             "INSERT INTO request_rollups (handle, hour_ms, requests, errors, latency_sum_ms, \
                  ttft_sum_ms, ttft_samples, prompt_tokens, completion_tokens, generation_ms, \
-                 last_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 generation_tokens, last_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (handle, hour_ms) DO UPDATE SET \
                  requests = request_rollups.requests + excluded.requests, \
                  errors = request_rollups.errors + excluded.errors, \
@@ -363,6 +368,7 @@ async fn write_requests(tx: &mut Tx, backend: Backend, rows: &[AnyRow]) -> Resul
                  prompt_tokens = request_rollups.prompt_tokens + excluded.prompt_tokens, \
                  completion_tokens = request_rollups.completion_tokens + excluded.completion_tokens, \
                  generation_ms = request_rollups.generation_ms + excluded.generation_ms, \
+                 generation_tokens = request_rollups.generation_tokens + excluded.generation_tokens, \
                  last_at_ms = CASE WHEN request_rollups.last_at_ms IS NULL \
                                      OR excluded.last_at_ms > request_rollups.last_at_ms \
                                    THEN excluded.last_at_ms ELSE request_rollups.last_at_ms END",
@@ -377,6 +383,7 @@ async fn write_requests(tx: &mut Tx, backend: Backend, rows: &[AnyRow]) -> Resul
         .bind(h.prompt_tokens)
         .bind(h.completion_tokens)
         .bind(h.generation_ms)
+        .bind(h.generation_tokens)
         .bind(h.last_at_ms)
         .execute(&mut **tx)
         .await?;

@@ -353,6 +353,7 @@ fn log_row(i: usize, handle: &str, status: u16) -> docsdb::request_log::RequestL
         prompt_tokens: Some(10),
         completion_tokens: Some(20),
         streamed: i.is_multiple_of(2),
+        generation_ms: Some(4.0 + i as f64),
     }
 }
 

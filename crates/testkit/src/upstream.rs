@@ -40,6 +40,9 @@ pub struct Behavior {
     pub prompt_tokens: u64,
     /// Stop after this many stream events until [`MockUpstream::release`] is called.
     pub hold_after: Option<usize>,
+    /// Answer the first this-many requests as llama-server does while it loads its model:
+    /// 503 `{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}`.
+    pub loading_for: Option<usize>,
 }
 
 impl Default for Behavior {
@@ -54,6 +57,7 @@ impl Default for Behavior {
             gzip: false,
             prompt_tokens: 7,
             hold_after: None,
+            loading_for: None,
         }
     }
 }
@@ -78,6 +82,7 @@ struct Shared {
     name: String,
     behavior: Mutex<Behavior>,
     failures: AtomicUsize,
+    loading: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
     gate: Arc<tokio::sync::Semaphore>,
 }
@@ -101,6 +106,7 @@ impl MockUpstream {
             name: name.to_owned(),
             behavior: Mutex::new(behavior),
             failures: AtomicUsize::new(0),
+            loading: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             gate: Arc::new(tokio::sync::Semaphore::new(0)),
         });
@@ -124,6 +130,7 @@ impl MockUpstream {
     pub fn set(&self, b: Behavior) {
         *self.shared.behavior.lock().unwrap() = b;
         self.shared.failures.store(0, Ordering::SeqCst);
+        self.shared.loading.store(0, Ordering::SeqCst);
     }
 
     /// Every request received so far.
@@ -157,6 +164,12 @@ async fn prelude(
         body: body.clone(),
     });
     let b = s.behavior.lock().unwrap().clone();
+    if let Some(n) = b.loading_for
+        && s.loading.fetch_add(1, Ordering::SeqCst) < n
+    {
+        let body = json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
+        return Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
+    }
     if !b.delay.is_zero() {
         tokio::time::sleep(b.delay).await;
     }

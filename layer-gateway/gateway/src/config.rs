@@ -47,13 +47,20 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub connect_timeout: Duration,
 
-    /// Default time to the first byte of the answer (`first_byte_timeout_ms`).
+    /// Default time to the first byte of the answer (`first_byte_timeout_ms`). When it
+    /// passes, a backend that says the request is still queued or making progress
+    /// (`GET /queue/{request_id}`) gets another period, up to the total timeout.
     #[arg(long, default_value = "120s", value_parser = duration)]
     pub first_byte_timeout: Duration,
 
     /// Default longest silence between stream chunks (`idle_timeout_ms`).
     #[arg(long, default_value = "120s", value_parser = duration)]
     pub idle_timeout: Duration,
+
+    /// How long a request waits for a backend that is loading its model (it answers 503
+    /// "Loading model") before another target is tried or the request fails.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub loading_wait: Duration,
 
     /// Default total time for a request (`timeout_ms`).
     #[arg(long, default_value = "30m", value_parser = duration)]

@@ -4,6 +4,23 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use contract::ApiError;
 
+/// Why no target of a handle could answer, as the client is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unavailable {
+    /// Down, refusing, or answering errors.
+    Failing,
+    /// Did not answer in time, and did not say it was busy.
+    TimedOut,
+    /// Still loading its model after the loading wait.
+    Loading,
+    /// Busy: its queue was full (`timed_out` false) or the request waited in it past the
+    /// deadline. `queue` describes the queue when the backend reported it.
+    Busy {
+        queue: Option<String>,
+        timed_out: bool,
+    },
+}
+
 /// What can go wrong with a request (or at start-up).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,7 +48,7 @@ pub enum Error {
     AllTargetsFailed {
         handle: String,
         attempts: u32,
-        timed_out: bool,
+        why: Unavailable,
     },
     #[error("no search tool `{0}`")]
     UnknownSearchTool(String),
@@ -66,16 +83,31 @@ impl Error {
                 ApiError::quota_exceeded(format!("{self}; ask the operator for a new budget"))
             }
             Error::BadRequest(m) => ApiError::bad_request(m.clone()),
-            Error::AllTargetsFailed {
-                handle,
-                timed_out: true,
-                ..
-            } => ApiError::gateway_timeout(format!(
-                "no backend of `{handle}` answered in time; see the gateway log"
-            )),
-            Error::AllTargetsFailed { handle, .. } => ApiError::service_unavailable(format!(
-                "no backend of `{handle}` is available right now; see the gateway log"
-            )),
+            Error::AllTargetsFailed { handle, why, .. } => match why {
+                Unavailable::Failing => ApiError::service_unavailable(format!(
+                    "no backend of `{handle}` is available right now; see the gateway log"
+                )),
+                Unavailable::TimedOut => ApiError::gateway_timeout(format!(
+                    "no backend of `{handle}` answered in time; see the gateway log"
+                )),
+                Unavailable::Loading => ApiError::service_unavailable(format!(
+                    "the model behind `{handle}` is still loading; retry in a moment"
+                )),
+                Unavailable::Busy { queue, timed_out } => {
+                    let load = queue
+                        .as_deref()
+                        .map_or_else(String::new, |q| format!(" ({q})"));
+                    if *timed_out {
+                        ApiError::gateway_timeout(format!(
+                            "the backend of `{handle}` is busy{load} and did not get to this request in time; retry later"
+                        ))
+                    } else {
+                        ApiError::server_busy(format!(
+                            "the backend of `{handle}` is busy{load}; retry shortly"
+                        ))
+                    }
+                }
+            },
             Error::UnknownSearchTool(t) => {
                 ApiError::not_found(format!("no search tool `{t}` is configured"))
             }
@@ -99,10 +131,12 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::BudgetSpent { .. } => "budget_spent",
             Error::BadRequest(_) => "bad_request",
-            Error::AllTargetsFailed {
-                timed_out: true, ..
-            } => "timeout",
-            Error::AllTargetsFailed { .. } => "all_targets_failed",
+            Error::AllTargetsFailed { why, .. } => match why {
+                Unavailable::Failing => "all_targets_failed",
+                Unavailable::TimedOut => "timeout",
+                Unavailable::Loading => "loading",
+                Unavailable::Busy { .. } => "busy",
+            },
             Error::UnknownSearchTool(_) => "unknown_search_tool",
             Error::Search(_) => "search_failed",
             Error::Overloaded => "overloaded",
@@ -118,6 +152,14 @@ impl IntoResponse for Error {
             && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
         {
             res.headers_mut().insert("retry-after", v);
+        }
+        if let Error::AllTargetsFailed {
+            why: Unavailable::Busy { .. } | Unavailable::Loading,
+            ..
+        } = &self
+        {
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
         }
         res
     }

@@ -7,7 +7,10 @@
 //! ([`rewrite`]); SSE streams are relayed chunk by chunk. Keys and limits ([`auth`],
 //! [`limits`]) are checked against an in-memory table ([`table`]) that reloads when the
 //! system-docs DB changes. Every request becomes one `request_log` row, written in batches
-//! off the request path; `/metrics` exposes the rest ([`metrics`]).
+//! off the request path; `/metrics` exposes the rest ([`metrics`]). A backend that is
+//! loading its model, or still working through its queue, is waited for rather than given up
+//! on ([`patience`]); Open WebUI's background tasks go to it with a background priority
+//! ([`priority`]).
 //!
 //! Start reading at [`app`] and [`proxy::forward`].
 
@@ -16,6 +19,8 @@ mod config;
 mod error;
 pub mod limits;
 pub mod metrics;
+pub mod patience;
+pub mod priority;
 pub mod proxy;
 pub mod rewrite;
 pub mod routes;

@@ -16,10 +16,11 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::auth::Caller;
-use crate::error::Error;
+use crate::error::{Error, Unavailable};
 use crate::metrics::{
     AttemptLabels, ErrorLabels, HandleLabels, RequestLabels, RouteLabels, TargetLabels, TokenLabels,
 };
+use crate::patience::{self, Watch};
 use crate::rewrite::{self, Edits};
 use crate::routing::breaker::Permit;
 use crate::routing::strategy::{self, Candidate};
@@ -68,6 +69,8 @@ struct Record {
     ttft: Option<Duration>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    /// Measured time spent generating the completion tokens.
+    generation: Option<Duration>,
 }
 
 impl Record {
@@ -86,6 +89,7 @@ impl Record {
             ttft: None,
             prompt_tokens: None,
             completion_tokens: None,
+            generation: None,
         }
     }
 
@@ -172,6 +176,11 @@ impl Record {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             streamed: self.streamed,
+            // A rate needs a span and at least two tokens in it.
+            generation_ms: self
+                .generation
+                .filter(|g| !g.is_zero() && self.completion_tokens.is_some_and(|n| n > 1))
+                .map(|g| g.as_secs_f64() * 1000.0),
         });
     }
 
@@ -224,6 +233,16 @@ pub async fn forward(
     if let Err(e) = admit_key(&state, &rec.caller) {
         return rec.fail(e);
     }
+    let priority = match crate::priority::from_header(client_headers) {
+        Ok(client) => crate::priority::choose(
+            client,
+            (route == Route::Chat)
+                .then(|| scanned.get(&body, "messages"))
+                .flatten(),
+        ),
+        Err(e) => return rec.fail(Error::BadRequest(e)),
+    };
+    let priority = priority.map(|p| p.header_value());
     let _in_flight = HandleGauge::new(&state, &handle.name);
 
     // Try targets in strategy order.
@@ -234,8 +253,7 @@ pub async fn forward(
         .map(|t| state.target_state(&t.key))
         .collect();
     let order = order_targets(&handle, &states);
-    let mut timed_out = true;
-    let mut any_tried = false;
+    let mut outcome = Outcome::default();
     for idx in order {
         let target = handle.targets[idx].clone();
         let ts = states[idx].clone();
@@ -252,38 +270,54 @@ pub async fn forward(
             tracing::debug!(target = %target.key, "target rate limit reached; skipped");
             continue;
         }
-        any_tried = true;
         let edits = Edits {
             model: Some(&target.upstream_model),
             defaults: target.params.as_ref(),
             include_usage: stream && !client_wants_usage,
         };
         let upstream_body = Bytes::from(rewrite::rewrite(&body, &scanned, &edits));
-        for attempt_on_target in 0..=state.config.retries {
+        let mut attempt_on_target = 0;
+        loop {
             rec.attempts += 1;
             let guard = ts.start();
-            match attempt(
-                &state,
-                &target,
+            let sent = Sent {
                 route,
-                &rec.request_id,
+                request_id: &rec.request_id,
                 client_headers,
-                upstream_body.clone(),
+                body: upstream_body.clone(),
                 stream,
-                rec.started,
-            )
-            .await
-            {
+                started: rec.started,
+                priority: priority.as_ref(),
+            };
+            match attempt(&state, &target, &sent).await {
                 Attempt::Answered(up) => {
                     ts.report(true, Instant::now());
                     count_attempt(&state, &handle, &target, "ok");
                     rec.target = Some(target.clone());
                     return respond(rec, *up, ts, guard, !client_wants_usage && stream).await;
                 }
+                Attempt::Failed { loading: true, .. }
+                    if patience::loading_retry(
+                        rec.started,
+                        Instant::now(),
+                        state.config.loading_wait,
+                        rec.started + target.timeouts.total,
+                    )
+                    .is_some() =>
+                {
+                    // Starting, not failing: no breaker report, no attempt counted.
+                    rec.attempts -= 1;
+                    outcome.loading = true;
+                    drop(guard);
+                    tracing::debug!(request_id = %rec.request_id, target = %target.key, "the model is loading; waiting");
+                    tokio::time::sleep(patience::LOADING_POLL).await;
+                }
                 Attempt::Failed {
                     reason,
                     retry_same,
                     timeout,
+                    busy,
+                    loading,
                 } => {
                     ts.report(false, Instant::now());
                     count_attempt(
@@ -292,7 +326,12 @@ pub async fn forward(
                         &target,
                         if timeout { "timeout" } else { "error" },
                     );
-                    timed_out &= timeout;
+                    outcome.any_tried = true;
+                    outcome.timed_out &= timeout;
+                    outcome.loading &= loading;
+                    if busy {
+                        outcome.busy = Some(target.clone());
+                    }
                     tracing::warn!(request_id = %rec.request_id, handle = %handle.name, target = %target.key, %reason, "attempt failed");
                     rec.target = Some(target.clone());
                     if !(retry_same && attempt_on_target < state.config.retries)
@@ -301,16 +340,59 @@ pub async fn forward(
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50 << attempt_on_target.min(4))).await;
+                    attempt_on_target += 1;
                 }
             }
         }
     }
+    let why = outcome.why(&state).await;
     let attempts = rec.attempts;
     rec.fail(Error::AllTargetsFailed {
         handle: handle.name.clone(),
         attempts,
-        timed_out: timed_out && any_tried,
+        why,
     })
+}
+
+/// What the failed attempts of one request had in common.
+struct Outcome {
+    any_tried: bool,
+    /// Every attempt timed out.
+    timed_out: bool,
+    /// Every attempt found the model loading.
+    loading: bool,
+    /// The last target that said it was busy.
+    busy: Option<Arc<Target>>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            any_tried: false,
+            timed_out: true,
+            loading: false,
+            busy: None,
+        }
+    }
+}
+
+impl Outcome {
+    async fn why(self, state: &AppState) -> Unavailable {
+        if let Some(t) = &self.busy {
+            let queue = patience::ask_queue(state, t).await.map(|q| q.describe());
+            return Unavailable::Busy {
+                queue,
+                timed_out: self.timed_out,
+            };
+        }
+        if self.loading {
+            Unavailable::Loading
+        } else if self.timed_out && self.any_tried {
+            Unavailable::TimedOut
+        } else {
+            Unavailable::Failing
+        }
+    }
 }
 
 /// Answers a request refused before forwarding (bad key, bad body), and logs it.
@@ -501,6 +583,10 @@ enum Attempt {
         reason: String,
         retry_same: bool,
         timeout: bool,
+        /// The backend said it is busy (queue full, or the request still queued).
+        busy: bool,
+        /// The backend is loading its model.
+        loading: bool,
     },
 }
 
@@ -510,36 +596,42 @@ fn remaining(deadline: Instant, limit: Duration) -> Duration {
         .min(limit)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attempt(
-    state: &AppState,
-    target: &Target,
+/// What one attempt sends.
+struct Sent<'a> {
     route: Route,
-    request_id: &str,
-    client_headers: &HeaderMap,
+    request_id: &'a str,
+    client_headers: &'a HeaderMap,
     body: Bytes,
     stream: bool,
     started: Instant,
-) -> Attempt {
+    priority: Option<&'a HeaderValue>,
+}
+
+/// The largest error body read to tell "loading" or "busy" from other failures.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+async fn attempt(state: &AppState, target: &Target, s: &Sent<'_>) -> Attempt {
     let t = &target.timeouts;
-    let deadline = started + t.total;
-    let sent_at = Instant::now();
-    let first_deadline = sent_at + t.first_byte;
-    let url = format!("{}{}", target.base_url, route.path());
+    let deadline = s.started + t.total;
+    let mut watch = Watch::new(state, target, s.request_id, s.started);
+    let url = format!("{}{}", target.base_url, s.route.path());
     let mut req = state
         .client(t.connect)
         .post(&url)
         .header(header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", request_id)
-        .body(body);
-    if let Some(accept) = client_headers.get(header::ACCEPT) {
+        .header("x-request-id", s.request_id)
+        .body(s.body.clone());
+    if let Some(accept) = s.client_headers.get(header::ACCEPT) {
         req = req.header(header::ACCEPT, accept);
     }
     if let Some(auth) = &target.auth {
         req = req.header(header::AUTHORIZATION, auth.clone());
     }
-    let res = match tokio::time::timeout(remaining(deadline, t.first_byte), req.send()).await {
-        Err(_) => return Attempt::failed("no answer before the first-byte timeout", true),
+    if let Some(p) = s.priority {
+        req = req.header(contract::engine::PRIORITY_HEADER, p.clone());
+    }
+    let res = match watch.wait(req.send()).await {
+        Err(gave_up) => return Attempt::gave_up(gave_up),
         Ok(Err(e)) => {
             // A refused connection (a restarting backend) is worth another try on the same
             // target; anything else moves on to the next one.
@@ -547,11 +639,16 @@ async fn attempt(
                 reason: format!("request failed: {}", chain(&e)),
                 retry_same: e.is_connect(),
                 timeout: e.is_timeout(),
+                busy: false,
+                loading: false,
             };
         }
         Ok(Ok(r)) => r,
     };
     let status = res.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return unavailable(res, t.idle).await;
+    }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         return Attempt::failed(format!("upstream answered {status}"), false);
     }
@@ -560,17 +657,19 @@ async fn attempt(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if stream && is_sse && status.is_success() {
+    let mut res = res;
+    if s.stream && is_sse && status.is_success() {
         // Wait for the first chunk before committing: until then a failure can still fall back.
-        let mut res = res;
-        let wait = remaining(
-            deadline,
-            first_deadline.saturating_duration_since(Instant::now()),
-        );
-        let first = match read_chunk(&mut res, wait, "waiting for the first stream chunk").await {
-            Err(failed) => return failed,
-            Ok(None) => return Attempt::failed("stream ended before its first chunk", false),
-            Ok(Some(c)) => c,
+        let first = match watch.wait(res.chunk()).await {
+            Err(gave_up) => return Attempt::gave_up(gave_up),
+            Ok(Err(e)) => {
+                return Attempt::failed(
+                    format!("waiting for the first stream chunk: {}", chain(&e)),
+                    false,
+                );
+            }
+            Ok(Ok(None)) => return Attempt::failed("stream ended before its first chunk", false),
+            Ok(Ok(Some(c))) => c,
         };
         return Attempt::Answered(Box::new(Upstream {
             status,
@@ -582,37 +681,60 @@ async fn attempt(
     }
     // Non-streamed: read it all, within the limits.
     let max = state.config.max_response;
-    let mut res = res;
     let mut buf = Vec::new();
-    let mut first_at = None;
-    loop {
-        let wait = if first_at.is_none() {
-            first_deadline.saturating_duration_since(Instant::now())
-        } else {
-            t.idle
-        };
-        match read_chunk(&mut res, remaining(deadline, wait), "reading the answer").await {
-            Err(failed) => return failed,
-            Ok(None) => break,
-            Ok(Some(c)) => {
-                first_at.get_or_insert_with(Instant::now);
-                if buf.len() + c.len() > max as usize {
-                    return Attempt::failed(
-                        format!("the answer is larger than {max} bytes"),
-                        false,
-                    );
-                }
-                buf.extend_from_slice(&c);
-            }
+    let first = match watch.wait(res.chunk()).await {
+        Err(gave_up) => return Attempt::gave_up(gave_up),
+        Ok(Err(e)) => return Attempt::failed(format!("reading the answer: {}", chain(&e)), false),
+        Ok(Ok(c)) => c,
+    };
+    let first_at = Instant::now();
+    let mut next = first;
+    while let Some(c) = next {
+        if buf.len() + c.len() > max as usize {
+            return Attempt::failed(format!("the answer is larger than {max} bytes"), false);
         }
+        buf.extend_from_slice(&c);
+        next = match read_chunk(&mut res, remaining(deadline, t.idle), "reading the answer").await {
+            Err(failed) => return failed,
+            Ok(c) => c,
+        };
     }
     Attempt::Answered(Box::new(Upstream {
         status,
         headers,
         first: Bytes::from(buf),
         rest: None,
-        first_at: first_at.unwrap_or_else(Instant::now),
+        first_at,
     }))
+}
+
+/// A 503: loading (llama-server's "Loading model"), busy (our engines' `server_busy`), or
+/// down.
+async fn unavailable(mut res: reqwest::Response, idle: Duration) -> Attempt {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout(idle.min(Duration::from_secs(5)), res.chunk()).await {
+            Ok(Ok(Some(c))) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    let loading = contract::engine::is_loading_body(&body);
+    let busy = serde_json::from_slice::<contract::ApiError>(&body)
+        .is_ok_and(|e| e.error.code.as_deref() == Some("server_busy"));
+    let what = if loading {
+        "the model is loading"
+    } else if busy {
+        "the backend is busy"
+    } else {
+        "unavailable"
+    };
+    Attempt::Failed {
+        reason: format!("upstream answered 503 ({what})"),
+        retry_same: false,
+        timeout: false,
+        busy,
+        loading,
+    }
 }
 
 impl Attempt {
@@ -622,6 +744,19 @@ impl Attempt {
             reason: reason.into(),
             retry_same: false,
             timeout,
+            busy: false,
+            loading: false,
+        }
+    }
+
+    /// The first-byte wait ended without an answer.
+    fn gave_up(g: patience::GaveUp) -> Self {
+        Attempt::Failed {
+            reason: g.reason,
+            retry_same: false,
+            timeout: true,
+            busy: g.was_queued,
+            loading: false,
         }
     }
 }
@@ -684,16 +819,21 @@ async fn respond(
         return rec.fail(Error::BadRequest("no target".into()));
     };
     let handle = rec.handle.clone().unwrap_or_default();
-    let ttft = up.first_at.duration_since(rec.started);
-    rec.ttft = Some(ttft);
-    ts.observe_ttft(ttft.as_micros() as u64);
     let headers = response_headers(&up.headers, &target, &handle, rec.attempts);
     let encoded = up.headers.contains_key(header::CONTENT_ENCODING);
     let Some(rest) = up.rest else {
+        let mut ttft = up.first_at.duration_since(rec.started);
         if !encoded && let Some(u) = usage_of(&up.first) {
-            rec.prompt_tokens = u.0;
-            rec.completion_tokens = u.1;
+            rec.prompt_tokens = u.prompt;
+            rec.completion_tokens = u.completion;
+            // With the backend's timings, the first token came before its generation time.
+            if let Some(g) = u.generation {
+                rec.generation = Some(g);
+                ttft = ttft.saturating_sub(g);
+            }
         }
+        rec.ttft = Some(ttft);
+        ts.observe_ttft(ttft.as_micros() as u64);
         drop(guard);
         let status = up.status.as_u16();
         let error = (status >= 400).then_some("upstream_client_error");
@@ -702,6 +842,12 @@ async fn respond(
         res.headers_mut().extend(headers);
         return res;
     };
+    if encoded {
+        // Events cannot be read: the first chunk is the best time to first token there is.
+        let ttft = up.first_at.duration_since(rec.started);
+        rec.ttft = Some(ttft);
+        ts.observe_ttft(ttft.as_micros() as u64);
+    }
     let idle = target.timeouts.idle;
     let deadline = rec.started + target.timeouts.total;
     let mut relay = Relay {
@@ -715,6 +861,11 @@ async fn respond(
         outcome: None,
         idle,
         deadline,
+        ts,
+        first_data: None,
+        last_data: None,
+        data_events: 0,
+        reported_generation: None,
         _guard: guard,
     };
     relay.take_chunk(up.first);
@@ -727,18 +878,44 @@ async fn respond(
     res
 }
 
-/// Prompt and completion tokens from a JSON body with `usage`.
-fn usage_of(json: &[u8]) -> Option<(Option<u64>, Option<u64>)> {
+/// What an answer says about its size and speed.
+struct UsageSeen {
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    /// The backend's own generation time (`timings.predicted_ms`, llama-server's).
+    generation: Option<Duration>,
+}
+
+/// Generation time from a `timings` object, if it has a usable one.
+fn generation_of(timings: Option<&contract::engine::Timings>) -> Option<Duration> {
+    timings
+        .map(|t| t.predicted_ms)
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// Prompt and completion tokens (and timings) from a JSON body with `usage`.
+fn usage_of(json: &[u8]) -> Option<UsageSeen> {
     #[derive(serde::Deserialize)]
     struct WithUsage {
         usage: Option<contract::Usage>,
+        #[serde(default)]
+        timings: Option<contract::engine::Timings>,
     }
-    let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
-    Some((Some(u.prompt_tokens), u.completion_tokens))
+    let b = serde_json::from_slice::<WithUsage>(json).ok()?;
+    let u = b.usage?;
+    Some(UsageSeen {
+        prompt: Some(u.prompt_tokens),
+        completion: u.completion_tokens,
+        generation: generation_of(b.timings.as_ref()),
+    })
 }
 
 /// Passes an upstream SSE stream to the client and logs it when it ends — normally, on an
-/// upstream failure, or when the client goes away (the relay is dropped).
+/// upstream failure, or when the client goes away (the relay is dropped). The time to first
+/// token is the first data event's (comments a busy backend sends before do not count), and
+/// the generation time is the backend's `timings`, else the span from the first data event
+/// to the last.
 struct Relay {
     rec: Option<Record>,
     upstream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
@@ -753,6 +930,12 @@ struct Relay {
     outcome: Option<Option<&'static str>>,
     idle: Duration,
     deadline: Instant,
+    ts: Arc<TargetState>,
+    first_data: Option<Instant>,
+    last_data: Option<Instant>,
+    data_events: u64,
+    /// From the backend's `timings`.
+    reported_generation: Option<Duration>,
     _guard: InFlight,
 }
 
@@ -773,6 +956,9 @@ impl Relay {
             self.out.push_back(chunk);
         }
         for ev in events {
+            if !ev.is_done() {
+                self.saw_data();
+            }
             let usage_only = self.note(&ev.data);
             if self.filter_usage && !usage_only {
                 self.out.push_back(Bytes::from(encode(&ev)));
@@ -780,14 +966,37 @@ impl Relay {
         }
     }
 
-    /// Records usage and upstream errors; returns whether the event carries only usage.
+    /// A data event arrived now: the first one is the time to first token.
+    fn saw_data(&mut self) {
+        let now = Instant::now();
+        if self.first_data.is_none()
+            && let Some(rec) = &mut self.rec
+        {
+            let ttft = now.duration_since(rec.started);
+            rec.ttft = Some(ttft);
+            self.ts.observe_ttft(ttft.as_micros() as u64);
+        }
+        self.first_data.get_or_insert(now);
+        self.last_data = Some(now);
+        self.data_events += 1;
+    }
+
+    /// Records usage, timings and upstream errors; returns whether the event carries only
+    /// usage.
     fn note(&mut self, data: &str) -> bool {
-        if !(data.contains("\"usage\"") || data.contains("\"error\"")) {
+        if !(data.contains("\"usage\"")
+            || data.contains("\"error\"")
+            || data.contains("\"timings\""))
+        {
             return false;
         }
         let Ok(v) = serde_json::from_str::<Value>(data) else {
             return false;
         };
+        if let Some(t) = v.get("timings").filter(|t| t.is_object()) {
+            let t = serde_json::from_value::<contract::engine::Timings>(t.clone()).ok();
+            self.reported_generation = generation_of(t.as_ref()).or(self.reported_generation);
+        }
         if v.get("error").is_some_and(|e| !e.is_null())
             && let Some(rec) = &mut self.rec
         {
@@ -870,6 +1079,10 @@ impl Drop for Relay {
         let Some(mut rec) = self.rec.take() else {
             return;
         };
+        rec.generation = self.reported_generation.or_else(|| {
+            let (first, last) = (self.first_data?, self.last_data?);
+            (self.data_events >= 2).then(|| last.duration_since(first))
+        });
         match self.outcome {
             Some(None) => rec.finish(200, None),
             Some(Some(kind)) => rec.finish(200, Some(kind)),

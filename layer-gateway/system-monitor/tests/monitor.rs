@@ -475,8 +475,15 @@ async fn view_rules(db: Db) {
             latency_ms: i as f64,
             ttft_ms: Some(0.0),
             prompt_tokens: Some(10),
-            completion_tokens: Some(if i % 10 == 0 { 0 } else { 1 }),
+            // Failures generate nothing; every tenth success has no measured span (a plain
+            // answer without timings); the rest generated 2 tokens in half their latency.
+            completion_tokens: Some(match i % 10 {
+                0 => 0,
+                5 => 3,
+                _ => 2,
+            }),
             streamed: true,
+            generation_ms: (i % 10 != 5).then(|| i as f64 / 2.0),
         })
         .collect();
     docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
@@ -487,14 +494,14 @@ async fn view_rules(db: Db) {
     assert_eq!(h.p50_latency_ms_24h, Some(50.0));
     assert_eq!(h.p95_latency_ms_24h, Some(95.0));
     assert_eq!(h.prompt_tokens_24h, 1000);
-    assert_eq!(h.completion_tokens_24h, 90);
-    // 90 tokens over the sum of those requests' generation times (their latencies).
+    assert_eq!(h.completion_tokens_24h, 190);
+    // The rate counts only requests with a measured span: 80 × 2 tokens over their spans.
     let gen_s: f64 = (1..=100)
-        .filter(|i| i % 10 != 0)
-        .map(f64::from)
+        .filter(|i| i % 10 != 0 && i % 10 != 5)
+        .map(|i| f64::from(i) / 2.0)
         .sum::<f64>()
         / 1000.0;
-    assert!((h.tokens_per_s_24h.unwrap() - 90.0 / gen_s).abs() < 1e-6);
+    assert!((h.tokens_per_s_24h.unwrap() - 160.0 / gen_s).abs() < 1e-6);
     let errors = docsdb::monitor::errors(&db, 100).await.unwrap();
     assert_eq!(errors.iter().filter(|e| e.source == "request").count(), 10);
     assert_eq!(errors.iter().filter(|e| e.source == "health").count(), 3);
@@ -517,6 +524,7 @@ fn request(id: String, at_ms: i64, status: u16, latency_ms: f64) -> RequestLogRo
         prompt_tokens: Some(5),
         completion_tokens: Some(8),
         streamed: false,
+        generation_ms: Some(latency_ms - 20.0).filter(|g| *g > 0.0),
     }
 }
 
@@ -914,6 +922,7 @@ async fn the_page_renders_in_a_headless_browser() {
             prompt_tokens: Some(10),
             completion_tokens: Some(20),
             streamed: true,
+            generation_ms: Some(80.0),
         })
         .collect();
     docsdb::request_log::insert_batch(&t.db, &rows)

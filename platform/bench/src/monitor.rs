@@ -168,6 +168,7 @@ async fn write_requests(db: &Db, rows: u64, span_ms: i64, now: i64) -> Result<()
                     prompt_tokens: Some(rng.u64(10..2000)),
                     completion_tokens: (!failed).then(|| rng.u64(1..800)),
                     streamed: i % 2 == 0,
+                    generation_ms: None,
                 }
             })
             .collect();

@@ -68,6 +68,7 @@ async fn run(state: Arc<AppState>, tool: Option<String>, req: Request) -> Respon
         prompt_tokens: None,
         completion_tokens: None,
         streamed: false,
+        generation_ms: None,
     });
     match result {
         Ok((r, _, _)) => axum::Json(r).into_response(),

@@ -75,7 +75,8 @@ impl Gateway {
         use sqlx::Row;
         let rows = sqlx::query(
             "SELECT request_id, key_name, route, handle, target, upstream_model, status, error_type, \
-             attempts, prompt_tokens, completion_tokens, streamed, ttft_ms FROM request_log ORDER BY id",
+             attempts, prompt_tokens, completion_tokens, streamed, ttft_ms, latency_ms, generation_ms \
+             FROM request_log ORDER BY id",
         )
         .fetch_all(self.db.pool())
         .await
@@ -96,6 +97,8 @@ impl Gateway {
                     "completion_tokens": r.get::<Option<i64>, _>("completion_tokens"),
                     "streamed": r.get::<i64, _>("streamed") != 0,
                     "ttft_ms": r.get::<Option<f64>, _>("ttft_ms"),
+                    "latency_ms": r.get::<f64, _>("latency_ms"),
+                    "generation_ms": r.get::<Option<f64>, _>("generation_ms"),
                 })
             })
             .collect()
