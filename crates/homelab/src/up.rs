@@ -2,8 +2,10 @@
 //!
 //! Creates the data folder and the SQLite system-docs DB, gets the default model if there
 //! is none, registers this host, the services, the local engine's endpoint and the handles
-//! `local` and `default`, then runs the local engine, the gateway and the system monitor until
-//! Ctrl-C (or SIGTERM), when they drain and the request log is flushed. Running it again
+//! `local`, `default` (chats: at most [`CHAT_MAX_TOKENS`] new tokens unless the request asks
+//! for more) and `tasks` (Open WebUI's task model: background priority), then runs the local
+//! engine, the gateway and the system monitor until Ctrl-C (or SIGTERM), when they drain and
+//! the request log is flushed. It reports ready once the model has loaded. Running it again
 //! reuses what the first run made.
 
 use std::future::Future;
@@ -57,6 +59,42 @@ pub struct Running {
     pub model_id: Option<String>,
     /// `(name, MCP endpoint URL)` of each tool server.
     pub tools: Vec<(String, String)>,
+}
+
+/// The cap on new tokens of the local handles when a request sets none: a small model that
+/// misses its end-of-turn token would otherwise generate until the context is full.
+pub const CHAT_MAX_TOKENS: u32 = 512;
+
+/// The cap on new tokens of the `tasks` handle when a request sets none.
+pub const TASK_MAX_TOKENS: u32 = 256;
+
+/// The handles `up` registers on the local engine: name, description, default parameters
+/// (with the model's own chat settings, for a model of the catalogue).
+fn local_handles(model_id: &str) -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    let with_model = |mut v: serde_json::Value| {
+        let known = crate::models::KNOWN.iter().find(|k| k.name == model_id);
+        for (k, x) in known.map_or(&[][..], |k| k.chat_params) {
+            v[*k] = serde_json::json!(x);
+        }
+        v
+    };
+    vec![
+        (
+            "local",
+            "the model served by this machine",
+            with_model(serde_json::json!({"max_tokens": CHAT_MAX_TOKENS})),
+        ),
+        (
+            "default",
+            "the default model",
+            with_model(serde_json::json!({"max_tokens": CHAT_MAX_TOKENS})),
+        ),
+        (
+            "tasks",
+            "the local model for background work (Open WebUI's task model: titles, tags, follow-ups); runs after chats",
+            with_model(serde_json::json!({"max_tokens": TASK_MAX_TOKENS, "priority": 10})),
+        ),
+    ]
 }
 
 fn input(msg: impl Into<String>) -> Error {
@@ -162,15 +200,15 @@ pub async fn up(
             api: docsdb::spec::Api::Openai,
             auth_env: None,
         });
-        for (name, description) in [
-            ("local", "the model served by this machine"),
-            ("default", "the default model"),
-        ] {
+        for (name, description, params) in local_handles(&pulled.model_id) {
             spec.handles.push(HandleSpec {
                 handle: name.into(),
                 description: Some(description.into()),
                 strategy: Strategy::Priority,
-                targets: vec![TargetSpec::on_endpoint("local-engine", &pulled.model_id)],
+                targets: vec![TargetSpec {
+                    params: params.as_object().cloned(),
+                    ..TargetSpec::on_endpoint("local-engine", &pulled.model_id)
+                }],
             });
         }
         model_id = Some(pulled.model_id.clone());
@@ -261,6 +299,16 @@ pub async fn up(
         });
     }
 
+    // Ready means ready: the model is loaded (a request sent meanwhile waits in the gateway).
+    if let Some(addr) = engine_addr {
+        tokio::select! {
+            loaded = wait_for_engine(addr) => loaded?,
+            Some(r) = tasks.join_next() => {
+                stop.cancel();
+                return Err(input(format!("a service stopped: {}", r.map_err(|e| e.to_string()).and_then(|x| x).err().unwrap_or_default())));
+            }
+        }
+    }
     on_ready(&Running {
         gateway: gw_addr,
         monitor: mon_addr,
@@ -283,6 +331,43 @@ pub async fn up(
         }
     }
     Ok(())
+}
+
+/// Waits until the engine at `addr` has loaded its model (its `/health` answers 200), or
+/// fails with the reason it gives.
+async fn wait_for_engine(addr: SocketAddr) -> Result<(), Error> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/health");
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        if let Ok(res) = client
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await
+        {
+            if res.status().is_success() {
+                tracing::info!(
+                    secs = started.elapsed().as_secs_f64(),
+                    "the model is loaded"
+                );
+                return Ok(());
+            }
+            let body = res.bytes().await.unwrap_or_default();
+            if !contract::engine::is_loading_body(&body) {
+                let why = serde_json::from_slice::<contract::ApiError>(&body)
+                    .map(|e| e.error.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                return Err(input(why));
+            }
+        }
+        if !said && started.elapsed() > std::time::Duration::from_secs(2) {
+            tracing::info!("loading the model");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A tool server, bound and built, not yet serving.
@@ -483,7 +568,13 @@ pub fn banner(r: &Running) -> String {
         ));
     }
     s.push_str(&format!(
-        "Open WebUI: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  any text (no master key is set; set HOMELAB_MASTER_KEY and create keys with `homelab keys create` to require one)\n\nCtrl-C stops everything and flushes the request log."
+        "Open WebUI: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  any text (no master key is set; set HOMELAB_MASTER_KEY and create keys with `homelab keys create` to require one)\n"
     ));
+    if r.engine.is_some() {
+        s.push_str(
+            "  Task model: Admin Settings → Interface → Task Model → External: `tasks` (or TASK_MODEL_EXTERNAL=tasks),\n  so titles, tags and follow-ups run after chats; layer-interface/open-webui/README.md has the rest\n",
+        );
+    }
+    s.push_str("\nCtrl-C stops everything and flushes the request log.");
     s
 }

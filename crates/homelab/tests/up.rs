@@ -75,7 +75,7 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["default", "local"]);
+    assert_eq!(ids, ["default", "local", "tasks"]);
 
     let mut s = body.clone();
     s["model"] = json!("default");
