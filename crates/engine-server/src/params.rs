@@ -3,7 +3,8 @@
 //!
 //! Beyond OpenAI's fields, the names llama-server, vLLM and mlx_lm.server accept are read
 //! from the body: `top_k`, `min_p`, `repeat_penalty` (or `repetition_penalty`),
-//! `repeat_last_n`, and vLLM's integer `priority`. The `x-homelab-priority` header
+//! `repeat_last_n`, llama-server's DRY settings (`dry_multiplier`, `dry_base`,
+//! `dry_allowed_length`, `dry_penalty_last_n`), and vLLM's integer `priority`. The `x-homelab-priority` header
 //! (`interactive`, `background` or an integer) wins over the body's `priority`.
 
 use axum::http::HeaderMap;
@@ -134,6 +135,30 @@ pub fn read(
     };
     let presence_penalty = penalty("presence_penalty", c.presence_penalty)?;
     let frequency_penalty = penalty("frequency_penalty", c.frequency_penalty)?;
+    let dry_multiplier = ranged(
+        "dry_multiplier",
+        extra_f64(e, "dry_multiplier")?,
+        |m| m >= 0.0,
+        "must be 0 (off) or more",
+    )?;
+    let dry_base = ranged(
+        "dry_base",
+        extra_f64(e, "dry_base")?,
+        |b| b >= 1.0,
+        "must be 1 or more",
+    )?;
+    let dry_allowed_length = match extra_i64(e, "dry_allowed_length")? {
+        Some(n) => {
+            Some(u32::try_from(n).map_err(|_| invalid("dry_allowed_length", "must be 0 or more"))?)
+        }
+        None => None,
+    };
+    let dry_penalty_last_n = match extra_i64(e, "dry_penalty_last_n")? {
+        Some(n) if n < -1 => {
+            return Err(invalid("dry_penalty_last_n", "must be -1 (all) or more"));
+        }
+        other => other,
+    };
     Ok(Params {
         max_tokens: c.max_tokens,
         sampling: SamplerRequest {
@@ -145,6 +170,10 @@ pub fn read(
             repeat_last_n,
             presence_penalty,
             frequency_penalty,
+            dry_multiplier,
+            dry_base,
+            dry_allowed_length,
+            dry_penalty_last_n,
         },
         seed: c.seed.map(|s| s as u64),
         stop: c.stop.map(|s| s.as_slice().to_vec()).unwrap_or_default(),
@@ -181,13 +210,16 @@ mod tests {
         assert_eq!(p.sampling, SamplerRequest::default());
         assert_eq!(p.priority, Priority::INTERACTIVE);
         let e = extra(
-            serde_json::json!({"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "repeat_last_n": -1, "priority": 3}),
+            serde_json::json!({"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "repeat_last_n": -1, "priority": 3, "dry_multiplier": 0.8, "dry_allowed_length": 3}),
         );
         let p = read(&common(&e), &HeaderMap::new(), Some("r1".into())).unwrap();
         assert_eq!(p.sampling.top_k, Some(5));
         assert_eq!(p.sampling.min_p, Some(0.1));
         assert_eq!(p.sampling.repeat_penalty, Some(1.2));
         assert_eq!(p.sampling.repeat_last_n, Some(-1));
+        assert_eq!(p.sampling.dry_multiplier, Some(0.8));
+        assert_eq!(p.sampling.dry_allowed_length, Some(3));
+        assert_eq!(p.sampling.dry_base, None);
         assert_eq!(p.priority, Priority(3));
         assert_eq!(p.request_id.as_deref(), Some("r1"));
     }
@@ -213,5 +245,8 @@ mod tests {
         let bad = extra(serde_json::json!({"top_k": "many"}));
         let err = read(&common(&bad), &HeaderMap::new(), None).unwrap_err();
         assert_eq!(err.error.param.as_deref(), Some("top_k"));
+        let bad = extra(serde_json::json!({"dry_base": 0.5}));
+        let err = read(&common(&bad), &HeaderMap::new(), None).unwrap_err();
+        assert_eq!(err.error.param.as_deref(), Some("dry_base"));
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::error::EngineError;
 use crate::gguf::GgufInfo;
 use crate::queue::{Priority, Queue, QueueSnapshot, RequestState, Resumed, Slot};
-use crate::sampling::{Sampler, SamplerDefaults, SamplerRequest};
+use crate::sampling::{DRY_BREAKERS, Sampler, SamplerDefaults, SamplerRequest};
 use crate::template::{CHATML, ChatTemplate, TemplateMessage};
 use crate::tokenizer::GgufTokenizer;
 
@@ -30,7 +30,7 @@ use crate::tokenizer::GgufTokenizer;
 /// chunks cost it nothing; llama.cpp and OpenVINO gain from larger batches.
 fn prefill_chunk(backend: Backend) -> usize {
     match backend {
-        Backend::Candle => 32,
+        Backend::Candle => 16,
         Backend::LlamaCpp | Backend::OpenVino => 128,
     }
 }
@@ -266,6 +266,8 @@ pub struct Engine {
     pub default_max_tokens: Option<u32>,
     weights: Weights,
     tokenizer: GgufTokenizer,
+    /// Tokens that end a repeat for DRY.
+    dry_breakers: Arc<[u32]>,
     template: ChatTemplate,
     queue: Arc<Queue>,
     pub stats: Stats,
@@ -346,6 +348,7 @@ impl Engine {
             context,
             backend: cfg.backend,
             weights,
+            dry_breakers: tokenizer.ids_containing(DRY_BREAKERS).into(),
             tokenizer,
             template,
             queue: Queue::new(cfg.parallel, cfg.queue, cfg.max_queue_wait),
@@ -470,7 +473,12 @@ impl Engine {
                 .map_or(0, |d| d.as_nanos() as u64)
         });
         let settings = self.sampler_defaults.resolve(&p.sampling);
-        let mut sampler = Sampler::new(settings, seed, &self.tokenizer.stop_ids);
+        let mut sampler = Sampler::new(
+            settings,
+            seed,
+            &self.tokenizer.stop_ids,
+            self.dry_breakers.clone(),
+        );
         let room = self.context - prompt.len();
         let max_new = p
             .max_tokens

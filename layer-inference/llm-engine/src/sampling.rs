@@ -6,10 +6,13 @@
 //! (`general.sampling.*`, when the file has them) or else from llama.cpp's server defaults
 //! ([`SamplerSettings::LLAMA_CPP`]). What the request sets always wins.
 //!
-//! The chain is llama.cpp's order: penalties → top-k → top-p → min-p → temperature → draw.
-//! Penalties count the tokens generated so far (the last `repeat_last_n` of them), never the
-//! prompt — a title that repeats the chat's words is right — and never the tokens that end a
-//! turn, so a penalty cannot keep the model from stopping.
+//! The chain is llama.cpp's order: penalties → DRY → top-k → top-p → min-p → temperature →
+//! draw. Penalties count the tokens generated so far (the last `repeat_last_n` of them), never
+//! the prompt — a title that repeats the chat's words is right — and never the tokens that
+//! end a turn, so a penalty cannot keep the model from stopping. DRY ("don't repeat
+//! yourself", llama.cpp's `dry_*` settings, off unless `dry_multiplier` is set) penalises the
+//! token that would extend a sequence already generated, the more the longer the repeat:
+//! it breaks the loops a small model falls into, even when decoding greedily.
 
 use std::collections::HashMap;
 
@@ -36,6 +39,14 @@ pub struct SamplerSettings {
     pub presence_penalty: f64,
     /// Subtracted per occurrence (OpenAI's).
     pub frequency_penalty: f64,
+    /// DRY: the penalty for extending a repeat of `dry_allowed_length` tokens (0: off).
+    pub dry_multiplier: f64,
+    /// DRY: how fast the penalty grows with each further repeated token.
+    pub dry_base: f64,
+    /// DRY: repeats this long go unpunished.
+    pub dry_allowed_length: u32,
+    /// DRY: how many of the last generated tokens it looks at (-1: all).
+    pub dry_penalty_last_n: i64,
 }
 
 impl SamplerSettings {
@@ -51,6 +62,10 @@ impl SamplerSettings {
         repeat_last_n: 64,
         presence_penalty: 0.0,
         frequency_penalty: 0.0,
+        dry_multiplier: 0.0,
+        dry_base: 1.75,
+        dry_allowed_length: 2,
+        dry_penalty_last_n: -1,
     };
 }
 
@@ -65,6 +80,10 @@ pub struct SamplerRequest {
     pub repeat_last_n: Option<i64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
+    pub dry_multiplier: Option<f64>,
+    pub dry_base: Option<f64>,
+    pub dry_allowed_length: Option<u32>,
+    pub dry_penalty_last_n: Option<i64>,
 }
 
 impl SamplerRequest {
@@ -148,9 +167,20 @@ impl SamplerDefaults {
             repeat_last_n: r.repeat_last_n.unwrap_or(d.repeat_last_n),
             presence_penalty: r.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: r.frequency_penalty.unwrap_or(d.frequency_penalty),
+            dry_multiplier: r.dry_multiplier.unwrap_or(d.dry_multiplier),
+            dry_base: r.dry_base.unwrap_or(d.dry_base),
+            dry_allowed_length: r.dry_allowed_length.unwrap_or(d.dry_allowed_length),
+            dry_penalty_last_n: r.dry_penalty_last_n.unwrap_or(d.dry_penalty_last_n),
         }
     }
 }
+
+/// Characters that end a sequence for DRY (llama.cpp's default breakers): a repeat is not
+/// followed across them, so list items and JSON keys may share their openings.
+pub const DRY_BREAKERS: &[char] = &['\n', ':', '"', '*'];
+
+/// Longest repeat DRY follows back (bounds its work per token; the penalty is huge by then).
+const DRY_MAX_MATCH: usize = 64;
 
 /// Draws tokens from logits with one request's settings and seed.
 #[derive(Debug)]
@@ -159,16 +189,26 @@ pub struct Sampler {
     rng: fastrand::Rng,
     /// Tokens never penalised (those that end a turn).
     exempt: Vec<u32>,
+    /// Token ids whose text holds a [`DRY_BREAKERS`] character, sorted.
+    breakers: std::sync::Arc<[u32]>,
     /// Reused buffer of (token, logit) candidates.
     cands: Vec<(u32, f32)>,
 }
 
 impl Sampler {
-    pub fn new(settings: SamplerSettings, seed: u64, exempt: &[u32]) -> Self {
+    /// A sampler; `exempt` are never penalised, `breakers` end DRY's repeats (see
+    /// [`DRY_BREAKERS`]; sorted).
+    pub fn new(
+        settings: SamplerSettings,
+        seed: u64,
+        exempt: &[u32],
+        breakers: std::sync::Arc<[u32]>,
+    ) -> Self {
         Sampler {
             s: settings,
             rng: fastrand::Rng::with_seed(seed),
             exempt: exempt.to_vec(),
+            breakers,
             cands: Vec::new(),
         }
     }
@@ -184,6 +224,7 @@ impl Sampler {
         self.cands
             .extend(logits.iter().enumerate().map(|(i, l)| (i as u32, *l)));
         self.penalise(generated);
+        self.dry(generated);
         let cands = &mut self.cands;
         // NaN logits (a broken model) must not win or poison the sums.
         cands.retain(|(_, l)| !l.is_nan());
@@ -232,6 +273,55 @@ impl Sampler {
             r -= p;
         }
         cands[cands.len() - 1].0
+    }
+
+    /// DRY: for each earlier place where the text so far ends the same way, the token that
+    /// came next there would extend the repeat; it loses `multiplier × base^(length −
+    /// allowed)` for the longest such repeat of at least `allowed` tokens.
+    fn dry(&mut self, generated: &[u32]) {
+        let s = &self.s;
+        if s.dry_multiplier <= 0.0 {
+            return;
+        }
+        let w = match s.dry_penalty_last_n {
+            n if n < 0 => generated,
+            n => &generated[generated.len().saturating_sub(n as usize)..],
+        };
+        let n = w.len();
+        let breaks = |t: &u32| self.breakers.binary_search(t).is_ok();
+        if n < 2 || breaks(&w[n - 1]) {
+            return;
+        }
+        let mut longest: Vec<(u32, usize)> = Vec::new();
+        for i in (0..n - 1).rev() {
+            // How far the text ending at `i` matches the text ending now.
+            let mut len = 0;
+            while len <= i
+                && len < DRY_MAX_MATCH
+                && w[i - len] == w[n - 1 - len]
+                && !breaks(&w[i - len])
+            {
+                len += 1;
+            }
+            let next = w[i + 1];
+            if len == 0 || self.exempt.contains(&next) {
+                continue;
+            }
+            match longest.iter_mut().find(|(t, _)| *t == next) {
+                Some(e) => e.1 = e.1.max(len),
+                None => longest.push((next, len)),
+            }
+        }
+        let allowed = s.dry_allowed_length as usize;
+        for (t, len) in longest {
+            if len < allowed {
+                continue;
+            }
+            let penalty = s.dry_multiplier * s.dry_base.powf((len - allowed) as f64);
+            if let Some(c) = self.cands.get_mut(t as usize) {
+                c.1 -= penalty.min(1e6) as f32;
+            }
+        }
     }
 
     fn penalise(&mut self, generated: &[u32]) {
@@ -342,7 +432,7 @@ mod tests {
             temperature: 0.0,
             ..SamplerSettings::LLAMA_CPP
         };
-        let mut sm = Sampler::new(s, 1, &[]);
+        let mut sm = Sampler::new(s, 1, &[], Vec::new().into());
         assert_eq!(sm.sample(&[0.1, 3.0, 2.9, f32::NAN], &[]), 1);
     }
 
@@ -353,7 +443,7 @@ mod tests {
             top_k: 1,
             ..SamplerSettings::LLAMA_CPP
         };
-        let mut sm = Sampler::new(s, 9, &[]);
+        let mut sm = Sampler::new(s, 9, &[], Vec::new().into());
         for _ in 0..50 {
             assert_eq!(sm.sample(&[1.0, 1.2, 0.9, 1.1], &[]), 1);
         }
@@ -371,7 +461,7 @@ mod tests {
             repeat_penalty: 1.0,
             ..SamplerSettings::LLAMA_CPP
         };
-        let mut sm = Sampler::new(s, 3, &[]);
+        let mut sm = Sampler::new(s, 3, &[], Vec::new().into());
         let drawn: std::collections::HashSet<u32> =
             (0..2000).map(|_| sm.sample(&logits, &[])).collect();
         assert_eq!(drawn, [0, 1].into_iter().collect());
@@ -389,7 +479,7 @@ mod tests {
             repeat_penalty: 1.0,
             ..SamplerSettings::LLAMA_CPP
         };
-        let mut sm = Sampler::new(s, 5, &[]);
+        let mut sm = Sampler::new(s, 5, &[], Vec::new().into());
         let drawn: std::collections::HashSet<u32> =
             (0..2000).map(|_| sm.sample(&logits, &[])).collect();
         assert_eq!(drawn, [0, 1].into_iter().collect());
@@ -403,25 +493,58 @@ mod tests {
             ..SamplerSettings::LLAMA_CPP
         };
         // Token 1 was generated: 3.0 / 2 = 1.5 loses to token 2's 2.0.
-        let mut sm = Sampler::new(s, 1, &[]);
+        let mut sm = Sampler::new(s, 1, &[], Vec::new().into());
         assert_eq!(sm.sample(&[0.0, 3.0, 2.0], &[1]), 2);
         // The same token, exempt (it ends a turn): not penalised.
-        let mut sm = Sampler::new(s, 1, &[1]);
+        let mut sm = Sampler::new(s, 1, &[1], Vec::new().into());
         assert_eq!(sm.sample(&[0.0, 3.0, 2.0], &[1]), 1);
         // Outside the window (last 1 token), no penalty either.
         let s1 = SamplerSettings {
             repeat_last_n: 1,
             ..s
         };
-        let mut sm = Sampler::new(s1, 1, &[]);
+        let mut sm = Sampler::new(s1, 1, &[], Vec::new().into());
         assert_eq!(sm.sample(&[0.0, 3.0, 2.0], &[1, 0]), 1);
+    }
+
+    #[test]
+    fn dry_stops_a_loop_that_greedy_would_follow() {
+        let s = SamplerSettings {
+            temperature: 0.0,
+            repeat_penalty: 1.0,
+            dry_multiplier: 0.8,
+            ..SamplerSettings::LLAMA_CPP
+        };
+        // Generated so far: 5 6 7 5 6; greedy wants 7 again (the loop 5 6 7).
+        let logits = [0.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 2.5];
+        let none: std::sync::Arc<[u32]> = Vec::new().into();
+        let mut plain = Sampler::new(
+            SamplerSettings {
+                dry_multiplier: 0.0,
+                ..s
+            },
+            1,
+            &[],
+            none.clone(),
+        );
+        assert_eq!(plain.sample(&logits, &[5, 6, 7, 5, 6]), 7);
+        // "5 6" repeats (2 tokens, the allowed length): 7 loses 0.8 and 8 wins.
+        let mut dry = Sampler::new(s, 1, &[], none.clone());
+        assert_eq!(dry.sample(&logits, &[5, 6, 7, 5, 6]), 8);
+        // A repeat of one token is allowed.
+        assert_eq!(dry.sample(&logits, &[6, 7, 1, 6]), 7);
+        // An end-of-turn token is never held back, and a breaker ends the repeat.
+        let mut eot = Sampler::new(s, 1, &[7], none);
+        assert_eq!(eot.sample(&logits, &[5, 6, 7, 5, 6]), 7);
+        let mut broken = Sampler::new(s, 1, &[], vec![5u32].into());
+        assert_eq!(broken.sample(&logits, &[5, 6, 7, 5, 6]), 7);
     }
 
     #[test]
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
-            let mut sm = Sampler::new(SamplerSettings::LLAMA_CPP, seed, &[]);
+            let mut sm = Sampler::new(SamplerSettings::LLAMA_CPP, seed, &[], Vec::new().into());
             (0..20).map(|_| sm.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));

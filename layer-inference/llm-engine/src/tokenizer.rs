@@ -135,6 +135,19 @@ impl GgufTokenizer {
             .map_err(|e| EngineError::Tokenize(e.to_string()))
     }
 
+    /// The ids of the tokens whose text holds any of `chars` (sorted).
+    pub fn ids_containing(&self, chars: &[char]) -> Vec<u32> {
+        let n = self.inner.get_vocab_size(true) as u32;
+        (0..n)
+            .filter(|id| !self.is_control(*id))
+            .filter(|id| {
+                self.inner
+                    .decode(&[*id], false)
+                    .is_ok_and(|t| t.contains(chars))
+            })
+            .collect()
+    }
+
     /// Whether `id` is a control token (chat markup, never text).
     pub fn is_control(&self, id: u32) -> bool {
         self.control_ids.binary_search(&id).is_ok()
