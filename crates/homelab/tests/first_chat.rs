@@ -67,25 +67,6 @@ fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Open WebUI's recorded requests (bodies), sent to `local`.
-fn openwebui_bodies() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../contract/tests/fixtures/openwebui-0.12.4-upstream-requests.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut b = serde_json::from_str::<Value>(l).unwrap()["body"].clone();
-            if b.is_object() {
-                b["model"] = json!("local");
-            }
-            b
-        })
-        .collect()
-}
-
 /// What one request came back with.
 #[derive(Debug)]
 struct Answer {
@@ -239,17 +220,18 @@ async fn open_webui_first_chat_on_the_default_model() {
         "a short answer: {v}"
     );
 
-    // 3. One chat turn as Open WebUI sends it: title (4), the chat (5), follow-ups (6) and
-    // tags (7) at once; the user's next message (8) as soon as the first answer is in.
-    let bodies = openwebui_bodies();
+    // 3. One chat turn as Open WebUI sends it: the title, the chat, follow-ups and tags at
+    // once; the user's next message as soon as the first answer is in.
+    let bodies = testkit::openwebui::bodies_for("local");
     let spawn = |i: usize| {
         let (g, b) = (gateway.clone(), bodies[i].clone());
         tokio::spawn(async move { send(&g, b).await })
     };
-    let tasks: Vec<_> = [4, 6, 7].into_iter().map(spawn).collect();
-    let first = spawn(5).await.unwrap();
+    use testkit::openwebui::{CHAT, FOLLOW_UPS, NEXT_CHAT, TAGS, TITLE};
+    let tasks: Vec<_> = [TITLE, FOLLOW_UPS, TAGS].into_iter().map(spawn).collect();
+    let first = spawn(CHAT).await.unwrap();
     let next_sent = Instant::now();
-    let second = spawn(8).await.unwrap();
+    let second = spawn(NEXT_CHAT).await.unwrap();
     let mut task_answers = Vec::new();
     for t in tasks {
         task_answers.push(t.await.unwrap());

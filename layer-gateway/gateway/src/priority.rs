@@ -103,23 +103,17 @@ mod tests {
     use super::*;
 
     fn fixture_tasks() -> Vec<(String, Option<OpenWebUiTask>)> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../crates/contract/tests/fixtures/openwebui-0.12.4-upstream-requests.jsonl"
-        );
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                let messages = v["body"].get("messages")?;
-                let first = messages[messages.as_array()?.len() - 1]["content"]
+        testkit::openwebui::records()
+            .into_iter()
+            .filter_map(|v| {
+                let messages = v["body"].get("messages")?.as_array()?.clone();
+                let first = messages.last()?["content"]
                     .as_str()
                     .unwrap_or("")
                     .chars()
                     .take(40)
                     .collect();
-                let raw = serde_json::to_vec(messages).unwrap();
+                let raw = serde_json::to_vec(&messages).unwrap();
                 Some((first, open_webui_task(&raw)))
             })
             .collect()

@@ -7,20 +7,7 @@ mod common;
 
 use common::{Gateway, handle, spec, target};
 use docsdb::spec::Strategy;
-use serde_json::Value;
 use testkit::upstream::MockUpstream;
-
-fn fixture() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../crates/contract/tests/fixtures/openwebui-0.12.4-upstream-requests.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn every_recorded_request_passes_unchanged_but_for_model() {
@@ -34,7 +21,7 @@ async fn every_recorded_request_passes_unchanged_but_for_model() {
         |_| {},
     )
     .await;
-    let records = fixture();
+    let records = testkit::openwebui::records();
     let mut expected = Vec::new();
     let mut calls = Vec::new();
     for rec in &records {

@@ -94,18 +94,6 @@ async fn a_loading_backend_is_waited_for_not_failed() {
     assert!(slow.hits() >= 2);
 }
 
-fn fixture_bodies() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../crates/contract/tests/fixtures/openwebui-0.12.4-upstream-requests.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["body"].clone())
-        .collect()
-}
-
 #[tokio::test]
 async fn open_webui_background_tasks_go_with_background_priority() {
     let up = MockUpstream::start("engine").await;
@@ -118,12 +106,10 @@ async fn open_webui_background_tasks_go_with_background_priority() {
         |_| {},
     )
     .await;
-    let bodies = fixture_bodies();
-    // Title (4), chat (5), follow-ups (6), tags (7), as Open WebUI sent them.
-    for body in &bodies[4..=7] {
-        let mut b = body.clone();
-        b["model"] = json!("local");
-        let res = gw.post("/v1/chat/completions", None, &b).await;
+    let bodies = testkit::openwebui::bodies_for("local");
+    // Title, chat, follow-ups, tags, as Open WebUI sent them.
+    for body in &bodies[testkit::openwebui::TITLE..=testkit::openwebui::TAGS] {
+        let res = gw.post("/v1/chat/completions", None, body).await;
         assert_eq!(res.status(), 200);
         let _ = res.bytes().await;
     }
@@ -140,8 +126,7 @@ async fn open_webui_background_tasks_go_with_background_priority() {
     assert_eq!(got, [bg.clone(), None, bg.clone(), bg]);
 
     // The client's own header wins, and a bad one is refused before any backend sees it.
-    let mut title = bodies[4].clone();
-    title["model"] = json!("local");
+    let title = bodies[testkit::openwebui::TITLE].clone();
     let send = |p: &'static str| {
         gw.client()
             .post(format!("{}/v1/chat/completions", gw.url))
