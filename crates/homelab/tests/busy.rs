@@ -97,24 +97,36 @@ async fn gateway(engine: &str, handles: Vec<HandleSpec>) -> Gw {
 }
 
 /// Background work straight to the engine: a raw prompt that runs to its 480-token limit.
-fn background(engine: &str, n: usize) -> Vec<tokio::task::JoinHandle<u16>> {
-    (0..n)
-        .map(|i| {
-            let url = format!("{engine}/v1/completions");
-            tokio::spawn(async move {
-                reqwest::Client::new()
-                    .post(url)
-                    .header("x-homelab-priority", "background")
-                    .header("x-request-id", format!("bg-{i}"))
-                    .json(&json!({"model": "m", "prompt": "hello", "max_tokens": 480, "temperature": 0}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
+fn background(engine: &str, ids: std::ops::Range<usize>) -> Vec<tokio::task::JoinHandle<u16>> {
+    ids.map(|i| {
+        let url = format!("{engine}/v1/completions");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-homelab-priority", "background")
+                .header("x-request-id", format!("bg-{i}"))
+                .json(
+                    &json!({"model": "m", "prompt": "hello", "max_tokens": 480, "temperature": 0}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         })
-        .collect()
+    })
+    .collect()
+}
+
+/// Requests waiting in the engine's queue.
+async fn waiting(engine: &str) -> u64 {
+    let q: Value = reqwest::get(format!("{engine}/v1/queue"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    q["waiting"].as_u64().unwrap()
 }
 
 async fn until_generating(engine: &str, id: &str) {
@@ -142,7 +154,7 @@ async fn chat(gw: &Gw, model: &str, priority: Option<&str>, max_tokens: u32) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_is_waited_for_and_a_chat_goes_first() {
-    let engine = engine(8).await;
+    let engine = engine(16).await;
     // First-byte timeouts far below the time the work takes: before, each of these was a
     // 504 "did not answer in time".
     let gw = gateway(
@@ -150,7 +162,7 @@ async fn a_queued_request_is_waited_for_and_a_chat_goes_first() {
         vec![handle("local", 100, None), handle("short", 100, Some(600))],
     )
     .await;
-    let bg = background(&engine, 5);
+    let mut bg = background(&engine, 0..5);
     until_generating(&engine, "bg-0").await;
 
     // A chat arrives behind five background requests: served first, answered in full.
@@ -167,8 +179,20 @@ async fn a_queued_request_is_waited_for_and_a_chat_goes_first() {
         "background work was still going when the chat was answered"
     );
 
-    // Background work that cannot start before the request's total deadline: the gateway
+    // Background work that cannot start before the request's total deadline (six or more
+    // requests of 480 tokens wait ahead of it, seconds of work on any machine): the gateway
     // says why.
+    let n = waiting(&engine).await as usize;
+    bg.extend(background(&engine, bg.len()..bg.len() + 8 - n.min(8)));
+    let mut ahead = 0;
+    for _ in 0..500 {
+        ahead = waiting(&engine).await;
+        if ahead >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(ahead >= 6, "only {ahead} waiting");
     let res = chat(&gw, "short", Some("background"), 40).await;
     assert_eq!(res.status(), 504);
     let e: Value = res.json().await.unwrap();
@@ -219,7 +243,7 @@ async fn a_queued_request_is_waited_for_and_a_chat_goes_first() {
 async fn a_full_queue_is_a_busy_backend() {
     let engine = engine(0).await;
     let gw = gateway(&engine, vec![handle("local", 60_000, None)]).await;
-    let bg = background(&engine, 1);
+    let bg = background(&engine, 0..1);
     until_generating(&engine, "bg-0").await;
     // No place in the queue for background work: 503, busy, retry soon.
     let res = chat(&gw, "local", Some("background"), 5).await;
