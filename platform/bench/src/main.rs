@@ -5,11 +5,13 @@
 //!
 //! Run: `cargo build --release -p gateway -p bench && target/release/bench gateway`
 //!
-//! `bench engine`: see `engine.rs`. `bench monitor`: see `monitor.rs`.
+//! `bench engine`: see `engine.rs`. `bench monitor`: see `monitor.rs`. `bench first-chat`:
+//! see `first_chat.rs`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod engine;
+mod first_chat;
 mod monitor;
 
 use std::path::PathBuf;
@@ -32,6 +34,9 @@ enum What {
     /// The engine's backends and llama.cpp's own server: time to first token and tokens/s
     /// at several concurrencies, over HTTP.
     Engine(engine::EngineArgs),
+    /// `homelab up` on the default model as a new user meets it: the README's curl, and
+    /// Open WebUI's chat turn (a chat and its background tasks) against the chat alone.
+    FirstChat(first_chat::FirstChatArgs),
     /// The system monitor's reads over a week of traffic against the same reads over empty
     /// logs, on SQLite and Postgres.
     Monitor(monitor::MonitorArgs),
@@ -381,6 +386,7 @@ async fn main() -> std::process::ExitCode {
         What::Upstream { port } => testkit::fast::serve(port).await,
         What::Engine(a) => engine::run(a).await,
         What::Monitor(a) => monitor::run(a).await,
+        What::FirstChat(a) => first_chat::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
