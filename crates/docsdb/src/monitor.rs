@@ -111,6 +111,43 @@ impl std::ops::Deref for ServiceRow {
     }
 }
 
+/// How many services are in each status.
+#[derive(Debug, Serialize)]
+pub struct Counts {
+    pub up: usize,
+    pub degraded: usize,
+    pub down: usize,
+    pub unknown: usize,
+    pub inactive: usize,
+}
+
+impl Counts {
+    /// The whole stack in one word: `down` if any active service is down, else `degraded`
+    /// if any is degraded, else `unknown` if none is up, else `ok`.
+    pub fn overall(&self) -> &'static str {
+        if self.down > 0 {
+            "down"
+        } else if self.degraded > 0 {
+            "degraded"
+        } else if self.up == 0 {
+            "unknown"
+        } else {
+            "ok"
+        }
+    }
+}
+
+pub fn counts(services: &[ServiceRow]) -> Counts {
+    let n = |s: &str| services.iter().filter(|r| r.status == s).count();
+    Counts {
+        up: n("up"),
+        degraded: n("degraded"),
+        down: n("down"),
+        unknown: n("unknown"),
+        inactive: n("planned") + n("retired"),
+    }
+}
+
 /// Services grouped by layer, in the order of [`crate::spec::Layer::ALL`], empty layers left out.
 pub fn by_layer(services: &[ServiceRow]) -> Vec<(&'static str, Vec<&ServiceRow>)> {
     crate::spec::Layer::ALL

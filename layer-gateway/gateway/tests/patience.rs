@@ -1,7 +1,7 @@
 //! What the gateway does for a backend that is alive but slow to answer — loading its model —
 //! and what it tells the backend and the log: the priority of Open WebUI's background tasks,
 //! the time to the first token and the generation span. (A real engine that is busy is
-//! behind the gateway in `crates/homelab/tests/busy.rs`.)
+//! behind the gateway in `platform/homelab/tests/busy.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -4,48 +4,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use docsdb::monitor::{self, ServiceRow};
-use serde::{Deserialize, Serialize};
+use docsdb::monitor::{self, counts};
+use serde::Deserialize;
 
 use crate::Error;
 use crate::state::AppState;
-
-/// How many services are in each status.
-#[derive(Debug, Serialize)]
-pub struct Counts {
-    pub up: usize,
-    pub degraded: usize,
-    pub down: usize,
-    pub unknown: usize,
-    pub inactive: usize,
-}
-
-impl Counts {
-    /// The whole stack in one word: `down` if any active service is down, else `degraded`
-    /// if any is degraded, else `unknown` if none is up, else `ok`.
-    pub fn overall(&self) -> &'static str {
-        if self.down > 0 {
-            "down"
-        } else if self.degraded > 0 {
-            "degraded"
-        } else if self.up == 0 {
-            "unknown"
-        } else {
-            "ok"
-        }
-    }
-}
-
-pub fn counts(services: &[ServiceRow]) -> Counts {
-    let n = |s: &str| services.iter().filter(|r| r.status == s).count();
-    Counts {
-        up: n("up"),
-        degraded: n("degraded"),
-        down: n("down"),
-        unknown: n("unknown"),
-        inactive: n("planned") + n("retired"),
-    }
-}
 
 /// `GET /api/status`
 pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {

@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::response::Html;
 use docsdb::monitor::{self, ErrorRow, HandleRow, HostRow, HourRow, ModelRow, ServiceRow};
 
-use crate::api::counts;
 use crate::state::AppState;
+use docsdb::monitor::counts;
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {

@@ -1,5 +1,5 @@
 //! The binary over stdio: the handshake, the tool's schema, and a gateway that cannot be
-//! reached answered as a tool error. (Searches through a real gateway: crates/homelab/tests/tools.rs.)
+//! reached answered as a tool error. (Searches through a real gateway: platform/homelab/tests/tools.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

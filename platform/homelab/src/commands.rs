@@ -385,7 +385,7 @@ pub async fn pull_model(db: &Db, args: &PullArgs) -> Result<(), Error> {
 
 /// `homelab status`: the monitor's picture from the DB — services per layer, then handles.
 pub async fn status(db: &Db, as_json: bool) -> Result<(), Error> {
-    use system_monitor::api::counts;
+    use docsdb::monitor::counts;
     let services = docsdb::monitor::services(db).await?;
     let handles = docsdb::monitor::handles(db).await?;
     let c = counts(&services);
