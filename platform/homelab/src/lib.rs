@@ -24,6 +24,37 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// One of `up`'s services could not listen.
+    #[error(
+        "{service} cannot listen on {addr}: {source}{}",
+        bind_hint(source, flag)
+    )]
+    Bind {
+        service: &'static str,
+        addr: String,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `up` refuses what the service it composes would refuse.
+    #[error("{0}")]
+    Refused(#[source] gateway::Error),
+}
+
+/// What to do about a bind failure.
+fn bind_hint(e: &std::io::Error, flag: &str) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            " (is another `homelab up` running? stop it, or choose another port with {flag})"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (this machine has no such address; see --bind-host)".to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!(" (ports below 1024 need privileges; choose another with {flag})")
+        }
+        _ => String::new(),
+    }
 }
 
 /// The operator CLI of homelab-llm.
@@ -67,9 +98,16 @@ pub struct UpArgs {
     /// Where the DB and the model cache live.
     #[arg(long, env = "HOMELAB_DATA_DIR", default_value = "./var")]
     pub data_dir: std::path::PathBuf,
-    /// The address services bind (loopback unless you mean otherwise).
+    /// The address the gateway, the monitor and the MCP tools bind (loopback unless you mean
+    /// otherwise; the local engine stays on loopback). Beyond loopback `up` needs a master key
+    /// (HOMELAB_MASTER_KEY, which the gateway and the tools then require) or
+    /// --allow-unauthenticated, as the gateway does.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind_host: String,
+    /// Serve beyond loopback without any key: the gateway, the monitor and the MCP tools are
+    /// then open to the whole network.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
     #[arg(long, default_value_t = 4000)]
     pub gateway_port: u16,
     #[arg(long, default_value_t = 4010)]
@@ -237,6 +275,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         let opts = up::UpOptions {
             data_dir: a.data_dir.clone(),
             bind_host: a.bind_host.clone(),
+            master_key: std::env::var("HOMELAB_MASTER_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty()),
+            allow_unauthenticated: a.allow_unauthenticated,
             gateway_port: a.gateway_port,
             engine_port: a.engine_port,
             monitor_port: a.monitor_port,

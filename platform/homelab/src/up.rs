@@ -36,10 +36,14 @@ pub struct ToolsOptions {
 }
 
 /// Options of `up`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpOptions {
     pub data_dir: PathBuf,
     pub bind_host: String,
+    /// The gateway's master key (`HOMELAB_MASTER_KEY`); also the MCP tools' bearer token.
+    pub master_key: Option<String>,
+    /// Serve without any key beyond loopback (the gateway's `--allow-unauthenticated`).
+    pub allow_unauthenticated: bool,
     pub gateway_port: u16,
     pub engine_port: u16,
     pub monitor_port: u16,
@@ -47,6 +51,23 @@ pub struct UpOptions {
     pub model: Option<PathBuf>,
     pub no_engine: bool,
     pub tools: ToolsOptions,
+}
+
+impl std::fmt::Debug for UpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpOptions")
+            .field("data_dir", &self.data_dir)
+            .field("bind_host", &self.bind_host)
+            .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("gateway_port", &self.gateway_port)
+            .field("engine_port", &self.engine_port)
+            .field("monitor_port", &self.monitor_port)
+            .field("model", &self.model)
+            .field("no_engine", &self.no_engine)
+            .field("tools", &self.tools)
+            .finish()
+    }
 }
 
 /// Where things ended up.
@@ -59,6 +80,8 @@ pub struct Running {
     pub model_id: Option<String>,
     /// `(name, MCP endpoint URL)` of each tool server.
     pub tools: Vec<(String, String)>,
+    /// The gateway (and the tools) want a key.
+    pub keyed: bool,
 }
 
 /// The cap on new tokens of the local handles when a request sets none: a small model that
@@ -97,6 +120,24 @@ fn local_handles(model_id: &str) -> Vec<(&'static str, &'static str, serde_json:
     ]
 }
 
+/// Binds one of `up`'s services; a failure names the service, the address and the flag that
+/// moves it.
+async fn listen(
+    service: &'static str,
+    addr: &str,
+    flag: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let fail = |source: std::io::Error| Error::Bind {
+        service,
+        addr: addr.to_owned(),
+        flag,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
+}
+
 fn input(msg: impl Into<String>) -> Error {
     Error::Input(docsdb::InputError::new(msg))
 }
@@ -107,25 +148,30 @@ pub async fn up(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Running),
 ) -> Result<(), Error> {
+    let db_url = format!("sqlite://{}/system-docs.db", o.data_dir.display());
+    let bind = |port: u16| format!("{}:{port}", o.bind_host);
+    // The gateway's own rule decides, before anything listens: beyond loopback, a master key
+    // or an explicit --allow-unauthenticated.
+    let mut gcfg = gateway::Config::new(&db_url, &bind(o.gateway_port));
+    gcfg.master_key = o.master_key.clone();
+    gcfg.allow_unauthenticated = o.allow_unauthenticated;
+    gateway::check_bind(&gcfg).map_err(Error::Refused)?;
     std::fs::create_dir_all(&o.data_dir).map_err(|source| Error::Io {
         path: o.data_dir.display().to_string(),
         source,
     })?;
-    let db_url = format!("sqlite://{}/system-docs.db", o.data_dir.display());
     let db = docsdb::Db::open(&db_url).await?;
     let host = crate::models::local_host();
 
-    let bind = |port: u16| format!("{}:{port}", o.bind_host);
-    let gw_listener = service_kit::server::bind(&bind(o.gateway_port))
-        .await
-        .map_err(|e| input(e.to_string()))?;
-    let gw_addr = gw_listener.local_addr().map_err(|e| input(e.to_string()))?;
-    let mon_listener = service_kit::server::bind(&bind(o.monitor_port))
-        .await
-        .map_err(|e| input(e.to_string()))?;
-    let mon_addr = mon_listener
-        .local_addr()
-        .map_err(|e| input(e.to_string()))?;
+    let (gw_listener, gw_addr) =
+        listen("the gateway", &bind(o.gateway_port), "--gateway-port").await?;
+    gcfg.bind = gw_addr.to_string();
+    let (mon_listener, mon_addr) = listen(
+        "the system monitor",
+        &bind(o.monitor_port),
+        "--monitor-port",
+    )
+    .await?;
 
     // Built before anything is registered or started, so a bad tool setting (a missing Home
     // Assistant token, a broken policy file) stops `up` with nothing half-done.
@@ -149,10 +195,13 @@ pub async fn up(
             },
         )
         .await?;
-        let listener = service_kit::server::bind(&bind(o.engine_port))
-            .await
-            .map_err(|e| input(e.to_string()))?;
-        let addr = listener.local_addr().map_err(|e| input(e.to_string()))?;
+        // The engine has no keys: it listens on loopback only, reached through the gateway.
+        let (listener, addr) = listen(
+            "the local engine",
+            &format!("127.0.0.1:{}", o.engine_port),
+            "--engine-port",
+        )
+        .await?;
         engine = Some((listener, addr, pulled));
     }
 
@@ -261,8 +310,6 @@ pub async fn up(
                 .map_err(|e| e.to_string())
         });
     }
-    let mut gcfg = gateway::Config::new(&db_url, &gw_addr.to_string());
-    gcfg.allow_unauthenticated = true;
     let state = gateway::AppState::new(gcfg)
         .await
         .map_err(|e| input(e.to_string()))?;
@@ -316,6 +363,7 @@ pub async fn up(
         db_url,
         model_id,
         tools: tool_urls,
+        keyed: o.master_key.is_some(),
     });
     tokio::select! {
         () = shutdown => {}
@@ -394,12 +442,14 @@ async fn bind_tools(
         (
             "web-fetch",
             o.tools.web_fetch_port,
+            "--web-fetch-port",
             "MCP web-fetch (SSRF-guarded), run by homelab up",
             "layer-tools/mcp-tools/web-fetch/README.md",
         ),
         (
             "web-search",
             o.tools.web_search_port,
+            "--web-search-port",
             "MCP web search through the gateway's /v1/search, run by homelab up",
             "layer-tools/mcp-tools/web-search/README.md",
         ),
@@ -408,18 +458,16 @@ async fn bind_tools(
         wanted.push((
             "home-assistant",
             o.tools.ha_port,
+            "--ha-port",
             "MCP Home Assistant control (allow-listed), run by homelab up",
             "layer-tools/mcp-tools/home-assistant/README.md",
         ));
     }
     let mut out = Vec::new();
-    for (name, port, description, readme) in wanted {
+    for (name, port, flag, description, readme) in wanted {
         let opts = tool_http_options(o, host_name);
         let app = tool_app(name, o, gateway, &opts)?;
-        let listener = service_kit::server::bind(&bind(port))
-            .await
-            .map_err(|e| input(e.to_string()))?;
-        let addr = listener.local_addr().map_err(|e| input(e.to_string()))?;
+        let (listener, addr) = listen(name, &bind(port), flag).await?;
         out.push(BoundTool {
             name,
             listener,
@@ -435,9 +483,12 @@ async fn bind_tools(
 
 /// The tool servers' transport options: bound beyond loopback, they also accept requests
 /// addressed to this machine by name (the `Host` check refuses other names, against DNS
-/// rebinding).
+/// rebinding). With a master key, they want it as their bearer token, as the gateway does.
 fn tool_http_options(o: &UpOptions, host_name: &str) -> mcp_kit::HttpOptions {
-    let mut opts = mcp_kit::HttpOptions::default();
+    let mut opts = mcp_kit::HttpOptions {
+        token: o.master_key.clone(),
+        ..Default::default()
+    };
     let bind = o.bind_host.trim_matches(|c| c == '[' || c == ']');
     if !mcp_kit::LOOPBACK_HOSTS.contains(&bind) {
         opts.host_headers = vec![host_name.to_owned(), format!("{host_name}.local")];
@@ -475,7 +526,7 @@ fn tool_app(
             }
             let mut cfg = web_search::Config::for_gateway(format!("http://{gateway}"));
             // With a master key set, the gateway wants a key: search with it.
-            if std::env::var_os("HOMELAB_MASTER_KEY").is_some() {
+            if o.master_key.is_some() {
                 cfg.key_env = "HOMELAB_MASTER_KEY".into();
             }
             web_search::app(&cfg, opts).map_err(|e| input(e.to_string()))
@@ -567,8 +618,13 @@ pub fn banner(r: &Running) -> String {
             "Try it:\n  curl {gw}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"local\",\"messages\":[{{\"role\":\"system\",\"content\":\"You are a helpful assistant.\"}},{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'\n\n"
         ));
     }
+    let key = if r.keyed {
+        "the master key (HOMELAB_MASTER_KEY) or a key from `homelab keys create`; the MCP tools take the master key as their bearer token"
+    } else {
+        "any text (no master key is set; set HOMELAB_MASTER_KEY and create keys with `homelab keys create` to require one)"
+    };
     s.push_str(&format!(
-        "Open WebUI: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  any text (no master key is set; set HOMELAB_MASTER_KEY and create keys with `homelab keys create` to require one)\n"
+        "Open WebUI: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  {key}\n"
     ));
     if r.engine.is_some() {
         s.push_str(

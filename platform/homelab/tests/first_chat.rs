@@ -135,6 +135,8 @@ async fn open_webui_first_chat_on_the_default_model() {
     let opts = UpOptions {
         data_dir: dir.path().to_owned(),
         bind_host: "127.0.0.1".into(),
+        master_key: None,
+        allow_unauthenticated: false,
         gateway_port: port,
         engine_port: 0,
         monitor_port: 0,

@@ -26,6 +26,8 @@ async fn start_with(data: &std::path::Path, no_engine: bool) -> Started {
     common::run_up(UpOptions {
         data_dir: data.to_owned(),
         bind_host: "127.0.0.1".into(),
+        master_key: None,
+        allow_unauthenticated: false,
         gateway_port: 0,
         engine_port: 0,
         monitor_port: 0,

@@ -1,0 +1,197 @@
+//! `up` keeps the guards of the services it composes: beyond loopback it needs a master key
+//! (then the gateway and the MCP tools want it) or an explicit --allow-unauthenticated, as
+//! the gateway alone does; and a port already taken is named with the flag that moves it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use homelab::Error;
+use homelab::up::{ToolsOptions, UpOptions, up};
+use serde_json::json;
+
+fn options(data: &std::path::Path, bind_host: &str) -> UpOptions {
+    UpOptions {
+        data_dir: data.to_owned(),
+        bind_host: bind_host.into(),
+        master_key: None,
+        allow_unauthenticated: false,
+        gateway_port: 0,
+        engine_port: 0,
+        monitor_port: 0,
+        model: None,
+        no_engine: true,
+        tools: ToolsOptions {
+            enabled: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// Runs `up` expecting it to refuse to start.
+async fn refused(o: &UpOptions) -> Error {
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        up(o, std::future::pending(), |_| panic!("up started")),
+    )
+    .await
+    .expect("up answers at once");
+    res.expect_err("up refuses")
+}
+
+#[tokio::test]
+async fn beyond_loopback_without_a_master_key_up_refuses_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    for host in ["0.0.0.0", "192.168.1.5"] {
+        let e = refused(&options(&data, host)).await;
+        assert!(matches!(e, Error::Refused(_)), "{e:?}");
+        let msg = e.to_string();
+        for part in [host, "HOMELAB_MASTER_KEY", "--allow-unauthenticated"] {
+            assert!(msg.contains(part), "{msg}");
+        }
+    }
+    assert!(!data.exists(), "nothing was created before the refusal");
+}
+
+async fn mcp_status(url: &str, token: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "guard-test", "version": "1"}}}),
+        );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn with_a_master_key_beyond_loopback_the_gateway_and_the_tools_want_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path(), "0.0.0.0");
+    o.master_key = Some("sk-master-guard".into());
+    let (r, stop, task) = common::run_up(o).await;
+    assert!(r.keyed);
+    let gw = format!("http://127.0.0.1:{}", r.gateway.port());
+    let models = |key: Option<&'static str>| {
+        let mut req = reqwest::Client::new().get(format!("{gw}/v1/models"));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(models(None).await, 401);
+    assert_eq!(models(Some("sk-wrong")).await, 401);
+    assert_eq!(models(Some("sk-master-guard")).await, 200);
+    assert_eq!(r.tools.len(), 2, "{:?}", r.tools);
+    for (name, url) in &r.tools {
+        let port = url.rsplit(':').next().unwrap().trim_end_matches("/mcp");
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        assert_eq!(mcp_status(&url, None).await, 401, "{name}");
+        assert_eq!(
+            mcp_status(&url, Some("sk-master-guard")).await,
+            200,
+            "{name}"
+        );
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn allow_unauthenticated_opens_beyond_loopback_on_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path(), "0.0.0.0");
+    o.allow_unauthenticated = true;
+    let (r, stop, task) = common::run_up(o).await;
+    assert!(!r.keyed);
+    let res = reqwest::get(format!("http://127.0.0.1:{}/v1/models", r.gateway.port()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_named_with_the_flag_that_moves_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path(), "127.0.0.1");
+    o.gateway_port = port;
+    let e = refused(&o).await;
+    assert!(matches!(e, Error::Bind { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("the gateway cannot listen on 127.0.0.1:{port}")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("another `homelab up`") && msg.contains("--gateway-port"),
+        "{msg}"
+    );
+
+    let mut o = options(dir.path(), "127.0.0.1");
+    o.tools.web_fetch_port = port;
+    let msg = refused(&o).await.to_string();
+    assert!(msg.starts_with("web-fetch cannot listen"), "{msg}");
+    assert!(msg.contains("--web-fetch-port"), "{msg}");
+}
+
+#[test]
+fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .args(["up", "--no-engine", "--no-tools", "--data-dir"])
+        .arg(dir.path())
+        .args(["--gateway-port", "0", "--monitor-port", "0"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("HOMELAB_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut up = false;
+    for line in stdout.lines() {
+        if line.unwrap().contains("homelab-llm is up") {
+            up = true;
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(up, "up started");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("INFO"), "info lines were logged: {logs}");
+    assert!(!logs.contains('\u{1b}'), "no terminal escapes: {logs:?}");
+
+    // Refused beyond loopback: one plain line on stderr, exit status 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .args([
+            "up",
+            "--no-engine",
+            "--no-tools",
+            "--bind-host",
+            "0.0.0.0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("other"))
+        .env_remove("HOMELAB_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:4000 without a master key"),
+        "{err}"
+    );
+    assert!(!dir.path().join("other").exists());
+}
