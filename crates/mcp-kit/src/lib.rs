@@ -63,6 +63,10 @@ pub struct McpArgs {
     #[arg(long, default_value = "10m", value_parser = service_kit::config::duration)]
     pub session_idle: Duration,
 
+    /// A bearer token given in code (by whoever composes the server), before `--token-env`.
+    #[arg(skip)]
+    pub token: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -80,8 +84,11 @@ impl Default for McpArgs {
 }
 
 impl McpArgs {
-    /// The bearer token, if `--token-env` names one.
+    /// The bearer token: the one given in code, else the one `--token-env` names.
     pub fn token(&self) -> Result<Option<String>, Error> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
         let Some(name) = &self.token_env else {
             return Ok(None);
         };
@@ -201,8 +208,24 @@ where
         }
         return Ok(());
     }
-    let opts = HttpOptions::from_args(args)?;
     let listener = service_kit::server::bind(bind).await?;
+    serve_http(name, listener, args, factory, shutdown).await
+}
+
+/// Runs a tool server over HTTP on a bound listener until `shutdown` (what a tool's
+/// `serve_on` is).
+pub async fn serve_http<S, F>(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    args: &McpArgs,
+    factory: F,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error>
+where
+    S: ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    let opts = HttpOptions::from_args(args)?;
     let app = http_app(factory, &opts);
     serve_on(
         name,

@@ -11,6 +11,8 @@
 //!   rejections are OpenAI-shaped 400/413 errors.
 //! - [`server`]: binding (with `TCP_NODELAY`), the common layers, and graceful shutdown on
 //!   SIGTERM/SIGINT that drains in-flight requests and then runs flush hooks.
+//! - [`service`]: the one shape of a service crate ([`Service`], implemented by its
+//!   `Config`) and [`run`], every service binary's `main`.
 
 pub mod body;
 pub mod config;
@@ -18,6 +20,8 @@ mod error;
 pub mod health;
 pub mod request_id;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 
 pub use error::Error;
+pub use service::{Service, run};

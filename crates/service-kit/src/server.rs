@@ -102,7 +102,9 @@ pub async fn serve(listener: TcpListener, app: Router, plan: ShutdownPlan) -> Re
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     tracing::info!(addr = ?addr, "listening");
-    notify_ready();
+    if !COMPOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        notify_ready();
+    }
     tokio::select! {
         r = &mut server => {
             // The server stopped on its own: an I/O error. Still flush what we hold.
@@ -126,6 +128,16 @@ async fn run_hooks(hooks: Vec<FlushHook>) {
     for hook in hooks {
         hook().await;
     }
+}
+
+/// Set when one process composes several services (`homelab up`): then no server says
+/// ready when it listens, and the composer says it once everything is.
+static COMPOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as composing several services: [`serve`] no longer calls
+/// [`notify_ready`]; the caller does, once every service is ready.
+pub fn composed() {
+    COMPOSED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Tells systemd the service is ready (`Type=notify` units), by sending `READY=1` to

@@ -77,12 +77,21 @@ pub async fn serve(
 ) -> Result<(), Error> {
     check_bind(&config)?;
     let listener = service_kit::server::bind(&config.bind).await?;
-    let state = AppState::new(config).await?;
-    serve_on(listener, state, shutdown).await
+    serve_on(listener, config, shutdown).await
 }
 
 /// Runs the gateway on a bound listener (tests bind 127.0.0.1:0).
 pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = AppState::new(config).await?;
+    serve_state(listener, state, shutdown).await
+}
+
+/// As [`serve_on`], with a state the caller keeps (tests read its metrics and log).
+pub async fn serve_state(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -103,3 +112,11 @@ pub async fn serve_on(
     service_kit::server::serve(listener, router, plan).await?;
     Ok(())
 }
+
+service_kit::service!(
+    Config,
+    "gateway",
+    Error,
+    common = common,
+    check = check_bind
+);

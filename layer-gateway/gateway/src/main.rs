@@ -1,19 +1,5 @@
 //! `gateway`: see `gateway --help` and the crate README.
 
-use clap::Parser;
-
-#[tokio::main]
-#[allow(clippy::print_stderr)] // logging is not set up when this fails
-async fn main() -> std::process::ExitCode {
-    let config = gateway::Config::parse();
-    if let Err(e) = service_kit::telemetry::init(config.common.log_format) {
-        eprintln!("{e}");
-    }
-    match gateway::serve(config, service_kit::server::signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "gateway stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    service_kit::run::<gateway::Config>()
 }

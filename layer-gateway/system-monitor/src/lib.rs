@@ -58,12 +58,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let listener = service_kit::server::bind(&config.bind).await?;
-    let db = docsdb::Db::open(&config.db).await?;
-    serve_on(listener, config, db, shutdown).await
+    serve_on(listener, config, shutdown).await
 }
 
-/// Runs the monitor on a bound listener and an open DB (tests bind 127.0.0.1:0).
+/// Runs the monitor on a bound listener (tests bind 127.0.0.1:0).
 pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let db = docsdb::Db::open(&config.db).await?;
+    serve_with_db(listener, config, db, shutdown).await
+}
+
+/// As [`serve_on`], on a DB connection the caller opened (and the monitor closes).
+pub async fn serve_with_db(
     listener: tokio::net::TcpListener,
     config: Config,
     db: docsdb::Db,
@@ -159,3 +168,5 @@ pub async fn rollup_loop(state: Arc<AppState>) {
         }
     }
 }
+
+service_kit::service!(Config, "system-monitor", Error, common = common);

@@ -1,19 +1,5 @@
 //! `system-monitor`: see `system-monitor --help` and the crate README.
 
-use clap::Parser;
-
-#[tokio::main]
-#[allow(clippy::print_stderr)] // logging is not set up when this fails
-async fn main() -> std::process::ExitCode {
-    let config = system_monitor::Config::parse();
-    if let Err(e) = service_kit::telemetry::init(config.common.log_format) {
-        eprintln!("{e}");
-    }
-    match system_monitor::serve(config, service_kit::server::signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "system-monitor stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    service_kit::run::<system_monitor::Config>()
 }

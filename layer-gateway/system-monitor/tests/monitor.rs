@@ -170,9 +170,14 @@ impl Monitor {
         config.fail_threshold = 2;
         tweak(&mut config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(system_monitor::serve_on(l, config, db.clone(), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(system_monitor::serve_with_db(
+            l,
+            config,
+            db.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Monitor {
             url,
             stop: Some(tx),
@@ -815,7 +820,7 @@ async fn a_retention_under_a_day_is_refused() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = system_monitor::Config::new(&t.url, "127.0.0.1:0");
     config.retention = Duration::from_secs(3600);
-    let err = system_monitor::serve_on(l, config, t.db.clone(), async {})
+    let err = system_monitor::serve_with_db(l, config, t.db.clone(), async {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("25h"), "{err}");

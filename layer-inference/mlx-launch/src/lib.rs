@@ -242,3 +242,5 @@ pub async fn serve_on(
     supervisor.clear_residency().await;
     Ok(result?)
 }
+
+service_kit::service!(Config, "mlx-launch", Error, common = common);

@@ -55,3 +55,5 @@ pub async fn serve_on(
     )
     .await
 }
+
+service_kit::service!(Config, "orin-llm-server", Error, common = engine.common);

@@ -1,19 +1,5 @@
 //! `orin-llm-server`: see `orin-llm-server --help` and the crate README.
 
-use clap::Parser;
-
-#[tokio::main]
-#[allow(clippy::print_stderr)] // logging is not set up when this fails
-async fn main() -> std::process::ExitCode {
-    let config = orin_llm_server::Config::parse();
-    if let Err(e) = service_kit::telemetry::init(config.engine.common.log_format) {
-        eprintln!("{e}");
-    }
-    match orin_llm_server::serve(config, service_kit::server::signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "orin-llm-server stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    service_kit::run::<orin_llm_server::Config>()
 }

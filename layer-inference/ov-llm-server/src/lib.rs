@@ -60,3 +60,5 @@ pub async fn serve_on(
     )
     .await
 }
+
+service_kit::service!(Config, "ov-llm-server", Error, common = engine.common);

@@ -260,7 +260,7 @@ async fn start_monitor(db: &Db) -> Result<Running, String> {
     let mut config = system_monitor::Config::new(db.url(), "127.0.0.1:0");
     config.no_probe = true;
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(system_monitor::serve_on(
+    let task = tokio::spawn(system_monitor::serve_with_db(
         listener,
         config,
         db.clone(),

@@ -36,9 +36,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// `up` refuses what the service it composes would refuse.
-    #[error("{0}")]
-    Refused(#[source] gateway::Error),
+    /// `up` refuses what a service it composes would refuse.
+    #[error("{reason}")]
+    Refused {
+        service: &'static str,
+        reason: String,
+    },
 }
 
 /// What to do about a bind failure.

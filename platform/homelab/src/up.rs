@@ -53,6 +53,25 @@ pub struct UpOptions {
     pub tools: ToolsOptions,
 }
 
+impl UpOptions {
+    /// The stack on loopback, every port chosen by the system (port 0), no keys, the default
+    /// model, no tool servers: for tests and for embedding.
+    pub fn on_loopback(data_dir: impl Into<PathBuf>) -> Self {
+        UpOptions {
+            data_dir: data_dir.into(),
+            bind_host: "127.0.0.1".into(),
+            master_key: None,
+            allow_unauthenticated: false,
+            gateway_port: 0,
+            engine_port: 0,
+            monitor_port: 0,
+            model: None,
+            no_engine: false,
+            tools: ToolsOptions::default(),
+        }
+    }
+}
+
 impl std::fmt::Debug for UpOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpOptions")
@@ -142,7 +161,66 @@ fn input(msg: impl Into<String>) -> Error {
     Error::Input(docsdb::InputError::new(msg))
 }
 
-/// Runs the stack until `shutdown`; `on_ready` gets the addresses once both listen.
+/// What the registry says of a service `up` runs.
+struct About {
+    name: &'static str,
+    layer: Layer,
+    health_path: &'static str,
+    /// The API it serves to the gateway and the path of its endpoint, registered beside the
+    /// service (none for the gateway, the way in, and the monitor, read by people).
+    endpoint: Option<(docsdb::spec::Api, &'static str)>,
+    description: &'static str,
+    readme: &'static str,
+}
+
+/// Starts a bound service; its error as text.
+type Start = Box<
+    dyn FnOnce(
+            tokio::net::TcpListener,
+            CancellationToken,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+        + Send,
+>;
+
+/// One service of `up`: checked as the service checks itself, bound, not yet serving.
+struct Entry {
+    about: About,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    start: Start,
+}
+
+/// Checks `config` with the service's own rules, binds `addr` (a failure names `flag`) and
+/// makes the entry. Adding a service to `up` is one call of this.
+async fn entry<S: service_kit::Service>(
+    config: S,
+    addr: &str,
+    flag: &'static str,
+    about: About,
+) -> Result<Entry, Error> {
+    config.check().map_err(|e| Error::Refused {
+        service: about.name,
+        reason: e.to_string(),
+    })?;
+    let (listener, addr) = listen(about.name, addr, flag).await?;
+    let start: Start = Box::new(move |listener, stop| {
+        Box::pin(async move {
+            config
+                .serve_on(listener, stop.cancelled_owned())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    Ok(Entry {
+        about,
+        listener,
+        addr,
+        start,
+    })
+}
+
+/// Runs the stack until `shutdown`; `on_ready` gets the addresses once every service listens
+/// and the engine has loaded its model.
 pub async fn up(
     o: &UpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -150,34 +228,62 @@ pub async fn up(
 ) -> Result<(), Error> {
     let db_url = format!("sqlite://{}/system-docs.db", o.data_dir.display());
     let bind = |port: u16| format!("{}:{port}", o.bind_host);
-    // The gateway's own rule decides, before anything listens: beyond loopback, a master key
-    // or an explicit --allow-unauthenticated.
+    // The gateway's own rule decides, before anything is created: beyond loopback, a master
+    // key or an explicit --allow-unauthenticated.
     let mut gcfg = gateway::Config::new(&db_url, &bind(o.gateway_port));
     gcfg.master_key = o.master_key.clone();
     gcfg.allow_unauthenticated = o.allow_unauthenticated;
-    gateway::check_bind(&gcfg).map_err(Error::Refused)?;
+    service_kit::Service::check(&gcfg).map_err(|e| Error::Refused {
+        service: "the gateway",
+        reason: e.to_string(),
+    })?;
     std::fs::create_dir_all(&o.data_dir).map_err(|source| Error::Io {
         path: o.data_dir.display().to_string(),
         source,
     })?;
     let db = docsdb::Db::open(&db_url).await?;
     let host = crate::models::local_host();
+    // systemd hears "ready" once, when everything is (below), not from the first server.
+    service_kit::server::composed();
 
-    let (gw_listener, gw_addr) =
-        listen("the gateway", &bind(o.gateway_port), "--gateway-port").await?;
-    gcfg.bind = gw_addr.to_string();
-    let (mon_listener, mon_addr) = listen(
-        "the system monitor",
-        &bind(o.monitor_port),
-        "--monitor-port",
-    )
-    .await?;
-
+    let mut entries = vec![
+        entry(
+            gcfg,
+            &bind(o.gateway_port),
+            "--gateway-port",
+            About {
+                name: "gateway",
+                layer: Layer::Gateway,
+                health_path: "/health/ready",
+                endpoint: None,
+                description: "the gateway, run by homelab up",
+                readme: "layer-gateway/gateway/README.md",
+            },
+        )
+        .await?,
+        entry(
+            system_monitor::Config::new(&db_url, &bind(o.monitor_port)),
+            &bind(o.monitor_port),
+            "--monitor-port",
+            About {
+                name: "system-monitor",
+                layer: Layer::Gateway,
+                health_path: "/health/ready",
+                endpoint: None,
+                description: "the system monitor, run by homelab up",
+                readme: "layer-gateway/system-monitor/README.md",
+            },
+        )
+        .await?,
+    ];
+    let gw_addr = entries[0].addr;
     // Built before anything is registered or started, so a bad tool setting (a missing Home
     // Assistant token, a broken policy file) stops `up` with nothing half-done.
-    let tools = bind_tools(o, &bind, gw_addr, &host.name).await?;
+    if o.tools.enabled {
+        tool_entries(o, &bind, gw_addr, &host.name, &mut entries).await?;
+    }
 
-    let mut engine = None;
+    let mut model_id = None;
     if !o.no_engine {
         let models_dir = o.data_dir.join("models");
         let source = o
@@ -196,16 +302,33 @@ pub async fn up(
         )
         .await?;
         // The engine has no keys: it listens on loopback only, reached through the gateway.
-        let (listener, addr) = listen(
-            "the local engine",
-            &format!("127.0.0.1:{}", o.engine_port),
-            "--engine-port",
-        )
-        .await?;
-        engine = Some((listener, addr, pulled));
+        let addr = format!("127.0.0.1:{}", o.engine_port);
+        let mut cfg = orin_llm_server::Config::new(pulled.cache_path.clone(), &addr);
+        cfg.engine.model_id = Some(pulled.model_id.clone());
+        // The engine records its model loaded (as the service `local-engine` of this host).
+        cfg.engine.db = Some(db_url.clone());
+        cfg.engine.host = Some(host.name.clone());
+        cfg.engine.service_name = Some("local-engine".into());
+        entries.push(
+            entry(
+                cfg,
+                &addr,
+                "--engine-port",
+                About {
+                    name: "local-engine",
+                    layer: Layer::Inference,
+                    health_path: "/health",
+                    endpoint: Some((docsdb::spec::Api::Openai, "/v1")),
+                    description: "the embedded engine (orin-llm-server), run by homelab up",
+                    readme: "layer-inference/orin-llm-server/README.md",
+                },
+            )
+            .await?,
+        );
+        model_id = Some(pulled.model_id);
     }
 
-    // The registry: this host, the services, the engine's endpoint, the handles.
+    // The registry: this host, the services and their endpoints, the handles.
     let mut spec = SystemSpec {
         hosts: docsdb::register::new_host(&db, &host)
             .await?
@@ -213,72 +336,39 @@ pub async fn up(
             .collect(),
         ..Default::default()
     };
-    spec.services.push(service(
-        "gateway",
-        Layer::Gateway,
-        &host.name,
-        &format!("http://{gw_addr}"),
-        "/health/ready",
-        "the gateway, run by homelab up",
-        "layer-gateway/gateway/README.md",
-    ));
-    spec.services.push(service(
-        "system-monitor",
-        Layer::Gateway,
-        &host.name,
-        &format!("http://{mon_addr}"),
-        "/health/ready",
-        "the system monitor, run by homelab up",
-        "layer-gateway/system-monitor/README.md",
-    ));
-    let mut model_id = None;
-    if let Some((_, addr, pulled)) = &engine {
+    for e in &entries {
+        let a = &e.about;
         spec.services.push(service(
-            "local-engine",
-            Layer::Inference,
+            a.name,
+            a.layer,
             &host.name,
-            &format!("http://{addr}"),
-            "/health",
-            "the embedded engine (orin-llm-server), run by homelab up",
-            "layer-inference/orin-llm-server/README.md",
+            &format!("http://{}", e.addr),
+            a.health_path,
+            a.description,
+            a.readme,
         ));
-        spec.endpoints.push(EndpointSpec {
-            name: "local-engine".into(),
-            service: Some("local-engine".into()),
-            base_url: format!("http://{addr}/v1"),
-            api: docsdb::spec::Api::Openai,
-            auth_env: None,
-        });
-        for (name, description, params) in local_handles(&pulled.model_id) {
+        if let Some((api, path)) = a.endpoint {
+            spec.endpoints.push(EndpointSpec {
+                name: a.name.into(),
+                service: Some(a.name.into()),
+                base_url: format!("http://{}{path}", e.addr),
+                api,
+                auth_env: None,
+            });
+        }
+    }
+    if let Some(model) = &model_id {
+        for (name, description, params) in local_handles(model) {
             spec.handles.push(HandleSpec {
                 handle: name.into(),
                 description: Some(description.into()),
                 strategy: Strategy::Priority,
                 targets: vec![TargetSpec {
                     params: params.as_object().cloned(),
-                    ..TargetSpec::on_endpoint("local-engine", &pulled.model_id)
+                    ..TargetSpec::on_endpoint("local-engine", model)
                 }],
             });
         }
-        model_id = Some(pulled.model_id.clone());
-    }
-    for t in &tools {
-        spec.services.push(service(
-            t.name,
-            Layer::Tools,
-            &host.name,
-            &format!("http://{}", t.addr),
-            "/health",
-            t.description,
-            t.readme,
-        ));
-        spec.endpoints.push(EndpointSpec {
-            name: t.name.into(),
-            service: Some(t.name.into()),
-            base_url: format!("http://{}/mcp", t.addr),
-            api: docsdb::spec::Api::Mcp,
-            auth_env: None,
-        });
     }
     if let Some(url) = &o.tools.searxng {
         spec.endpoints.push(EndpointSpec {
@@ -291,71 +381,43 @@ pub async fn up(
     }
     keep_probe_settings(&db, &mut spec.services).await?;
     docsdb::apply::apply(&db, &spec, false).await?;
+    db.close().await;
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut engine_addr = None;
-    if let Some((listener, addr, pulled)) = engine {
-        engine_addr = Some(addr);
-        let mut cfg = orin_llm_server::Config::new(pulled.cache_path.clone(), &addr.to_string());
-        cfg.engine.model_id = Some(pulled.model_id.clone());
-        // The engine records its model loaded (as the service `local-engine` of this host).
-        cfg.engine.db = Some(db_url.clone());
-        cfg.engine.host = Some(host.name.clone());
-        cfg.engine.service_name = Some("local-engine".into());
-        let s = stop.clone();
-        tasks.spawn(async move {
-            orin_llm_server::serve_on(listener, cfg, s.cancelled_owned())
-                .await
-                .map_err(|e| e.to_string())
-        });
-    }
-    let state = gateway::AppState::new(gcfg)
-        .await
-        .map_err(|e| input(e.to_string()))?;
-    let s = stop.clone();
-    tasks.spawn(async move {
-        gateway::serve_on(gw_listener, state, s.cancelled_owned())
-            .await
-            .map_err(|e| e.to_string())
-    });
-    let mcfg = system_monitor::Config::new(&db_url, &mon_addr.to_string());
-    // The monitor keeps the connection `up` registered the stack with (and closes it).
-    let s = stop.clone();
-    tasks.spawn(async move {
-        system_monitor::serve_on(mon_listener, mcfg, db, s.cancelled_owned())
-            .await
-            .map_err(|e| e.to_string())
-    });
-
-    let mut tool_urls = Vec::new();
-    for t in tools {
-        tool_urls.push((t.name.to_owned(), format!("http://{}/mcp", t.addr)));
-        let s = stop.clone();
-        tasks.spawn(async move {
-            mcp_kit::serve_on(
-                t.name,
-                t.listener,
-                t.app,
-                &t.opts,
-                std::time::Duration::from_secs(10),
-                s.cancelled_owned(),
-            )
-            .await
-            .map_err(|e| e.to_string())
-        });
+    let (engine_addr, mon_addr) = {
+        let addr_of = |name: &str| {
+            entries
+                .iter()
+                .find(|e| e.about.name == name)
+                .map(|e| e.addr)
+        };
+        (
+            addr_of("local-engine"),
+            addr_of("system-monitor").unwrap_or(gw_addr),
+        )
+    };
+    let tool_urls: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| matches!(e.about.endpoint, Some((docsdb::spec::Api::Mcp, _))))
+        .map(|e| (e.about.name.to_owned(), format!("http://{}/mcp", e.addr)))
+        .collect();
+    for e in entries {
+        tasks.spawn((e.start)(e.listener, stop.clone()));
     }
 
-    // Ready means ready: the model is loaded (a request sent meanwhile waits in the gateway).
+    // Ready means ready: every service listens (bound above) and the model is loaded (a
+    // request sent meanwhile waits in the gateway).
     if let Some(addr) = engine_addr {
         tokio::select! {
             loaded = wait_for_engine(addr) => loaded?,
             Some(r) = tasks.join_next() => {
                 stop.cancel();
-                return Err(input(format!("a service stopped: {}", r.map_err(|e| e.to_string()).and_then(|x| x).err().unwrap_or_default())));
+                return Err(stopped(r));
             }
         }
     }
+    service_kit::server::notify_ready();
     on_ready(&Running {
         gateway: gw_addr,
         monitor: mon_addr,
@@ -369,7 +431,7 @@ pub async fn up(
         () = shutdown => {}
         Some(r) = tasks.join_next() => {
             stop.cancel();
-            return Err(input(format!("a service stopped: {}", r.map_err(|e| e.to_string()).and_then(|x| x).err().unwrap_or_default())));
+            return Err(stopped(r));
         }
     }
     stop.cancel();
@@ -379,6 +441,16 @@ pub async fn up(
         }
     }
     Ok(())
+}
+
+/// A service that stopped before it was asked to.
+fn stopped(r: Result<Result<(), String>, tokio::task::JoinError>) -> Error {
+    let why = match r {
+        Ok(Ok(())) => "it ended".to_owned(),
+        Ok(Err(e)) => e,
+        Err(e) => e.to_string(),
+    };
+    input(format!("a service stopped: {why}"))
 }
 
 /// Waits until the engine at `addr` has loaded its model (its `/health` answers 200), or
@@ -418,138 +490,113 @@ async fn wait_for_engine(addr: SocketAddr) -> Result<(), Error> {
     }
 }
 
-/// A tool server, bound and built, not yet serving.
-struct BoundTool {
-    name: &'static str,
-    listener: tokio::net::TcpListener,
-    addr: SocketAddr,
-    app: axum::Router,
-    opts: mcp_kit::HttpOptions,
-    description: &'static str,
-    readme: &'static str,
-}
-
-async fn bind_tools(
+/// The tool servers' entries: web-fetch and web-search, and home-assistant when configured.
+async fn tool_entries(
     o: &UpOptions,
     bind: &impl Fn(u16) -> String,
     gateway: SocketAddr,
     host_name: &str,
-) -> Result<Vec<BoundTool>, Error> {
-    if !o.tools.enabled {
-        return Ok(Vec::new());
-    }
-    let mut wanted = vec![
-        (
-            "web-fetch",
-            o.tools.web_fetch_port,
+    entries: &mut Vec<Entry>,
+) -> Result<(), Error> {
+    let about = |name, description, readme| About {
+        name,
+        layer: Layer::Tools,
+        health_path: "/health",
+        endpoint: Some((docsdb::spec::Api::Mcp, "/mcp")),
+        description,
+        readme,
+    };
+    let mcp = tool_args(o, host_name);
+    let web_fetch = web_fetch::Config {
+        allow_hosts: o
+            .tools
+            .allow_hosts
+            .iter()
+            .map(|h| h.parse().map_err(input))
+            .collect::<Result<_, _>>()?,
+        mcp: mcp.clone(),
+        ..Default::default()
+    };
+    entries.push(
+        entry(
+            web_fetch,
+            &bind(o.tools.web_fetch_port),
             "--web-fetch-port",
-            "MCP web-fetch (SSRF-guarded), run by homelab up",
-            "layer-tools/mcp-tools/web-fetch/README.md",
-        ),
-        (
-            "web-search",
-            o.tools.web_search_port,
+            about(
+                "web-fetch",
+                "MCP web-fetch (SSRF-guarded), run by homelab up",
+                "layer-tools/mcp-tools/web-fetch/README.md",
+            ),
+        )
+        .await?,
+    );
+    let mut gateway = gateway;
+    if gateway.ip().is_unspecified() {
+        gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut web_search = web_search::Config::for_gateway(format!("http://{gateway}"));
+    // With a master key set, the gateway wants a key: search with it.
+    if o.master_key.is_some() {
+        web_search.key_env = "HOMELAB_MASTER_KEY".into();
+    }
+    web_search.mcp = mcp.clone();
+    entries.push(
+        entry(
+            web_search,
+            &bind(o.tools.web_search_port),
             "--web-search-port",
-            "MCP web search through the gateway's /v1/search, run by homelab up",
-            "layer-tools/mcp-tools/web-search/README.md",
-        ),
-    ];
-    if o.tools.home_assistant.is_some() {
-        wanted.push((
-            "home-assistant",
-            o.tools.ha_port,
-            "--ha-port",
-            "MCP Home Assistant control (allow-listed), run by homelab up",
-            "layer-tools/mcp-tools/home-assistant/README.md",
-        ));
+            about(
+                "web-search",
+                "MCP web search through the gateway's /v1/search, run by homelab up",
+                "layer-tools/mcp-tools/web-search/README.md",
+            ),
+        )
+        .await?,
+    );
+    if let Some((url, policy)) = o.tools.home_assistant.clone() {
+        let ha = home_assistant::Config {
+            bind: String::new(),
+            ha_url: url,
+            ha_token_env: "HOMELAB_HA_TOKEN".into(),
+            policy,
+            timeout: std::time::Duration::from_secs(10),
+            max_entities: 200,
+            mcp,
+        };
+        entries.push(
+            entry(
+                ha,
+                &bind(o.tools.ha_port),
+                "--ha-port",
+                about(
+                    "home-assistant",
+                    "MCP Home Assistant control (allow-listed), run by homelab up",
+                    "layer-tools/mcp-tools/home-assistant/README.md",
+                ),
+            )
+            .await?,
+        );
     }
-    let mut out = Vec::new();
-    for (name, port, flag, description, readme) in wanted {
-        let opts = tool_http_options(o, host_name);
-        let app = tool_app(name, o, gateway, &opts)?;
-        let (listener, addr) = listen(name, &bind(port), flag).await?;
-        out.push(BoundTool {
-            name,
-            listener,
-            addr,
-            app,
-            opts,
-            description,
-            readme,
-        });
-    }
-    Ok(out)
+    Ok(())
 }
 
-/// The tool servers' transport options: bound beyond loopback, they also accept requests
+/// The tool servers' transport flags: bound beyond loopback, they also accept requests
 /// addressed to this machine by name (the `Host` check refuses other names, against DNS
 /// rebinding). With a master key, they want it as their bearer token, as the gateway does.
-fn tool_http_options(o: &UpOptions, host_name: &str) -> mcp_kit::HttpOptions {
-    let mut opts = mcp_kit::HttpOptions {
+fn tool_args(o: &UpOptions, host_name: &str) -> mcp_kit::McpArgs {
+    let mut args = mcp_kit::McpArgs {
         token: o.master_key.clone(),
         ..Default::default()
     };
+    args.common.drain_timeout = std::time::Duration::from_secs(10);
     let bind = o.bind_host.trim_matches(|c| c == '[' || c == ']');
     if !mcp_kit::LOOPBACK_HOSTS.contains(&bind) {
-        opts.host_headers = vec![host_name.to_owned(), format!("{host_name}.local")];
+        args.host_headers = vec![host_name.to_owned(), format!("{host_name}.local")];
         if !matches!(bind, "0.0.0.0" | "::") {
-            opts.host_headers.push(bind.to_owned());
+            args.host_headers.push(bind.to_owned());
         }
     }
-    opts
-}
-
-/// The HTTP app of one tool server, configured from `up`'s options.
-fn tool_app(
-    name: &str,
-    o: &UpOptions,
-    gateway: SocketAddr,
-    opts: &mcp_kit::HttpOptions,
-) -> Result<axum::Router, Error> {
-    match name {
-        "web-fetch" => {
-            let cfg = web_fetch::Config {
-                allow_hosts: o
-                    .tools
-                    .allow_hosts
-                    .iter()
-                    .map(|h| h.parse().map_err(input))
-                    .collect::<Result<_, _>>()?,
-                ..Default::default()
-            };
-            web_fetch::app(&cfg, opts).map_err(|e| input(e.to_string()))
-        }
-        "web-search" => {
-            let mut gateway = gateway;
-            if gateway.ip().is_unspecified() {
-                gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let mut cfg = web_search::Config::for_gateway(format!("http://{gateway}"));
-            // With a master key set, the gateway wants a key: search with it.
-            if o.master_key.is_some() {
-                cfg.key_env = "HOMELAB_MASTER_KEY".into();
-            }
-            web_search::app(&cfg, opts).map_err(|e| input(e.to_string()))
-        }
-        _ => {
-            let (url, policy) = o
-                .tools
-                .home_assistant
-                .clone()
-                .ok_or_else(|| input("home-assistant is not configured"))?;
-            let cfg = home_assistant::Config {
-                bind: String::new(),
-                ha_url: url,
-                ha_token_env: "HOMELAB_HA_TOKEN".into(),
-                policy,
-                timeout: std::time::Duration::from_secs(10),
-                max_entities: 200,
-                mcp: mcp_kit::McpArgs::default(),
-            };
-            let shared = home_assistant::shared(&cfg).map_err(|e| input(e.to_string()))?;
-            Ok(home_assistant::app(shared, opts))
-        }
-    }
+    args
 }
 
 /// Carries over the probe interval and failure threshold an operator set on services that

@@ -84,7 +84,7 @@ async fn gateway(engine: &str, handles: Vec<HandleSpec>) -> Gw {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state = gateway::AppState::new(config).await.unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(gateway::serve_on(listener, state, async move {
+    let done = tokio::spawn(gateway::serve_state(listener, state, async move {
         let _ = rx.await;
     }));
     Gw {

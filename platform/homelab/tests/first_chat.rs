@@ -133,16 +133,8 @@ async fn open_webui_first_chat_on_the_default_model() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let opts = UpOptions {
-        data_dir: dir.path().to_owned(),
-        bind_host: "127.0.0.1".into(),
-        master_key: None,
-        allow_unauthenticated: false,
         gateway_port: port,
-        engine_port: 0,
-        monitor_port: 0,
-        model: None,
-        no_engine: false,
-        tools: Default::default(),
+        ..UpOptions::on_loopback(dir.path())
     };
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

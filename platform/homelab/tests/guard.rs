@@ -12,19 +12,13 @@ use serde_json::json;
 
 fn options(data: &std::path::Path, bind_host: &str) -> UpOptions {
     UpOptions {
-        data_dir: data.to_owned(),
         bind_host: bind_host.into(),
-        master_key: None,
-        allow_unauthenticated: false,
-        gateway_port: 0,
-        engine_port: 0,
-        monitor_port: 0,
-        model: None,
         no_engine: true,
         tools: ToolsOptions {
             enabled: true,
             ..Default::default()
         },
+        ..UpOptions::on_loopback(data)
     }
 }
 
@@ -39,13 +33,32 @@ async fn refused(o: &UpOptions) -> Error {
     res.expect_err("up refuses")
 }
 
+/// Reads `up`'s stdout until it says it is up; false if it ended first.
+fn until_up(child: &mut std::process::Child) -> bool {
+    use std::io::{BufRead, BufReader};
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("homelab-llm is up"))
+}
+
 #[tokio::test]
 async fn beyond_loopback_without_a_master_key_up_refuses_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("var");
     for host in ["0.0.0.0", "192.168.1.5"] {
         let e = refused(&options(&data, host)).await;
-        assert!(matches!(e, Error::Refused(_)), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Error::Refused {
+                    service: "the gateway",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let msg = e.to_string();
         for part in [host, "HOMELAB_MASTER_KEY", "--allow-unauthenticated"] {
             assert!(msg.contains(part), "{msg}");
@@ -128,7 +141,7 @@ async fn a_port_in_use_is_named_with_the_flag_that_moves_it() {
     assert!(matches!(e, Error::Bind { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.starts_with(&format!("the gateway cannot listen on 127.0.0.1:{port}")),
+        msg.starts_with(&format!("gateway cannot listen on 127.0.0.1:{port}")),
         "{msg}"
     );
     assert!(
@@ -145,7 +158,6 @@ async fn a_port_in_use_is_named_with_the_flag_that_moves_it() {
 
 #[test]
 fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
         .args(["up", "--no-engine", "--no-tools", "--data-dir"])
@@ -158,15 +170,13 @@ fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut up = false;
-    for line in stdout.lines() {
-        if line.unwrap().contains("homelab-llm is up") {
-            up = true;
-            break;
-        }
-    }
-    child.kill().unwrap();
+    let up = until_up(&mut child);
+    // A graceful stop: the services log their shutdown before the process ends.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
     let out = child.wait_with_output().unwrap();
     assert!(up, "up started");
     let logs = String::from_utf8_lossy(&out.stderr);
@@ -194,4 +204,35 @@ fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
         "{err}"
     );
     assert!(!dir.path().join("other").exists());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn systemd_hears_ready_once_when_everything_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .args(["up", "--no-engine", "--data-dir"])
+        .arg(dir.path().join("var"))
+        .args(["--gateway-port", "0", "--monitor-port", "0"])
+        .args(["--web-fetch-port", "0", "--web-search-port", "0"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("HOMELAB_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = until_up(&mut child);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(up);
+    // Four servers listened; one READY=1, sent before the banner.
+    sock.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(got, ["READY=1"]);
 }

@@ -17,20 +17,13 @@ use testkit::searxng::MockSearxng;
 
 async fn start(data: &std::path::Path, searxng: &str) -> common::Started {
     common::run_up(UpOptions {
-        data_dir: data.to_owned(),
-        bind_host: "127.0.0.1".into(),
-        master_key: None,
-        allow_unauthenticated: false,
-        gateway_port: 0,
-        engine_port: 0,
-        monitor_port: 0,
-        model: None,
         no_engine: true,
         tools: ToolsOptions {
             enabled: true,
             searxng: Some(searxng.to_owned()),
             ..Default::default()
         },
+        ..UpOptions::on_loopback(data)
     })
     .await
 }

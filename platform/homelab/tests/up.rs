@@ -24,16 +24,9 @@ async fn start(data: &std::path::Path) -> Started {
 
 async fn start_with(data: &std::path::Path, no_engine: bool) -> Started {
     common::run_up(UpOptions {
-        data_dir: data.to_owned(),
-        bind_host: "127.0.0.1".into(),
-        master_key: None,
-        allow_unauthenticated: false,
-        gateway_port: 0,
-        engine_port: 0,
-        monitor_port: 0,
         model: (!no_engine).then(fixture),
         no_engine,
-        tools: Default::default(),
+        ..UpOptions::on_loopback(data)
     })
     .await
 }
@@ -200,5 +193,54 @@ async fn up_without_the_engine_runs_the_gateway_over_the_registry() {
     );
     db.close().await;
     stop_tx.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_in_ups_list_is_registered_and_answers_its_health_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, stop, task) = common::run_up(UpOptions {
+        model: Some(fixture()),
+        tools: homelab::up::ToolsOptions {
+            enabled: true,
+            ..Default::default()
+        },
+        ..UpOptions::on_loopback(dir.path())
+    })
+    .await;
+    let db = docsdb::Db::open(&r.db_url).await.unwrap();
+    let rows = sqlx::query("SELECT name, base_url, health_path FROM services ORDER BY name")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|row| row.get("name")).collect();
+    assert_eq!(
+        names,
+        [
+            "gateway",
+            "local-engine",
+            "system-monitor",
+            "web-fetch",
+            "web-search"
+        ],
+        "what up runs is what the registry says"
+    );
+    for row in &rows {
+        let url = format!(
+            "{}{}",
+            row.get::<String, _>("base_url"),
+            row.get::<String, _>("health_path")
+        );
+        let res = reqwest::get(&url).await.unwrap();
+        assert_eq!(res.status(), 200, "{url}");
+    }
+    // Each server's endpoint but the gateway's and the monitor's is registered beside it.
+    let endpoints: Vec<String> = sqlx::query_scalar("SELECT name FROM endpoints ORDER BY name")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(endpoints, ["local-engine", "web-fetch", "web-search"]);
+    db.close().await;
+    stop.send(()).unwrap();
     task.await.unwrap();
 }

@@ -35,7 +35,7 @@ impl Gateway {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = AppState::new(config).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(gateway::serve_on(listener, state.clone(), async move {
+        let done = tokio::spawn(gateway::serve_state(listener, state.clone(), async move {
             let _ = rx.await;
         }));
         Gateway {

@@ -107,3 +107,36 @@ pub async fn serve(
     .await?;
     Ok(())
 }
+
+/// Serves over HTTP on a bound listener until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let shared = shared(&config)?;
+    mcp_kit::serve_http(
+        "home-assistant",
+        listener,
+        &config.mcp,
+        move || HomeAssistant::new(shared.clone()),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the server refuses before it listens: settings it cannot serve with.
+fn check(config: &Config) -> Result<(), Error> {
+    shared(config)?;
+    config.mcp.token()?;
+    Ok(())
+}
+
+service_kit::service!(
+    Config,
+    "home-assistant",
+    Error,
+    common = mcp.common,
+    check = check
+);

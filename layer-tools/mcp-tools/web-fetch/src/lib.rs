@@ -66,3 +66,36 @@ pub async fn serve(
     .await?;
     Ok(())
 }
+
+/// Serves over HTTP on a bound listener until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let fetcher = fetcher(&config)?;
+    mcp_kit::serve_http(
+        "web-fetch",
+        listener,
+        &config.mcp,
+        move || WebFetch::new(fetcher.clone()),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the server refuses before it listens: settings it cannot serve with.
+fn check(config: &Config) -> Result<(), Error> {
+    fetcher(config)?;
+    config.mcp.token()?;
+    Ok(())
+}
+
+service_kit::service!(
+    Config,
+    "web-fetch",
+    Error,
+    common = mcp.common,
+    check = check
+);

@@ -106,3 +106,36 @@ pub async fn serve(
     .await?;
     Ok(())
 }
+
+/// Serves over HTTP on a bound listener until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let searcher = searcher(&config)?;
+    mcp_kit::serve_http(
+        "web-search",
+        listener,
+        &config.mcp,
+        move || WebSearch::new(searcher.clone()),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the server refuses before it listens: settings it cannot serve with.
+fn check(config: &Config) -> Result<(), Error> {
+    searcher(config)?;
+    config.mcp.token()?;
+    Ok(())
+}
+
+service_kit::service!(
+    Config,
+    "web-search",
+    Error,
+    common = mcp.common,
+    check = check
+);
