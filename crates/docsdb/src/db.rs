@@ -194,6 +194,15 @@ impl Db {
         Ok(())
     }
 
+    /// The schema version the DB is at (the newest migration applied), if any.
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("v")?)
+    }
+
     /// The pool, for queries.
     pub fn pool(&self) -> &AnyPool {
         &self.pool

@@ -313,3 +313,35 @@ pub async fn model_inventory(conn: &mut AnyConnection) -> Result<Vec<InventoryRo
         })
         .collect()
 }
+
+/// A cheap summary of the routing tables (handles, targets, endpoints, keys): it changes
+/// whenever one of them does, so a reader reloads only then.
+pub async fn routing_fingerprint(db: &crate::db::Db) -> Result<Vec<i64>> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM handles) AS a, \
+                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM handles) AS b, \
+                (SELECT COUNT(*) FROM handle_targets) AS c, \
+                (SELECT COUNT(*) FROM endpoints) AS d, \
+                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM endpoints) AS e, \
+                (SELECT COUNT(*) FROM api_keys) AS f, \
+                (SELECT COALESCE(MAX(revoked_at_ms), 0) FROM api_keys) AS g",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    ["a", "b", "c", "d", "e", "f", "g"]
+        .iter()
+        .map(|c| Ok(row.try_get::<i64, _>(*c)?))
+        .collect()
+}
+
+/// When each handle was created, by name.
+pub async fn handle_created_at(
+    conn: &mut AnyConnection,
+) -> Result<std::collections::HashMap<String, i64>> {
+    let rows = sqlx::query("SELECT name, created_at_ms FROM handles")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get::<i64, _>("created_at_ms")?)))
+        .collect()
+}

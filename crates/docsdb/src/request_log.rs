@@ -16,6 +16,21 @@ use tokio::sync::{mpsc, oneshot};
 use crate::db::{Backend, Db};
 use crate::error::Result;
 
+/// Tokens (prompt and completion) the key `key_name` has used in requests since `since_ms`.
+pub async fn tokens_used_by_key(db: &Db, key_name: &str, since_ms: i64) -> Result<u64> {
+    use sqlx::Row;
+    let used: Option<i64> = sqlx::query(
+        "SELECT CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS BIGINT) AS n \
+         FROM request_log WHERE key_name = $1 AND started_at_ms >= $2",
+    )
+    .bind(key_name)
+    .bind(since_ms)
+    .fetch_one(db.pool())
+    .await?
+    .try_get("n")?;
+    Ok(used.unwrap_or(0).max(0) as u64)
+}
+
 /// One client request, as the gateway saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestLogRow {

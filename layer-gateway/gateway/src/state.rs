@@ -9,7 +9,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use docsdb::Db;
 use docsdb::request_log::{RequestLogRow, RequestLogWriter, WriterConfig};
-use sqlx::Row;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
@@ -118,19 +117,11 @@ impl AppState {
             if known {
                 continue;
             }
-            let used: Option<i64> = sqlx::query(
-                "SELECT CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS BIGINT) AS n \
-                 FROM request_log WHERE key_name = $1 AND started_at_ms >= $2",
-            )
-            .bind(&key.name)
-            .bind(key.created_at_ms)
-            .fetch_one(self.db.pool())
-            .await
-            .map_err(docsdb::Error::from)?
-            .try_get("n")
-            .map_err(docsdb::Error::from)?;
+            let used =
+                docsdb::request_log::tokens_used_by_key(&self.db, &key.name, key.created_at_ms)
+                    .await?;
             if let Ok(mut m) = self.spent.lock() {
-                m.entry(key.id).or_insert(used.unwrap_or(0).max(0) as u64);
+                m.entry(key.id).or_insert(used);
             }
         }
         Ok(())

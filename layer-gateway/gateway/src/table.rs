@@ -11,7 +11,6 @@ use docsdb::keys::KeyInfo;
 use docsdb::spec::{Api, Strategy};
 use docsdb::{Db, read};
 use serde_json::{Map, Value};
-use sqlx::Row;
 
 /// Time limits of one target.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,22 +82,7 @@ impl Snapshot {
 
 /// A cheap summary of the registry tables: when it changes, the table is reloaded.
 pub async fn fingerprint(db: &Db) -> docsdb::Result<Vec<i64>> {
-    let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM handles) AS a, \
-                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM handles) AS b, \
-                (SELECT COUNT(*) FROM handle_targets) AS c, \
-                (SELECT COUNT(*) FROM endpoints) AS d, \
-                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM endpoints) AS e, \
-                (SELECT COUNT(*) FROM api_keys) AS f, \
-                (SELECT COALESCE(MAX(revoked_at_ms), 0) FROM api_keys) AS g",
-    )
-    .fetch_one(db.pool())
-    .await
-    .map_err(docsdb::Error::from)?;
-    ["a", "b", "c", "d", "e", "f", "g"]
-        .iter()
-        .map(|c| row.try_get::<i64, _>(*c).map_err(docsdb::Error::from))
-        .collect()
+    read::routing_fingerprint(db).await
 }
 
 fn bearer(auth_env: Option<&str>, what: &str) -> Option<HeaderValue> {
@@ -121,18 +105,7 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
         .into_iter()
         .map(|(_, e)| (e.name.clone(), e))
         .collect();
-    let created: HashMap<String, i64> = sqlx::query("SELECT name, created_at_ms FROM handles")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(docsdb::Error::from)?
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r.try_get("name").ok()?,
-                r.try_get::<i64, _>("created_at_ms").ok()?,
-            ))
-        })
-        .collect();
+    let created = read::handle_created_at(&mut conn).await?;
     // One lookup (and one warning) per endpoint, not per target.
     let auth: HashMap<&str, Option<HeaderValue>> = endpoints
         .values()

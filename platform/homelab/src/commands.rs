@@ -25,14 +25,7 @@ fn json<T: Serialize>(v: &T) -> String {
 /// `homelab db migrate`
 pub async fn migrate(db: &Db) -> Result<(), Error> {
     // `run` has opened and migrated already; report where things stand.
-    use sqlx::Row;
-    let version: Option<i64> =
-        sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
-            .fetch_one(db.pool())
-            .await
-            .map_err(docsdb::Error::from)?
-            .try_get("v")
-            .map_err(docsdb::Error::from)?;
+    let version = db.schema_version().await?;
     output::line(&format!(
         "system-docs DB at {} is up to date (schema version {})",
         db.url(),

@@ -183,3 +183,51 @@ fn the_rules_catch_each_shortcut() {
     assert!(broken[1].starts_with("monitor "));
     assert!(broken[2].starts_with("tool "));
 }
+
+/// The source files (`src/**.rs`) of the services, the CLI and the shared crates other than
+/// docsdb: SQL must not appear in them.
+fn sources_outside_docsdb(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in packages() {
+        // docsdb is where SQL lives; testkit and the benchmarks seed data for measurements.
+        if ["docsdb", "testkit", "bench"].contains(&p.name.as_str()) {
+            continue;
+        }
+        walk(&root.join(&p.dir).join("src"), &mut out);
+    }
+    out
+}
+
+#[test]
+fn sql_lives_only_in_docsdb() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let files = sources_outside_docsdb(&root);
+    assert!(files.len() > 20, "the sources were found: {}", files.len());
+    let mut found = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("sqlx::") || line.contains("\"SELECT ") || line.contains("\"INSERT ") {
+                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "SQL outside docsdb:\n{}",
+        found.join("\n")
+    );
+}
