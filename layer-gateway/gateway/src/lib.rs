@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod rewrite;
 pub mod routes;
 pub mod routing;
+pub mod searxng;
 pub mod state;
 pub mod table;
 

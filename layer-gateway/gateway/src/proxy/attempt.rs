@@ -1,0 +1,233 @@
+//! One upstream attempt: send, wait for the first byte (with patience for a loading or
+//! queued backend), and sort the answer into one that can go to the client or a failure.
+
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use bytes::Bytes;
+
+use crate::patience::{self, Watch};
+use crate::state::AppState;
+use crate::table::Target;
+
+use super::Route;
+
+/// An upstream answer that can go to the client.
+pub(super) struct Upstream {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    /// Non-streamed: the whole body. Streamed: the first chunk.
+    pub(super) first: Bytes,
+    /// Streamed: the rest.
+    pub(super) rest: Option<reqwest::Response>,
+    pub(super) first_at: Instant,
+}
+
+pub(super) enum Attempt {
+    Answered(Box<Upstream>),
+    Failed {
+        reason: String,
+        retry_same: bool,
+        timeout: bool,
+        /// The backend said it is busy (queue full, or the request still queued).
+        busy: bool,
+        /// The backend is loading its model.
+        loading: bool,
+    },
+}
+
+pub(super) fn remaining(deadline: Instant, limit: Duration) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .min(limit)
+}
+
+/// What one attempt sends.
+pub(super) struct Sent<'a> {
+    pub(super) route: Route,
+    pub(super) request_id: &'a str,
+    pub(super) client_headers: &'a HeaderMap,
+    pub(super) body: Bytes,
+    pub(super) stream: bool,
+    pub(super) started: Instant,
+    pub(super) priority: Option<&'a HeaderValue>,
+}
+
+/// The largest error body read to tell "loading" or "busy" from other failures.
+pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+pub(super) async fn attempt(state: &AppState, target: &Target, s: &Sent<'_>) -> Attempt {
+    let t = &target.timeouts;
+    let deadline = s.started + t.total;
+    let mut watch = Watch::new(state, target, s.request_id, s.started);
+    let url = format!("{}{}", target.base_url, s.route.path());
+    let mut req = state
+        .client(t.connect)
+        .post(&url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", s.request_id)
+        .body(s.body.clone());
+    if let Some(accept) = s.client_headers.get(header::ACCEPT) {
+        req = req.header(header::ACCEPT, accept);
+    }
+    if let Some(auth) = &target.auth {
+        req = req.header(header::AUTHORIZATION, auth.clone());
+    }
+    if let Some(p) = s.priority {
+        req = req.header(contract::engine::PRIORITY_HEADER, p.clone());
+    }
+    let res = match watch.wait(req.send()).await {
+        Err(gave_up) => return Attempt::gave_up(gave_up),
+        Ok(Err(e)) => {
+            // A refused connection (a restarting backend) is worth another try on the same
+            // target; anything else moves on to the next one.
+            return Attempt::Failed {
+                reason: format!("request failed: {}", chain(&e)),
+                retry_same: e.is_connect(),
+                timeout: e.is_timeout(),
+                busy: false,
+                loading: false,
+            };
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = res.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return unavailable(res, t.idle).await;
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Attempt::failed(format!("upstream answered {status}"), false);
+    }
+    let headers = res.headers().clone();
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut res = res;
+    if s.stream && is_sse && status.is_success() {
+        // Wait for the first chunk before committing: until then a failure can still fall back.
+        let first = match watch.wait(res.chunk()).await {
+            Err(gave_up) => return Attempt::gave_up(gave_up),
+            Ok(Err(e)) => {
+                return Attempt::failed(
+                    format!("waiting for the first stream chunk: {}", chain(&e)),
+                    false,
+                );
+            }
+            Ok(Ok(None)) => return Attempt::failed("stream ended before its first chunk", false),
+            Ok(Ok(Some(c))) => c,
+        };
+        return Attempt::Answered(Box::new(Upstream {
+            status,
+            headers,
+            first,
+            rest: Some(res),
+            first_at: Instant::now(),
+        }));
+    }
+    // Non-streamed: read it all, within the limits.
+    let max = state.config.max_response;
+    let mut buf = Vec::new();
+    let first = match watch.wait(res.chunk()).await {
+        Err(gave_up) => return Attempt::gave_up(gave_up),
+        Ok(Err(e)) => return Attempt::failed(format!("reading the answer: {}", chain(&e)), false),
+        Ok(Ok(c)) => c,
+    };
+    let first_at = Instant::now();
+    let mut next = first;
+    while let Some(c) = next {
+        if buf.len() + c.len() > max as usize {
+            return Attempt::failed(format!("the answer is larger than {max} bytes"), false);
+        }
+        buf.extend_from_slice(&c);
+        next = match read_chunk(&mut res, remaining(deadline, t.idle), "reading the answer").await {
+            Err(failed) => return failed,
+            Ok(c) => c,
+        };
+    }
+    Attempt::Answered(Box::new(Upstream {
+        status,
+        headers,
+        first: Bytes::from(buf),
+        rest: None,
+        first_at,
+    }))
+}
+
+/// A 503: loading (llama-server's "Loading model"), busy (our engines' `server_busy`), or
+/// down.
+pub(super) async fn unavailable(mut res: reqwest::Response, idle: Duration) -> Attempt {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout(idle.min(Duration::from_secs(5)), res.chunk()).await {
+            Ok(Ok(Some(c))) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    let loading = contract::engine::is_loading_body(&body);
+    let busy = serde_json::from_slice::<contract::ApiError>(&body)
+        .is_ok_and(|e| e.error.code.as_deref() == Some("server_busy"));
+    let what = if loading {
+        "the model is loading"
+    } else if busy {
+        "the backend is busy"
+    } else {
+        "unavailable"
+    };
+    Attempt::Failed {
+        reason: format!("upstream answered 503 ({what})"),
+        retry_same: false,
+        timeout: false,
+        busy,
+        loading,
+    }
+}
+
+impl Attempt {
+    /// A failure that is not worth retrying on the same target.
+    pub(super) fn failed(reason: impl Into<String>, timeout: bool) -> Self {
+        Attempt::Failed {
+            reason: reason.into(),
+            retry_same: false,
+            timeout,
+            busy: false,
+            loading: false,
+        }
+    }
+
+    /// The first-byte wait ended without an answer.
+    pub(super) fn gave_up(g: patience::GaveUp) -> Self {
+        Attempt::Failed {
+            reason: g.reason,
+            retry_same: false,
+            timeout: true,
+            busy: g.was_queued,
+            loading: false,
+        }
+    }
+}
+
+/// The next body chunk within `wait`; a timeout or a read error is a failed attempt.
+pub(super) async fn read_chunk(
+    res: &mut reqwest::Response,
+    wait: Duration,
+    what: &str,
+) -> Result<Option<Bytes>, Attempt> {
+    match tokio::time::timeout(wait, res.chunk()).await {
+        Err(_) => Err(Attempt::failed(format!("{what}: timed out"), true)),
+        Ok(Err(e)) => Err(Attempt::failed(format!("{what}: {}", chain(&e)), false)),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+/// An error with its causes: reqwest's own message hides why a request failed.
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,234 @@
+//! Outcome accounting: what one request did — metrics, token windows, budgets — and its
+//! request-log row, written once, when it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::{IntoResponse, Response};
+use docsdb::request_log::RequestLogRow;
+
+use crate::auth::Caller;
+use crate::error::{Error, Unavailable};
+use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels, TargetLabels, TokenLabels};
+use crate::patience::{self};
+use crate::state::AppState;
+use crate::table::Target;
+
+use super::Route;
+
+/// What one request did, for the log and the metrics.
+pub(super) struct Record {
+    pub(super) state: Arc<AppState>,
+    pub(super) route: Route,
+    pub(super) request_id: String,
+    pub(super) started: Instant,
+    pub(super) started_ms: i64,
+    pub(super) caller: Caller,
+    pub(super) handle: Option<String>,
+    pub(super) target: Option<Arc<Target>>,
+    pub(super) attempts: u32,
+    pub(super) streamed: bool,
+    pub(super) ttft: Option<Duration>,
+    pub(super) prompt_tokens: Option<u64>,
+    pub(super) completion_tokens: Option<u64>,
+    /// Measured time spent generating the completion tokens.
+    pub(super) generation: Option<Duration>,
+}
+
+impl Record {
+    pub(super) fn new(
+        state: &Arc<AppState>,
+        route: Route,
+        request_id: String,
+        caller: Caller,
+    ) -> Self {
+        Record {
+            state: state.clone(),
+            route,
+            request_id,
+            started: Instant::now(),
+            started_ms: docsdb::now_ms(),
+            caller,
+            handle: None,
+            target: None,
+            attempts: 0,
+            streamed: false,
+            ttft: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            generation: None,
+        }
+    }
+
+    pub(super) fn finish(&mut self, status: u16, error: Option<&str>) {
+        let handle = self.handle.clone().unwrap_or_default();
+        let m = &self.state.metrics;
+        let elapsed = self.started.elapsed();
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: self.route.name().into(),
+                handle: handle.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+        m.duration
+            .get_or_create(&RouteLabels {
+                route: self.route.name().into(),
+                handle: handle.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            m.errors
+                .get_or_create(&ErrorLabels {
+                    route: self.route.name().into(),
+                    handle: handle.clone(),
+                    kind: kind.into(),
+                })
+                .inc();
+        }
+        if let Some(t) = &self.target {
+            if let Some(ttft) = self.ttft {
+                m.ttft
+                    .get_or_create(&TargetLabels {
+                        handle: handle.clone(),
+                        target: t.key.clone(),
+                    })
+                    .observe(ttft.as_secs_f64());
+            }
+            for (kind, n) in [
+                ("prompt", self.prompt_tokens),
+                ("completion", self.completion_tokens),
+            ] {
+                if let Some(n) = n {
+                    m.tokens
+                        .get_or_create(&TokenLabels {
+                            handle: handle.clone(),
+                            target: t.key.clone(),
+                            kind: kind.into(),
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+        let tokens = self.prompt_tokens.unwrap_or(0) + self.completion_tokens.unwrap_or(0);
+        // Only subjects with a token limit keep a window.
+        if let Caller::Key(k) = &self.caller {
+            if k.tpm.is_some() {
+                self.state
+                    .limiter
+                    .add_tokens(&k.name, tokens, docsdb::now_ms() / 1000);
+            }
+            if k.token_budget.is_some() {
+                self.state.add_spent(k.id, tokens);
+            }
+        }
+        if let Some(t) = self.target.as_ref().filter(|t| t.tpm.is_some()) {
+            self.state
+                .limiter
+                .add_tokens(&t.key, tokens, docsdb::now_ms() / 1000);
+        }
+        self.state.log(RequestLogRow {
+            request_id: self.request_id.clone(),
+            started_at_ms: self.started_ms,
+            key_name: self.caller.log_name(),
+            route: self.route.name().into(),
+            handle: self.handle.clone(),
+            target: self.target.as_ref().map(|t| t.endpoint.clone()),
+            upstream_model: self.target.as_ref().map(|t| t.upstream_model.clone()),
+            status,
+            error_type: error.map(str::to_owned),
+            attempts: self.attempts,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            ttft_ms: self.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            streamed: self.streamed,
+            // A rate needs a span and at least two tokens in it.
+            generation_ms: self
+                .generation
+                .filter(|g| !g.is_zero() && self.completion_tokens.is_some_and(|n| n > 1))
+                .map(|g| g.as_secs_f64() * 1000.0),
+        });
+    }
+
+    pub(super) fn fail(mut self, err: Error) -> Response {
+        let status = err.to_api().status;
+        self.finish(status, Some(err.kind()));
+        err.into_response()
+    }
+}
+
+/// What the failed attempts of one request had in common.
+pub(super) struct Outcome {
+    pub(super) any_tried: bool,
+    /// Every attempt timed out.
+    pub(super) timed_out: bool,
+    /// Every attempt found the model loading.
+    pub(super) loading: bool,
+    /// The last target that said it was busy.
+    pub(super) busy: Option<Arc<Target>>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            any_tried: false,
+            timed_out: true,
+            loading: false,
+            busy: None,
+        }
+    }
+}
+
+impl Outcome {
+    pub(super) async fn why(self, state: &AppState) -> Unavailable {
+        if let Some(t) = &self.busy {
+            let queue = patience::ask_queue(state, t).await.map(|q| q.describe());
+            return Unavailable::Busy {
+                queue,
+                timed_out: self.timed_out,
+            };
+        }
+        if self.loading {
+            Unavailable::Loading
+        } else if self.timed_out && self.any_tried {
+            Unavailable::TimedOut
+        } else {
+            Unavailable::Failing
+        }
+    }
+}
+
+/// A search (`/v1/search`), as the request log records it: the tool is its handle and its
+/// target.
+pub(crate) struct SearchDone {
+    pub request_id: String,
+    pub started: Instant,
+    pub started_ms: i64,
+    pub key: Option<String>,
+    pub tool: Option<String>,
+    pub status: u16,
+    pub error: Option<String>,
+}
+
+/// Logs a search.
+pub(crate) fn log_search(state: &AppState, s: SearchDone) {
+    state.log(RequestLogRow {
+        request_id: s.request_id,
+        started_at_ms: s.started_ms,
+        key_name: s.key,
+        route: "search".into(),
+        handle: s.tool.clone(),
+        target: s.tool,
+        upstream_model: None,
+        status: s.status,
+        error_type: s.error,
+        attempts: 1,
+        latency_ms: s.started.elapsed().as_secs_f64() * 1000.0,
+        ttft_ms: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        streamed: false,
+        generation_ms: None,
+    });
+}

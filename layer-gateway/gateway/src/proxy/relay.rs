@@ -1,0 +1,334 @@
+//! Passing an answer to the client: a buffered JSON body, or an SSE stream relayed chunk by
+//! chunk, with the usage the client did not ask for hidden and the request logged when the
+//! stream ends, fails, or the client goes away.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use contract::sse::{SseDecoder, encode};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::routing::{InFlight, TargetState};
+use crate::table::Target;
+
+use super::attempt::{Upstream, chain, remaining};
+use super::record::Record;
+
+/// Copies the headers that describe the body.
+pub(super) fn response_headers(
+    up: &HeaderMap,
+    target: &Target,
+    handle: &str,
+    attempts: u32,
+) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CACHE_CONTROL,
+    ] {
+        if let Some(v) = up.get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(handle) {
+        h.insert("x-homelab-handle", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.endpoint) {
+        h.insert("x-homelab-target", v);
+    }
+    h.insert("x-homelab-attempts", HeaderValue::from(attempts));
+    h
+}
+
+pub(super) async fn respond(
+    mut rec: Record,
+    up: Upstream,
+    ts: Arc<TargetState>,
+    guard: InFlight,
+    filter_usage: bool,
+) -> Response {
+    let Some(target) = rec.target.clone() else {
+        return rec.fail(Error::BadRequest("no target".into()));
+    };
+    let handle = rec.handle.clone().unwrap_or_default();
+    let headers = response_headers(&up.headers, &target, &handle, rec.attempts);
+    let encoded = up.headers.contains_key(header::CONTENT_ENCODING);
+    let Some(rest) = up.rest else {
+        let mut ttft = up.first_at.duration_since(rec.started);
+        if !encoded && let Some(u) = usage_of(&up.first) {
+            rec.prompt_tokens = u.prompt;
+            rec.completion_tokens = u.completion;
+            // With the backend's timings, the first token came before its generation time.
+            if let Some(g) = u.generation {
+                rec.generation = Some(g);
+                ttft = ttft.saturating_sub(g);
+            }
+        }
+        rec.ttft = Some(ttft);
+        ts.observe_ttft(ttft.as_micros() as u64);
+        drop(guard);
+        let status = up.status.as_u16();
+        let error = (status >= 400).then_some("upstream_client_error");
+        rec.finish(status, error);
+        let mut res = (up.status, up.first).into_response();
+        res.headers_mut().extend(headers);
+        return res;
+    };
+    if encoded {
+        // Events cannot be read: the first chunk is the best time to first token there is.
+        let ttft = up.first_at.duration_since(rec.started);
+        rec.ttft = Some(ttft);
+        ts.observe_ttft(ttft.as_micros() as u64);
+    }
+    let idle = target.timeouts.idle;
+    let deadline = rec.started + target.timeouts.total;
+    let mut relay = Relay {
+        rec: Some(rec),
+        upstream: Box::pin(rest.bytes_stream()),
+        decoder: SseDecoder::new(),
+        filter_usage: filter_usage && !encoded,
+        parse: !encoded,
+        out: VecDeque::new(),
+        done: false,
+        outcome: None,
+        idle,
+        deadline,
+        ts,
+        first_data: None,
+        last_data: None,
+        data_events: 0,
+        reported_generation: None,
+        _guard: guard,
+    };
+    relay.take_chunk(up.first);
+    let body = futures_util::stream::unfold(relay, |mut r| async move {
+        let chunk = r.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(chunk), r))
+    });
+    let mut res = (up.status, Body::from_stream(body)).into_response();
+    res.headers_mut().extend(headers);
+    res
+}
+
+/// What an answer says about its size and speed.
+pub(super) struct UsageSeen {
+    pub(super) prompt: Option<u64>,
+    pub(super) completion: Option<u64>,
+    /// The backend's own generation time (`timings.predicted_ms`, llama-server's).
+    pub(super) generation: Option<Duration>,
+}
+
+/// Generation time from a `timings` object, if it has a usable one.
+pub(super) fn generation_of(timings: Option<&contract::engine::Timings>) -> Option<Duration> {
+    timings
+        .map(|t| t.predicted_ms)
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// Prompt and completion tokens (and timings) from a JSON body with `usage`.
+pub(super) fn usage_of(json: &[u8]) -> Option<UsageSeen> {
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<contract::Usage>,
+        #[serde(default)]
+        timings: Option<contract::engine::Timings>,
+    }
+    let b = serde_json::from_slice::<WithUsage>(json).ok()?;
+    let u = b.usage?;
+    Some(UsageSeen {
+        prompt: Some(u.prompt_tokens),
+        completion: u.completion_tokens,
+        generation: generation_of(b.timings.as_ref()),
+    })
+}
+
+/// Passes an upstream SSE stream to the client and logs it when it ends — normally, on an
+/// upstream failure, or when the client goes away (the relay is dropped). The time to first
+/// token is the first data event's (comments a busy backend sends before do not count), and
+/// the generation time is the backend's `timings`, else the span from the first data event
+/// to the last.
+pub(super) struct Relay {
+    pub(super) rec: Option<Record>,
+    pub(super) upstream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    pub(super) decoder: SseDecoder,
+    /// We asked for usage the client did not: drop the usage-only event.
+    pub(super) filter_usage: bool,
+    /// Decode events at all (not for compressed streams).
+    pub(super) parse: bool,
+    pub(super) out: VecDeque<Bytes>,
+    pub(super) done: bool,
+    /// `Some(error kind)` once it ended badly; `Some(None)` once it ended well.
+    pub(super) outcome: Option<Option<&'static str>>,
+    pub(super) idle: Duration,
+    pub(super) deadline: Instant,
+    pub(super) ts: Arc<TargetState>,
+    pub(super) first_data: Option<Instant>,
+    pub(super) last_data: Option<Instant>,
+    pub(super) data_events: u64,
+    /// From the backend's `timings`.
+    pub(super) reported_generation: Option<Duration>,
+    pub(super) _guard: InFlight,
+}
+
+impl Relay {
+    pub(super) fn take_chunk(&mut self, chunk: Bytes) {
+        if !self.parse {
+            self.out.push_back(chunk);
+            return;
+        }
+        let events = match self.decoder.push(&chunk) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.end_with_error("upstream_stream_error", &chain(&e));
+                return;
+            }
+        };
+        if !self.filter_usage {
+            self.out.push_back(chunk);
+        }
+        for ev in events {
+            if !ev.is_done() {
+                self.saw_data();
+            }
+            let usage_only = self.note(&ev.data);
+            if self.filter_usage && !usage_only {
+                self.out.push_back(Bytes::from(encode(&ev)));
+            }
+        }
+    }
+
+    /// A data event arrived now: the first one is the time to first token.
+    pub(super) fn saw_data(&mut self) {
+        let now = Instant::now();
+        if self.first_data.is_none()
+            && let Some(rec) = &mut self.rec
+        {
+            let ttft = now.duration_since(rec.started);
+            rec.ttft = Some(ttft);
+            self.ts.observe_ttft(ttft.as_micros() as u64);
+        }
+        self.first_data.get_or_insert(now);
+        self.last_data = Some(now);
+        self.data_events += 1;
+    }
+
+    /// Records usage, timings and upstream errors; returns whether the event carries only
+    /// usage.
+    pub(super) fn note(&mut self, data: &str) -> bool {
+        if !(data.contains("\"usage\"")
+            || data.contains("\"error\"")
+            || data.contains("\"timings\""))
+        {
+            return false;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return false;
+        };
+        if let Some(t) = v.get("timings").filter(|t| t.is_object()) {
+            let t = serde_json::from_value::<contract::engine::Timings>(t.clone()).ok();
+            self.reported_generation = generation_of(t.as_ref()).or(self.reported_generation);
+        }
+        if v.get("error").is_some_and(|e| !e.is_null())
+            && let Some(rec) = &mut self.rec
+        {
+            rec.completion_tokens = rec.completion_tokens.or(Some(0));
+            self.outcome = Some(Some("upstream_stream_error"));
+        }
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null())
+            && let Some(rec) = &mut self.rec
+        {
+            rec.prompt_tokens = u["prompt_tokens"].as_u64();
+            rec.completion_tokens = u["completion_tokens"].as_u64();
+            return v["choices"].as_array().is_some_and(Vec::is_empty);
+        }
+        false
+    }
+
+    /// Ends the stream with an OpenAI error event. `detail` goes to the log only: it may name
+    /// the backend.
+    pub(super) fn end_with_error(&mut self, kind: &'static str, detail: &str) {
+        let (request_id, target) = match &self.rec {
+            Some(r) => (
+                r.request_id.clone(),
+                r.target.as_ref().map(|t| t.key.clone()).unwrap_or_default(),
+            ),
+            None => Default::default(),
+        };
+        tracing::warn!(%request_id, %target, %kind, %detail, "stream ended early");
+        let message = match kind {
+            "upstream_timeout" => "the backend stopped sending before the answer was complete",
+            _ => "the backend stream failed before the answer was complete",
+        };
+        let err = contract::ApiError::bad_gateway(format!("{message}; see the gateway log"));
+        let mut body = serde_json::to_value(&err).unwrap_or(Value::Null);
+        body["error"]["code"] = Value::from(kind);
+        self.out
+            .push_back(Bytes::from(contract::sse::encode_json_data(
+                body.to_string().as_bytes(),
+            )));
+        self.outcome = Some(Some(kind));
+        self.done = true;
+    }
+
+    pub(super) async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(c) = self.out.pop_front() {
+                return Some(c);
+            }
+            if self.done {
+                return None;
+            }
+            let wait = remaining(self.deadline, self.idle);
+            match tokio::time::timeout(wait, self.upstream.next()).await {
+                Err(_) => {
+                    let what = if Instant::now() >= self.deadline {
+                        "the total timeout was reached"
+                    } else {
+                        "the backend went quiet"
+                    };
+                    self.end_with_error("upstream_timeout", what);
+                }
+                Ok(Some(Err(e))) => self.end_with_error("upstream_stream_error", &chain(&e)),
+                Ok(Some(Ok(c))) => self.take_chunk(c),
+                Ok(None) => {
+                    if self.filter_usage
+                        && let Some(ev) = self.decoder.finish()
+                        && !self.note(&ev.data)
+                    {
+                        self.out.push_back(Bytes::from(encode(&ev)));
+                    }
+                    self.outcome.get_or_insert(None);
+                    self.done = true;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let Some(mut rec) = self.rec.take() else {
+            return;
+        };
+        rec.generation = self.reported_generation.or_else(|| {
+            let (first, last) = (self.first_data?, self.last_data?);
+            (self.data_events >= 2).then(|| last.duration_since(first))
+        });
+        match self.outcome {
+            Some(None) => rec.finish(200, None),
+            Some(Some(kind)) => rec.finish(200, Some(kind)),
+            // Dropped before the end: the client went away.
+            None => rec.finish(499, Some("client_closed")),
+        }
+    }
+}
