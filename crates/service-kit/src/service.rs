@@ -110,3 +110,76 @@ macro_rules! service {
         }
     };
 }
+
+/// The service's `SERVICE_SPEC.md`, generated from its clap `Config`: every flag with its
+/// environment variable, default and help, and the default address. Kept beside the crate's
+/// README and checked by [`check_spec_file`], so it cannot drift from the code.
+pub fn spec_markdown<S: Service>() -> String {
+    use std::fmt::Write;
+    let cmd = S::command();
+    let mut out = format!(
+        "# {} — service spec\n\nGenerated from the code (`{}::Config`, its clap flags) by \
+         `service_kit::service::spec_markdown`; a test fails when this file is stale \
+         (`HOMELAB_WRITE_SPECS=1 cargo test -p {} --test spec` rewrites it).\n\n",
+        S::NAME,
+        S::NAME.replace('-', "_"),
+        S::NAME
+    );
+    if let Some(about) = cmd.get_about() {
+        let _ = writeln!(out, "{about}\n");
+    }
+    let bind = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "bind")
+        .and_then(|a| a.get_default_values().first().cloned());
+    if let Some(b) = bind {
+        let _ = writeln!(out, "Default address: `{}`\n", b.to_string_lossy());
+    }
+    out.push_str("| flag | environment | default | what |\n|---|---|---|---|\n");
+    for a in cmd.get_arguments() {
+        let Some(long) = a.get_long() else {
+            continue;
+        };
+        if a.is_hide_set() {
+            continue;
+        }
+        let env = a
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        let default: Vec<String> = a
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", default.join(","))
+        };
+        let help = a
+            .get_help()
+            .map(|h| h.to_string().replace('\n', " ").replace('|', "\\|"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "| `--{long}` | {env} | {default} | {help} |");
+    }
+    out
+}
+
+/// Compares the crate's `SERVICE_SPEC.md` (in `crate_dir`) with what the code says; with
+/// `HOMELAB_WRITE_SPECS=1` writes it instead. `Err` says what to run.
+pub fn check_spec_file<S: Service>(crate_dir: &str) -> Result<(), String> {
+    let path = std::path::Path::new(crate_dir).join("SERVICE_SPEC.md");
+    let want = spec_markdown::<S>();
+    if std::env::var_os("HOMELAB_WRITE_SPECS").is_some() {
+        return std::fs::write(&path, want).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => Ok(()),
+        _ => Err(format!(
+            "{} is stale or missing; run `HOMELAB_WRITE_SPECS=1 cargo test -p {} --test spec`",
+            path.display(),
+            S::NAME
+        )),
+    }
+}
