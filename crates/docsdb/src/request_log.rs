@@ -155,6 +155,9 @@ pub struct RequestLogWriter {
     tx: mpsc::Sender<Msg>,
     closed: AtomicBool,
     stats: Arc<WriterStats>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The writer's death has been reported.
+    reported: AtomicBool,
 }
 
 impl std::fmt::Debug for Msg {
@@ -168,11 +171,28 @@ impl RequestLogWriter {
     pub fn spawn(db: Db, config: WriterConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
-        tokio::spawn(run(db, config, rx, stats.clone()));
+        let task = tokio::spawn(run(db, config, rx, stats.clone()));
         RequestLogWriter {
             tx,
             closed: AtomicBool::new(false),
             stats,
+            task: std::sync::Mutex::new(Some(task)),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the background task has ended before [`close`](Self::close) asked it to.
+    pub fn died(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.tx.is_closed()
+    }
+
+    fn report_death(&self, why: &str) {
+        if !self.reported.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                why,
+                dropped = self.stats.dropped.load(Ordering::Relaxed),
+                "the request-log writer died: rows are no longer written"
+            );
         }
     }
 
@@ -185,8 +205,11 @@ impl RequestLogWriter {
         }
         match self.tx.try_send(Msg::Row(Box::new(row))) {
             Ok(()) => true,
-            Err(_) => {
+            Err(e) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Closed(_)) {
+                    self.report_death("its queue is closed");
+                }
                 false
             }
         }
@@ -197,14 +220,29 @@ impl RequestLogWriter {
         &self.stats
     }
 
-    /// Refuses new rows, writes every queued row, then returns. Safe to call twice.
-    pub async fn close(&self) {
+    /// Refuses new rows, writes every queued row, then returns; false (and an error logged)
+    /// if the writer had died and rows were lost. Safe to call twice.
+    pub async fn close(&self) -> bool {
         if self.closed.swap(true, Ordering::AcqRel) {
-            return;
+            return true;
         }
         let (done_tx, done_rx) = oneshot::channel();
-        if self.tx.send(Msg::Close(done_tx)).await.is_ok() {
-            let _ = done_rx.await;
+        let flushed = self.tx.send(Msg::Close(done_tx)).await.is_ok() && done_rx.await.is_ok();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let ended = match task {
+            Some(t) => t.await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        match (flushed, ended) {
+            (true, Ok(())) => true,
+            (_, Err(e)) => {
+                self.report_death(&e);
+                false
+            }
+            (false, Ok(())) => {
+                self.report_death("it ended before the close");
+                false
+            }
         }
     }
 }

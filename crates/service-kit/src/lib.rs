@@ -11,6 +11,7 @@
 //!   rejections are OpenAI-shaped 400/413 errors.
 //! - [`server`]: binding (with `TCP_NODELAY`), the common layers, and graceful shutdown on
 //!   SIGTERM/SIGINT that drains in-flight requests and then runs flush hooks.
+//! - [`tasks`]: one owner for a service's background tasks (cancel, then wait, bounded).
 //! - [`service`]: the one shape of a service crate ([`Service`], implemented by its
 //!   `Config`) and [`run`], every service binary's `main`.
 
@@ -21,6 +22,7 @@ pub mod health;
 pub mod request_id;
 pub mod server;
 pub mod service;
+pub mod tasks;
 pub mod telemetry;
 
 pub use error::Error;

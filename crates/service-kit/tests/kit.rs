@@ -377,3 +377,30 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[tokio::test]
+async fn tasks_stop_their_loops_finish_their_work_and_report_what_outlives_the_wait() {
+    use service_kit::tasks::Tasks;
+    let tasks = Tasks::new();
+    // A loop that would run forever ends at shutdown.
+    tasks.spawn_loop("forever", std::future::pending());
+    // Work in progress is finished, not cut off.
+    let done = Arc::new(AtomicBool::new(false));
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let d = done.clone();
+    tasks.spawn(async move {
+        let _ = wait.await;
+        d.store(true, Ordering::SeqCst);
+    });
+    let t = tasks.clone();
+    let shutdown =
+        tokio::spawn(async move { t.shutdown(std::time::Duration::from_secs(60)).await });
+    go.send(()).unwrap();
+    assert!(shutdown.await.unwrap(), "every task ended");
+    assert!(done.load(Ordering::SeqCst));
+
+    // Work that never ends is reported once the wait is over.
+    let stuck = Tasks::new();
+    stuck.spawn(std::future::pending());
+    assert!(!stuck.shutdown(std::time::Duration::from_millis(20)).await);
+}

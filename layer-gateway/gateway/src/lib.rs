@@ -106,6 +106,10 @@ pub async fn serve_state(
     let flush = state.clone();
     let plan = service_kit::server::ShutdownPlan::new(shutdown, drain).on_shutdown(
         service_kit::server::flush_hook(move || async move {
+            flush
+                .tasks
+                .shutdown(std::time::Duration::from_secs(5))
+                .await;
             flush.log.close().await;
             tracing::info!("request log flushed");
         }),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub master_hash: Option<String>,
     pub concurrency: Arc<Semaphore>,
     loaded: AtomicBool,
+    /// The background tasks (the table reloader); ended on shutdown.
+    pub tasks: service_kit::tasks::Tasks,
 }
 
 impl std::fmt::Debug for AppState {
@@ -69,6 +71,7 @@ impl AppState {
             metrics: Metrics::default(),
             clients: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
+            tasks: service_kit::tasks::Tasks::new(),
         });
         state.reload(true).await?;
         Ok(state)
@@ -143,11 +146,11 @@ impl AppState {
         }
     }
 
-    /// Re-reads the table every `reload_interval` until the state is dropped.
+    /// Re-reads the table every `reload_interval` until shutdown (or the state is dropped).
     pub fn spawn_reloader(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let every = self.config.reload_interval.max(Duration::from_millis(50));
-        tokio::spawn(async move {
+        self.tasks.spawn_loop("routing table reloader", async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

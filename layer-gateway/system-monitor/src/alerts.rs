@@ -78,7 +78,7 @@ pub enum Sink {
     Ntfy(String),
 }
 
-/// Delivers alerts from the queue until it closes.
+/// Delivers alerts from the queue until shutdown, then what is still queued.
 pub async fn run(state: Arc<AppState>, mut rx: tokio::sync::mpsc::Receiver<Alert>) {
     let sinks: Vec<Sink> = state
         .config
@@ -95,11 +95,26 @@ pub async fn run(state: Arc<AppState>, mut rx: tokio::sync::mpsc::Receiver<Alert
                 .map(|u| Sink::Ntfy(u.clone())),
         )
         .collect();
-    while let Some(alert) = rx.recv().await {
+    let send = |alert: Alert| {
         for sink in &sinks {
-            let (state, sink, alert) = (state.clone(), sink.clone(), alert.clone());
-            tokio::spawn(async move { deliver(&state, &sink, &alert).await });
+            let (st, sink, alert) = (state.clone(), sink.clone(), alert.clone());
+            state
+                .tasks
+                .spawn(async move { deliver(&st, &sink, &alert).await });
         }
+    };
+    let mut stop = std::pin::pin!(state.tasks.cancelled());
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(alert) => send(alert),
+                None => return,
+            },
+            () = &mut stop => break,
+        }
+    }
+    while let Ok(alert) = rx.try_recv() {
+        send(alert);
     }
 }
 

@@ -91,21 +91,22 @@ pub async fn serve_with_db(
     let state = Arc::new(AppState::new(config, db, tx)?);
     baseline(&state).await;
 
-    let mut tasks = vec![
-        tokio::spawn(alerts::run(state.clone(), rx)),
-        tokio::spawn(rollup_loop(state.clone())),
-    ];
+    // Alerts run until shutdown and then deliver what is queued; probes and rollups stop.
+    state.tasks.spawn(alerts::run(state.clone(), rx));
+    state
+        .tasks
+        .spawn_loop("rollups", rollup_loop(state.clone()));
     if !state.config.no_probe {
-        tasks.push(tokio::spawn(probe::run(state.clone())));
+        state.tasks.spawn_loop("probes", probe::run(state.clone()));
     }
     let body_limit = state.config.common.body_limit;
     let drain = state.config.common.drain_timeout;
     let router = service_kit::server::with_common_layers(app(state.clone()), body_limit);
     let plan = service_kit::server::ShutdownPlan::new(shutdown, drain);
     let served = service_kit::server::serve(listener, router, plan).await;
-    for t in &tasks {
-        t.abort();
-    }
+    // Probes in progress finish, alerts queued or being retried are delivered (bounded by
+    // the drain time), then the DB closes.
+    state.tasks.shutdown(drain).await;
     state.db.close().await;
     served?;
     Ok(())

@@ -69,7 +69,8 @@ pub async fn run(state: Arc<AppState>) {
                 sem.clone(),
                 in_flight.clone(),
             );
-            tokio::spawn(async move {
+            let tasks = state.tasks.clone();
+            tasks.spawn(async move {
                 if let Ok(_permit) = sem.acquire_owned().await {
                     probe_and_record(&state, &target).await;
                 }

@@ -45,6 +45,8 @@ pub struct AppState {
     /// Each service's last status as the prober saw it.
     pub last_status: Mutex<HashMap<String, String>>,
     pub metrics: Counters,
+    /// The background tasks: probes, rollups, alert deliveries.
+    pub tasks: service_kit::tasks::Tasks,
     alerts: tokio::sync::mpsc::Sender<Alert>,
 }
 
@@ -69,6 +71,7 @@ impl AppState {
             http,
             last_status: Mutex::default(),
             metrics: Counters::default(),
+            tasks: service_kit::tasks::Tasks::new(),
             alerts,
         })
     }

@@ -827,6 +827,39 @@ async fn a_retention_under_a_day_is_refused() {
     t.cleanup().await;
 }
 
+#[tokio::test]
+async fn shutdown_finishes_an_alert_being_retried() {
+    let t = common::sqlite().await;
+    let mut echo = Svc::start().await;
+    let (hooks, hook_url) = receiver().await;
+    let spec = SystemSpec {
+        hosts: vec![host()],
+        services: vec![probed("echo", Layer::Inference, &echo)],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&t.db, &spec, false).await.unwrap();
+    let mon = Monitor::start(&t.db, |c| {
+        c.webhooks = vec![format!("{hook_url}/hook")];
+        c.common.drain_timeout = Duration::from_secs(20);
+    })
+    .await;
+    mon.wait_status("echo", "up").await;
+    echo.stop();
+    // The receiver refuses the first delivery: the alert now waits for its retry.
+    wait_for("the first delivery", || {
+        (*hooks.refused.lock().unwrap() == 1).then_some(())
+    })
+    .await;
+    assert!(hooks.json.lock().unwrap().is_empty());
+    // Shutting down now does not cut the retry off: it is delivered before serve returns.
+    mon.shutdown().await;
+    let got = hooks.json.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["service"], "echo");
+    assert_eq!(got[0]["to"], "down");
+    t.cleanup().await;
+}
+
 /// Debian's chromium, or `HOMELAB_CHROMIUM`. `None` (with a note) outside CI when there is
 /// none; with `CI=true` a missing browser fails the test (`.ci/run` installs it).
 fn chromium() -> Option<std::path::PathBuf> {

@@ -60,6 +60,9 @@ pub fn ready_check(state: &Arc<AppState>) -> service_kit::health::ReadyCheck {
             if !state.is_loaded() {
                 return Err("routing table not loaded".into());
             }
+            if state.log.died() {
+                return Err("the request-log writer died; requests are not being logged".into());
+            }
             Ok(())
         }
     })
