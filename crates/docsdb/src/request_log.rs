@@ -31,6 +31,43 @@ pub async fn tokens_used_by_key(db: &Db, key_name: &str, since_ms: i64) -> Resul
     Ok(used.unwrap_or(0).max(0) as u64)
 }
 
+/// The newest `limit` rows of the request log, newest last.
+pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
+    use crate::read::{flag, float, int, req, text};
+    let rows = sqlx::query(
+        "SELECT * FROM (SELECT id, request_id, started_at_ms, key_name, route, handle, target, \
+         upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
+         completion_tokens, streamed, generation_ms FROM request_log ORDER BY id DESC LIMIT $1) \
+         AS newest ORDER BY id",
+    )
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    let count = |v: Option<i64>| v.map(|n| n.max(0) as u64);
+    rows.iter()
+        .map(|r| {
+            Ok(RequestLogRow {
+                request_id: req(text(r, "request_id")?, "request_id")?,
+                started_at_ms: req(int(r, "started_at_ms")?, "started_at_ms")?,
+                key_name: text(r, "key_name")?,
+                route: req(text(r, "route")?, "route")?,
+                handle: text(r, "handle")?,
+                target: text(r, "target")?,
+                upstream_model: text(r, "upstream_model")?,
+                status: u16::try_from(req(int(r, "status")?, "status")?).unwrap_or(0),
+                error_type: text(r, "error_type")?,
+                attempts: u32::try_from(int(r, "attempts")?.unwrap_or(0)).unwrap_or(0),
+                latency_ms: float(r, "latency_ms")?.unwrap_or(0.0),
+                ttft_ms: float(r, "ttft_ms")?,
+                prompt_tokens: count(int(r, "prompt_tokens")?),
+                completion_tokens: count(int(r, "completion_tokens")?),
+                streamed: flag(r, "streamed")?.unwrap_or(false),
+                generation_ms: float(r, "generation_ms")?,
+            })
+        })
+        .collect()
+}
+
 /// One client request, as the gateway saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestLogRow {

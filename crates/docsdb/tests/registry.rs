@@ -368,6 +368,9 @@ async fn request_log_batches_feed_the_views(db: Db) {
         1000
     );
     assert_eq!(count(&db, "request_log").await, 1000);
+    // Read back as written, newest last.
+    let newest = docsdb::request_log::recent(&db, 2).await.unwrap();
+    assert_eq!(newest, vec![rows[998].clone(), rows[999].clone()]);
 
     use sqlx::Row;
     let r = sqlx::query(

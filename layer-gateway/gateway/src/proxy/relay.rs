@@ -92,7 +92,7 @@ pub(super) async fn respond(
     let deadline = rec.started + target.timeouts.total;
     let mut relay = Relay {
         rec: Some(rec),
-        upstream: Box::pin(rest.bytes_stream()),
+        upstream: Box::pin(rest.bytes_stream().map(|r| r.map_err(|e| chain(&e)))),
         decoder: SseDecoder::new(),
         filter_usage: filter_usage && !encoded,
         parse: !encoded,
@@ -158,8 +158,9 @@ pub(super) fn usage_of(json: &[u8]) -> Option<UsageSeen> {
 /// to the last.
 pub(super) struct Relay {
     pub(super) rec: Option<Record>,
+    /// The rest of the upstream body; an error is its description (for the log).
     pub(super) upstream:
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, String>> + Send>>,
     pub(super) decoder: SseDecoder,
     /// We asked for usage the client did not: drop the usage-only event.
     pub(super) filter_usage: bool,
@@ -298,7 +299,7 @@ impl Relay {
                     };
                     self.end_with_error("upstream_timeout", what);
                 }
-                Ok(Some(Err(e))) => self.end_with_error("upstream_stream_error", &chain(&e)),
+                Ok(Some(Err(e))) => self.end_with_error("upstream_stream_error", &e),
                 Ok(Some(Ok(c))) => self.take_chunk(c),
                 Ok(None) => {
                     if self.filter_usage
@@ -330,5 +331,143 @@ impl Drop for Relay {
             // Dropped before the end: the client went away.
             None => rec.finish(499, Some("client_closed")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The relay on its own: a scripted upstream stream, no HTTP.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::auth::Caller;
+    use crate::proxy::Route;
+    use crate::routing::breaker::BreakerConfig;
+
+    async fn state(dir: &tempfile::TempDir) -> Arc<crate::AppState> {
+        let db = format!("sqlite://{}/t.db", dir.path().display());
+        crate::AppState::new(crate::Config::new(&db, "127.0.0.1:0"))
+            .await
+            .unwrap()
+    }
+
+    fn relay(
+        state: &Arc<crate::AppState>,
+        id: &str,
+        chunks: Vec<Result<&'static str, &'static str>>,
+        filter_usage: bool,
+    ) -> Relay {
+        let ts = Arc::new(TargetState::new(BreakerConfig {
+            failures: 3,
+            cooldown: Duration::from_secs(1),
+        }));
+        let upstream = futures_util::stream::iter(chunks.into_iter().map(|c| {
+            c.map(|s| Bytes::from_static(s.as_bytes()))
+                .map_err(str::to_owned)
+        }));
+        Relay {
+            rec: Some(Record::new(
+                state,
+                Route::Chat,
+                id.into(),
+                Caller::Anonymous,
+            )),
+            upstream: Box::pin(upstream),
+            decoder: SseDecoder::new(),
+            filter_usage,
+            parse: true,
+            out: VecDeque::new(),
+            done: false,
+            outcome: None,
+            idle: Duration::from_secs(60),
+            deadline: Instant::now() + Duration::from_secs(60),
+            _guard: ts.start(),
+            ts,
+            first_data: None,
+            last_data: None,
+            data_events: 0,
+            reported_generation: None,
+        }
+    }
+
+    async fn drain(r: &mut Relay) -> String {
+        let mut out = String::new();
+        while let Some(c) = r.next_chunk().await {
+            out.push_str(std::str::from_utf8(&c).unwrap());
+        }
+        out
+    }
+
+    /// The logged rows: (request id, status, error type, completion tokens).
+    async fn rows(state: &crate::AppState) -> Vec<(String, u16, Option<String>, Option<u64>)> {
+        state.log.close().await;
+        docsdb::request_log::recent(&state.db, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.request_id, r.status, r.error_type, r.completion_tokens))
+            .collect()
+    }
+
+    const TEXT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    #[tokio::test]
+    async fn usage_the_client_did_not_ask_for_is_hidden_but_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(&dir).await;
+        let mut r = relay(
+            &st,
+            "hidden",
+            vec![Ok(TEXT), Ok(TEXT), Ok(USAGE), Ok(DONE)],
+            true,
+        );
+        let out = drain(&mut r).await;
+        assert_eq!(out.matches("\"Hi\"").count(), 2);
+        assert!(!out.contains("usage"), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+        drop(r);
+        // Asked for (no filter), it passes byte for byte.
+        let mut r = relay(&st, "shown", vec![Ok(TEXT), Ok(USAGE), Ok(DONE)], false);
+        assert_eq!(drain(&mut r).await, format!("{TEXT}{USAGE}{DONE}"));
+        drop(r);
+        let got = rows(&st).await;
+        assert_eq!(got[0], ("hidden".into(), 200, None, Some(2)));
+        assert_eq!(got[1], ("shown".into(), 200, None, Some(2)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_upstream_ends_with_an_error_event_that_names_no_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(&dir).await;
+        let mut r = relay(
+            &st,
+            "broken",
+            vec![Ok(TEXT), Err("connection reset by 10.0.0.7:8080")],
+            true,
+        );
+        let out = drain(&mut r).await;
+        assert!(out.starts_with(TEXT), "{out}");
+        let last = out.trim_end().rsplit("\n\n").next().unwrap();
+        let v: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_stream_error");
+        assert!(!out.contains("10.0.0.7"), "{out}");
+        drop(r);
+        let got = rows(&st).await;
+        assert_eq!(got[0].2.as_deref(), Some("upstream_stream_error"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_is_logged_as_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(&dir).await;
+        let mut r = relay(&st, "gone", vec![Ok(TEXT), Ok(TEXT), Ok(DONE)], true);
+        assert!(r.next_chunk().await.is_some());
+        drop(r);
+        let got = rows(&st).await;
+        assert_eq!(got[0].0, "gone");
+        assert_eq!(got[0].1, 499);
+        assert_eq!(got[0].2.as_deref(), Some("client_closed"));
     }
 }
