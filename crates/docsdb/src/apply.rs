@@ -292,28 +292,15 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
         let mem = h.memory_bytes.map(|b| b.as_i64());
         match existing.get(&h.name) {
             Some((_, old)) if old == h => report.push("host", &h.name, Action::Unchanged, vec![]),
-            Some((id, old)) => {
-                sqlx::query(
-                    "UPDATE hosts SET description = $1, address = $2, os = $3, arch = $4, \
-                     accelerator = $5, memory_bytes = $6, updated_at_ms = $7 WHERE id = $8",
-                )
-                .bind(&h.description)
-                .bind(&h.address)
-                .bind(&h.os)
-                .bind(&h.arch)
-                .bind(&h.accelerator)
-                .bind(mem)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-                report.push("host", &h.name, Action::Updated, diff(old, h));
-            }
-            None => {
+            old => {
                 sqlx::query(
                     "INSERT INTO hosts (name, description, address, os, arch, accelerator, \
                      memory_bytes, created_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+                     ON CONFLICT (name) DO UPDATE SET description = excluded.description, \
+                     address = excluded.address, os = excluded.os, arch = excluded.arch, \
+                     accelerator = excluded.accelerator, memory_bytes = excluded.memory_bytes, \
+                     updated_at_ms = excluded.updated_at_ms",
                 )
                 .bind(&h.name)
                 .bind(&h.description)
@@ -325,7 +312,10 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
-                report.push("host", &h.name, Action::Created, vec![]);
+                match old {
+                    Some((_, old)) => report.push("host", &h.name, Action::Updated, diff(old, h)),
+                    None => report.push("host", &h.name, Action::Created, vec![]),
+                }
             }
         }
     }
@@ -351,40 +341,20 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 report.push("service", &s.name, Action::Unchanged, vec![]);
                 continue;
             }
-            Some((id, old)) => {
-                sqlx::query(
-                    "UPDATE services SET layer = $1, host_id = $2, kind = $3, base_url = $4, \
-                     health_path = $5, unit = $6, lifecycle = $7, description = $8, \
-                     updated_at_ms = $9, probe_interval_ms = $10, fail_threshold = $11 \
-                     WHERE id = $12",
-                )
-                .bind(s.layer.as_str())
-                .bind(host_id)
-                .bind(s.kind.as_str())
-                .bind(&s.base_url)
-                .bind(&s.health_path)
-                .bind(&s.unit)
-                .bind(s.lifecycle.as_str())
-                .bind(&s.description)
-                .bind(now)
-                .bind(s.probe_interval_ms)
-                .bind(s.fail_threshold)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-                report.push("service", &s.name, Action::Updated, diff(old, &wanted));
-                sqlx::query("DELETE FROM docs WHERE service_id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                *id
-            }
-            None => {
+            old => {
                 let row = sqlx::query(
                     "INSERT INTO services (name, layer, host_id, kind, base_url, health_path, \
                      unit, lifecycle, description, created_at_ms, updated_at_ms, \
                      probe_interval_ms, fail_threshold) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) RETURNING id",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) \
+                     ON CONFLICT (name) DO UPDATE SET layer = excluded.layer, \
+                     host_id = excluded.host_id, kind = excluded.kind, \
+                     base_url = excluded.base_url, health_path = excluded.health_path, \
+                     unit = excluded.unit, lifecycle = excluded.lifecycle, \
+                     description = excluded.description, updated_at_ms = excluded.updated_at_ms, \
+                     probe_interval_ms = excluded.probe_interval_ms, \
+                     fail_threshold = excluded.fail_threshold \
+                     RETURNING id",
                 )
                 .bind(&s.name)
                 .bind(s.layer.as_str())
@@ -400,8 +370,18 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 .bind(s.fail_threshold)
                 .fetch_one(&mut *conn)
                 .await?;
-                report.push("service", &s.name, Action::Created, vec![]);
-                row.try_get::<i64, _>("id")?
+                let id = row.try_get::<i64, _>("id")?;
+                match old {
+                    Some((_, old)) => {
+                        report.push("service", &s.name, Action::Updated, diff(old, &wanted));
+                        sqlx::query("DELETE FROM docs WHERE service_id = $1")
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    None => report.push("service", &s.name, Action::Created, vec![]),
+                }
+                id
             }
         };
         for d in &wanted.docs {
@@ -531,28 +511,13 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 report.push("handle", &h.handle, Action::Unchanged, vec![]);
                 continue;
             }
-            Some((id, old)) => {
-                sqlx::query(
-                    "UPDATE handles SET description = $1, strategy = $2, updated_at_ms = $3 \
-                     WHERE id = $4",
-                )
-                .bind(&h.description)
-                .bind(h.strategy.as_str())
-                .bind(now)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query("DELETE FROM handle_targets WHERE handle_id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                report.push("handle", &h.handle, Action::Updated, diff(old, &wanted));
-                *id
-            }
-            None => {
+            old => {
                 let row = sqlx::query(
                     "INSERT INTO handles (name, description, strategy, created_at_ms, \
-                     updated_at_ms) VALUES ($1, $2, $3, $4, $4) RETURNING id",
+                     updated_at_ms) VALUES ($1, $2, $3, $4, $4) \
+                     ON CONFLICT (name) DO UPDATE SET description = excluded.description, \
+                     strategy = excluded.strategy, updated_at_ms = excluded.updated_at_ms \
+                     RETURNING id",
                 )
                 .bind(&h.handle)
                 .bind(&h.description)
@@ -560,8 +525,18 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 .bind(now)
                 .fetch_one(&mut *conn)
                 .await?;
-                report.push("handle", &h.handle, Action::Created, vec![]);
-                row.try_get::<i64, _>("id")?
+                let id = row.try_get::<i64, _>("id")?;
+                match old {
+                    Some((_, old)) => {
+                        sqlx::query("DELETE FROM handle_targets WHERE handle_id = $1")
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                        report.push("handle", &h.handle, Action::Updated, diff(old, &wanted));
+                    }
+                    None => report.push("handle", &h.handle, Action::Created, vec![]),
+                }
+                id
             }
         };
         for (position, (endpoint_id, t)) in resolved.iter().enumerate() {
