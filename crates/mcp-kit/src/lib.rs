@@ -184,39 +184,18 @@ where
     service_kit::server::with_common_layers(app, opts.body_limit)
 }
 
-/// Runs a tool server: over stdio when `--stdio`, else over HTTP on `bind` until `shutdown`.
-pub async fn serve<S, F>(
-    name: &str,
-    bind: &str,
-    args: &McpArgs,
-    factory: F,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error>
-where
-    S: ServerHandler + Send + 'static,
-    F: Fn() -> S + Send + Sync + 'static,
-{
-    if args.stdio {
-        tracing::info!(server = name, "serving MCP over stdio");
-        let running = factory()
-            .serve(rmcp::transport::stdio())
-            .await
-            .map_err(|e| Error::Stdio(e.to_string()))?;
-        tokio::select! {
-            r = running.waiting() => { r.map_err(|e| Error::Stdio(e.to_string()))?; }
-            () = shutdown => {}
-        }
-        return Ok(());
-    }
-    let listener = service_kit::server::bind(bind).await?;
-    serve_http(name, listener, args, factory, shutdown).await
+/// Where a tool server listens: the address it binds itself (a binary, where `--stdio`
+/// serves stdin/stdout instead), or a listener someone else bound (`homelab up`, tests).
+pub enum Listen<'a> {
+    Bind(&'a str),
+    On(tokio::net::TcpListener),
 }
 
-/// Runs a tool server over HTTP on a bound listener until `shutdown` (what a tool's
-/// `serve_on` is).
-pub async fn serve_http<S, F>(
+/// Runs a tool server until `shutdown`: over stdio when `--stdio` and nothing is bound for
+/// it, else over HTTP.
+pub async fn serve<S, F>(
     name: &str,
-    listener: tokio::net::TcpListener,
+    listen: Listen<'_>,
     args: &McpArgs,
     factory: F,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -225,6 +204,22 @@ where
     S: ServerHandler + Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,
 {
+    let listener = match listen {
+        Listen::On(l) => l,
+        Listen::Bind(_) if args.stdio => {
+            tracing::info!(server = name, "serving MCP over stdio");
+            let running = factory()
+                .serve(rmcp::transport::stdio())
+                .await
+                .map_err(|e| Error::Stdio(e.to_string()))?;
+            tokio::select! {
+                r = running.waiting() => { r.map_err(|e| Error::Stdio(e.to_string()))?; }
+                () = shutdown => {}
+            }
+            return Ok(());
+        }
+        Listen::Bind(addr) => service_kit::server::bind(addr).await?,
+    };
     let opts = HttpOptions::from_args(args)?;
     let app = http_app(factory, &opts);
     serve_on(

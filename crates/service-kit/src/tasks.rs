@@ -26,11 +26,6 @@ impl Tasks {
         self.cancel.clone().cancelled_owned()
     }
 
-    /// Whether shutdown has begun.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
-    }
-
     /// Spawns work that runs to its end (shutdown waits for it).
     pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
         self.tracker.spawn(fut);

@@ -36,6 +36,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A service of `up` stopped before it was asked to.
+    #[error("{service} stopped: {reason}")]
+    Stopped {
+        service: &'static str,
+        reason: String,
+    },
+    /// The local engine could not load its model.
+    #[error("the local engine could not load its model: {0}")]
+    EngineLoad(String),
     /// `up` refuses what a service it composes would refuse.
     #[error("{reason}")]
     Refused {

@@ -134,7 +134,10 @@ fn local_handles(model_id: &str) -> Vec<(&'static str, &'static str, serde_json:
         (
             "tasks",
             "the local model for background work (Open WebUI's task model: titles, tags, follow-ups); runs after chats",
-            with_model(serde_json::json!({"max_tokens": TASK_MAX_TOKENS, "priority": 10})),
+            with_model(serde_json::json!({
+                "max_tokens": TASK_MAX_TOKENS,
+                "priority": llm_engine::Priority::BACKGROUND.0,
+            })),
         ),
     ]
 }
@@ -403,7 +406,8 @@ pub async fn up(
         .map(|e| (e.about.name.to_owned(), format!("http://{}/mcp", e.addr)))
         .collect();
     for e in entries {
-        tasks.spawn((e.start)(e.listener, stop.clone()));
+        let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
+        tasks.spawn(async move { (name, run.await) });
     }
 
     // Ready means ready: every service listens (bound above) and the model is loaded (a
@@ -436,21 +440,29 @@ pub async fn up(
     }
     stop.cancel();
     while let Some(r) = tasks.join_next().await {
-        if let Ok(Err(e)) = r {
-            tracing::error!(error = %e, "a service stopped with an error");
+        if let Ok((service, Err(e))) = r {
+            tracing::error!(service, error = %e, "stopped with an error");
         }
     }
     Ok(())
 }
 
+/// What a service's task ends with: its name and its result.
+type Ended = (&'static str, Result<(), String>);
+
 /// A service that stopped before it was asked to.
-fn stopped(r: Result<Result<(), String>, tokio::task::JoinError>) -> Error {
-    let why = match r {
-        Ok(Ok(())) => "it ended".to_owned(),
-        Ok(Err(e)) => e,
-        Err(e) => e.to_string(),
-    };
-    input(format!("a service stopped: {why}"))
+fn stopped(r: Result<Ended, tokio::task::JoinError>) -> Error {
+    match r {
+        Ok((service, Ok(()))) => Error::Stopped {
+            service,
+            reason: "it ended on its own".into(),
+        },
+        Ok((service, Err(reason))) => Error::Stopped { service, reason },
+        Err(e) => Error::Stopped {
+            service: "a service",
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Waits until the engine at `addr` has loaded its model (its `/health` answers 200), or
@@ -479,7 +491,7 @@ async fn wait_for_engine(addr: SocketAddr) -> Result<(), Error> {
                 let why = serde_json::from_slice::<contract::ApiError>(&body)
                     .map(|e| e.error.message)
                     .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-                return Err(input(why));
+                return Err(Error::EngineLoad(why));
             }
         }
         if !said && started.elapsed() > std::time::Duration::from_secs(2) {

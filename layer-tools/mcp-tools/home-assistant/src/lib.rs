@@ -96,16 +96,8 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let shared = shared(&config)?;
-    mcp_kit::serve(
-        "home-assistant",
-        &config.bind,
-        &config.mcp,
-        move || HomeAssistant::new(shared.clone()),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    let bind = config.bind.clone();
+    run(mcp_kit::Listen::Bind(&bind), config, shutdown).await
 }
 
 /// Serves over HTTP on a bound listener until `shutdown`.
@@ -114,10 +106,18 @@ pub async fn serve_on(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run(mcp_kit::Listen::On(listener), config, shutdown).await
+}
+
+async fn run(
+    listen: mcp_kit::Listen<'_>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let shared = shared(&config)?;
-    mcp_kit::serve_http(
+    mcp_kit::serve(
         "home-assistant",
-        listener,
+        listen,
         &config.mcp,
         move || HomeAssistant::new(shared.clone()),
         shutdown,

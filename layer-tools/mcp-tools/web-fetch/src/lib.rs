@@ -52,19 +52,8 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let fetcher = fetcher(&config)?;
-    if !config.allow_hosts.is_empty() {
-        tracing::info!(allow = ?config.allow_hosts, "private hosts allow-listed");
-    }
-    mcp_kit::serve(
-        "web-fetch",
-        &config.bind,
-        &config.mcp,
-        move || WebFetch::new(fetcher.clone()),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    let bind = config.bind.clone();
+    run(mcp_kit::Listen::Bind(&bind), config, shutdown).await
 }
 
 /// Serves over HTTP on a bound listener until `shutdown`.
@@ -73,10 +62,21 @@ pub async fn serve_on(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run(mcp_kit::Listen::On(listener), config, shutdown).await
+}
+
+async fn run(
+    listen: mcp_kit::Listen<'_>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let fetcher = fetcher(&config)?;
-    mcp_kit::serve_http(
+    if !config.allow_hosts.is_empty() {
+        tracing::info!(allow = ?config.allow_hosts, "private hosts allow-listed");
+    }
+    mcp_kit::serve(
         "web-fetch",
-        listener,
+        listen,
         &config.mcp,
         move || WebFetch::new(fetcher.clone()),
         shutdown,

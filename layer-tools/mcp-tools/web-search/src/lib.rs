@@ -95,16 +95,8 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let searcher = searcher(&config)?;
-    mcp_kit::serve(
-        "web-search",
-        &config.bind,
-        &config.mcp,
-        move || WebSearch::new(searcher.clone()),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    let bind = config.bind.clone();
+    run(mcp_kit::Listen::Bind(&bind), config, shutdown).await
 }
 
 /// Serves over HTTP on a bound listener until `shutdown`.
@@ -113,10 +105,18 @@ pub async fn serve_on(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run(mcp_kit::Listen::On(listener), config, shutdown).await
+}
+
+async fn run(
+    listen: mcp_kit::Listen<'_>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let searcher = searcher(&config)?;
-    mcp_kit::serve_http(
+    mcp_kit::serve(
         "web-search",
-        listener,
+        listen,
         &config.mcp,
         move || WebSearch::new(searcher.clone()),
         shutdown,
