@@ -266,8 +266,9 @@ pub struct Engine {
     pub default_max_tokens: Option<u32>,
     weights: Weights,
     tokenizer: GgufTokenizer,
-    /// Tokens that end a repeat for DRY.
-    dry_breakers: Arc<[u32]>,
+    /// Tokens that end a repeat for DRY: found in the vocabulary on the first request that
+    /// turns DRY on (a pass over every token, not paid at start-up or without DRY).
+    dry_breakers: std::sync::OnceLock<Arc<[u32]>>,
     template: ChatTemplate,
     queue: Arc<Queue>,
     pub stats: Stats,
@@ -348,7 +349,7 @@ impl Engine {
             context,
             backend: cfg.backend,
             weights,
-            dry_breakers: tokenizer.ids_containing(DRY_BREAKERS).into(),
+            dry_breakers: std::sync::OnceLock::new(),
             tokenizer,
             template,
             queue: Queue::new(cfg.parallel, cfg.queue, cfg.max_queue_wait),
@@ -477,7 +478,13 @@ impl Engine {
             settings,
             seed,
             &self.tokenizer.stop_ids,
-            self.dry_breakers.clone(),
+            if settings.dry_multiplier > 0.0 {
+                self.dry_breakers
+                    .get_or_init(|| self.tokenizer.ids_containing(DRY_BREAKERS).into())
+                    .clone()
+            } else {
+                Arc::from([])
+            },
         );
         let room = self.context - prompt.len();
         let max_new = p

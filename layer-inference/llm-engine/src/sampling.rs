@@ -193,6 +193,9 @@ pub struct Sampler {
     breakers: std::sync::Arc<[u32]>,
     /// Reused buffer of (token, logit) candidates.
     cands: Vec<(u32, f32)>,
+    /// Reused per token: DRY's longest repeat per next token, the penalties' counts.
+    repeats: Vec<(u32, usize)>,
+    counts: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -210,6 +213,8 @@ impl Sampler {
             exempt: exempt.to_vec(),
             breakers,
             cands: Vec::new(),
+            repeats: Vec::new(),
+            counts: HashMap::new(),
         }
     }
 
@@ -283,16 +288,14 @@ impl Sampler {
         if s.dry_multiplier <= 0.0 {
             return;
         }
-        let w = match s.dry_penalty_last_n {
-            n if n < 0 => generated,
-            n => &generated[generated.len().saturating_sub(n as usize)..],
-        };
+        let w = last_n(generated, s.dry_penalty_last_n);
         let n = w.len();
         let breaks = |t: &u32| self.breakers.binary_search(t).is_ok();
         if n < 2 || breaks(&w[n - 1]) {
             return;
         }
-        let mut longest: Vec<(u32, usize)> = Vec::new();
+        let longest = &mut self.repeats;
+        longest.clear();
         for i in (0..n - 1).rev() {
             // How far the text ending at `i` matches the text ending now.
             let mut len = 0;
@@ -313,7 +316,7 @@ impl Sampler {
             }
         }
         let allowed = s.dry_allowed_length as usize;
-        for (t, len) in longest {
+        for &(t, len) in longest.iter() {
             if len < allowed {
                 continue;
             }
@@ -329,17 +332,15 @@ impl Sampler {
         if s.repeat_penalty == 1.0 && s.presence_penalty == 0.0 && s.frequency_penalty == 0.0 {
             return;
         }
-        let window = match s.repeat_last_n {
-            n if n < 0 => generated,
-            n => &generated[generated.len().saturating_sub(n as usize)..],
-        };
-        let mut counts: HashMap<u32, u32> = HashMap::new();
+        let window = last_n(generated, s.repeat_last_n);
+        let counts = &mut self.counts;
+        counts.clear();
         for t in window {
             if !self.exempt.contains(t) {
                 *counts.entry(*t).or_default() += 1;
             }
         }
-        for (t, n) in counts {
+        for (&t, &n) in counts.iter() {
             let Some(c) = self.cands.get_mut(t as usize) else {
                 continue;
             };
@@ -347,6 +348,14 @@ impl Sampler {
             c.1 = if c.1 > 0.0 { c.1 / rp } else { c.1 * rp };
             c.1 -= s.frequency_penalty as f32 * n as f32 + s.presence_penalty as f32;
         }
+    }
+}
+
+/// The last `n` tokens of `generated` (all of them for a negative `n`).
+fn last_n(generated: &[u32], n: i64) -> &[u32] {
+    match usize::try_from(n) {
+        Ok(n) => &generated[generated.len().saturating_sub(n)..],
+        Err(_) => generated,
     }
 }
 
