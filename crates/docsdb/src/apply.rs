@@ -437,33 +437,22 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
         let mem = m.memory_footprint_bytes.map(|b| b.as_i64());
         match existing.get(&key) {
             Some((_, old)) if old == m => report.push("model", &name, Action::Unchanged, vec![]),
-            Some((id, old)) => {
-                sqlx::query(
-                    "UPDATE models SET family = $1, format = $2, quantization = $3, params = $4, \
-                     context_length = $5, size_on_disk_bytes = $6, memory_footprint_bytes = $7, \
-                     source_path = $8, cache_path = $9, updated_at_ms = $10 WHERE id = $11",
-                )
-                .bind(&m.family)
-                .bind(&m.format)
-                .bind(&m.quantization)
-                .bind(m.params)
-                .bind(m.context_length)
-                .bind(size)
-                .bind(mem)
-                .bind(&m.source_path)
-                .bind(&m.cache_path)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-                report.push("model", &name, Action::Updated, diff(old, m));
-            }
-            None => {
+            old => {
+                // The unique index is on (model_id, COALESCE(host_id, 0)) in both dialects,
+                // so the conflict target names that expression.
                 sqlx::query(
                     "INSERT INTO models (model_id, host_id, family, format, quantization, params, \
                      context_length, size_on_disk_bytes, memory_footprint_bytes, source_path, \
                      cache_path, created_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                     ON CONFLICT (model_id, COALESCE(host_id, 0)) DO UPDATE SET \
+                     family = excluded.family, format = excluded.format, \
+                     quantization = excluded.quantization, params = excluded.params, \
+                     context_length = excluded.context_length, \
+                     size_on_disk_bytes = excluded.size_on_disk_bytes, \
+                     memory_footprint_bytes = excluded.memory_footprint_bytes, \
+                     source_path = excluded.source_path, cache_path = excluded.cache_path, \
+                     updated_at_ms = excluded.updated_at_ms",
                 )
                 .bind(&m.model_id)
                 .bind(host_id)
@@ -479,7 +468,10 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
-                report.push("model", &name, Action::Created, vec![]);
+                match old {
+                    Some((_, old)) => report.push("model", &name, Action::Updated, diff(old, m)),
+                    None => report.push("model", &name, Action::Created, vec![]),
+                }
             }
         }
     }
@@ -672,26 +664,14 @@ async fn upsert_endpoint(
             }
             Ok(*id)
         }
-        Some((id, old)) => {
-            sqlx::query(
-                "UPDATE endpoints SET service_id = $1, base_url = $2, api = $3, auth_env = $4, \
-                 updated_at_ms = $5 WHERE id = $6",
-            )
-            .bind(service_id)
-            .bind(base_url)
-            .bind(e.api.as_str())
-            .bind(&e.auth_env)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            report.push("endpoint", &e.name, Action::Updated, diff(old, &wanted));
-            Ok(*id)
-        }
-        None => {
+        old => {
+            // The URL is nobody else's (checked above), so only the name can conflict.
             let row = sqlx::query(
                 "INSERT INTO endpoints (name, service_id, base_url, api, auth_env, created_at_ms, \
-                 updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+                 updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (name) DO UPDATE SET service_id = excluded.service_id, \
+                 base_url = excluded.base_url, api = excluded.api, auth_env = excluded.auth_env, \
+                 updated_at_ms = excluded.updated_at_ms RETURNING id",
             )
             .bind(&e.name)
             .bind(service_id)
@@ -701,7 +681,12 @@ async fn upsert_endpoint(
             .bind(now)
             .fetch_one(&mut *conn)
             .await?;
-            report.push("endpoint", &e.name, Action::Created, vec![]);
+            match old {
+                Some((_, old)) => {
+                    report.push("endpoint", &e.name, Action::Updated, diff(old, &wanted))
+                }
+                None => report.push("endpoint", &e.name, Action::Created, vec![]),
+            }
             Ok(row.try_get::<i64, _>("id")?)
         }
     }

@@ -51,6 +51,7 @@ async fn count(db: &Db, table: &str) -> i64 {
 on_both!(
     migrating_twice_is_harmless,
     system_yaml_apply_is_idempotent_and_reports_changes,
+    endpoints_and_models_update_in_place,
     jsonl_creates_endpoints_and_ordered_targets,
     yaml_import_export_import_is_a_fixed_point,
     jsonl_import_export_import_is_a_fixed_point,
@@ -94,6 +95,52 @@ async fn system_yaml_apply_is_idempotent_and_reports_changes(db: Db) {
         .unwrap();
     assert_eq!((c.kind, c.name.as_str()), ("handle", "fast"));
     assert_eq!(c.details, vec!["strategy: \"least-busy\" → \"latency\""]);
+}
+
+async fn endpoints_and_models_update_in_place(db: Db) {
+    let text = example("system.yaml");
+    import(&db, &text, "system.yaml").await.unwrap();
+    // A model without a host as well: its row's host_id is NULL, which the unique index
+    // covers through COALESCE.
+    let hostless = "\n  - model_id: tiny-hostless\n    format: gguf\n    context_length: 2048\n";
+    let with_hostless = text.replace("\nhandles:\n", &format!("{hostless}\nhandles:\n"));
+    let created = import(&db, &with_hostless, "system.yaml").await.unwrap();
+    assert_eq!(created.count(Action::Created), 1, "{created}");
+    let (models, endpoints) = (count(&db, "models").await, count(&db, "endpoints").await);
+
+    let changed = with_hostless
+        .replace("context_length: 8192", "context_length: 16384")
+        .replace("context_length: 2048", "context_length: 4096")
+        .replace("http://orin.lan:4013/v1", "http://orin.lan:4014/v1");
+    let report = import(&db, &changed, "system.yaml").await.unwrap();
+    let updated: Vec<(&str, &str)> = report
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Updated)
+        .map(|c| (c.kind, c.name.as_str()))
+        .collect();
+    assert_eq!(
+        updated,
+        vec![
+            ("endpoint", "orin-llama"),
+            ("model", "llama-3.2-3b-instruct-q4_k_m on orin"),
+            ("model", "tiny-hostless"),
+        ],
+        "{report}"
+    );
+    assert_eq!(report.count(Action::Created), 0, "{report}");
+    assert_eq!(count(&db, "models").await, models, "updated in place");
+    assert_eq!(count(&db, "endpoints").await, endpoints, "updated in place");
+    let exported = export_yaml(&db).await;
+    assert!(exported.contains("http://orin.lan:4014/v1"), "{exported}");
+    assert!(exported.contains("context_length: 16384"), "{exported}");
+    assert!(exported.contains("context_length: 4096"), "{exported}");
+    assert!(
+        import(&db, &changed, "system.yaml")
+            .await
+            .unwrap()
+            .is_noop()
+    );
 }
 
 async fn jsonl_creates_endpoints_and_ordered_targets(db: Db) {

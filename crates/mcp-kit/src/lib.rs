@@ -24,6 +24,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, ServiceExt};
 use service_kit::config::CommonArgs;
+use service_kit::routes::{Route, Routes};
 use tokio_util::sync::CancellationToken;
 
 pub use error::Error;
@@ -171,17 +172,48 @@ where
         sessions,
         max_sessions: opts.max_sessions,
     };
-    let mcp =
-        Router::new()
-            .nest_service("/mcp", service)
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::new(guard),
-                auth::check,
-            ));
-    let app = mcp.merge(service_kit::health::routes(
-        service_kit::health::always_ready(),
-    ));
-    service_kit::server::with_common_layers(app, opts.body_limit)
+    let guarded = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            auth::check,
+        ))
+        .service(service);
+    service_kit::server::with_common_layers(routes(guarded).into_router(), opts.body_limit)
+}
+
+/// The routes of a tool server around its (guarded) MCP endpoint.
+fn routes<T>(mcp: T) -> Routes
+where
+    T: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    T::Response: axum::response::IntoResponse,
+    T::Future: Send + 'static,
+{
+    Routes::new()
+        .service(
+            "/mcp",
+            mcp,
+            &[
+                (
+                    "POST",
+                    "MCP Streamable HTTP: JSON-RPC requests and notifications (bearer token when set)",
+                ),
+                ("GET", "MCP Streamable HTTP: the session's server-to-client event stream"),
+                ("DELETE", "MCP Streamable HTTP: ends a session"),
+            ],
+        )
+        .health_always_ready()
+}
+
+/// The route table of every tool server (the same [`routes`] its app is built from).
+pub fn route_table() -> Vec<Route> {
+    let placeholder = tower::service_fn(|_: axum::extract::Request| async {
+        Ok::<_, std::convert::Infallible>(http::StatusCode::NOT_FOUND)
+    });
+    routes(placeholder).table().to_vec()
 }
 
 /// Where a tool server listens: the address it binds itself (a binary, where `--stdio`

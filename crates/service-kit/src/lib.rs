@@ -5,6 +5,7 @@
 //!   environment fallbacks, and value parsers for sizes and durations.
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
 //! - [`health`]: `GET /health` (alive) and `GET /health/ready` (dependencies OK).
+//! - [`routes`]: a router built together with the table of its routes (for the spec).
 //! - [`request_id`]: `x-request-id` taken from the client or generated, echoed back, and
 //!   put on the request's tracing span.
 //! - [`body`]: the body-size limit (413 in OpenAI shape) and JSON body extractors whose
@@ -20,6 +21,7 @@ pub mod config;
 mod error;
 pub mod health;
 pub mod request_id;
+pub mod routes;
 pub mod server;
 pub mod service;
 pub mod tasks;

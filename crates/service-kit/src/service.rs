@@ -20,6 +20,10 @@ pub trait Service: clap::Parser + Send + 'static {
     /// The flags every service takes.
     fn common(&self) -> &CommonArgs;
 
+    /// The table of the routes it serves (built by the same calls as its router, see
+    /// [`crate::routes`]).
+    fn routes() -> Vec<crate::routes::Route>;
+
     /// What the service refuses before anything listens (the gateway beyond loopback without
     /// a master key). Whoever composes services calls it too, so no guard is bypassed.
     fn check(&self) -> Result<(), Self::Error> {
@@ -76,17 +80,23 @@ pub use tokio::net::TcpListener as Listener;
 
 /// Implements [`Service`] for a service crate's `Config` from the crate's own `serve(config,
 /// shutdown)` and `serve_on(listener, config, shutdown)`:
-/// `service_kit::service!(Config, "gateway", Error, common = common, check = check_bind);`
-/// (`common` is the path to the `CommonArgs` inside the config; `check` is optional).
+/// `service_kit::service!(Config, "gateway", Error, common = common, routes =
+/// routes().table().to_vec(), check = check_bind);` (`common` is the path to the
+/// `CommonArgs` inside the config, `routes` an expression giving the route table; `check` is
+/// optional).
 #[macro_export]
 macro_rules! service {
-    ($config:ty, $name:literal, $error:ty, common = $($common:ident).+ $(, check = $check:expr)?) => {
+    ($config:ty, $name:literal, $error:ty, common = $($common:ident).+, routes = $routes:expr $(, check = $check:expr)?) => {
         impl $crate::Service for $config {
             const NAME: &'static str = $name;
             type Error = $error;
 
             fn common(&self) -> &$crate::config::CommonArgs {
                 &self.$($common).+
+            }
+
+            fn routes() -> ::std::vec::Vec<$crate::routes::Route> {
+                $routes
             }
 
             $(fn check(&self) -> ::std::result::Result<(), $error> {
@@ -111,14 +121,16 @@ macro_rules! service {
     };
 }
 
-/// The service's `SERVICE_SPEC.md`, generated from its clap `Config`: every flag with its
-/// environment variable, default and help, and the default address. Kept beside the crate's
+/// The service's `SERVICE_SPEC.md`, generated from its clap `Config` and its router: every
+/// flag with its environment variable, default and help, the default address, and every
+/// route. Kept beside the crate's
 /// README and checked by [`check_spec_file`], so it cannot drift from the code.
 pub fn spec_markdown<S: Service>() -> String {
     use std::fmt::Write;
     let cmd = S::command();
     let mut out = format!(
-        "# {} — service spec\n\nGenerated from the code (`{}::Config`, its clap flags) by \
+        "# {} — service spec\n\nGenerated from the code (`{}::Config`, its clap flags, and its \
+         route table) by \
          `service_kit::service::spec_markdown`; a test fails when this file is stale \
          (`HOMELAB_WRITE_SPECS=1 cargo test -p {} --test spec` rewrites it).\n\n",
         S::NAME,
@@ -135,7 +147,7 @@ pub fn spec_markdown<S: Service>() -> String {
     if let Some(b) = bind {
         let _ = writeln!(out, "Default address: `{}`\n", b.to_string_lossy());
     }
-    out.push_str("| flag | environment | default | what |\n|---|---|---|---|\n");
+    out.push_str("## Flags\n\n| flag | environment | default | what |\n|---|---|---|---|\n");
     for a in cmd.get_arguments() {
         let Some(long) = a.get_long() else {
             continue;
@@ -163,6 +175,8 @@ pub fn spec_markdown<S: Service>() -> String {
             .unwrap_or_default();
         let _ = writeln!(out, "| `--{long}` | {env} | {default} | {help} |");
     }
+    out.push_str("\n## Routes\n\n");
+    out.push_str(&crate::routes::markdown(&S::routes()));
     out
 }
 

@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 use service_kit::body::{JsonBody, RawJson};
-use service_kit::health::{self, ready_check};
 use service_kit::request_id::RequestId;
+use service_kit::routes::Routes;
 use service_kit::server::{self, ShutdownPlan, flush_hook};
 use tokio::sync::oneshot;
 
@@ -69,16 +69,20 @@ async fn start(body_limit: u64, drain: Duration) -> Running {
                 },
             ),
         )
-        .merge(health::routes(ready_check(move || {
-            let ok = r.load(Ordering::SeqCst);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("model still loading".into())
-                }
-            }
-        })));
+        .merge(
+            Routes::new()
+                .health(move |()| {
+                    let ok = r.load(Ordering::SeqCst);
+                    async move {
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err("model still loading".into())
+                        }
+                    }
+                })
+                .into_router(),
+        );
     let app = server::with_common_layers(app, body_limit);
     let listener = server::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

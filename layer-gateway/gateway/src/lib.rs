@@ -33,30 +33,65 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use service_kit::routes::Routes;
 
 pub use config::Config;
 pub use error::Error;
 pub use state::AppState;
 
-/// The gateway's routes, on `state`.
-pub fn app(state: Arc<AppState>) -> Router {
+/// The gateway's routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
     use routes::{admin, models, openai, search};
-    let api = Router::new()
-        .route("/chat/completions", post(openai::chat))
-        .route("/completions", post(openai::completions))
-        .route("/embeddings", post(openai::embeddings))
-        .route("/models", get(models::list))
-        .route("/models/{id}", get(models::get))
-        .route("/search", post(search::default_tool))
-        .route("/search/{tool}", post(search::named_tool));
-    Router::new()
-        .nest("/v1", api.clone())
-        .merge(api)
-        .route("/admin/reload", post(admin::reload))
-        .route("/metrics", get(admin::metrics))
-        .with_state(state.clone())
-        .merge(service_kit::health::routes(admin::ready_check(&state)))
+    let api = Routes::new()
+        .post(
+            "/chat/completions",
+            openai::chat,
+            "OpenAI chat completions, routed by the handle in `model` (streamed or not)",
+        )
+        .post(
+            "/completions",
+            openai::completions,
+            "OpenAI text completions, routed by handle",
+        )
+        .post(
+            "/embeddings",
+            openai::embeddings,
+            "OpenAI embeddings, routed by handle",
+        )
+        .get(
+            "/models",
+            models::list,
+            "The handles this key may use, as OpenAI models",
+        )
+        .get(
+            "/models/{id}",
+            models::get,
+            "One handle, as an OpenAI model",
+        )
+        .post(
+            "/search",
+            search::default_tool,
+            "Web search through the default search tool",
+        )
+        .post(
+            "/search/{tool}",
+            search::named_tool,
+            "Web search through a named search tool",
+        );
+    Routes::new()
+        .merge(api.under_v1_and_root())
+        .post(
+            "/admin/reload",
+            admin::reload,
+            "Re-read the handle and key tables now (master key)",
+        )
+        .get("/metrics", admin::metrics, "Prometheus metrics")
+        .health(admin::ready)
+}
+
+/// The gateway's router, on `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    routes().into_router().with_state(state)
 }
 
 /// Checks the bind address against the key setting: without a master key, only loopback
@@ -123,5 +158,6 @@ service_kit::service!(
     "gateway",
     Error,
     common = common,
+    routes = routes().table().to_vec(),
     check = check_bind
 );

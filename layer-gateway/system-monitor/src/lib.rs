@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use service_kit::routes::Routes;
 
 pub use config::Config;
 pub use error::Error;
@@ -31,25 +31,41 @@ pub use state::AppState;
 /// partial hour of the 24 h window.
 pub const MIN_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
-/// The monitor's routes, on `state`.
+/// The monitor's routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
+    Routes::new()
+        .get("/", page::dashboard, "The dashboard page (read-only)")
+        .get(
+            "/api/status",
+            api::status,
+            "Every service's state, from the system-docs DB's views",
+        )
+        .get(
+            "/api/services/{name}",
+            api::service,
+            "One service: state, checks, recent errors",
+        )
+        .get(
+            "/api/handles",
+            api::handles,
+            "Traffic, latency and tokens per routing handle",
+        )
+        .get(
+            "/api/models",
+            api::models,
+            "Registered models and where they are served",
+        )
+        .get("/api/hosts", api::hosts, "Hosts and their services")
+        .get("/api/errors", api::errors, "Recent errors across the stack")
+        .get("/metrics", metrics::metrics, "Prometheus metrics")
+        .health(
+            |state: Arc<AppState>| async move { state.db.ping().await.map_err(|e| e.to_string()) },
+        )
+}
+
+/// The monitor's router, on `state`.
 pub fn app(state: Arc<AppState>) -> Router {
-    let db = state.db.clone();
-    Router::new()
-        .route("/", get(page::dashboard))
-        .route("/api/status", get(api::status))
-        .route("/api/services/{name}", get(api::service))
-        .route("/api/handles", get(api::handles))
-        .route("/api/models", get(api::models))
-        .route("/api/hosts", get(api::hosts))
-        .route("/api/errors", get(api::errors))
-        .route("/metrics", get(metrics::metrics))
-        .with_state(state)
-        .merge(service_kit::health::routes(
-            service_kit::health::ready_check(move || {
-                let db = db.clone();
-                async move { db.ping().await.map_err(|e| e.to_string()) }
-            }),
-        ))
+    routes().into_router().with_state(state)
 }
 
 /// Runs the monitor until `shutdown` resolves.
@@ -170,4 +186,10 @@ pub async fn rollup_loop(state: Arc<AppState>) {
     }
 }
 
-service_kit::service!(Config, "system-monitor", Error, common = common);
+service_kit::service!(
+    Config,
+    "system-monitor",
+    Error,
+    common = common,
+    routes = routes().table().to_vec()
+);

@@ -22,7 +22,7 @@ use clap::Args;
 use llm_engine::{Backend, Engine, EngineConfig};
 use service_kit::config::CommonArgs;
 
-pub use routes::app;
+pub use routes::{app, routes};
 
 /// The engine flags every engine service takes (besides its `--bind`).
 #[derive(Debug, Clone, Args)]

@@ -17,7 +17,6 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use contract::ApiError;
 use contract::chat::ChatCompletionRequest;
@@ -28,26 +27,54 @@ use llm_engine::{Engine, EngineError, Event, Finish, Input, Params};
 use serde_json::{Value, json};
 use service_kit::body::JsonBody;
 use service_kit::request_id::RequestId;
+use service_kit::routes::Routes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::AppState;
 use crate::params::{self, Common};
 
-/// The routes (also without the `/v1` prefix).
+/// The routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
+    let api = Routes::new()
+        .post(
+            "/chat/completions",
+            chat,
+            "Chat completions with the model's chat template (streamed or not)",
+        )
+        .post(
+            "/completions",
+            completions,
+            "Text completions (streamed or not)",
+        )
+        .get(
+            "/models",
+            models,
+            "The served model, with its context and sampler defaults",
+        )
+        .get(
+            "/queue",
+            queue,
+            "Who is generating and who waits, by priority",
+        )
+        .get(
+            "/queue/{request_id}",
+            request_state,
+            "One request's state: queued (with its place), generating, or unknown",
+        );
+    Routes::new()
+        .merge(api.under_v1_and_root())
+        .get(
+            "/health",
+            health,
+            "200 once the model is loaded, 503 while loading (as llama-server)",
+        )
+        .get("/health/ready", health, "The same as `/health`")
+        .get("/metrics", metrics, "Prometheus metrics")
+}
+
+/// The router, on `state`.
 pub fn app(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/chat/completions", post(chat))
-        .route("/completions", post(completions))
-        .route("/models", get(models))
-        .route("/queue", get(queue))
-        .route("/queue/{request_id}", get(request_state));
-    Router::new()
-        .nest("/v1", api.clone())
-        .merge(api)
-        .route("/health", get(health))
-        .route("/health/ready", get(health))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    routes().into_router().with_state(state)
 }
 
 fn loading(state: &AppState) -> Response {

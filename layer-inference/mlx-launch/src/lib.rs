@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
 use clap::Parser;
 use service_kit::config::CommonArgs;
+use service_kit::routes::Routes;
 
 pub use error::Error;
 use supervisor::{Launch, Supervisor};
@@ -156,19 +156,34 @@ async fn register_found(db: &docsdb::Db, host: &str, dirs: &[std::path::PathBuf]
     }
 }
 
+/// The routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
+    const CHAT: &str =
+        "Chat completions, forwarded to the model's `mlx_lm.server` child, started on demand";
+    Routes::new()
+        .post("/v1/chat/completions", routes::chat, CHAT)
+        .post("/chat/completions", routes::chat, CHAT)
+        .post(
+            "/v1/completions",
+            routes::completions,
+            "Text completions, forwarded like chat",
+        )
+        .get(
+            "/v1/models",
+            routes::models,
+            "The registry's models on this host, with whether each runs now",
+        )
+        .get(
+            "/status",
+            routes::status,
+            "The running children and the memory budget",
+        )
+        .health_always_ready()
+}
+
 /// The HTTP app.
 pub fn app(state: Arc<AppState>, body_limit: u64) -> Router {
-    let routes = Router::new()
-        .route("/v1/chat/completions", post(routes::chat))
-        .route("/chat/completions", post(routes::chat))
-        .route("/v1/completions", post(routes::completions))
-        .route("/v1/models", get(routes::models))
-        .route("/status", get(routes::status))
-        .with_state(state)
-        .merge(service_kit::health::routes(
-            service_kit::health::always_ready(),
-        ));
-    service_kit::server::with_common_layers(routes, body_limit)
+    service_kit::server::with_common_layers(routes().into_router().with_state(state), body_limit)
 }
 
 /// Binds `config.bind` and serves until `shutdown`, then stops every child.
@@ -243,4 +258,10 @@ pub async fn serve_on(
     Ok(result?)
 }
 
-service_kit::service!(Config, "mlx-launch", Error, common = common);
+service_kit::service!(
+    Config,
+    "mlx-launch",
+    Error,
+    common = common,
+    routes = routes().table().to_vec()
+);

@@ -56,4 +56,10 @@ pub async fn serve_on(
     .await
 }
 
-service_kit::service!(Config, "orin-llm-server", Error, common = engine.common);
+service_kit::service!(
+    Config,
+    "orin-llm-server",
+    Error,
+    common = engine.common,
+    routes = engine_server::routes().table().to_vec()
+);

@@ -43,27 +43,18 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The readiness check: the DB answers and a routing table is loaded.
-pub fn ready_check(state: &Arc<AppState>) -> service_kit::health::ReadyCheck {
-    let weak = Arc::downgrade(state);
-    service_kit::health::ready_check(move || {
-        let state = weak.upgrade();
-        async move {
-            let Some(state) = state else {
-                return Err("shutting down".into());
-            };
-            state
-                .db
-                .ping()
-                .await
-                .map_err(|e| format!("system-docs DB: {e}"))?;
-            if !state.is_loaded() {
-                return Err("routing table not loaded".into());
-            }
-            if state.log.died() {
-                return Err("the request-log writer died; requests are not being logged".into());
-            }
-            Ok(())
-        }
-    })
+/// The readiness check: the DB answers, a routing table is loaded, the log writer lives.
+pub async fn ready(state: Arc<AppState>) -> Result<(), String> {
+    state
+        .db
+        .ping()
+        .await
+        .map_err(|e| format!("system-docs DB: {e}"))?;
+    if !state.is_loaded() {
+        return Err("routing table not loaded".into());
+    }
+    if state.log.died() {
+        return Err("the request-log writer died; requests are not being logged".into());
+    }
+    Ok(())
 }

@@ -138,5 +138,6 @@ service_kit::service!(
     "home-assistant",
     Error,
     common = mcp.common,
+    routes = mcp_kit::route_table(),
     check = check
 );

@@ -97,5 +97,6 @@ service_kit::service!(
     "web-fetch",
     Error,
     common = mcp.common,
+    routes = mcp_kit::route_table(),
     check = check
 );

@@ -137,5 +137,6 @@ service_kit::service!(
     "web-search",
     Error,
     common = mcp.common,
+    routes = mcp_kit::route_table(),
     check = check
 );
