@@ -14,6 +14,16 @@ pub const DEFAULT_DB_URL: &str = "sqlite://./var/system-docs.db";
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_VECTOR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations-vectors/sqlite");
+static POSTGRES_VECTOR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations-vectors/postgres");
+
+/// Which schema a database holds: the system-docs DB, or the vector store's own database
+/// ([`crate::vectors`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    SystemDocs,
+    Vectors,
+}
 
 /// Which dialect a [`Db`] speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +75,9 @@ pub struct DbOptions {
     pub acquire_timeout: Duration,
     /// How long SQLite waits on a locked database before failing (`PRAGMA busy_timeout`).
     pub busy_timeout: Duration,
+    /// SQLite: a commit is on disk when it returns, also across a power cut
+    /// (`synchronous = FULL`); otherwise it survives a crash of the process, not of the machine.
+    pub durable: bool,
 }
 
 impl Default for DbOptions {
@@ -73,6 +86,7 @@ impl Default for DbOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
             busy_timeout: Duration::from_secs(5),
+            durable: false,
         }
     }
 }
@@ -127,6 +141,7 @@ impl Db {
         })?;
         let _ = probe.close().await;
         let busy_ms = opts.busy_timeout.as_millis();
+        let synchronous = if opts.durable { "FULL" } else { "NORMAL" };
         let max = if in_memory {
             1
         } else {
@@ -142,7 +157,7 @@ impl Db {
                         // request log); NORMAL sync is safe with WAL and much faster.
                         conn.execute(
                             format!(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms};"
                             )
                             .as_str(),
@@ -171,11 +186,18 @@ impl Db {
         })
     }
 
-    /// Applies the migrations of this dialect that have not run yet.
+    /// Applies the system-docs migrations of this dialect that have not run yet.
     pub async fn migrate(&self) -> Result<()> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        self.migrate_schema(Schema::SystemDocs).await
+    }
+
+    /// Applies the migrations of `schema` in this dialect that have not run yet.
+    pub async fn migrate_schema(&self, schema: Schema) -> Result<()> {
+        let migrator = match (schema, self.backend) {
+            (Schema::SystemDocs, Backend::Sqlite) => &SQLITE_MIGRATIONS,
+            (Schema::SystemDocs, Backend::Postgres) => &POSTGRES_MIGRATIONS,
+            (Schema::Vectors, Backend::Sqlite) => &SQLITE_VECTOR_MIGRATIONS,
+            (Schema::Vectors, Backend::Postgres) => &POSTGRES_VECTOR_MIGRATIONS,
         };
         migrator.run(&self.pool).await?;
         Ok(())

@@ -6,7 +6,7 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database could not be opened or reached.
-    #[error("cannot open the system-docs DB at {url}: {source}")]
+    #[error("cannot open the database at {url}: {source}")]
     Connect {
         url: String,
         #[source]
@@ -16,7 +16,7 @@ pub enum Error {
     #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://...")]
     BadUrl(String),
     /// A migration failed.
-    #[error("migrating the system-docs DB failed: {0}")]
+    #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A query failed.
     #[error("database error: {0}")]
@@ -30,6 +30,9 @@ pub enum Error {
     /// The change conflicts with what the DB holds.
     #[error("{0}")]
     Conflict(String),
+    /// A stored value that cannot be read back (bad JSON, vector bytes of a wrong length).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -16,6 +16,8 @@
 //! - [`request_log`]: the batched insert path for request-log rows.
 //! - [`health`]: health-check rows.
 //! - [`monitor`]: the monitor's settings, views and hourly rollups (folded as each hour ends).
+//! - [`vectors`]: the vector store's own database (collections, payload indexes, points),
+//!   a separate file or Postgres schema with migrations of its own (`migrations-vectors/`).
 //!
 //! Times are Unix epoch milliseconds in `*_at_ms` columns, the same number in both dialects.
 
@@ -32,9 +34,10 @@ pub mod request_log;
 pub mod residency;
 mod rollup;
 pub mod spec;
+pub mod vectors;
 mod yaml_lines;
 
-pub use db::{Backend, DEFAULT_DB_URL, Db, DbOptions};
+pub use db::{Backend, DEFAULT_DB_URL, Db, DbOptions, Schema};
 pub use error::{Error, InputError, Result};
 
 /// Milliseconds since the Unix epoch, now.

@@ -309,7 +309,7 @@ async fn one_backend(
     let port = free_port().await?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(bin)
-        .args(["up", "--no-tools", "--data-dir"])
+        .args(["up", "--no-tools", "--no-data", "--data-dir"])
         .arg(&a.data_dir)
         .args(["--gateway-port", &port.to_string()])
         .args(["--engine-port", &free_port().await?.to_string()])

@@ -135,6 +135,12 @@ pub struct UpArgs {
     /// Run without the MCP tool servers.
     #[arg(long)]
     pub no_tools: bool,
+    /// Run without the data layer (the vector store).
+    #[arg(long)]
+    pub no_data: bool,
+    /// The vector store's port (Qdrant's REST API; its data in DATA_DIR/vectors.db).
+    #[arg(long, default_value_t = 4030)]
+    pub vector_db_port: u16,
     #[arg(long, default_value_t = 4020)]
     pub web_fetch_port: u16,
     #[arg(long, default_value_t = 4021)]
@@ -305,6 +311,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 searxng: a.searxng.clone(),
                 home_assistant: a.ha_url.clone().zip(a.ha_policy.clone()),
             },
+            vector_db_port: (!a.no_data).then_some(a.vector_db_port),
         };
         return up::up(&opts, service_kit::server::signal(), |r| {
             output::line(&up::banner(r))

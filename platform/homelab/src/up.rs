@@ -51,6 +51,8 @@ pub struct UpOptions {
     pub model: Option<PathBuf>,
     pub no_engine: bool,
     pub tools: ToolsOptions,
+    /// The vector store's port (`None`: not run, `--no-data`).
+    pub vector_db_port: Option<u16>,
 }
 
 impl UpOptions {
@@ -68,6 +70,7 @@ impl UpOptions {
             model: None,
             no_engine: false,
             tools: ToolsOptions::default(),
+            vector_db_port: None,
         }
     }
 }
@@ -85,6 +88,7 @@ impl std::fmt::Debug for UpOptions {
             .field("model", &self.model)
             .field("no_engine", &self.no_engine)
             .field("tools", &self.tools)
+            .field("vector_db_port", &self.vector_db_port)
             .finish()
     }
 }
@@ -99,6 +103,8 @@ pub struct Running {
     pub model_id: Option<String>,
     /// `(name, MCP endpoint URL)` of each tool server.
     pub tools: Vec<(String, String)>,
+    /// The vector store (Qdrant REST), when it runs.
+    pub vector_db: Option<SocketAddr>,
     /// The gateway (and the tools) want a key.
     pub keyed: bool,
 }
@@ -285,6 +291,28 @@ pub async fn up(
     if o.tools.enabled {
         tool_entries(o, &bind, gw_addr, &host.name, &mut entries).await?;
     }
+    if let Some(port) = o.vector_db_port {
+        let db = format!("sqlite://{}/vectors.db", o.data_dir.display());
+        let mut config = vector_db::Config::new(&db, &bind(port));
+        config.api_key = o.master_key.clone();
+        config.allow_unauthenticated = o.allow_unauthenticated;
+        entries.push(
+            entry(
+                config,
+                &bind(port),
+                "--vector-db-port",
+                About {
+                    name: "vector-db",
+                    layer: Layer::Data,
+                    health_path: "/health/ready",
+                    endpoint: None,
+                    description: "the vector store (Qdrant REST API), run by homelab up",
+                    readme: "layer-data/vector-db/README.md",
+                },
+            )
+            .await?,
+        );
+    }
 
     let mut model_id = None;
     if !o.no_engine {
@@ -405,6 +433,10 @@ pub async fn up(
         .filter(|e| matches!(e.about.endpoint, Some((docsdb::spec::Api::Mcp, _))))
         .map(|e| (e.about.name.to_owned(), format!("http://{}/mcp", e.addr)))
         .collect();
+    let entries_vector_db = entries
+        .iter()
+        .find(|e| e.about.name == "vector-db")
+        .map(|e| e.addr);
     for e in entries {
         let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
         tasks.spawn(async move { (name, run.await) });
@@ -429,6 +461,7 @@ pub async fn up(
         db_url,
         model_id,
         tools: tool_urls,
+        vector_db: entries_vector_db,
         keyed: o.master_key.is_some(),
     });
     tokio::select! {
@@ -670,6 +703,11 @@ pub fn banner(r: &Running) -> String {
     ));
     for (name, url) in &r.tools {
         s.push_str(&format!("  {name:<14} {url}   (MCP, Streamable HTTP)\n"));
+    }
+    if let Some(v) = r.vector_db {
+        s.push_str(&format!(
+            "  vector store   http://{v}   (Qdrant REST API: Open WebUI's QDRANT_URI)\n"
+        ));
     }
     s.push_str(&format!("  system-docs DB {}\n\n", r.db_url));
     if r.engine.is_some() {

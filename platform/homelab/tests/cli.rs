@@ -308,7 +308,7 @@ fn unreachable_db_is_one_clear_line() {
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(
         r.stderr.starts_with(
-            "error: cannot open the system-docs DB at postgres://postgres:***@127.0.0.1:1/none"
+            "error: cannot open the database at postgres://postgres:***@127.0.0.1:1/none"
         ),
         "{}",
         r.stderr

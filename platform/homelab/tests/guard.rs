@@ -18,6 +18,7 @@ fn options(data: &std::path::Path, bind_host: &str) -> UpOptions {
             enabled: true,
             ..Default::default()
         },
+        vector_db_port: Some(0),
         ..UpOptions::on_loopback(data)
     }
 }
@@ -111,6 +112,20 @@ async fn with_a_master_key_beyond_loopback_the_gateway_and_the_tools_want_it() {
             "{name}"
         );
     }
+    // The vector store wants the master key too (as `api-key`, the way Qdrant clients send it).
+    let vdb = format!(
+        "http://127.0.0.1:{}/collections",
+        r.vector_db.unwrap().port()
+    );
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(&vdb).send().await.unwrap().status(), 401);
+    let keyed = c
+        .get(&vdb)
+        .header("api-key", "sk-master-guard")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 200);
     stop.send(()).unwrap();
     task.await.unwrap();
 }
@@ -160,7 +175,7 @@ async fn a_port_in_use_is_named_with_the_flag_that_moves_it() {
 fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
-        .args(["up", "--no-engine", "--no-tools", "--data-dir"])
+        .args(["up", "--no-engine", "--no-tools", "--no-data", "--data-dir"])
         .arg(dir.path())
         .args(["--gateway-port", "0", "--monitor-port", "0"])
         .env("RUST_LOG", "info")
@@ -216,7 +231,14 @@ fn systemd_hears_ready_once_when_everything_is() {
         .args(["up", "--no-engine", "--data-dir"])
         .arg(dir.path().join("var"))
         .args(["--gateway-port", "0", "--monitor-port", "0"])
-        .args(["--web-fetch-port", "0", "--web-search-port", "0"])
+        .args([
+            "--web-fetch-port",
+            "0",
+            "--web-search-port",
+            "0",
+            "--vector-db-port",
+            "0",
+        ])
         .env("NOTIFY_SOCKET", &sock_path)
         .env_remove("HOMELAB_MASTER_KEY")
         .stdout(std::process::Stdio::piped())
@@ -227,7 +249,7 @@ fn systemd_hears_ready_once_when_everything_is() {
     child.kill().unwrap();
     let _ = child.wait();
     assert!(up);
-    // Four servers listened; one READY=1, sent before the banner.
+    // Five servers listened; one READY=1, sent before the banner.
     sock.set_nonblocking(true).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 64];

@@ -205,9 +205,14 @@ async fn every_service_in_ups_list_is_registered_and_answers_its_health_check() 
             enabled: true,
             ..Default::default()
         },
+        vector_db_port: Some(0),
         ..UpOptions::on_loopback(dir.path())
     })
     .await;
+    assert!(
+        homelab::up::banner(&r)
+            .contains(&format!("vector store   http://{}", r.vector_db.unwrap()))
+    );
     let db = docsdb::Db::open(&r.db_url).await.unwrap();
     let rows = sqlx::query("SELECT name, base_url, health_path FROM services ORDER BY name")
         .fetch_all(db.pool())
@@ -220,6 +225,7 @@ async fn every_service_in_ups_list_is_registered_and_answers_its_health_check() 
             "gateway",
             "local-engine",
             "system-monitor",
+            "vector-db",
             "web-fetch",
             "web-search"
         ],

@@ -1,0 +1,376 @@
+//! One collection in memory: normalised vectors in one contiguous array (a slot per point),
+//! payloads, an id → slot map and keyword indexes for the fields a client indexed.
+//!
+//! Search is an exact scan: every candidate's cosine similarity (a dot product of unit
+//! vectors), the best kept in a bounded heap. A filter whose top-level `must` names an
+//! indexed field by value (Open WebUI's `tenant_id`, `metadata.file_id`) scans only the
+//! points the index lists for it.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use contract::qdrant::{Filter, PointId};
+use serde_json::{Map, Value};
+
+use crate::filter;
+use crate::simd;
+
+/// A collection's points and indexes.
+#[derive(Debug)]
+pub struct Collection {
+    pub dim: usize,
+    /// Settings as created (`vectors`, `hnsw_config`, …), echoed by `GET /collections/{c}`.
+    pub config: Value,
+    /// Payload indexes: field → schema as given.
+    pub indexes: BTreeMap<String, Value>,
+    ids: Vec<PointId>,
+    slot_of: HashMap<PointId, usize>,
+    vectors: Vec<f32>,
+    payloads: Vec<Map<String, Value>>,
+    /// Field → value key → slots, for the indexed fields.
+    keyword: HashMap<String, HashMap<String, HashSet<usize>>>,
+    /// The number of the last write (what updates answer as `operation_id`).
+    pub operation: u64,
+}
+
+/// A point found by a search: its slot and similarity.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit {
+    pub slot: usize,
+    pub score: f32,
+}
+
+/// Best-first order: higher score, then lower slot.
+struct Ranked(Hit);
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    /// "Greater" is worse, so the heap's top is the worst kept hit.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .0
+            .score
+            .total_cmp(&self.0.score)
+            .then(self.0.slot.cmp(&other.0.slot))
+    }
+}
+
+impl Collection {
+    pub fn new(dim: usize, config: Value) -> Collection {
+        Collection {
+            dim,
+            config,
+            indexes: BTreeMap::new(),
+            ids: Vec::new(),
+            slot_of: HashMap::new(),
+            vectors: Vec::new(),
+            payloads: Vec::new(),
+            keyword: HashMap::new(),
+            operation: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn id(&self, slot: usize) -> &PointId {
+        &self.ids[slot]
+    }
+
+    pub fn payload(&self, slot: usize) -> &Map<String, Value> {
+        &self.payloads[slot]
+    }
+
+    pub fn vector(&self, slot: usize) -> &[f32] {
+        &self.vectors[slot * self.dim..(slot + 1) * self.dim]
+    }
+
+    pub fn slot(&self, id: &PointId) -> Option<usize> {
+        self.slot_of.get(id).copied()
+    }
+
+    /// Bytes held for vectors and ids (payloads not counted).
+    pub fn vector_bytes(&self) -> usize {
+        self.vectors.len() * 4
+    }
+
+    /// Inserts or replaces a point; `vector` is normalised and of length `dim`.
+    pub fn upsert(&mut self, id: PointId, vector: &[f32], payload: Map<String, Value>) {
+        match self.slot_of.get(&id) {
+            Some(&slot) => {
+                self.unindex(slot);
+                self.vectors[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(vector);
+                self.payloads[slot] = payload;
+                self.index(slot);
+            }
+            None => {
+                let slot = self.ids.len();
+                self.slot_of.insert(id.clone(), slot);
+                self.ids.push(id);
+                self.vectors.extend_from_slice(vector);
+                self.payloads.push(payload);
+                self.index(slot);
+            }
+        }
+    }
+
+    /// Replaces a point's payload.
+    pub fn set_payload(&mut self, slot: usize, payload: Map<String, Value>) {
+        self.unindex(slot);
+        self.payloads[slot] = payload;
+        self.index(slot);
+    }
+
+    /// Removes a point; `false` when it was not there.
+    pub fn remove(&mut self, id: &PointId) -> bool {
+        let Some(slot) = self.slot_of.remove(id) else {
+            return false;
+        };
+        self.unindex(slot);
+        let last = self.ids.len() - 1;
+        if slot != last {
+            // The last point moves into the freed slot.
+            self.unindex(last);
+            self.ids.swap(slot, last);
+            self.payloads.swap(slot, last);
+            let (head, tail) = self.vectors.split_at_mut(last * self.dim);
+            head[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
+            self.slot_of.insert(self.ids[slot].clone(), slot);
+        }
+        self.ids.pop();
+        self.payloads.pop();
+        self.vectors.truncate(last * self.dim);
+        if slot != last {
+            self.index(slot);
+        }
+        true
+    }
+
+    /// Starts indexing `field` (existing points included).
+    pub fn add_index(&mut self, field: &str, schema: Value) {
+        self.indexes.insert(field.to_owned(), schema);
+        let mut map: HashMap<String, HashSet<usize>> = HashMap::new();
+        for (slot, p) in self.payloads.iter().enumerate() {
+            for v in filter::values(p, field) {
+                if let Some(k) = filter::index_key(v) {
+                    map.entry(k).or_default().insert(slot);
+                }
+            }
+        }
+        self.keyword.insert(field.to_owned(), map);
+    }
+
+    pub fn drop_index(&mut self, field: &str) {
+        self.indexes.remove(field);
+        self.keyword.remove(field);
+    }
+
+    fn index(&mut self, slot: usize) {
+        let payload = &self.payloads[slot];
+        for (field, map) in &mut self.keyword {
+            for v in filter::values(payload, field) {
+                if let Some(k) = filter::index_key(v) {
+                    map.entry(k).or_default().insert(slot);
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, slot: usize) {
+        let payload = &self.payloads[slot];
+        for (field, map) in &mut self.keyword {
+            for v in filter::values(payload, field) {
+                if let Some(k) = filter::index_key(v)
+                    && let Some(set) = map.get_mut(&k)
+                {
+                    set.remove(&slot);
+                    if set.is_empty() {
+                        map.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The slots an index narrows `filter` to (a superset of the matches), or `None` when no
+    /// index applies.
+    fn candidates(&self, filter: &Filter) -> Option<Vec<usize>> {
+        let mut best: Option<Vec<usize>> = None;
+        for (field, map) in &self.keyword {
+            let Some(values) = filter::required_values(filter, field) else {
+                continue;
+            };
+            let mut slots: Vec<usize> = values
+                .iter()
+                .filter_map(|v| filter::index_key(v))
+                .filter_map(|k| map.get(&k))
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            if best.as_ref().is_none_or(|b| slots.len() < b.len()) {
+                slots.sort_unstable();
+                slots.dedup();
+                best = Some(slots);
+            }
+        }
+        best
+    }
+
+    /// Every slot that passes `filter`, in slot order.
+    pub fn filtered(&self, filter: Option<&Filter>) -> Vec<usize> {
+        match filter {
+            None => (0..self.len()).collect(),
+            Some(f) => {
+                let pass = |&s: &usize| filter::matches(f, &self.ids[s], &self.payloads[s]);
+                match self.candidates(f) {
+                    Some(c) => c.into_iter().filter(pass).collect(),
+                    None => (0..self.len()).filter(pass).collect(),
+                }
+            }
+        }
+    }
+
+    /// How many vector values a search with `filter` would scan (for choosing a thread).
+    pub fn scan_cost(&self, filter: Option<&Filter>) -> usize {
+        let n = match filter.and_then(|f| self.candidates(f)) {
+            Some(c) => c.len(),
+            None => self.len(),
+        };
+        n * self.dim
+    }
+
+    /// The `top` most similar points to the unit vector `query` that pass `filter` and score
+    /// at least `threshold`, best first.
+    pub fn search(
+        &self,
+        query: &[f32],
+        filter: Option<&Filter>,
+        top: usize,
+        threshold: Option<f32>,
+    ) -> Vec<Hit> {
+        if top == 0 {
+            return Vec::new();
+        }
+        let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(top + 1);
+        let mut consider = |slot: usize| {
+            let score = simd::dot(query, self.vector(slot));
+            if threshold.is_some_and(|t| score < t) {
+                return;
+            }
+            let hit = Ranked(Hit { slot, score });
+            if heap.len() < top {
+                heap.push(hit);
+            } else if heap.peek().is_some_and(|worst| hit < *worst) {
+                heap.pop();
+                heap.push(hit);
+            }
+        };
+        match filter {
+            None => (0..self.len()).for_each(&mut consider),
+            Some(f) => {
+                let pass = |s: usize| filter::matches(f, &self.ids[s], &self.payloads[s]);
+                match self.candidates(f) {
+                    Some(c) => c.into_iter().filter(|&s| pass(s)).for_each(&mut consider),
+                    None => (0..self.len()).filter(|&s| pass(s)).for_each(&mut consider),
+                }
+            }
+        }
+        let mut hits: Vec<Ranked> = heap.into_vec();
+        hits.sort();
+        hits.into_iter().map(|r| r.0).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let mut v = v.to_vec();
+        simd::normalise(&mut v);
+        v
+    }
+
+    fn payload(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn removing_keeps_ids_vectors_and_indexes_in_step() {
+        let mut c = Collection::new(2, json!({}));
+        c.add_index("t", json!("keyword"));
+        for i in 0..5u64 {
+            let t = if i % 2 == 0 { "even" } else { "odd" };
+            c.upsert(
+                PointId::Num(i),
+                &unit(&[1.0, i as f32]),
+                payload(json!({"t": t})),
+            );
+        }
+        assert!(c.remove(&PointId::Num(1)));
+        assert!(!c.remove(&PointId::Num(1)));
+        assert_eq!(c.len(), 4);
+        for slot in 0..c.len() {
+            let PointId::Num(i) = *c.id(slot) else {
+                continue;
+            };
+            assert_eq!(c.vector(slot), unit(&[1.0, i as f32]).as_slice());
+            assert_eq!(c.slot(&PointId::Num(i)), Some(slot));
+        }
+        let odd: Filter =
+            serde_json::from_value(json!({"must":[{"key":"t","match":{"value":"odd"}}]}))
+                .unwrap_or_default();
+        let ids: Vec<&PointId> = c
+            .filtered(Some(&odd))
+            .into_iter()
+            .map(|s| c.id(s))
+            .collect();
+        assert_eq!(ids, vec![&PointId::Num(3)]);
+        c.upsert(
+            PointId::Num(3),
+            &unit(&[1.0, 3.0]),
+            payload(json!({"t": "even"})),
+        );
+        assert!(c.filtered(Some(&odd)).is_empty());
+    }
+
+    #[test]
+    fn search_returns_the_best_first_and_honours_the_threshold() {
+        let mut c = Collection::new(2, json!({}));
+        for (i, v) in [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]]
+            .iter()
+            .enumerate()
+        {
+            c.upsert(PointId::Num(i as u64), &unit(v), Map::new());
+        }
+        let hits = c.search(&unit(&[1.0, 0.1]), None, 3, None);
+        let order: Vec<&PointId> = hits.iter().map(|h| c.id(h.slot)).collect();
+        assert_eq!(
+            order,
+            vec![&PointId::Num(0), &PointId::Num(2), &PointId::Num(1)]
+        );
+        assert!(hits[0].score > 0.99 && hits[0].score <= 1.0001);
+        let close = c.search(&unit(&[1.0, 0.0]), None, 10, Some(0.5));
+        assert_eq!(close.len(), 2);
+        let worst = c.search(&unit(&[1.0, 0.0]), None, 10, None);
+        assert!(
+            (worst[3].score + 1.0).abs() < 1e-5,
+            "opposite vectors score -1"
+        );
+    }
+}

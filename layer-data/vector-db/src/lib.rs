@@ -1,0 +1,260 @@
+//! `vector-db`: the homelab's vector store, speaking the part of Qdrant's REST API that
+//! Open WebUI (`VECTOR_DB=qdrant`) and other Qdrant clients use.
+//!
+//! Collections hold one unnamed cosine vector per point and a JSON payload. Every point is
+//! kept in memory ([`collection`]) for an exact scan with SIMD dot products ([`simd`]),
+//! narrowed by payload indexes where a filter allows ([`filter`]); every change is written
+//! to the database first ([`store`], storage in `docsdb::vectors`), so an answered write is
+//! on disk and a restart loses nothing. Answers and errors have Qdrant's shapes
+//! ([`routes`], [`error`]).
+//!
+//! Start reading at [`routes()`] and [`store::Store`].
+
+pub mod collection;
+mod config;
+mod error;
+pub mod filter;
+pub mod routes;
+pub mod simd;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use service_kit::routes::Routes;
+use sha2::{Digest, Sha256};
+
+pub use config::{Config, DEFAULT_DB_URL};
+pub use error::Error;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub store: store::Store,
+    /// SHA-256 of the API key, compared instead of the key.
+    key_digest: Option<[u8; 32]>,
+}
+
+/// The routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
+    use routes as r;
+    Routes::new()
+        .get(
+            "/",
+            r::root,
+            "Name and version (`qdrant - vector search engine`, 1.18.0)",
+        )
+        .get("/collections", r::list, "Collection names")
+        .get(
+            "/collections/{c}",
+            r::info,
+            "A collection: vector size, settings, payload indexes, point count",
+        )
+        .put(
+            "/collections/{c}",
+            r::create,
+            "Create a collection (one unnamed Cosine vector)",
+        )
+        .delete(
+            "/collections/{c}",
+            r::delete,
+            "Delete a collection and its points",
+        )
+        .get(
+            "/collections/{c}/exists",
+            r::exists,
+            "Whether a collection exists",
+        )
+        .put(
+            "/collections/{c}/index",
+            r::create_index,
+            "Create a payload index on a field",
+        )
+        .delete(
+            "/collections/{c}/index/{field}",
+            r::delete_index,
+            "Drop a payload index",
+        )
+        .put(
+            "/collections/{c}/points",
+            r::upsert,
+            "Upsert points (a list or a batch); on disk when answered",
+        )
+        .post("/collections/{c}/points", r::retrieve, "Points by id")
+        .get(
+            "/collections/{c}/points/{id}",
+            r::point,
+            "One point by id, with its vector",
+        )
+        .post(
+            "/collections/{c}/points/query",
+            r::query,
+            "Nearest points to a vector or a stored point, filtered",
+        )
+        .post(
+            "/collections/{c}/points/search",
+            r::search,
+            "Nearest points to a vector (the older search route)",
+        )
+        .post(
+            "/collections/{c}/points/scroll",
+            r::scroll,
+            "Points in id order, filtered, page by page",
+        )
+        .post(
+            "/collections/{c}/points/count",
+            r::count,
+            "How many points pass a filter",
+        )
+        .post(
+            "/collections/{c}/points/delete",
+            r::delete_points,
+            "Delete points by id or by filter",
+        )
+        .post(
+            "/collections/{c}/points/payload",
+            r::set_payload,
+            "Set payload keys of points by id or filter",
+        )
+        .put(
+            "/collections/{c}/points/payload",
+            r::overwrite_payload,
+            "Replace the payload of points by id or filter",
+        )
+        .get(
+            "/healthz",
+            r::healthz,
+            "Qdrant's liveness probe (no key needed)",
+        )
+        .get(
+            "/livez",
+            r::healthz,
+            "Qdrant's liveness probe (no key needed)",
+        )
+        .get(
+            "/readyz",
+            r::healthz,
+            "Qdrant's readiness probe (no key needed)",
+        )
+        .get(
+            "/metrics",
+            r::metrics,
+            "Prometheus metrics: collections, points, vector bytes",
+        )
+        .health(|state: Arc<AppState>| async move {
+            state.store.db().ping().await.map_err(|e| e.to_string())
+        })
+}
+
+/// The router on `state`, keys checked.
+pub fn app(state: Arc<AppState>) -> Router {
+    routes()
+        .into_router()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_key,
+        ))
+        .with_state(state)
+}
+
+/// Health probes need no key; everything else needs `api-key` or a bearer token when one is
+/// set.
+async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(want) = &state.key_digest else {
+        return next.run(req).await;
+    };
+    if matches!(
+        req.uri().path(),
+        "/health" | "/health/ready" | "/healthz" | "/livez" | "/readyz"
+    ) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let given = headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+        });
+    match given {
+        None => Error::MissingKey.into_response(),
+        Some(k) if digest(k) != *want => Error::InvalidKey.into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Without an API key, only loopback unless `--allow-unauthenticated`.
+pub fn check_bind(config: &Config) -> Result<(), Error> {
+    let loopback = match config.bind.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => config.bind.starts_with("localhost:"),
+    };
+    if config.api_key.is_none() && !config.allow_unauthenticated && !loopback {
+        return Err(Error::UnsafeBind(config.bind.clone()));
+    }
+    Ok(())
+}
+
+/// Runs the store until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    check_bind(&config)?;
+    let listener = service_kit::server::bind(&config.bind).await?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Runs the store on a bound listener (tests bind 127.0.0.1:0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let db = docsdb::vectors::open(&config.db).await?;
+    let limits = store::Limits {
+        max_limit: config.max_limit,
+        max_batch: config.max_batch,
+        max_dim: config.max_dim,
+        max_collections: config.max_collections,
+        max_payload_bytes: config.max_payload_bytes,
+    };
+    let store = store::Store::load(db, limits).await?;
+    let body_limit = config.common.body_limit;
+    let drain = config.common.drain_timeout;
+    let state = Arc::new(AppState {
+        key_digest: config.api_key.as_deref().map(digest),
+        config,
+        store,
+    });
+    let router = service_kit::server::with_common_layers(app(state.clone()), body_limit);
+    let plan = service_kit::server::ShutdownPlan::new(shutdown, drain);
+    let served = service_kit::server::serve(listener, router, plan).await;
+    state.store.db().close().await;
+    served?;
+    Ok(())
+}
+
+service_kit::service!(
+    Config,
+    "vector-db",
+    Error,
+    common = common,
+    routes = routes().table().to_vec(),
+    check = check_bind
+);
