@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use contract::ApiError;
 use http::{HeaderValue, Method, header};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use sha2::{Digest, Sha256};
+use service_kit::auth::{bearer, digest};
 
 pub(crate) struct Guard {
     /// SHA-256 of the token: comparing fixed-size digests does not leak the token's length
@@ -19,19 +19,9 @@ pub(crate) struct Guard {
     pub max_sessions: usize,
 }
 
-pub(crate) fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 pub(crate) async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     if let Some(want) = &guard.token_digest {
-        let got = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| digest(t.trim()));
+        let got = bearer(req.headers()).map(digest);
         if got.as_ref() != Some(want) {
             let mut resp = ApiError::invalid_api_key(
                 "this MCP server needs `Authorization: Bearer TOKEN` with its token",

@@ -168,7 +168,7 @@ where
     let sessions = Arc::new(sessions);
     let service = StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config);
     let guard = auth::Guard {
-        token_digest: opts.token.as_deref().map(auth::digest),
+        token_digest: opts.token.as_deref().map(service_kit::auth::digest),
         sessions,
         max_sessions: opts.max_sessions,
     };

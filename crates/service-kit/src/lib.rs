@@ -1,6 +1,7 @@
 //! What every homelab-llm service shares, so that each service's own crate holds only its
 //! own logic:
 //!
+//! - [`auth`]: the bearer token of a request, key digests, and whether a bind is loopback.
 //! - [`config`]: the flags every service takes (log format, body limit, drain time), with
 //!   environment fallbacks, and value parsers for sizes and durations.
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
@@ -16,6 +17,7 @@
 //! - [`service`]: the one shape of a service crate ([`Service`], implemented by its
 //!   `Config`) and [`run`], every service binary's `main`.
 
+pub mod auth;
 pub mod body;
 pub mod config;
 mod error;

@@ -25,8 +25,8 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use service_kit::auth::{bearer, digest, is_loopback_bind};
 use service_kit::routes::Routes;
-use sha2::{Digest, Sha256};
 
 pub use config::{Config, DEFAULT_DB_URL};
 pub use error::Error;
@@ -179,14 +179,7 @@ async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next)
         .get("api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, t)| t.trim())
-        });
+        .or_else(|| bearer(headers));
     match given {
         None => Error::MissingKey.into_response(),
         Some(k) if digest(k) != *want => Error::InvalidKey.into_response(),
@@ -194,17 +187,10 @@ async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next)
     }
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
 /// Without an API key, only loopback unless `--allow-unauthenticated`.
 pub fn check_bind(config: &Config) -> Result<(), Error> {
-    let loopback = match config.bind.parse::<std::net::SocketAddr>() {
-        Ok(a) => a.ip().is_loopback(),
-        Err(_) => config.bind.starts_with("localhost:"),
-    };
-    if config.api_key.is_none() && !config.allow_unauthenticated && !loopback {
+    if config.api_key.is_none() && !config.allow_unauthenticated && !is_loopback_bind(&config.bind)
+    {
         return Err(Error::UnsafeBind(config.bind.clone()));
     }
     Ok(())

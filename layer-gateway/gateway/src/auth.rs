@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use docsdb::keys::{KeyInfo, hash_key};
 
 use crate::error::Error;
@@ -38,15 +37,7 @@ impl Caller {
     }
 }
 
-/// The bearer token of a request, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
+pub use service_kit::auth::{bearer, is_loopback_bind};
 
 /// Identifies the caller. With a master key configured (`master_hash`), a key is required.
 pub fn authenticate(
@@ -68,37 +59,5 @@ pub fn authenticate(
         (None, _) => Ok(Caller::Anonymous),
         (Some(_), None) => Err(Error::MissingKey),
         (Some(_), Some(_)) => Err(Error::InvalidKey),
-    }
-}
-
-/// Whether an address is loopback (binding elsewhere without a master key is refused).
-pub fn is_loopback_bind(bind: &str) -> bool {
-    match bind.parse::<std::net::SocketAddr>() {
-        Ok(a) => a.ip().is_loopback(),
-        Err(_) => bind.starts_with("localhost:"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(AUTHORIZATION, "Bearer  sk-1 ".parse().unwrap());
-        assert_eq!(bearer(&h), Some("sk-1"));
-        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-    }
-
-    #[test]
-    fn loopback_binds() {
-        assert!(is_loopback_bind("127.0.0.1:4000"));
-        assert!(is_loopback_bind("[::1]:4000"));
-        assert!(is_loopback_bind("localhost:4000"));
-        assert!(!is_loopback_bind("0.0.0.0:4000"));
-        assert!(!is_loopback_bind("192.168.1.5:4000"));
     }
 }
