@@ -296,3 +296,40 @@ pub fn tool_error(message: impl Into<String>) -> CallToolResult {
 pub fn tool_text(text: impl Into<String>) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(text.into())])
 }
+
+/// The service shape of a tool server from its one `run(listen, config, shutdown)`: writes
+/// `serve` (its `--bind`, or stdio with `--stdio`), `serve_on` (a bound listener) and the
+/// [`service_kit::Service`] impl with the tool servers' route table:
+/// `mcp_kit::tool_service!(Config, "web-fetch", Error, run = run, check = check);`
+/// (the config has `bind: String` and the tool flags at `mcp`).
+#[macro_export]
+macro_rules! tool_service {
+    ($config:ty, $name:literal, $error:ty, run = $run:path, check = $check:expr) => {
+        /// Serves over stdio or HTTP until `shutdown`.
+        pub async fn serve(
+            config: $config,
+            shutdown: impl ::std::future::Future<Output = ()> + Send + 'static,
+        ) -> ::std::result::Result<(), $error> {
+            let bind = config.bind.clone();
+            $run($crate::Listen::Bind(&bind), config, shutdown).await
+        }
+
+        /// Serves over HTTP on a bound listener until `shutdown`.
+        pub async fn serve_on(
+            listener: ::tokio::net::TcpListener,
+            config: $config,
+            shutdown: impl ::std::future::Future<Output = ()> + Send + 'static,
+        ) -> ::std::result::Result<(), $error> {
+            $run($crate::Listen::On(listener), config, shutdown).await
+        }
+
+        ::service_kit::service!(
+            $config,
+            $name,
+            $error,
+            common = mcp.common,
+            routes = $crate::route_table(),
+            check = $check
+        );
+    };
+}

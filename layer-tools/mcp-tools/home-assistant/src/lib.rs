@@ -91,24 +91,6 @@ pub fn app(shared: Arc<tools::Shared>, opts: &mcp_kit::HttpOptions) -> axum::Rou
     mcp_kit::http_app(move || HomeAssistant::new(shared.clone()), opts)
 }
 
-/// Serves over stdio or HTTP until `shutdown`.
-pub async fn serve(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let bind = config.bind.clone();
-    run(mcp_kit::Listen::Bind(&bind), config, shutdown).await
-}
-
-/// Serves over HTTP on a bound listener until `shutdown`.
-pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    run(mcp_kit::Listen::On(listener), config, shutdown).await
-}
-
 async fn run(
     listen: mcp_kit::Listen<'_>,
     config: Config,
@@ -133,11 +115,4 @@ fn check(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-service_kit::service!(
-    Config,
-    "home-assistant",
-    Error,
-    common = mcp.common,
-    routes = mcp_kit::route_table(),
-    check = check
-);
+mcp_kit::tool_service!(Config, "home-assistant", Error, run = run, check = check);

@@ -90,24 +90,6 @@ pub fn app(config: &Config, opts: &mcp_kit::HttpOptions) -> Result<axum::Router,
     ))
 }
 
-/// Serves over stdio or HTTP until `shutdown`.
-pub async fn serve(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let bind = config.bind.clone();
-    run(mcp_kit::Listen::Bind(&bind), config, shutdown).await
-}
-
-/// Serves over HTTP on a bound listener until `shutdown`.
-pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    run(mcp_kit::Listen::On(listener), config, shutdown).await
-}
-
 async fn run(
     listen: mcp_kit::Listen<'_>,
     config: Config,
@@ -132,11 +114,4 @@ fn check(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-service_kit::service!(
-    Config,
-    "web-search",
-    Error,
-    common = mcp.common,
-    routes = mcp_kit::route_table(),
-    check = check
-);
+mcp_kit::tool_service!(Config, "web-search", Error, run = run, check = check);
