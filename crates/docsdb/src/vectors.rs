@@ -149,8 +149,8 @@ pub async fn create_collection(db: &Db, c: &StoredCollection) -> Result<bool> {
 /// Deletes a collection with its points and indexes; `false` when there was none.
 pub async fn delete_collection(db: &Db, name: &str) -> Result<bool> {
     let mut tx = db.pool().begin().await?;
-    // Explicit rather than relying on the cascade, which SQLite applies only with foreign
-    // keys on.
+    // Explicit, in one transaction, rather than left to the foreign keys' cascade (which a
+    // SQLite connection applies only with `PRAGMA foreign_keys` on).
     for table in ["vector_points", "vector_payload_indexes"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE collection = $1"))
             .bind(name)

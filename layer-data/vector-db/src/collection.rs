@@ -244,15 +244,6 @@ impl Collection {
         }
     }
 
-    /// How many vector values a search with `filter` would scan (for choosing a thread).
-    pub fn scan_cost(&self, filter: Option<&Filter>) -> usize {
-        let n = match filter.and_then(|f| self.candidates(f)) {
-            Some(c) => c.len(),
-            None => self.len(),
-        };
-        n * self.dim
-    }
-
     /// The `top` most similar points to the unit vector `query` that pass `filter` and score
     /// at least `threshold`, best first.
     pub fn search(
@@ -281,13 +272,7 @@ impl Collection {
         };
         match filter {
             None => (0..self.len()).for_each(&mut consider),
-            Some(f) => {
-                let pass = |s: usize| filter::matches(f, &self.ids[s], &self.payloads[s]);
-                match self.candidates(f) {
-                    Some(c) => c.into_iter().filter(|&s| pass(s)).for_each(&mut consider),
-                    None => (0..self.len()).filter(|&s| pass(s)).for_each(&mut consider),
-                }
-            }
+            Some(_) => self.filtered(filter).into_iter().for_each(&mut consider),
         }
         let mut hits: Vec<Ranked> = heap.into_vec();
         hits.sort();

@@ -24,14 +24,23 @@ use crate::store::{Entry, NewPoint};
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// Qdrant's envelope: `{"result": …, "status": "ok", "time": seconds}`.
-fn ok(result: impl Serialize, started: Instant) -> Response {
-    axum::Json(json!({
-        "result": result,
-        "status": "ok",
-        "time": started.elapsed().as_secs_f64(),
-    }))
+/// Qdrant's envelope: `{"result": …, "status": "ok", "time": seconds}`, serialised straight
+/// from `result`.
+fn ok<T: Serialize>(result: T, started: Instant) -> Response {
+    axum::Json(contract::qdrant::Response {
+        result,
+        status: "ok".to_owned(),
+        time: started.elapsed().as_secs_f64(),
+    })
     .into_response()
+}
+
+/// The `result` of query and scroll.
+#[derive(Serialize)]
+struct Points<T> {
+    points: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_offset: Option<Option<PointId>>,
 }
 
 /// A request body, read under the service's `--body-limit` (not axum's 2 MB default:
@@ -434,7 +443,12 @@ async fn run_search(app: &AppState, entry: Arc<Entry>, s: Search) -> Result<Vec<
         .limit
         .saturating_add(s.offset)
         .saturating_add(usize::from(s.exclude.is_some()));
-    let cost = entry.read().scan_cost(s.filter.as_ref());
+    // An upper bound (a filter may narrow the scan): big collections search off the
+    // request's thread.
+    let cost = {
+        let c = entry.read();
+        c.len() * c.dim
+    };
     let work = move || {
         let c = entry.read();
         let mut hits = c.search(&s.vector, s.filter.as_ref(), top, s.threshold);
@@ -547,7 +561,13 @@ pub async fn query(
             scored(&c, hits, &with_payload, with_vector)
         }
     };
-    Ok(ok(json!({"points": points}), started))
+    Ok(ok(
+        Points {
+            points,
+            next_page_offset: None,
+        },
+        started,
+    ))
 }
 
 pub async fn search(
@@ -611,7 +631,10 @@ pub async fn scroll(
         .map(|s| record(&c, s, &with_payload, with_vector))
         .collect();
     Ok(ok(
-        json!({"points": points, "next_page_offset": next}),
+        Points {
+            points,
+            next_page_offset: Some(next),
+        },
         started,
     ))
 }

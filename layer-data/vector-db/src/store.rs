@@ -75,12 +75,13 @@ impl Store {
                 coll.add_index(&field, schema);
             }
             let mut bad = 0usize;
-            vectors::points(&db, &c.name, |p| match PointId::from_key(&p.id) {
-                Some(id) if p.vector.len() == c.dim => {
-                    let payload = serde_json::from_str(&p.payload).unwrap_or_default();
-                    coll.upsert(id, &p.vector, payload);
+            vectors::points(&db, &c.name, |p| {
+                match (PointId::from_key(&p.id), serde_json::from_str(&p.payload)) {
+                    (Some(id), Ok(payload)) if p.vector.len() == c.dim => {
+                        coll.upsert(id, &p.vector, payload);
+                    }
+                    _ => bad += 1,
                 }
-                _ => bad += 1,
             })
             .await?;
             if bad > 0 {
@@ -272,15 +273,7 @@ impl Store {
                 )));
             }
             simd::normalise(&mut p.vector);
-            let payload = serde_json::to_string(&p.payload).unwrap_or_else(|_| "{}".into());
-            if payload.len() > self.limits.max_payload_bytes {
-                return Err(Error::BadInput(format!(
-                    "the payload of point {} is {} bytes; the limit is {} (--max-payload-bytes)",
-                    p.id.key(),
-                    payload.len(),
-                    self.limits.max_payload_bytes
-                )));
-            }
+            let payload = self.payload_text(&p.id.key(), &p.payload)?;
             stored.push(StoredPoint {
                 id: p.id.key(),
                 vector: p.vector.clone(),
@@ -347,16 +340,15 @@ impl Store {
         overwrite: bool,
     ) -> Result<u64, Error> {
         let (entry, _writer) = self.writer(name).await?;
-        let changed: Vec<(usize, Map<String, Value>)> = {
+        // Slot, id and new payload, read under one lock; the writer lock keeps the slots
+        // valid until they are applied below.
+        let changed: Vec<(usize, String, Map<String, Value>)> = {
             let c = entry.read();
             let slots: Vec<usize> = match ids {
-                Some(ids) => {
-                    let mut slots = Vec::with_capacity(ids.len());
-                    for id in ids {
-                        slots.push(c.slot(id).ok_or_else(|| Error::NoPoint(id.key()))?);
-                    }
-                    slots
-                }
+                Some(ids) => ids
+                    .iter()
+                    .map(|id| c.slot(id).ok_or_else(|| Error::NoPoint(id.key())))
+                    .collect::<Result<_, _>>()?,
                 None => c.filtered(filter),
             };
             slots
@@ -368,24 +360,34 @@ impl Store {
                         c.payload(s).clone()
                     };
                     p.extend(payload.clone());
-                    (s, p)
+                    (s, c.id(s).key(), p)
                 })
                 .collect()
         };
-        let rows: Vec<(String, String)> = {
-            let c = entry.read();
-            changed
-                .iter()
-                .map(|(s, p)| (c.id(*s).key(), Value::Object(p.clone()).to_string()))
-                .collect()
-        };
+        let mut rows: Vec<(String, String)> = Vec::with_capacity(changed.len());
+        for (_, key, p) in &changed {
+            rows.push((key.clone(), self.payload_text(key, p)?));
+        }
         vectors::set_payloads(&self.db, name, &rows).await?;
         let mut c = entry.modify();
-        for (slot, p) in changed {
+        for (slot, _, p) in changed {
             c.set_payload(slot, p);
         }
         c.operation += 1;
         Ok(c.operation)
+    }
+
+    /// A payload as stored, held to `--max-payload-bytes`.
+    fn payload_text(&self, id: &str, payload: &Map<String, Value>) -> Result<String, Error> {
+        let text = serde_json::to_string(payload).unwrap_or_else(|_| "{}".into());
+        if text.len() > self.limits.max_payload_bytes {
+            return Err(Error::BadInput(format!(
+                "the payload of point {id} is {} bytes; the limit is {} (--max-payload-bytes)",
+                text.len(),
+                self.limits.max_payload_bytes
+            )));
+        }
+        Ok(text)
     }
 }
 

@@ -412,7 +412,7 @@ async fn errors_have_qdrants_statuses_and_texts() {
     )
     .await;
     assert_eq!((s, v["result"].as_array().unwrap().len()), (200, 20));
-    // Non-finite values cannot be sent as JSON numbers; the dimension check covers the rest.
+    // A point that is not there.
     let (s, v) = get(&format!("{base}/collections/c/points/999")).await;
     assert_eq!(s, 404, "{v}");
     server.stop().await;
