@@ -1,7 +1,7 @@
 //! Test servers standing in for systems that tests cannot run: an OpenAI-compatible model
 //! server ([`upstream`]), SearXNG ([`searxng`]) and Home Assistant ([`home_assistant`]); and
 //! [`mcp`], a small MCP client over Streamable HTTP and stdio that shows the wire as it is;
-//! [`openwebui`], Open WebUI's recorded traffic. They speak the real wire formats and can
+//! [`openwebui`], Open WebUI's recorded traffic; [`models`], real models from registry packages. They speak the real wire formats and can
 //! be told, at run time, to be slow, to fail, to compress, or to die half-way through a
 //! stream. Every request they receive is recorded for assertions.
 
@@ -10,6 +10,7 @@
 pub mod fast;
 pub mod home_assistant;
 pub mod mcp;
+pub mod models;
 pub mod openvino;
 pub mod openwebui;
 pub mod searxng;

@@ -67,6 +67,24 @@ pub struct EngineArgs {
     /// The OpenVINO inference precision (`f32`, `bf16`, `f16`); the device's default if unset.
     #[arg(long, env = "HOMELAB_ENGINE_PRECISION")]
     pub precision: Option<String>,
+    /// A sentence-transformers model folder (a BERT encoder such as all-MiniLM-L6-v2, as
+    /// `homelab models pull minilm-l6` puts it in the cache) served on `/v1/embeddings`
+    /// beside the chat model, on candle.
+    #[arg(long, env = "HOMELAB_EMBEDDING_MODEL")]
+    pub embedding_model: Option<std::path::PathBuf>,
+    /// The name the embedding model is served under (default: the folder name).
+    #[arg(long)]
+    pub embedding_model_id: Option<String>,
+    /// Inputs run through the embedding model at once (inputs of requests waiting together
+    /// share batches).
+    #[arg(long, default_value_t = 32)]
+    pub embedding_batch: usize,
+    /// Inputs one embeddings request may carry (OpenAI's limit too).
+    #[arg(long, default_value_t = 2048)]
+    pub embedding_max_inputs: usize,
+    /// Inputs that may wait for the embedding model; a request beyond gets 503 at once.
+    #[arg(long, default_value_t = 8192)]
+    pub embedding_queue: usize,
     /// The system-docs DB to register the model in and to record it loaded while serving
     /// (`sqlite://...` or `postgres://...`; unset: nothing is recorded).
     #[arg(long, env = "HOMELAB_DB")]
@@ -92,6 +110,18 @@ impl EngineArgs {
         self.service_name = None;
     }
 
+    /// The embedding model to load, if any.
+    pub fn embedding(&self) -> Option<EmbeddingSetup> {
+        self.embedding_model.as_ref().map(|dir| EmbeddingSetup {
+            dir: dir.clone(),
+            model_id: self.embedding_model_id.clone(),
+            limits: llm_engine::embed::EmbedLimits {
+                batch: self.embedding_batch,
+                queue: self.embedding_queue,
+            },
+        })
+    }
+
     /// The engine's configuration, with `default_backend` unless `--backend` says otherwise.
     pub fn engine_config(&self, default_backend: Backend) -> EngineConfig {
         EngineConfig {
@@ -110,6 +140,14 @@ impl EngineArgs {
     }
 }
 
+/// The embedding model a server loads beside its chat model.
+#[derive(Debug, Clone)]
+pub struct EmbeddingSetup {
+    pub dir: std::path::PathBuf,
+    pub model_id: Option<String>,
+    pub limits: llm_engine::embed::EmbedLimits,
+}
+
 /// What went wrong starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -125,6 +163,12 @@ pub enum Error {
 #[derive(Debug)]
 pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
+    /// The embedding model, once loaded (before the chat model).
+    embeddings: OnceLock<Arc<llm_engine::embed::Embeddings>>,
+    /// An embedding model was asked for (`--embedding-model`).
+    pub embedding_configured: bool,
+    /// Inputs one embeddings request may carry.
+    pub embedding_max_inputs: usize,
     failed: OnceLock<String>,
     pub started: i64,
     /// How often a waiting stream gets an SSE comment.
@@ -136,6 +180,9 @@ impl AppState {
     pub fn new(keepalive: std::time::Duration) -> Self {
         AppState {
             engine: OnceLock::new(),
+            embeddings: OnceLock::new(),
+            embedding_configured: false,
+            embedding_max_inputs: 2048,
             failed: OnceLock::new(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -147,17 +194,50 @@ impl AppState {
     pub fn engine(&self) -> Option<&Arc<Engine>> {
         self.engine.get()
     }
+
+    pub fn embeddings(&self) -> Option<&Arc<llm_engine::embed::Embeddings>> {
+        self.embeddings.get()
+    }
 }
 
-/// Loads the model in the background, setting it (or the failure) on `state`; with a
-/// registration, the model is registered and recorded loaded before it is set (so a `/health`
-/// of 200 means the registry says so too).
+/// Loads the models in the background, setting them (or the failure) on `state`: the
+/// embedding model first (it is small), then the chat model, so `/health` says 200 only when
+/// both serve. With a registration, each model is registered and recorded loaded before it
+/// is set (so a `/health` of 200 means the registry says so too).
 pub fn load_in_background(
     state: Arc<AppState>,
     cfg: EngineConfig,
+    embedding: Option<EmbeddingSetup>,
     registration: Option<register::Registration>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        if let Some(setup) = embedding {
+            let dir = setup.dir.clone();
+            let t = std::time::Instant::now();
+            let loaded = tokio::task::spawn_blocking(move || {
+                llm_engine::embed::Embedder::load(&setup.dir, setup.model_id.as_deref())
+                    .map(|e| llm_engine::embed::Embeddings::start(e, setup.limits))
+            })
+            .await
+            .unwrap_or_else(|e| Err(llm_engine::EngineError::Load(e.to_string())));
+            match loaded {
+                Ok(e) => {
+                    let m = e.embedder();
+                    tracing::info!(model = %m.model_id, dimensions = m.info.dimensions, secs = t.elapsed().as_secs_f64(), "embedding model loaded");
+                    if let Some(r) = &registration {
+                        r.loaded_embedder(m, &dir).await;
+                    }
+                    let _ = state.embeddings.set(Arc::new(e));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, model = %dir.display(), "embedding model failed to load");
+                    let _ = state
+                        .failed
+                        .set(format!("the embedding model failed to load: {e}"));
+                    return;
+                }
+            }
+        }
         let path = cfg.model_path.clone();
         let t = std::time::Instant::now();
         let loaded = tokio::task::spawn_blocking(move || Engine::load(&cfg))
@@ -199,8 +279,18 @@ pub async fn serve_on(
         }
         None => None,
     };
-    let state = Arc::new(AppState::new(args.sse_keepalive));
-    let loading = load_in_background(state.clone(), config, registration.clone());
+    let embedding = args.embedding();
+    let embed_id = embedding
+        .as_ref()
+        .map(|e| llm_engine::embed::served_id(&e.dir, e.model_id.as_deref()));
+    if let (Some(r), Some(id)) = (&registration, &embed_id) {
+        r.unloaded(id).await;
+    }
+    let mut state = AppState::new(args.sse_keepalive);
+    state.embedding_configured = embedding.is_some();
+    state.embedding_max_inputs = args.embedding_max_inputs.max(1);
+    let state = Arc::new(state);
+    let loading = load_in_background(state.clone(), config, embedding, registration.clone());
     let router = service_kit::server::with_common_layers(app(state), args.common.body_limit);
     let plan = service_kit::server::ShutdownPlan::new(shutdown, args.common.drain_timeout);
     let served = service_kit::server::serve(listener, router, plan).await;
@@ -209,6 +299,9 @@ pub async fn serve_on(
     let _ = loading.await;
     if let Some(r) = &registration {
         r.unloaded(&model_id).await;
+        if let Some(id) = &embed_id {
+            r.unloaded(id).await;
+        }
         r.db.close().await;
     }
     Ok(served?)

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use docsdb::spec::{ByteSize, ModelSpec};
+use llm_engine::embed::Embedder;
 use llm_engine::{Backend, Engine};
 
 /// Where the server records its model.
@@ -42,10 +43,19 @@ impl Registration {
         }
     }
 
-    /// Registers the loaded model and records it loaded; a failure is logged (the model
+    /// Registers the loaded chat model and records it loaded; a failure is logged (the model
     /// still serves).
     pub async fn loaded(&self, engine: &Engine, path: &Path) {
-        let found = model_spec(engine, path, &self.host.name);
+        self.record(model_spec(engine, path, &self.host.name)).await;
+    }
+
+    /// Registers the loaded embedding model (its folder) and records it loaded.
+    pub async fn loaded_embedder(&self, embedder: &Embedder, dir: &Path) {
+        self.record(embedder_spec(embedder, dir, &self.host.name))
+            .await;
+    }
+
+    async fn record(&self, found: ModelSpec) {
         let model_id = found.model_id.clone();
         let written = match docsdb::register::found_models(&self.db, &self.host, vec![found]).await
         {
@@ -121,6 +131,27 @@ fn model_spec(engine: &Engine, path: &Path, host: &str) -> ModelSpec {
         context_length: info.context_length().and_then(|c| i64::try_from(c).ok()),
         size_on_disk_bytes: Some(ByteSize(size_on_disk)),
         memory_footprint_bytes: Some(ByteSize(footprint)),
+        source_path: None,
+        cache_path: Some(cache.display().to_string()),
+    }
+}
+
+/// What an embedding model's folder says: safetensors weights (f32), the encoder's family,
+/// its input limit as the context, and a footprint of the weights (activations of a batch
+/// are a few MB).
+pub fn embedder_spec(embedder: &Embedder, dir: &Path, host: &str) -> ModelSpec {
+    let info = &embedder.info;
+    let cache = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    ModelSpec {
+        model_id: embedder.model_id.clone(),
+        host: Some(host.to_owned()),
+        family: Some(info.family.clone()),
+        format: Some("safetensors".into()),
+        quantization: Some("f32".into()),
+        params: i64::try_from(info.parameters).ok().filter(|p| *p > 0),
+        context_length: i64::try_from(info.max_tokens).ok(),
+        size_on_disk_bytes: Some(ByteSize(info.size_on_disk)),
+        memory_footprint_bytes: Some(ByteSize(info.weights_bytes)),
         source_path: None,
         cache_path: Some(cache.display().to_string()),
     }

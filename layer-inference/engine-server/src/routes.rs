@@ -21,7 +21,11 @@ use bytes::Bytes;
 use contract::ApiError;
 use contract::chat::ChatCompletionRequest;
 use contract::completions::{CompletionRequest, Prompt};
+use contract::embeddings::{
+    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingVector, EncodingFormat,
+};
 use contract::engine::{LOADING_MESSAGE, QueueState, RequestState, Timings};
+use contract::usage::Usage;
 use llm_engine::template::TemplateMessage;
 use llm_engine::{Engine, EngineError, Event, Finish, Input, Params};
 use serde_json::{Value, json};
@@ -45,6 +49,11 @@ pub fn routes() -> Routes<Arc<AppState>> {
             "/completions",
             completions,
             "Text completions (streamed or not)",
+        )
+        .post(
+            "/embeddings",
+            embeddings,
+            "Embeddings from the embedding model (`--embedding-model`), batched; `float` or `base64`",
         )
         .get(
             "/models",
@@ -165,7 +174,24 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
         return loading(&state);
     };
     let d = &e.sampler_defaults;
-    axum::Json(json!({"object": "list", "data": [{
+    let embedding = state.embeddings().map(|x| {
+        let m = x.embedder();
+        json!({
+            "id": m.model_id,
+            "object": "model",
+            "created": state.started,
+            "owned_by": "homelab",
+            "type": "embedding",
+            "dimensions": m.info.dimensions,
+            "max_input_tokens": m.info.max_tokens,
+            "architecture": m.info.family,
+            "parameters": m.info.parameters,
+            "size_on_disk_bytes": m.info.size_on_disk,
+            "max_batch": x.limits().batch,
+            "max_inputs_per_request": state.embedding_max_inputs,
+        })
+    });
+    let chat = json!({
         "id": e.model_id,
         "object": "model",
         "created": state.started,
@@ -179,8 +205,138 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
         "sampling_defaults": d.settings,
         "sampling_defaults_from_model_file": d.from_model_file,
         "default_max_tokens": e.default_max_tokens,
-    }]}))
-    .into_response()
+    });
+    let data: Vec<Value> = std::iter::once(chat).chain(embedding).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// The header that says how many inputs were longer than the embedding model reads and were
+/// cut (as sentence-transformers cuts them).
+pub const TRUNCATED_HEADER: &str = "x-homelab-truncated-inputs";
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<EmbeddingRequest>,
+) -> Response {
+    if !state.embedding_configured {
+        return ApiError::new(
+            404,
+            "invalid_request_error",
+            Some("model_not_found"),
+            "this server has no embedding model (start it with --embedding-model)",
+        )
+        .with_param("model")
+        .into_response();
+    }
+    let Some(service) = state.embeddings().cloned() else {
+        return loading(&state);
+    };
+    let m = service.embedder();
+    if let Some(chat) = state.engine()
+        && req.model == chat.model_id
+        && req.model != m.model_id
+    {
+        return ApiError::invalid_value(
+            "invalid_value",
+            format!(
+                "`{}` is a chat model; embeddings here come from `{}`",
+                req.model, m.model_id
+            ),
+        )
+        .with_param("model")
+        .into_response();
+    }
+    let texts = match req.input {
+        EmbeddingInput::Text(t) => vec![t],
+        EmbeddingInput::Texts(v) => v,
+        EmbeddingInput::Tokens(_) | EmbeddingInput::TokenBatches(_) => {
+            return ApiError::invalid_value(
+                "invalid_value",
+                format!(
+                    "`{}` takes text: token ids made by another tokenizer (tiktoken) mean nothing to it; send the strings (LangChain: check_embedding_ctx_length=False)",
+                    m.model_id
+                ),
+            )
+            .with_param("input")
+            .into_response();
+        }
+    };
+    if texts.is_empty() {
+        return ApiError::invalid_value("invalid_value", "`input` must not be empty")
+            .with_param("input")
+            .into_response();
+    }
+    if texts.len() > state.embedding_max_inputs {
+        return ApiError::invalid_value(
+            "invalid_value",
+            format!(
+                "`input` has {} items; at most {} per request (--embedding-max-inputs)",
+                texts.len(),
+                state.embedding_max_inputs
+            ),
+        )
+        .with_param("input")
+        .into_response();
+    }
+    if let Some(d) = req.dimensions
+        && d as usize != m.info.dimensions
+    {
+        return ApiError::invalid_value(
+            "invalid_value",
+            format!(
+                "`{}` makes vectors of {} dimensions; `dimensions` cannot change that",
+                m.model_id, m.info.dimensions
+            ),
+        )
+        .with_param("dimensions")
+        .into_response();
+    }
+    let format = req.encoding_format.unwrap_or(EncodingFormat::Float);
+    let out = match service.embed(&texts).await {
+        Ok(o) => o,
+        Err(e @ EngineError::QueueFull(_)) => {
+            let mut res = ApiError::server_busy(format!(
+                "the embedding model is busy ({} inputs waiting): {e}; retry shortly",
+                service.waiting()
+            ))
+            .into_response();
+            res.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return res;
+        }
+        Err(e) => return ApiError::internal(e.to_string()).into_response(),
+    };
+    let data = out
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Embedding {
+            object: "embedding".into(),
+            index: i as u32,
+            embedding: EmbeddingVector::encode(v, format),
+            extra: Default::default(),
+        })
+        .collect();
+    let body = EmbeddingResponse {
+        object: "list".into(),
+        data,
+        model: m.model_id.clone(),
+        usage: Some(Usage {
+            prompt_tokens: out.tokens,
+            completion_tokens: None,
+            total_tokens: out.tokens,
+            extra: Default::default(),
+        }),
+        extra: Default::default(),
+    };
+    let mut res = axum::Json(body).into_response();
+    if out.truncated > 0 {
+        res.headers_mut().insert(
+            TRUNCATED_HEADER,
+            axum::http::HeaderValue::from(out.truncated),
+        );
+    }
+    res
 }
 
 /// The engine, if it is loaded and the request asks for one choice (`n` other than 1 is
@@ -641,5 +797,23 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         q.parked,
         q.running,
     );
+    let mut text = text;
+    if let Some(x) = state.embeddings() {
+        let s = &x.stats;
+        text.push_str(&format!(
+            "# TYPE homelab_engine_embedding_requests_total counter\nhomelab_engine_embedding_requests_total {}\n\
+             # TYPE homelab_engine_embedding_inputs_total counter\nhomelab_engine_embedding_inputs_total {}\n\
+             # TYPE homelab_engine_embedding_tokens_total counter\nhomelab_engine_embedding_tokens_total {}\n\
+             # TYPE homelab_engine_embedding_batches_total counter\nhomelab_engine_embedding_batches_total {}\n\
+             # TYPE homelab_engine_embedding_seconds_total counter\nhomelab_engine_embedding_seconds_total {}\n\
+             # TYPE homelab_engine_embedding_waiting_inputs gauge\nhomelab_engine_embedding_waiting_inputs {}\n",
+            get(&s.requests),
+            get(&s.inputs),
+            get(&s.tokens),
+            get(&s.batches),
+            get(&s.busy_us) as f64 / 1e6,
+            x.waiting(),
+        ));
+    }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

@@ -8,9 +8,12 @@
 //! - [`sampling`]: the sampler settings a request ends up with (its own, else the model
 //!   file's, else llama.cpp's defaults) and the sampler.
 //! - [`queue`]: the priority queue in front of the sequences, and yielding to better requests.
+//! - [`embed`]: sentence embeddings (BERT in sentence-transformers' layout) on candle, batched
+//!   on one worker thread.
 //! - [`engine`]: loading (candle, pure Rust; llama.cpp with the `llama-cpp` feature), and
 //!   the token loop with sampling, seeds, stop tokens and strings, and limits.
 
+pub mod embed;
 pub mod engine;
 mod error;
 pub mod gguf;
