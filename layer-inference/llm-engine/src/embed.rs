@@ -415,6 +415,35 @@ impl Embeddings {
     }
 }
 
+/// Padded tokens in one batch at most: the batch's activations (tokens × 1536 floats) stay
+/// below 25 MB.
+const MAX_BATCH_TOKENS: usize = 4096;
+/// Attention scores in one batch at most (inputs × length², for each of 12 heads): 25 MB.
+const MAX_BATCH_ATTENTION: usize = 512 * 1024;
+
+/// Splits `order` (sorted by length, shortest first) into batches of at most `batch` inputs
+/// whose padded size stays under [`MAX_BATCH_TOKENS`] and [`MAX_BATCH_ATTENTION`]: long
+/// inputs go in smaller batches, so no tensor is large enough for the allocator to map and
+/// unmap it on every layer (which costs more than the arithmetic).
+fn batches<T>(order: &[T], len: impl Fn(&T) -> usize, batch: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && end - start < batch {
+            let longest = len(&order[end]).max(1);
+            let n = end - start + 1;
+            if n * longest > MAX_BATCH_TOKENS || n * longest * longest > MAX_BATCH_ATTENTION {
+                break;
+            }
+            end += 1;
+        }
+        out.push(&order[start..end]);
+        start = end;
+    }
+    out
+}
+
 /// Whether `n` more inputs may wait behind `waiting` (one request alone is always taken:
 /// the server caps a request's inputs).
 fn admits(waiting: usize, n: usize, limit: usize) -> bool {
@@ -444,7 +473,7 @@ fn worker(
         let mut results: Vec<Vec<Option<Vec<f32>>>> =
             jobs.iter().map(|j| vec![None; j.inputs.len()]).collect();
         let mut failed: Option<String> = None;
-        for chunk in order.chunks(batch) {
+        for chunk in batches(&order, |&(j, i)| jobs[j].inputs[i].ids.len(), batch) {
             let inputs: Vec<&Encoded> = chunk.iter().map(|&(j, i)| &jobs[j].inputs[i]).collect();
             let t = std::time::Instant::now();
             let embedded = model.embed(&inputs);
@@ -481,6 +510,19 @@ fn worker(
 #[cfg(test)]
 mod tests {
     use super::admits;
+
+    #[test]
+    fn long_inputs_go_in_smaller_batches() {
+        let lens: Vec<usize> = [vec![10; 40], vec![200; 40]].concat();
+        let b = super::batches(&lens, |l| *l, 32);
+        let sizes: Vec<usize> = b.iter().map(|c| c.len()).collect();
+        // 32 short, then 8 short + what of the long fits (by attention: 13 × 200² ≤ 512k).
+        assert_eq!(sizes[0], 32);
+        assert!(sizes[2..].iter().all(|&n| n <= 13), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 80);
+        assert_eq!(super::batches(&[5usize; 3], |l| *l, 1).len(), 3);
+        assert!(super::batches(&Vec::<usize>::new(), |l| *l, 8).is_empty());
+    }
 
     #[test]
     fn the_queue_takes_up_to_its_limit_and_one_request_alone() {

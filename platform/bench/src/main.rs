@@ -13,6 +13,7 @@
 mod engine;
 mod first_chat;
 mod monitor;
+mod vector;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +41,10 @@ enum What {
     /// The system monitor's reads over a week of traffic against the same reads over empty
     /// logs, on SQLite and Postgres.
     Monitor(monitor::MonitorArgs),
+    /// The vector store against Chroma and sqlite-vec (insert rate, search latency at
+    /// concurrency 1 and 8, recall@10, memory), and the embedding model against
+    /// sentence-transformers.
+    Vector(vector::VectorArgs),
     /// Serve the fast upstream on a port (the gateway benchmark runs this as its own process,
     /// so that neither path shares a process with the load generator).
     #[command(hide = true)]
@@ -387,6 +392,7 @@ async fn main() -> std::process::ExitCode {
         What::Engine(a) => engine::run(a).await,
         What::Monitor(a) => monitor::run(a).await,
         What::FirstChat(a) => first_chat::run(a).await,
+        What::Vector(a) => vector::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
