@@ -225,19 +225,28 @@ impl Upstreams {
         Ok(())
     }
 
-    /// Writes points (durable when answered).
+    /// Writes points (durable when answered). A collection deleted meanwhile (a reset of the
+    /// vector store from elsewhere) is made again, once.
     pub async fn upsert(&self, points: Vec<PointStruct>) -> Result<(), Error> {
+        let dim = match points.first().map(|p| &p.vector) {
+            Some(VectorInput::Plain(v)) => v.len(),
+            _ => 0,
+        };
         let body = Upsert::Points { points };
-        match self
-            .on_collection::<Value>(reqwest::Method::PUT, "/points?wait=true", Some(&body))
-            .await?
-        {
-            Some(_) => Ok(()),
-            None => Err(Error::vector_db(format!(
-                "the collection `{}` was deleted while writing",
-                self.collection
-            ))),
+        for _ in 0..2 {
+            if self
+                .on_collection::<Value>(reqwest::Method::PUT, "/points?wait=true", Some(&body))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            self.ensure_collection(dim).await?;
         }
+        Err(Error::vector_db(format!(
+            "the collection `{}` disappeared while writing",
+            self.collection
+        )))
     }
 
     /// The nearest points to `vector` passing `filter`.

@@ -184,6 +184,29 @@ async fn embeddings_and_memory_through_the_stack() {
     let bob_id = bob["results"][0]["id"].as_str().unwrap().to_owned();
     assert_ne!(bob_id, lyon);
 
+    // Duplicates sent at once still end as one memory.
+    let same_time = (0..4).map(|_| {
+        mem.post(
+            "/memories",
+            json!({"text": "Dave's bike is a red Peugeot from 1982.", "user_id": "dave"}),
+        )
+    });
+    let events: Vec<String> = futures_util::future::join_all(same_time)
+        .await
+        .into_iter()
+        .map(|(status, v)| {
+            assert_eq!(status, 200, "{v}");
+            v["results"][0]["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| *e == "ADD").count(),
+        1,
+        "{events:?}"
+    );
+    let (_, dave) = mem.get("/memories?user_id=dave").await;
+    assert_eq!(dave["results"].as_array().unwrap().len(), 1, "{dave}");
+
     // Search: the nearest first, with scores, and only the asker's memories.
     let (status, found) = mem
         .post(
@@ -330,6 +353,25 @@ async fn embeddings_and_memory_through_the_stack() {
     assert_eq!(alice_all["results"].as_array().unwrap().len(), 0);
     let (_, bob_all) = mem.get("/memories?user_id=bob").await;
     assert_eq!(ids(&bob_all), vec![bob_id]);
+
+    // The vector store emptied from elsewhere: the next write makes the collection again.
+    let vdb = format!("http://{}", running.vector_db.expect("vector-db runs"));
+    let res = reqwest::Client::new()
+        .delete(format!("{vdb}/collections/memories"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, v) = mem
+        .post(
+            "/memories",
+            json!({"text": "Erin grows tomatoes.", "user_id": "erin"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["event"], "ADD");
+    let (_, erin) = mem.get("/memories?user_id=erin").await;
+    assert_eq!(erin["results"].as_array().unwrap().len(), 1, "{erin}");
 
     // The monitor sees the data layer up.
     let status = common::poll_json(
