@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// (lower runs first, as vLLM's `priority` body field).
 pub const PRIORITY_HEADER: &str = "x-homelab-priority";
 
+/// On an embeddings answer: how many inputs were longer than the model reads and were cut
+/// (as sentence-transformers cuts them). The gateway passes it on.
+pub const TRUNCATED_INPUTS_HEADER: &str = "x-homelab-truncated-inputs";
+
 /// llama-server's `timings` (on a chat answer, and on the last chunk of a stream), plus the
 /// time spent waiting for a sequence and parked behind better requests.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -24,7 +24,9 @@ use contract::completions::{CompletionRequest, Prompt};
 use contract::embeddings::{
     Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingVector, EncodingFormat,
 };
-use contract::engine::{LOADING_MESSAGE, QueueState, RequestState, Timings};
+use contract::engine::{
+    LOADING_MESSAGE, QueueState, RequestState, TRUNCATED_INPUTS_HEADER, Timings,
+};
 use contract::usage::Usage;
 use llm_engine::template::TemplateMessage;
 use llm_engine::{Engine, EngineError, Event, Finish, Input, Params};
@@ -210,10 +212,6 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// The header that says how many inputs were longer than the embedding model reads and were
-/// cut (as sentence-transformers cuts them).
-pub const TRUNCATED_HEADER: &str = "x-homelab-truncated-inputs";
-
 async fn embeddings(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<EmbeddingRequest>,
@@ -332,7 +330,7 @@ async fn embeddings(
     let mut res = axum::Json(body).into_response();
     if out.truncated > 0 {
         res.headers_mut().insert(
-            TRUNCATED_HEADER,
+            TRUNCATED_INPUTS_HEADER,
             axum::http::HeaderValue::from(out.truncated),
         );
     }

