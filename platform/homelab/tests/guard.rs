@@ -258,3 +258,59 @@ fn systemd_hears_ready_once_when_everything_is() {
     }
     assert_eq!(got, ["READY=1"]);
 }
+
+/// Without pip (or the package index), `up --model PATH` still runs the chat model: the
+/// embedding model is left out with a warning that says how to get it, and the memory service
+/// with it; nothing else changes.
+#[test]
+fn without_pip_the_stack_runs_without_the_embedding_model_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homelab"))
+        .args(["up", "--no-tools", "--model"])
+        .arg(&model)
+        .arg("--data-dir")
+        .arg(dir.path().join("var"))
+        .args([
+            "--gateway-port",
+            "0",
+            "--monitor-port",
+            "0",
+            "--engine-port",
+            "0",
+        ])
+        .args(["--vector-db-port", "0", "--memory-port", "0"])
+        // No python3 to be found.
+        .env("PATH", dir.path())
+        .env("RUST_LOG", "warn")
+        .env_remove("HOMELAB_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::{BufRead, BufReader};
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let banner: Vec<String> = stdout
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("Ctrl-C"))
+        .collect();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let banner = banner.join("\n");
+    assert!(banner.contains("homelab-llm is up"), "{banner}");
+    assert!(
+        banner.contains("serving tiny-random-gpt2tok-f16"),
+        "{banner}"
+    );
+    assert!(banner.contains("vector store"), "{banner}");
+    assert!(!banner.contains("embeddings"), "{banner}");
+    assert!(!banner.contains("memory "), "{banner}");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("running without the embedding model")
+            && logs.contains("homelab models pull minilm-l6"),
+        "{logs}"
+    );
+}
