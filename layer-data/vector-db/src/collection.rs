@@ -13,6 +13,7 @@ use contract::qdrant::{Filter, PointId};
 use serde_json::{Map, Value};
 
 use crate::filter;
+use crate::ivf::Ivf;
 use crate::simd;
 
 /// A collection's points and indexes.
@@ -31,6 +32,9 @@ pub struct Collection {
     keyword: HashMap<String, HashMap<String, HashSet<usize>>>,
     /// The number of the last write (what updates answer as `operation_id`).
     pub operation: u64,
+    /// From this many points on, unfiltered searches use the approximate index (0: never).
+    pub approximate_above: usize,
+    ivf: Option<Ivf>,
 }
 
 /// A point found by a search: its slot and similarity.
@@ -77,7 +81,43 @@ impl Collection {
             payloads: Vec::new(),
             keyword: HashMap::new(),
             operation: 0,
+            approximate_above: 0,
+            ivf: None,
         }
+    }
+
+    /// Sets the size from which unfiltered searches are approximate (0: never), training the
+    /// index now if the collection is that large already.
+    pub fn set_approximate_above(&mut self, points: usize) {
+        self.approximate_above = points;
+        if points == 0 {
+            self.ivf = None;
+        }
+        self.train_if_due();
+    }
+
+    /// Whether unfiltered searches use the approximate index now.
+    pub fn approximate(&self) -> bool {
+        self.ivf.is_some()
+    }
+
+    /// Trains the approximate index when the collection reaches `approximate_above` points,
+    /// and again each time it has doubled since.
+    fn train_if_due(&mut self) {
+        let n = self.len();
+        if self.approximate_above == 0 || n < self.approximate_above {
+            return;
+        }
+        if self.ivf.as_ref().is_some_and(|i| n < 2 * i.trained_at) {
+            return;
+        }
+        let t = std::time::Instant::now();
+        self.ivf = Some(Ivf::train(&self.vectors, n, self.dim));
+        tracing::info!(
+            points = n,
+            secs = t.elapsed().as_secs_f64(),
+            "approximate index trained"
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -125,6 +165,7 @@ impl Collection {
                 self.vectors.extend_from_slice(vector);
                 self.payloads.push(payload);
                 self.index(slot);
+                self.train_if_due();
             }
         }
     }
@@ -181,6 +222,9 @@ impl Collection {
     }
 
     fn index(&mut self, slot: usize) {
+        if let Some(ivf) = &mut self.ivf {
+            ivf.insert(slot, &self.vectors[slot * self.dim..(slot + 1) * self.dim]);
+        }
         let payload = &self.payloads[slot];
         for (field, map) in &mut self.keyword {
             for v in filter::values(payload, field) {
@@ -192,6 +236,9 @@ impl Collection {
     }
 
     fn unindex(&mut self, slot: usize) {
+        if let Some(ivf) = &mut self.ivf {
+            ivf.remove(slot);
+        }
         let payload = &self.payloads[slot];
         for (field, map) in &mut self.keyword {
             for v in filter::values(payload, field) {
@@ -245,13 +292,16 @@ impl Collection {
     }
 
     /// The `top` most similar points to the unit vector `query` that pass `filter` and score
-    /// at least `threshold`, best first.
+    /// at least `threshold`, best first. Without a filter, a collection past
+    /// `approximate_above` reads only the points of the approximate index's nearest groups,
+    /// unless `exact`.
     pub fn search(
         &self,
         query: &[f32],
         filter: Option<&Filter>,
         top: usize,
         threshold: Option<f32>,
+        exact: bool,
     ) -> Vec<Hit> {
         if top == 0 {
             return Vec::new();
@@ -270,9 +320,10 @@ impl Collection {
                 heap.push(hit);
             }
         };
-        match filter {
-            None => (0..self.len()).for_each(&mut consider),
-            Some(_) => self.filtered(filter).into_iter().for_each(&mut consider),
+        match (filter, &self.ivf) {
+            (None, Some(ivf)) if !exact => ivf.probe(query).for_each(&mut consider),
+            (None, _) => (0..self.len()).for_each(&mut consider),
+            (Some(_), _) => self.filtered(filter).into_iter().for_each(&mut consider),
         }
         let mut hits: Vec<Ranked> = heap.into_vec();
         hits.sort();
@@ -343,19 +394,74 @@ mod tests {
         {
             c.upsert(PointId::Num(i as u64), &unit(v), Map::new());
         }
-        let hits = c.search(&unit(&[1.0, 0.1]), None, 3, None);
+        let hits = c.search(&unit(&[1.0, 0.1]), None, 3, None, false);
         let order: Vec<&PointId> = hits.iter().map(|h| c.id(h.slot)).collect();
         assert_eq!(
             order,
             vec![&PointId::Num(0), &PointId::Num(2), &PointId::Num(1)]
         );
         assert!(hits[0].score > 0.99 && hits[0].score <= 1.0001);
-        let close = c.search(&unit(&[1.0, 0.0]), None, 10, Some(0.5));
+        let close = c.search(&unit(&[1.0, 0.0]), None, 10, Some(0.5), false);
         assert_eq!(close.len(), 2);
-        let worst = c.search(&unit(&[1.0, 0.0]), None, 10, None);
+        let worst = c.search(&unit(&[1.0, 0.0]), None, 10, None, false);
         assert!(
             (worst[3].score + 1.0).abs() < 1e-5,
             "opposite vectors score -1"
         );
+    }
+
+    #[test]
+    fn the_approximate_index_follows_every_change_and_finds_the_neighbours() {
+        let dim = 32;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let centres: Vec<Vec<f32>> = (0..20)
+            .map(|_| unit(&(0..dim).map(|_| rng.f32() - 0.5).collect::<Vec<_>>()))
+            .collect();
+        let point = |rng: &mut fastrand::Rng| {
+            let c = &centres[rng.usize(..centres.len())];
+            unit(
+                &c.iter()
+                    .map(|x| x + 0.15 * (rng.f32() - 0.5))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut c = Collection::new(dim, json!({}));
+        c.approximate_above = 1000;
+        for i in 0..3000u64 {
+            let v = point(&mut rng);
+            c.upsert(PointId::Num(i), &v, Map::new());
+            if i == 998 {
+                assert!(!c.approximate());
+            }
+        }
+        assert!(c.approximate());
+        // Removals (each moves the last point), updates of vectors, payload changes.
+        for i in (0..3000u64).step_by(7) {
+            assert!(c.remove(&PointId::Num(i)));
+        }
+        for i in (1..3000u64).step_by(11) {
+            let v = point(&mut rng);
+            c.upsert(PointId::Num(i), &v, Map::new());
+        }
+        c.set_payload(5, payload(json!({"x": 1})));
+        let ivf = c.ivf.as_ref().map(|i| i.consistent(c.len()));
+        assert_eq!(ivf, Some(true), "every slot is in exactly its list");
+
+        let mut found = 0;
+        for _ in 0..50 {
+            let q = point(&mut rng);
+            let exact = c.search(&q, None, 10, None, true);
+            let approx = c.search(&q, None, 10, None, false);
+            for h in &approx {
+                // Scores are exact for what is returned.
+                assert!((h.score - simd::dot(&q, c.vector(h.slot))).abs() < 1e-6);
+            }
+            found += approx
+                .iter()
+                .filter(|h| exact.iter().any(|e| e.slot == h.slot))
+                .count();
+        }
+        let recall = found as f64 / 500.0;
+        assert!(recall >= 0.9, "recall@10 {recall}");
     }
 }

@@ -45,6 +45,13 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub max_collections: usize,
 
+    /// From this many points on, a search without a filter reads only the nearest groups of an
+    /// approximate index (an inverted file over √n centroids, a tenth of the groups read;
+    /// recall@10 in docs/PERFORMANCE.md) instead of every point; `"params": {"exact": true}`
+    /// asks for the exact scan. 0: always exact.
+    #[arg(long, default_value_t = 20_000)]
+    pub approximate_above: usize,
+
     /// The largest payload of one point, in bytes of JSON.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_payload_bytes: usize,

@@ -14,6 +14,7 @@ pub mod collection;
 mod config;
 mod error;
 pub mod filter;
+pub mod ivf;
 pub mod routes;
 pub mod simd;
 pub mod store;
@@ -219,6 +220,7 @@ pub async fn serve_on(
         max_dim: config.max_dim,
         max_collections: config.max_collections,
         max_payload_bytes: config.max_payload_bytes,
+        approximate_above: config.approximate_above,
     };
     let store = store::Store::load(db, limits).await?;
     let body_limit = config.common.body_limit;

@@ -436,6 +436,16 @@ struct Search {
     threshold: Option<f32>,
     with_payload: WithPayload,
     with_vector: bool,
+    /// `"params": {"exact": true}`: the exact scan even where the index would answer.
+    exact: bool,
+}
+
+/// Qdrant's `params.exact`.
+fn wants_exact(params: Option<&Value>) -> bool {
+    params
+        .and_then(|p| p.get("exact"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 async fn run_search(app: &AppState, entry: Arc<Entry>, s: Search) -> Result<Vec<ScoredPoint>> {
@@ -451,7 +461,7 @@ async fn run_search(app: &AppState, entry: Arc<Entry>, s: Search) -> Result<Vec<
     };
     let work = move || {
         let c = entry.read();
-        let mut hits = c.search(&s.vector, s.filter.as_ref(), top, s.threshold);
+        let mut hits = c.search(&s.vector, s.filter.as_ref(), top, s.threshold, s.exact);
         if let Some(id) = &s.exclude {
             hits.retain(|h| c.id(h.slot) != id);
         }
@@ -544,6 +554,7 @@ pub async fn query(
                 threshold: req.score_threshold,
                 with_payload,
                 with_vector,
+                exact: wants_exact(req.params.as_ref()),
             };
             run_search(&app, entry, search).await?
         }
@@ -588,6 +599,7 @@ pub async fn search(
         threshold: req.score_threshold,
         with_payload: req.with_payload.unwrap_or(WithPayload::All(false)),
         with_vector: wants_vector(req.with_vector.as_ref()),
+        exact: wants_exact(req.params.as_ref()),
     };
     let points = run_search(&app, entry, search).await?;
     Ok(ok(points, started))

@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_dim: usize,
     pub max_collections: usize,
     pub max_payload_bytes: usize,
+    /// Collections of this many points search approximately when unfiltered (0: never).
+    pub approximate_above: usize,
 }
 
 /// One collection: its writer lock and its data.
@@ -87,6 +89,8 @@ impl Store {
             if bad > 0 {
                 tracing::warn!(collection = %c.name, points = bad, "stored points that cannot be read were skipped");
             }
+            // Trained once on everything loaded, not at each size on the way.
+            coll.set_approximate_above(limits.approximate_above);
             points += coll.len();
             map.insert(
                 c.name,
@@ -196,7 +200,11 @@ impl Store {
         }
         let entry = Arc::new(Entry {
             write: Arc::new(tokio::sync::Mutex::new(())),
-            data: RwLock::new(Collection::new(dim, config)),
+            data: RwLock::new({
+                let mut c = Collection::new(dim, config);
+                c.set_approximate_above(self.limits.approximate_above);
+                c
+            }),
         });
         self.collections
             .write()
