@@ -32,8 +32,17 @@ impl Running {
 }
 
 async fn start_with(db: &str, key: Option<&str>) -> Running {
+    start_config(db, key, |_| {}).await
+}
+
+async fn start_config(
+    db: &str,
+    key: Option<&str>,
+    tweak: impl FnOnce(&mut vector_db::Config),
+) -> Running {
     let mut config = vector_db::Config::new(db, "127.0.0.1:0");
     config.api_key = key.map(str::to_owned);
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
@@ -569,4 +578,89 @@ async fn concurrent_writers_and_readers_lose_nothing() {
     .await;
     assert_eq!(c1["result"]["count"], 500);
     server.stop().await;
+}
+
+/// Past `--approximate-above`, unfiltered searches read the approximate index: scores stay
+/// exact, recall@10 stays high, `params.exact` gives the brute-force answer, and the index is
+/// there again after a restart (trained on what was loaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_collections_search_approximately_unless_asked_for_exact() {
+    const DIM: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let centres: Vec<Vec<f32>> = (0..30).map(|_| rand_vec(&mut rng, DIM)).collect();
+    let clustered = |rng: &mut fastrand::Rng| -> Vec<f32> {
+        let c = &centres[rng.usize(..centres.len())];
+        let n = c.iter().map(|x| x * x).sum::<f32>().sqrt();
+        c.iter().map(|x| x / n + 0.08 * (rng.f32() - 0.5)).collect()
+    };
+    let all: Vec<(u64, Vec<f32>, Value)> = (0..3000u64)
+        .map(|i| (i, clustered(&mut rng), json!({})))
+        .collect();
+    let queries: Vec<Vec<f32>> = (0..30).map(|_| clustered(&mut rng)).collect();
+    let unit = |v: &[f32]| -> Vec<f64> {
+        let n = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        v.iter().map(|x| f64::from(*x) / n).collect()
+    };
+    let stored: Vec<Vec<f64>> = all.iter().map(|(_, v, _)| unit(v)).collect();
+    let brute = |q: &[f32]| -> Vec<u64> {
+        let uq = unit(q);
+        let mut s: Vec<(f64, u64)> = stored
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.iter().zip(&uq).map(|(a, b)| a * b).sum::<f64>(), i as u64))
+            .collect();
+        s.sort_by(|a, b| b.0.total_cmp(&a.0));
+        s.iter().take(10).map(|x| x.1).collect()
+    };
+    for round in 0..2 {
+        let server = start_config(&sqlite_url(&dir), None, |c| c.approximate_above = 1000).await;
+        let base = server.base.clone();
+        if round == 0 {
+            create(&base, "big", DIM).await;
+            for chunk in all.chunks(500) {
+                upsert(&base, "big", chunk).await;
+            }
+        }
+        // The index holds every vector (after the restart too: trained on what was loaded).
+        let (_, info) = call(
+            reqwest::Method::GET,
+            &format!("{base}/collections/big"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            info["result"]["indexed_vectors_count"], 3000,
+            "round {round}: {info}"
+        );
+        let mut found = 0usize;
+        for q in &queries {
+            let want = brute(q);
+            let (s, v) = post(
+                &format!("{base}/collections/big/points/query"),
+                json!({"query": q, "limit": 10, "params": {"exact": true}}),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(ids(&v["result"]["points"]), want, "exact, round {round}");
+            let (s, v) = post(
+                &format!("{base}/collections/big/points/query"),
+                json!({"query": q, "limit": 10, "with_vector": true}),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            let got = ids(&v["result"]["points"]);
+            assert_eq!(got.len(), 10);
+            found += got.iter().filter(|g| want.contains(g)).count();
+            let uq = unit(q);
+            for p in v["result"]["points"].as_array().unwrap() {
+                let id = p["id"].as_u64().unwrap() as usize;
+                let exact: f64 = stored[id].iter().zip(&uq).map(|(a, b)| a * b).sum();
+                assert!((p["score"].as_f64().unwrap() - exact).abs() < 1e-4);
+            }
+        }
+        let recall = found as f64 / (10 * queries.len()) as f64;
+        assert!(recall >= 0.9, "recall@10 {recall} in round {round}");
+        server.stop().await;
+    }
 }
