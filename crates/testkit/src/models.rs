@@ -75,3 +75,28 @@ pub fn minilm() -> Option<PathBuf> {
     }
     folder.join("model.safetensors").exists().then_some(folder)
 }
+
+/// What sentence-transformers produced for a fixed set of sentences with all-MiniLM-L6-v2
+/// (`sentences`, `tokens`, `vectors`): the reference the engine's vectors are checked against.
+pub fn minilm_reference() -> serde_json::Value {
+    serde_json::from_str(include_str!(
+        "../../../layer-inference/llm-engine/tests/fixtures/minilm_reference.json"
+    ))
+    .unwrap()
+}
+
+/// A JSON array of numbers as floats.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}

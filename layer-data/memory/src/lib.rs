@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use service_kit::auth::{bearer, digest, is_loopback_bind};
+use service_kit::auth::{KeyCheck, check_key, digest, open_without_key, request_key};
 use service_kit::routes::Routes;
 
 pub use config::Config;
@@ -91,14 +91,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .into_router()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            check_key,
+            require_key,
         ))
         .with_state(state)
 }
 
 /// Health probes need no key; everything else needs the key when one is set, sent as mem0's
 /// clients send it (`Authorization: Token …` or `Bearer …`, or `X-API-Key`).
-async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(want) = &state.key_digest else {
         return next.run(req).await;
     };
@@ -106,22 +106,18 @@ async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next)
         return next.run(req).await;
     }
     let headers = req.headers();
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .or_else(|| bearer(headers))
-        .or_else(|| {
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().strip_prefix("Token "))
-                .map(str::trim)
-        });
-    match given {
-        None => Error::MissingKey.into_response(),
-        Some(k) if digest(k) != *want => Error::InvalidKey.into_response(),
-        Some(_) => next.run(req).await,
+    // mem0's clients: `X-API-Key`, `Bearer`, or the platform's `Token`.
+    let given = request_key(headers, &["x-api-key"]).or_else(|| {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("Token "))
+            .map(str::trim)
+    });
+    match check_key(want, given) {
+        KeyCheck::Missing => Error::MissingKey.into_response(),
+        KeyCheck::Invalid => Error::InvalidKey.into_response(),
+        KeyCheck::Valid => next.run(req).await,
     }
 }
 
@@ -445,8 +441,11 @@ async fn reset(State(state): State<Arc<AppState>>) -> Result<Response> {
 
 /// Without an API key, only loopback unless `--allow-unauthenticated`.
 pub fn check_bind(config: &Config) -> Result<(), Error> {
-    if config.api_key.is_none() && !config.allow_unauthenticated && !is_loopback_bind(&config.bind)
-    {
+    if open_without_key(
+        &config.bind,
+        config.api_key.is_some(),
+        config.allow_unauthenticated,
+    ) {
         return Err(Error::UnsafeBind(config.bind.clone()));
     }
     Ok(())

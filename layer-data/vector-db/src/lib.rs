@@ -26,7 +26,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use service_kit::auth::{bearer, digest, is_loopback_bind};
+use service_kit::auth::{KeyCheck, check_key, digest, open_without_key, request_key};
 use service_kit::routes::Routes;
 
 pub use config::{Config, DEFAULT_DB_URL};
@@ -158,14 +158,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .into_router()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            check_key,
+            require_key,
         ))
         .with_state(state)
 }
 
 /// Health probes need no key; everything else needs `api-key` or a bearer token when one is
 /// set.
-async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(want) = &state.key_digest else {
         return next.run(req).await;
     };
@@ -175,23 +175,20 @@ async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next)
     ) {
         return next.run(req).await;
     }
-    let headers = req.headers();
-    let given = headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .or_else(|| bearer(headers));
-    match given {
-        None => Error::MissingKey.into_response(),
-        Some(k) if digest(k) != *want => Error::InvalidKey.into_response(),
-        Some(_) => next.run(req).await,
+    match check_key(want, request_key(req.headers(), &["api-key"])) {
+        KeyCheck::Missing => Error::MissingKey.into_response(),
+        KeyCheck::Invalid => Error::InvalidKey.into_response(),
+        KeyCheck::Valid => next.run(req).await,
     }
 }
 
 /// Without an API key, only loopback unless `--allow-unauthenticated`.
 pub fn check_bind(config: &Config) -> Result<(), Error> {
-    if config.api_key.is_none() && !config.allow_unauthenticated && !is_loopback_bind(&config.bind)
-    {
+    if open_without_key(
+        &config.bind,
+        config.api_key.is_some(),
+        config.allow_unauthenticated,
+    ) {
         return Err(Error::UnsafeBind(config.bind.clone()));
     }
     Ok(())

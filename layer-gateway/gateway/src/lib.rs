@@ -97,10 +97,11 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// Checks the bind address against the key setting: without a master key, only loopback
 /// unless `--allow-unauthenticated`.
 pub fn check_bind(config: &Config) -> Result<(), Error> {
-    if config.master_key.is_none()
-        && !config.allow_unauthenticated
-        && !auth::is_loopback_bind(&config.bind)
-    {
+    if service_kit::auth::open_without_key(
+        &config.bind,
+        config.master_key.is_some(),
+        config.allow_unauthenticated,
+    ) {
         return Err(Error::UnsafeBind(config.bind.clone()));
     }
     Ok(())

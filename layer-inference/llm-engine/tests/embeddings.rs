@@ -9,33 +9,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use llm_engine::embed::{EmbedLimits, Embedder, Embeddings};
-use serde_json::Value;
-
-fn reference() -> Value {
-    serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
+use testkit::models::{cosine, floats, minilm_reference};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_matches_sentence_transformers() {
     let Some(dir) = testkit::models::minilm() else {
         return;
     };
-    let reference = reference();
+    let reference = minilm_reference();
     let sentences: Vec<String> = reference["sentences"]
         .as_array()
         .unwrap()

@@ -16,17 +16,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use testkit::models::{cosine, floats, minilm_reference};
 
 fn tiny_chat_model() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
-}
-
-fn reference() -> Value {
-    serde_json::from_str(include_str!(
-        "../../llm-engine/tests/fixtures/minilm_reference.json"
-    ))
-    .unwrap()
 }
 
 async fn start(embedding: Option<std::path::PathBuf>, max_inputs: usize) -> String {
@@ -65,20 +59,6 @@ async fn post(url: &str, body: &Value) -> (u16, Value, reqwest::header::HeaderMa
     (status, res.json().await.unwrap(), headers)
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (n(a) * n(b))
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -101,7 +81,7 @@ async fn openai_sdk_gets_reference_vectors_and_bad_requests_are_named() {
     assert_eq!(embed["dimensions"], 384);
     assert_eq!(embed["max_input_tokens"], 256);
 
-    let reference = reference();
+    let reference = minilm_reference();
     let sentences = reference["sentences"].as_array().unwrap().clone();
     let want: Vec<Vec<f32>> = reference["vectors"]
         .as_array()

