@@ -244,11 +244,45 @@ pub struct CreateIndex {
 }
 
 /// A vector as a point carries it: a list, or the unnamed vector of a map (`{"": [...]}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Read straight from the JSON (the first token decides), not buffered and retried as an
+/// untagged enum would: an upsert of thousands of vectors stays one pass and one `Vec<f32>`
+/// per vector.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum VectorInput {
     Plain(Vec<f32>),
     Named(Map<String, Value>),
+}
+
+impl<'de> Deserialize<'de> for VectorInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = VectorInput;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a vector (a list of numbers) or a map of named vectors")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(65_536));
+                while let Some(x) = seq.next_element::<f32>()? {
+                    v.push(x);
+                }
+                Ok(VectorInput::Plain(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                Map::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(VectorInput::Named)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// One point of an upsert.
@@ -270,11 +304,54 @@ pub struct Batch {
 }
 
 /// `PUT /collections/{c}/points`: a list of points or a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Read in one pass by its key (`points` or `batch`; other keys such as `shard_key` are
+/// ignored), so a large upsert is never buffered whole to try each shape in turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Upsert {
     Points { points: Vec<PointStruct> },
     Batch { batch: Batch },
+}
+
+impl<'de> Deserialize<'de> for Upsert {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Upsert;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with `points` (a list of points) or `batch`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = match key.as_str() {
+                        "points" => Upsert::Points {
+                            points: map.next_value()?,
+                        },
+                        "batch" => Upsert::Batch {
+                            batch: map.next_value()?,
+                        },
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if found.is_some() {
+                        return Err(serde::de::Error::custom(
+                            "an upsert holds either `points` or `batch`, not both",
+                        ));
+                    }
+                    found = Some(value);
+                }
+                found.ok_or_else(|| serde::de::Error::custom("missing field `points` (or `batch`)"))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// What to return of a payload: all, none, only some keys, or all but some.
@@ -483,5 +560,44 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(one.should.len(), 1);
         assert!(serde_json::from_value::<Filter>(json!({"must":[{"bogus":1}]})).is_err());
+    }
+
+    #[test]
+    fn upserts_read_in_both_shapes_with_named_errors() {
+        let text = r#"{"points":[{"id":1,"vector":[1,0.5],"payload":{"a":1}},{"id":2,"vector":{"":[0,1]}}],"shard_key":null}"#;
+        let up: Upsert = serde_json::from_str(text).unwrap_or(Upsert::Points { points: vec![] });
+        let Upsert::Points { points } = up else {
+            panic!("not points")
+        };
+        assert_eq!(points[0].vector, VectorInput::Plain(vec![1.0, 0.5]));
+        assert!(matches!(&points[1].vector, VectorInput::Named(m) if m.contains_key("")));
+        let up: Upsert = serde_json::from_str(r#"{"batch":{"ids":[1,2],"vectors":[[1],[2]]}}"#)
+            .unwrap_or(Upsert::Points { points: vec![] });
+        assert!(matches!(up, Upsert::Batch { batch } if batch.vectors.len() == 2));
+        // Round trip: what the memory service sends reads back the same.
+        let sent = Upsert::Points {
+            points: vec![PointStruct {
+                id: PointId::Num(3),
+                vector: VectorInput::Plain(vec![0.25]),
+                payload: None,
+            }],
+        };
+        let back: Result<Upsert, _> =
+            serde_json::to_string(&sent).and_then(|t| serde_json::from_str(&t));
+        assert_eq!(back.ok(), Some(sent));
+        let err = |t: &str| {
+            let de = &mut serde_json::Deserializer::from_str(t);
+            serde_path_to_error::deserialize::<_, Upsert>(de)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err("{}").contains("missing field `points`"));
+        assert!(err(r#"{"points":[],"batch":{"ids":[],"vectors":[]}}"#).contains("not both"));
+        let bad = err(r#"{"points":[{"id":1,"vector":[1,"x"]}]}"#);
+        assert!(bad.starts_with("points[0].vector"), "{bad}");
+        assert!(
+            err(r#"{"points":[{"id":1,"vector":7}]}"#).contains("a vector (a list of numbers)")
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! One collection in memory: normalised vectors in one contiguous array (a slot per point),
+//! One collection in memory: normalised vectors in blocks ([`crate::vectors`], a slot per point),
 //! payloads, an id → slot map and keyword indexes for the fields a client indexed.
 //!
 //! Search is an exact scan: every candidate's cosine similarity (a dot product of unit
@@ -10,11 +10,13 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use contract::qdrant::{Filter, PointId};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::filter;
 use crate::ivf::Ivf;
+use crate::payload::Payload;
 use crate::simd;
+use crate::vectors::Vectors;
 
 /// A collection's points and indexes.
 #[derive(Debug)]
@@ -26,8 +28,8 @@ pub struct Collection {
     pub indexes: BTreeMap<String, Value>,
     ids: Vec<PointId>,
     slot_of: HashMap<PointId, usize>,
-    vectors: Vec<f32>,
-    payloads: Vec<Map<String, Value>>,
+    vectors: Vectors,
+    payloads: Vec<Payload>,
     /// Field → value key → slots, for the indexed fields.
     keyword: HashMap<String, HashMap<String, HashSet<usize>>>,
     /// The number of the last write (what updates answer as `operation_id`).
@@ -77,7 +79,7 @@ impl Collection {
             indexes: BTreeMap::new(),
             ids: Vec::new(),
             slot_of: HashMap::new(),
-            vectors: Vec::new(),
+            vectors: Vectors::new(dim),
             payloads: Vec::new(),
             keyword: HashMap::new(),
             operation: 0,
@@ -112,7 +114,7 @@ impl Collection {
             return;
         }
         let t = std::time::Instant::now();
-        self.ivf = Some(Ivf::train(&self.vectors, n, self.dim));
+        self.ivf = Some(Ivf::train(&self.vectors, self.dim));
         tracing::info!(
             points = n,
             secs = t.elapsed().as_secs_f64(),
@@ -132,12 +134,12 @@ impl Collection {
         &self.ids[slot]
     }
 
-    pub fn payload(&self, slot: usize) -> &Map<String, Value> {
+    pub fn payload(&self, slot: usize) -> &Payload {
         &self.payloads[slot]
     }
 
     pub fn vector(&self, slot: usize) -> &[f32] {
-        &self.vectors[slot * self.dim..(slot + 1) * self.dim]
+        self.vectors.get(slot)
     }
 
     pub fn slot(&self, id: &PointId) -> Option<usize> {
@@ -146,15 +148,15 @@ impl Collection {
 
     /// Bytes held for vectors and ids (payloads not counted).
     pub fn vector_bytes(&self) -> usize {
-        self.vectors.len() * 4
+        self.vectors.bytes()
     }
 
     /// Inserts or replaces a point; `vector` is normalised and of length `dim`.
-    pub fn upsert(&mut self, id: PointId, vector: &[f32], payload: Map<String, Value>) {
+    pub fn upsert(&mut self, id: PointId, vector: &[f32], payload: Payload) {
         match self.slot_of.get(&id) {
             Some(&slot) => {
                 self.unindex(slot);
-                self.vectors[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(vector);
+                self.vectors.set(slot, vector);
                 self.payloads[slot] = payload;
                 self.index(slot);
             }
@@ -162,7 +164,7 @@ impl Collection {
                 let slot = self.ids.len();
                 self.slot_of.insert(id.clone(), slot);
                 self.ids.push(id);
-                self.vectors.extend_from_slice(vector);
+                self.vectors.push(vector);
                 self.payloads.push(payload);
                 self.index(slot);
                 self.train_if_due();
@@ -171,7 +173,7 @@ impl Collection {
     }
 
     /// Replaces a point's payload.
-    pub fn set_payload(&mut self, slot: usize, payload: Map<String, Value>) {
+    pub fn set_payload(&mut self, slot: usize, payload: Payload) {
         self.unindex(slot);
         self.payloads[slot] = payload;
         self.index(slot);
@@ -189,13 +191,11 @@ impl Collection {
             self.unindex(last);
             self.ids.swap(slot, last);
             self.payloads.swap(slot, last);
-            let (head, tail) = self.vectors.split_at_mut(last * self.dim);
-            head[slot * self.dim..(slot + 1) * self.dim].copy_from_slice(&tail[..self.dim]);
             self.slot_of.insert(self.ids[slot].clone(), slot);
         }
         self.ids.pop();
         self.payloads.pop();
-        self.vectors.truncate(last * self.dim);
+        self.vectors.swap_remove(slot);
         if slot != last {
             self.index(slot);
         }
@@ -223,7 +223,7 @@ impl Collection {
 
     fn index(&mut self, slot: usize) {
         if let Some(ivf) = &mut self.ivf {
-            ivf.insert(slot, &self.vectors[slot * self.dim..(slot + 1) * self.dim]);
+            ivf.insert(slot, self.vectors.get(slot));
         }
         let payload = &self.payloads[slot];
         for (field, map) in &mut self.keyword {
@@ -307,8 +307,8 @@ impl Collection {
             return Vec::new();
         }
         let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(top + 1);
-        let mut consider = |slot: usize| {
-            let score = simd::dot(query, self.vector(slot));
+        let mut consider = |slot: usize, v: &[f32]| {
+            let score = simd::dot(query, v);
             if threshold.is_some_and(|t| score < t) {
                 return;
             }
@@ -324,9 +324,24 @@ impl Collection {
         // so a large limit is filled as the exact scan fills it.
         let small = top.saturating_mul(100) <= self.len();
         match (filter, &self.ivf) {
-            (None, Some(ivf)) if !exact && small => ivf.probe(query).for_each(&mut consider),
-            (None, _) => (0..self.len()).for_each(&mut consider),
-            (Some(_), _) => self.filtered(filter).into_iter().for_each(&mut consider),
+            (None, Some(ivf)) if !exact && small => {
+                let slots: Vec<usize> = ivf.probe(query).collect();
+                for (i, &s) in slots.iter().enumerate() {
+                    if let Some(&next) = slots.get(i + 2) {
+                        simd::prefetch(self.vectors.get(next));
+                    }
+                    consider(s, self.vectors.get(s));
+                }
+            }
+            (None, _) => self
+                .vectors
+                .iter()
+                .enumerate()
+                .for_each(|(s, v)| consider(s, v)),
+            (Some(_), _) => self
+                .filtered(filter)
+                .into_iter()
+                .for_each(|s| consider(s, self.vectors.get(s))),
         }
         let mut hits: Vec<Ranked> = heap.into_vec();
         hits.sort();
@@ -345,8 +360,8 @@ mod tests {
         v
     }
 
-    fn payload(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
+    fn payload(v: Value) -> Payload {
+        Payload::from(v.as_object().cloned().unwrap_or_default())
     }
 
     #[test]
@@ -395,7 +410,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            c.upsert(PointId::Num(i as u64), &unit(v), Map::new());
+            c.upsert(PointId::Num(i as u64), &unit(v), Payload::default());
         }
         let hits = c.search(&unit(&[1.0, 0.1]), None, 3, None, false);
         let order: Vec<&PointId> = hits.iter().map(|h| c.id(h.slot)).collect();
@@ -432,7 +447,7 @@ mod tests {
         c.approximate_above = 1000;
         for i in 0..3000u64 {
             let v = point(&mut rng);
-            c.upsert(PointId::Num(i), &v, Map::new());
+            c.upsert(PointId::Num(i), &v, Payload::default());
             if i == 998 {
                 assert!(!c.approximate());
             }
@@ -444,7 +459,7 @@ mod tests {
         }
         for i in (1..3000u64).step_by(11) {
             let v = point(&mut rng);
-            c.upsert(PointId::Num(i), &v, Map::new());
+            c.upsert(PointId::Num(i), &v, Payload::default());
         }
         c.set_payload(5, payload(json!({"x": 1})));
         let ivf = c.ivf.as_ref().map(|i| i.consistent(c.len()));

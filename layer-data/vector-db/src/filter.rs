@@ -4,10 +4,12 @@
 //! an array at the end of a path matches when any of its elements does, as in Qdrant.
 
 use contract::qdrant::{Condition, FieldCondition, Filter, Match, PointId, Range};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::payload::Payload;
 
 /// Whether the point passes `filter`.
-pub fn matches(filter: &Filter, id: &PointId, payload: &Map<String, Value>) -> bool {
+pub fn matches(filter: &Filter, id: &PointId, payload: &Payload) -> bool {
     filter.must.iter().all(|c| condition(c, id, payload))
         && (filter.should.is_empty() || filter.should.iter().any(|c| condition(c, id, payload)))
         && !filter.must_not.iter().any(|c| condition(c, id, payload))
@@ -20,7 +22,7 @@ pub fn matches(filter: &Filter, id: &PointId, payload: &Map<String, Value>) -> b
         })
 }
 
-fn condition(c: &Condition, id: &PointId, payload: &Map<String, Value>) -> bool {
+fn condition(c: &Condition, id: &PointId, payload: &Payload) -> bool {
     match c {
         Condition::Field(f) => field(f, payload),
         Condition::HasId(h) => h.has_id.contains(id),
@@ -33,7 +35,7 @@ fn condition(c: &Condition, id: &PointId, payload: &Map<String, Value>) -> bool 
     }
 }
 
-fn field(f: &FieldCondition, payload: &Map<String, Value>) -> bool {
+fn field(f: &FieldCondition, payload: &Payload) -> bool {
     let found = values(payload, &f.key);
     let matched = match &f.matches {
         None => true,
@@ -72,7 +74,7 @@ fn in_range(v: &Value, r: &Range) -> bool {
 }
 
 /// The values at `key`, arrays at the end flattened (empty when the path is missing).
-pub fn values<'a>(payload: &'a Map<String, Value>, key: &str) -> Vec<&'a Value> {
+pub fn values<'a>(payload: &'a Payload, key: &str) -> Vec<&'a Value> {
     let mut out = Vec::new();
     for v in values_raw(payload, key) {
         match v {
@@ -84,17 +86,17 @@ pub fn values<'a>(payload: &'a Map<String, Value>, key: &str) -> Vec<&'a Value> 
 }
 
 /// The values at `key` as they are (an array stays one value).
-fn values_raw<'a>(payload: &'a Map<String, Value>, key: &str) -> Vec<&'a Value> {
+fn values_raw<'a>(payload: &'a Payload, key: &str) -> Vec<&'a Value> {
     let mut parts = key.split('.');
     let Some(first) = parts.next() else {
         return Vec::new();
     };
-    let mut current: Vec<&Value> = step_map(payload, first);
+    let mut current: Vec<&Value> = step(|k| payload.get(k), first);
     for part in parts {
         let mut next = Vec::new();
         for v in current {
             if let Value::Object(m) = v {
-                next.extend(step_map(m, part));
+                next.extend(step(|k| m.get(k), part));
             }
         }
         current = next;
@@ -102,14 +104,14 @@ fn values_raw<'a>(payload: &'a Map<String, Value>, key: &str) -> Vec<&'a Value> 
     current
 }
 
-/// One path segment: `name` or `name[]` (each element of the array).
-fn step_map<'a>(m: &'a Map<String, Value>, part: &str) -> Vec<&'a Value> {
+/// One path segment: `name` or `name[]` (each element of the array), looked up with `get`.
+fn step<'a>(get: impl Fn(&str) -> Option<&'a Value>, part: &str) -> Vec<&'a Value> {
     match part.strip_suffix("[]") {
-        Some(name) => match m.get(name) {
+        Some(name) => match get(name) {
             Some(Value::Array(items)) => items.iter().collect(),
             _ => Vec::new(),
         },
-        None => m.get(part).into_iter().collect(),
+        None => get(part).into_iter().collect(),
     }
 }
 
@@ -145,7 +147,7 @@ mod tests {
 
     fn check(filter: Value, payload: Value) -> bool {
         let f: Filter = serde_json::from_value(filter).unwrap_or_default();
-        let p = payload.as_object().cloned().unwrap_or_default();
+        let p = Payload::from(payload.as_object().cloned().unwrap_or_default());
         matches(&f, &PointId::Num(1), &p)
     }
 

@@ -5,6 +5,7 @@
 //! when the collection has doubled since.
 
 use crate::simd;
+use crate::vectors::Vectors;
 
 /// Points the centroids are trained on, at most (the rest are only assigned).
 const SAMPLE: usize = 10_000;
@@ -25,8 +26,9 @@ pub struct Ivf {
 }
 
 impl Ivf {
-    /// Trains on the first `n` unit vectors of `vectors` and assigns them all.
-    pub fn train(vectors: &[f32], n: usize, dim: usize) -> Ivf {
+    /// Trains on the unit vectors of `vectors` and assigns them all.
+    pub fn train(vectors: &Vectors, dim: usize) -> Ivf {
+        let n = vectors.len();
         let nlist = ((n as f64).sqrt() as usize).clamp(1, 4096);
         let mut rng = fastrand::Rng::with_seed(0x1f_u64 ^ n as u64);
         let sample: Vec<usize> = if n <= SAMPLE {
@@ -34,7 +36,7 @@ impl Ivf {
         } else {
             (0..SAMPLE).map(|_| rng.usize(..n)).collect()
         };
-        let row = |s: usize| &vectors[s * dim..(s + 1) * dim];
+        let row = |s: usize| vectors.get(s);
         let mut centroids: Vec<f32> = (0..nlist)
             .flat_map(|_| row(sample[rng.usize(..sample.len())]).to_vec())
             .collect();

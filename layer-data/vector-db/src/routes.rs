@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::collection::{Collection, Hit};
 use crate::error::Error;
+use crate::payload::Payload;
 use crate::simd;
 use crate::store::{Entry, NewPoint};
 
@@ -377,23 +378,24 @@ pub async fn count(
 }
 
 /// The payload to return, as `with_payload` asks.
-fn project(payload: &Map<String, Value>, with: &WithPayload) -> Option<Map<String, Value>> {
+fn project(payload: &Payload, with: &WithPayload) -> Option<Map<String, Value>> {
+    let keep = |k: &str| -> bool {
+        match with {
+            WithPayload::All(all) => *all,
+            WithPayload::Include(keys) => keys.iter().any(|i| i == k),
+            WithPayload::Fields { include, exclude } => {
+                include.as_ref().is_none_or(|i| i.iter().any(|i| i == k))
+                    && exclude.as_ref().is_none_or(|e| !e.iter().any(|e| e == k))
+            }
+        }
+    };
     match with {
         WithPayload::All(false) => None,
-        WithPayload::All(true) => Some(payload.clone()),
-        WithPayload::Include(keys) => Some(
+        _ => Some(
             payload
                 .iter()
-                .filter(|(k, _)| keys.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        WithPayload::Fields { include, exclude } => Some(
-            payload
-                .iter()
-                .filter(|(k, _)| include.as_ref().is_none_or(|i| i.contains(k)))
-                .filter(|(k, _)| exclude.as_ref().is_none_or(|e| !e.contains(k)))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
         ),
     }

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::collection::Collection;
 use crate::error::Error;
+use crate::payload::Payload;
 use crate::simd;
 
 /// The limits a request is held to.
@@ -78,9 +79,12 @@ impl Store {
             }
             let mut bad = 0usize;
             vectors::points(&db, &c.name, |p| {
-                match (PointId::from_key(&p.id), serde_json::from_str(&p.payload)) {
+                match (
+                    PointId::from_key(&p.id),
+                    serde_json::from_str::<Map<String, Value>>(&p.payload),
+                ) {
                     (Some(id), Ok(payload)) if p.vector.len() == c.dim => {
-                        coll.upsert(id, &p.vector, payload);
+                        coll.upsert(id, &p.vector, Payload::from(payload));
                     }
                     _ => bad += 1,
                 }
@@ -300,7 +304,7 @@ impl Store {
         vectors::upsert_points(&self.db, name, &stored).await?;
         let mut c = entry.modify();
         for p in points {
-            c.upsert(p.id, &p.vector, p.payload);
+            c.upsert(p.id, &p.vector, Payload::from(p.payload));
         }
         c.operation += 1;
         Ok(c.operation)
@@ -365,7 +369,7 @@ impl Store {
                     let mut p = if overwrite {
                         Map::new()
                     } else {
-                        c.payload(s).clone()
+                        c.payload(s).to_map()
                     };
                     p.extend(payload.clone());
                     (s, c.id(s).key(), p)
@@ -379,7 +383,7 @@ impl Store {
         vectors::set_payloads(&self.db, name, &rows).await?;
         let mut c = entry.modify();
         for (slot, _, p) in changed {
-            c.set_payload(slot, p);
+            c.set_payload(slot, Payload::from(p));
         }
         c.operation += 1;
         Ok(c.operation)

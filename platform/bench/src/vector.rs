@@ -37,6 +37,11 @@ pub struct VectorArgs {
     /// Queries at concurrency 1 (the same queries again at 8, three times over).
     #[arg(long, default_value_t = 200)]
     queries: usize,
+    /// Vectors to use instead of the clustered ones: little-endian f32 rows of `--dim`
+    /// (real embeddings, say); the last `--queries` rows are the queries, the rows before
+    /// them the points.
+    #[arg(long)]
+    vectors: Option<PathBuf>,
     /// A Python with chromadb, sqlite-vec and sentence-transformers.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -126,6 +131,14 @@ fn recall(got: &[Vec<u64>], want: &[Vec<u64>]) -> f64 {
     hit as f64 / total.max(1) as f64
 }
 
+fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
 fn write_f32(path: &Path, v: &[f32]) -> Result<(), String> {
     let mut f = std::fs::File::create(path).map_err(|e| e.to_string())?;
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -207,6 +220,7 @@ async fn ours(
     let base = format!("http://127.0.0.1:{port}");
     let result = async {
         wait_ready(&format!("{base}/readyz")).await?;
+        let base_rss = rss_kb(child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
         let http = reqwest::Client::new();
         let c = format!("{base}/collections/bench");
         http.put(&c)
@@ -283,7 +297,8 @@ async fn ours(
             .into_iter()
             .flatten()
             .collect();
-        let rss = rss_kb(child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+        // As for the anchors: what the data added, not the idle process.
+        let rss = rss_kb(child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0 - base_rss;
         let (p50_1, p99_1) = stats(lat1);
         let (p50_8, p99_8) = stats(lat8);
         Ok((
@@ -619,10 +634,33 @@ async fn embeddings(args: &VectorArgs, dir: &Path) -> Result<Value, String> {
 pub async fn run(args: VectorArgs) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let max = args.sizes.iter().copied().max().unwrap_or(0);
-    let mut rng = fastrand::Rng::with_seed(SEED);
-    let c = centres(256, args.dim, &mut rng);
-    let data = clustered(max, args.dim, &mut rng, &c);
-    let queries = clustered(args.queries, args.dim, &mut rng, &c);
+    let (data, queries, kind) = match &args.vectors {
+        None => {
+            let mut rng = fastrand::Rng::with_seed(SEED);
+            let c = centres(256, args.dim, &mut rng);
+            let data = clustered(max, args.dim, &mut rng, &c);
+            let queries = clustered(args.queries, args.dim, &mut rng, &c);
+            (data, queries, "clustered".to_owned())
+        }
+        Some(path) => {
+            let all = read_f32(path)?;
+            let rows = all.len() / args.dim;
+            if rows < max + args.queries {
+                return Err(format!(
+                    "{} holds {rows} rows of {}; {max} points and {} queries need {}",
+                    path.display(),
+                    args.dim,
+                    args.queries,
+                    max + args.queries
+                ));
+            }
+            let q0 = (rows - args.queries) * args.dim;
+            let queries = all[q0..rows * args.dim].to_vec();
+            let mut data = all;
+            data.truncate(max * args.dim);
+            (data, queries, format!("from {}", path.display()))
+        }
+    };
     let data_path = dir.path().join("data.f32");
     let q_path = dir.path().join("queries.f32");
     write_f32(&data_path, &data)?;
@@ -636,7 +674,7 @@ pub async fn run(args: VectorArgs) -> Result<(), String> {
         })
         .unwrap_or_default();
     println!(
-        "bench vector: {} dimensions, clustered, {} queries (c=1; then 3 rounds at c=8), top 10, on {} ({} cores)",
+        "bench vector: {} dimensions, {kind}, {} queries (c=1; then 3 rounds at c=8), top 10, on {} ({} cores)",
         args.dim,
         args.queries,
         cpu,
