@@ -45,10 +45,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub max_collections: usize,
 
-    /// From this many points on, a search without a filter reads only the nearest groups of an
-    /// approximate index (an inverted file over √n centroids, a tenth of the groups read;
-    /// recall@10 in docs/PERFORMANCE.md) instead of every point; `"params": {"exact": true}`
-    /// asks for the exact scan. 0: always exact.
+    /// From this many points on, a search without a filter walks an HNSW graph (the
+    /// collection's `hnsw_config` m and ef_construct, Qdrant's 16 and 100 by default; m 0: no
+    /// graph; recall@10 in docs/PERFORMANCE.md) instead of reading every point;
+    /// `"params": {"exact": true}` asks for the exact scan, `"hnsw_ef"` for a wider walk.
+    /// 0: always exact.
     #[arg(long, default_value_t = 20_000)]
     pub approximate_above: usize,
 

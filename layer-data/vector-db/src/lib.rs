@@ -14,7 +14,7 @@ pub mod collection;
 mod config;
 mod error;
 pub mod filter;
-pub mod ivf;
+pub mod hnsw;
 pub mod payload;
 pub mod routes;
 pub mod simd;
@@ -248,6 +248,7 @@ pub async fn serve_on(
         approximate_above: config.approximate_above,
     };
     let store = store::Store::load(db, limits).await?;
+    store.build_graphs_in_background();
     let body_limit = config.common.body_limit;
     let drain = config.common.drain_timeout;
     let state = Arc::new(AppState {

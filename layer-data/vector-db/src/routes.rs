@@ -441,6 +441,16 @@ struct Search {
     with_vector: bool,
     /// `"params": {"exact": true}`: the exact scan even where the index would answer.
     exact: bool,
+    /// `"params": {"hnsw_ef": n}`: candidates the graph walk keeps.
+    ef: Option<usize>,
+}
+
+/// Qdrant's `params.hnsw_ef`, held to `max`.
+fn wants_ef(params: Option<&Value>, max: usize) -> Option<usize> {
+    params
+        .and_then(|p| p.get("hnsw_ef"))
+        .and_then(Value::as_u64)
+        .map(|ef| (ef as usize).min(max))
 }
 
 /// Qdrant's `params.exact`.
@@ -464,7 +474,14 @@ async fn run_search(app: &AppState, entry: Arc<Entry>, s: Search) -> Result<Vec<
     };
     let work = move || {
         let c = entry.read();
-        let mut hits = c.search(&s.vector, s.filter.as_ref(), top, s.threshold, s.exact);
+        let mut hits = c.search(
+            &s.vector,
+            s.filter.as_ref(),
+            top,
+            s.threshold,
+            s.exact,
+            s.ef,
+        );
         if let Some(id) = &s.exclude {
             hits.retain(|h| c.id(h.slot) != id);
         }
@@ -558,6 +575,7 @@ pub async fn query(
                 with_payload,
                 with_vector,
                 exact: wants_exact(req.params.as_ref()),
+                ef: wants_ef(req.params.as_ref(), app.config.max_limit),
             };
             run_search(&app, entry, search).await?
         }
@@ -603,6 +621,7 @@ pub async fn search(
         with_payload: req.with_payload.unwrap_or(WithPayload::All(false)),
         with_vector: wants_vector(req.with_vector.as_ref()),
         exact: wants_exact(req.params.as_ref()),
+        ef: wants_ef(req.params.as_ref(), app.config.max_limit),
     };
     let points = run_search(&app, entry, search).await?;
     Ok(ok(points, started))

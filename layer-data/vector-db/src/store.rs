@@ -93,7 +93,8 @@ impl Store {
             if bad > 0 {
                 tracing::warn!(collection = %c.name, points = bad, "stored points that cannot be read were skipped");
             }
-            // Trained once on everything loaded, not at each size on the way.
+            // Built once on everything loaded, in the background (see
+            // `build_graphs_in_background`), not at each size on the way.
             coll.set_approximate_above(limits.approximate_above);
             points += coll.len();
             map.insert(
@@ -111,6 +112,29 @@ impl Store {
             collections: RwLock::new(map),
             admin: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Builds the graph of every collection that needs one (after loading) on the blocking
+    /// pool: searches go on meanwhile, exact; writes to that collection wait for it.
+    pub fn build_graphs_in_background(&self) {
+        for (name, entry) in self.map().iter() {
+            if !entry.read().graph_due() {
+                continue;
+            }
+            let (name, entry) = (name.clone(), entry.clone());
+            tracing::info!(collection = %name, "building the approximate index in the background; searches are exact until it is ready");
+            tokio::spawn(async move {
+                let _writer = entry.write.clone().lock_owned().await;
+                let e = entry.clone();
+                match tokio::task::spawn_blocking(move || e.read().build_graph()).await {
+                    // The writer lock was held throughout: nothing changed since.
+                    Ok(g) => entry.modify().install_graph(g),
+                    Err(e) => {
+                        tracing::error!(collection = %name, error = %e, "building the approximate index failed")
+                    }
+                }
+            });
+        }
     }
 
     pub fn db(&self) -> &Db {

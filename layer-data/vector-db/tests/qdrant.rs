@@ -622,13 +622,22 @@ async fn large_collections_search_approximately_unless_asked_for_exact() {
                 upsert(&base, "big", chunk).await;
             }
         }
-        // The index holds every vector (after the restart too: trained on what was loaded).
-        let (_, info) = call(
-            reqwest::Method::GET,
-            &format!("{base}/collections/big"),
-            None,
-        )
-        .await;
+        // The index holds every vector (after the restart too: built in the background on
+        // what was loaded, so it may take a moment).
+        let mut info = Value::Null;
+        for _ in 0..600 {
+            info = call(
+                reqwest::Method::GET,
+                &format!("{base}/collections/big"),
+                None,
+            )
+            .await
+            .1;
+            if info["result"]["indexed_vectors_count"] == 3000 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert_eq!(
             info["result"]["indexed_vectors_count"], 3000,
             "round {round}: {info}"
