@@ -87,6 +87,34 @@ pub struct SearchResult {
     pub extra: Extra,
 }
 
+/// What Open WebUI's "external" web search engine posts (`WEB_SEARCH_ENGINE=external`):
+/// one query and how many results it wants (`WEB_SEARCH_RESULT_COUNT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenWebUiSearch {
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// One result as Open WebUI's external engine reads it; the answer is a bare JSON array of
+/// these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenWebUiResult {
+    pub link: String,
+    pub title: String,
+    pub snippet: String,
+}
+
+impl From<SearchResult> for OpenWebUiResult {
+    fn from(r: SearchResult) -> Self {
+        OpenWebUiResult {
+            link: r.url,
+            title: r.title,
+            snippet: r.snippet,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

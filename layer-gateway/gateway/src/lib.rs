@@ -74,6 +74,11 @@ pub fn routes() -> Routes<Arc<AppState>> {
             "Web search through the default search tool",
         )
         .post(
+            "/search/openwebui",
+            search::open_webui,
+            "Web search in the shape of Open WebUI's external engine (bare array of link/title/snippet)",
+        )
+        .post(
             "/search/{tool}",
             search::named_tool,
             "Web search through a named search tool",

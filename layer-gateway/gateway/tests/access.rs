@@ -553,10 +553,52 @@ async fn search_pages_trims_and_filters_through_searxng() {
     )
     .await;
     assert_eq!(st, 400);
+
+    // Open WebUI's external engine: `{query, count}` in, a bare array of link/title/snippet
+    // out (what `search_external` in open_webui/retrieval/web/external.py reads).
+    let res = gw
+        .post(
+            "/v1/search/openwebui",
+            None,
+            &json!({"query": "rust sse", "count": 5}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    let arr = v.as_array().expect("a bare JSON array");
+    assert_eq!(arr.len(), 5);
+    let keys: Vec<&String> = arr[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["link", "title", "snippet"]);
+    assert!(arr[0]["link"].as_str().unwrap().starts_with("https://"));
+    assert_eq!(arr[0]["snippet"], "Snippet 0 about rust sse.");
+    // A count past the limit is held to it; the source has 45.
+    let v: Value = gw
+        .post(
+            "/v1/search/openwebui",
+            None,
+            &json!({"query": "rust", "count": 100000}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 45);
+    for bad in [
+        json!({"query": "x", "count": 0}),
+        json!({"count": 3}),
+        json!({"query": " "}),
+    ] {
+        let (st, e) = error(gw.post("/v1/search/openwebui", None, &bad).await).await;
+        assert_eq!(st, 400, "{bad} → {e}");
+    }
     gw.shutdown().await;
     let rows = gw.log_rows().await;
     assert!(rows.iter().all(|r| r["route"] == "search"));
     assert_eq!(rows[0]["handle"], "searxng");
+    assert!(
+        rows.iter().filter(|r| r["status"] == 400).count() >= 4,
+        "refusals are logged too"
+    );
 }
 
 #[test]

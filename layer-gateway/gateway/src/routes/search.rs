@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use contract::search::{SearchRequest, SearchResponse};
+use contract::search::{OpenWebUiResult, OpenWebUiSearch, SearchRequest, SearchResponse};
 
 use crate::error::Error;
 use crate::state::AppState;
@@ -20,8 +20,18 @@ pub const MAX_RESULTS: u32 = 100;
 /// Results when the request does not say.
 pub const DEFAULT_RESULTS: u32 = 10;
 
+/// The request and answer shape of a search route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// LiteLLM's (Perplexity's): `{query, max_results, …}` → `{"object":"search","results"}`.
+    LiteLlm,
+    /// Open WebUI's external engine: `{query, count}` → a bare array of
+    /// `{link, title, snippet}`.
+    OpenWebUi,
+}
+
 pub async fn default_tool(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    run(state, None, req).await
+    run(state, None, req, Shape::LiteLlm).await
 }
 
 pub async fn named_tool(
@@ -29,14 +39,22 @@ pub async fn named_tool(
     Path(tool): Path<String>,
     req: Request,
 ) -> Response {
-    run(state, Some(tool), req).await
+    run(state, Some(tool), req, Shape::LiteLlm).await
 }
 
-async fn run(state: Arc<AppState>, tool: Option<String>, req: Request) -> Response {
+/// `POST /v1/search/openwebui`: the default search tool in the shape of Open WebUI's
+/// "external" web search engine (`EXTERNAL_WEB_SEARCH_URL`), authenticated, limited and
+/// logged like `/v1/search`. A `count` above [`MAX_RESULTS`] is held to it (Open WebUI would
+/// read a refusal as "no results").
+pub async fn open_webui(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    run(state, None, req, Shape::OpenWebUi).await
+}
+
+async fn run(state: Arc<AppState>, tool: Option<String>, req: Request, shape: Shape) -> Response {
     let started = Instant::now();
     let started_ms = docsdb::now_ms();
     let request_id = super::request_id(&req);
-    let result = search(&state, tool.as_deref(), req).await;
+    let result = search(&state, tool.as_deref(), req, shape).await;
     let (status, error, tool_name, key) = match &result {
         Ok((_, t, k)) => (200, None, Some(t.clone()), k.clone()),
         Err((e, k)) => (
@@ -58,9 +76,16 @@ async fn run(state: Arc<AppState>, tool: Option<String>, req: Request) -> Respon
             error,
         },
     );
-    match result {
-        Ok((r, _, _)) => axum::Json(r).into_response(),
-        Err((e, _)) => e.into_response(),
+    match (result, shape) {
+        (Ok((r, _, _)), Shape::LiteLlm) => axum::Json(r).into_response(),
+        (Ok((r, _, _)), Shape::OpenWebUi) => axum::Json(
+            r.results
+                .into_iter()
+                .map(OpenWebUiResult::from)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        (Err((e, _)), _) => e.into_response(),
     }
 }
 
@@ -70,6 +95,7 @@ async fn search(
     state: &Arc<AppState>,
     tool: Option<&str>,
     req: Request,
+    shape: Shape,
 ) -> Result<(SearchResponse, String, Option<String>), Failure> {
     let caller = super::caller(state, req.headers()).map_err(|e| (e, None))?;
     let key = caller.log_name();
@@ -83,8 +109,20 @@ async fn search(
     let body = service_kit::body::read_bytes(req)
         .await
         .map_err(|api| fail(Error::BadRequest(api.error.message)))?;
-    let sr: SearchRequest = service_kit::body::parse_json(&body)
-        .map_err(|api| fail(Error::BadRequest(api.error.message)))?;
+    let sr: SearchRequest = match shape {
+        Shape::LiteLlm => service_kit::body::parse_json(&body)
+            .map_err(|api| fail(Error::BadRequest(api.error.message)))?,
+        Shape::OpenWebUi => {
+            let ow: OpenWebUiSearch = service_kit::body::parse_json(&body)
+                .map_err(|api| fail(Error::BadRequest(api.error.message)))?;
+            if ow.count == Some(0) {
+                return Err(fail(Error::BadRequest("count must be at least 1".into())));
+            }
+            let mut sr = SearchRequest::new(ow.query);
+            sr.max_results = ow.count.map(|c| c.min(MAX_RESULTS));
+            sr
+        }
+    };
     let table = state.table.load();
     let t = match tool {
         Some(name) => table.search.iter().find(|t| t.name == name),
