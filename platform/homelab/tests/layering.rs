@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+mod common;
+
 /// One workspace package: its folder (relative to the workspace), whether it has a binary,
 /// and the folders of the path dependencies it names (normal, dev and build).
 struct Package {
@@ -20,24 +22,7 @@ struct Package {
 }
 
 fn packages() -> Vec<Package> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(&root)
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m: Value = common::workspace_metadata();
     let root = PathBuf::from(m["workspace_root"].as_str().unwrap());
     let rel = |p: &str| Path::new(p).strip_prefix(&root).unwrap().to_path_buf();
     m["packages"]
@@ -213,7 +198,7 @@ fn sources_outside_docsdb(root: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn sql_lives_only_in_docsdb() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = common::workspace_root();
     let files = sources_outside_docsdb(&root);
     assert!(files.len() > 20, "the sources were found: {}", files.len());
     let mut found = Vec::new();

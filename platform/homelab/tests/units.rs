@@ -17,12 +17,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
 fn units() -> Vec<PathBuf> {
-    let dir = workspace().join("deploy/systemd");
+    let dir = common::workspace_root().join("deploy/systemd");
     let mut units: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -49,19 +47,7 @@ fn program(unit: &Path) -> String {
 
 /// Names of the workspace's binaries (its packages with a `main.rs` or `[[bin]]`).
 fn binaries() -> Vec<String> {
-    let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["packages"]
+    common::workspace_metadata()["packages"]
         .as_array()
         .unwrap()
         .iter()
