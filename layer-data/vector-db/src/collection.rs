@@ -4,7 +4,8 @@
 //! Search is an exact scan: every candidate's cosine similarity (a dot product of unit
 //! vectors), the best kept in a bounded heap. A filter whose top-level `must` names an
 //! indexed field by value (Open WebUI's `tenant_id`, `metadata.file_id`) scans only the
-//! points the index lists for it.
+//! points the index lists for it. Past `approximate_above` points, an unfiltered search walks
+//! the collection's HNSW graph ([`crate::hnsw`]) instead, kept in step by `link`/`unlink`.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -185,7 +186,7 @@ impl Collection {
         self.slot_of.get(id).copied()
     }
 
-    /// Bytes held for vectors and ids (payloads not counted).
+    /// Bytes of the stored vectors (not the blocks' spare room, ids or payloads).
     pub fn vector_bytes(&self) -> usize {
         self.vectors.bytes()
     }
