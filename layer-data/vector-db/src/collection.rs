@@ -6,9 +6,14 @@
 //! indexed field by value (Open WebUI's `tenant_id`, `metadata.file_id`) scans only the
 //! points the index lists for it. Past `approximate_above` points, an unfiltered search walks
 //! the collection's HNSW graph ([`crate::hnsw`]) instead, kept in step by `link`/`unlink`.
+//!
+//! The graph is built off the write path ([`GraphBuild`]): the builder inserts a few points at
+//! a time under a shared lock, so searches and writes go on; the slots written meanwhile are
+//! noted and linked again with their current vectors before the graph is installed.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
 use contract::qdrant::{Filter, PointId};
 use serde_json::Value;
@@ -41,6 +46,29 @@ pub struct Collection {
     /// Qdrant).
     graph_params: hnsw::Params,
     graph: Option<Hnsw>,
+    /// While a graph is being built: the slots whose point changed since the build began
+    /// (taken by the builder between its steps). `None` when no build is under way.
+    changed: Mutex<Option<HashSet<usize>>>,
+}
+
+/// A graph being built beside a collection: slots below `cursor` are in it (some with a
+/// vector that has changed since, listed in the collection's `changed`).
+#[derive(Debug)]
+pub struct GraphBuild {
+    graph: Hnsw,
+    cursor: usize,
+    started: std::time::Instant,
+}
+
+/// What one step of a build left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Points or changes still to take in.
+    More,
+    /// Caught up: [`Collection::finish_build`] installs it.
+    Done,
+    /// The build was called off (the collection no longer wants a graph).
+    Abandoned,
 }
 
 /// A point found by a search: its slot and similarity.
@@ -106,17 +134,18 @@ impl Collection {
             approximate_above: 0,
             graph_params: graph_params(&config),
             graph: None,
+            changed: Mutex::new(None),
             config,
         }
     }
 
     /// Sets the size from which unfiltered searches are approximate (0: never). A graph due
-    /// now is left to the caller ([`Collection::graph_due`]), who may build it off the
-    /// write path.
+    /// now is left to the caller ([`Collection::start_build`]).
     pub fn set_approximate_above(&mut self, points: usize) {
         self.approximate_above = points;
         if points == 0 {
             self.graph = None;
+            *self.changes() = None;
         }
     }
 
@@ -125,40 +154,126 @@ impl Collection {
         self.graph.is_some()
     }
 
-    /// Whether the graph should be built (again) now: the collection has reached
-    /// `approximate_above` points and has no graph, or removals have reached half the points
-    /// the graph was built with (links left to removed points make it worse).
+    fn changes(&mut self) -> &mut Option<HashSet<usize>> {
+        self.changed
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the graph should be built (again) now: no build is under way and the
+    /// collection has reached `approximate_above` points without a graph, or removals have
+    /// reached half the points the graph was built with (links left to removed points make it
+    /// worse).
     pub fn graph_due(&self) -> bool {
         let n = self.len();
         if self.approximate_above == 0 || self.graph_params.m == 0 || n < self.approximate_above {
             return false;
         }
-        self.graph
-            .as_ref()
-            .is_none_or(|g| g.removed * 2 >= g.built_with.max(n))
+        let building = self
+            .changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        !building
+            && self
+                .graph
+                .as_ref()
+                .is_none_or(|g| g.removed * 2 >= g.built_with.max(n))
     }
 
-    /// A graph over every point as they are now (taking a while: a reader may build it while
-    /// other readers search, then [`Collection::install_graph`] it under the write lock,
-    /// provided no write came between).
-    pub fn build_graph(&self) -> Hnsw {
-        let t = std::time::Instant::now();
-        let g = Hnsw::build(&self.vectors, self.graph_params);
+    /// Begins a build when one is due: from now on every slot whose vector changes is noted
+    /// for it. The caller drives it with [`Collection::build_step`] under a shared lock and
+    /// ends it with [`Collection::finish_build`]; a graph already there stays in use (and in
+    /// step) until then.
+    pub fn start_build(&mut self) -> Option<GraphBuild> {
+        if !self.graph_due() {
+            return None;
+        }
+        *self.changes() = Some(HashSet::new());
+        Some(GraphBuild {
+            graph: Hnsw::new(self.graph_params),
+            cursor: 0,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Takes up to `budget` slots into `build`: first slots noted as changed (unlinked, and
+    /// linked again with their vector of now if they still hold a point), then points not yet
+    /// in it. Runs under a shared lock: searches go on, writes wait at most one step.
+    pub fn build_step(&self, build: &mut GraphBuild, budget: usize) -> Step {
+        let batch: Vec<usize> = {
+            let mut guard = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(changed) = guard.as_mut() else {
+                return Step::Abandoned;
+            };
+            let batch: Vec<usize> = changed.iter().copied().take(budget).collect();
+            for s in &batch {
+                changed.remove(s);
+            }
+            batch
+        };
+        let mut spent = self.relink(build, batch);
+        let len = self.len();
+        while build.cursor < len && spent < budget {
+            build.graph.insert(&self.vectors, build.cursor);
+            build.cursor += 1;
+            spent += 1;
+        }
+        let pending = self
+            .changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| !c.is_empty());
+        if build.cursor < len || pending {
+            Step::More
+        } else {
+            Step::Done
+        }
+    }
+
+    /// Unlinks the changed slots that `build` already holds and links again those that still
+    /// hold a point (slots at or past the cursor come later anyway); how many it took.
+    fn relink(&self, build: &mut GraphBuild, slots: Vec<usize>) -> usize {
+        let held: Vec<usize> = slots.into_iter().filter(|&s| s < build.cursor).collect();
+        for &s in &held {
+            build.graph.remove(&self.vectors, s);
+        }
+        for &s in &held {
+            if s < self.len() {
+                build.graph.insert(&self.vectors, s);
+            }
+        }
+        held.len()
+    }
+
+    /// Ends `build` under the exclusive lock: the last changes and points are taken in and the
+    /// graph replaces the one in use. Does nothing if the build was called off.
+    pub fn finish_build(&mut self, mut build: GraphBuild) {
+        let Some(changed) = self.changes().take() else {
+            return;
+        };
+        self.relink(&mut build, changed.into_iter().collect());
+        while build.cursor < self.len() {
+            build.graph.insert(&self.vectors, build.cursor);
+            build.cursor += 1;
+        }
+        let mut graph = build.graph;
+        graph.built_with = self.len();
+        graph.removed = 0;
         tracing::info!(
             points = self.len(),
-            secs = t.elapsed().as_secs_f64(),
+            secs = build.started.elapsed().as_secs_f64(),
             "approximate index built"
         );
-        g
-    }
-
-    pub fn install_graph(&mut self, graph: Hnsw) {
         self.graph = Some(graph);
     }
 
-    fn build_if_due(&mut self) {
-        if self.graph_due() {
-            self.graph = Some(self.build_graph());
+    /// Builds a due graph at once (tests, and callers with nothing else to do).
+    pub fn build_now(&mut self) {
+        if let Some(mut b) = self.start_build() {
+            while self.build_step(&mut b, usize::MAX) == Step::More {}
+            self.finish_build(b);
         }
     }
 
@@ -210,7 +325,6 @@ impl Collection {
                 self.payloads.push(payload);
                 self.index(slot);
                 self.link(slot);
-                self.build_if_due();
             }
         }
     }
@@ -245,7 +359,6 @@ impl Collection {
             self.index(slot);
             self.link(slot);
         }
-        self.build_if_due();
         true
     }
 
@@ -268,15 +381,22 @@ impl Collection {
         self.keyword.remove(field);
     }
 
-    /// Puts the point in `slot` into the graph.
+    /// Puts the point in `slot` into the graph (and notes it for a build under way).
     fn link(&mut self, slot: usize) {
+        if let Some(changed) = self.changes() {
+            changed.insert(slot);
+        }
         if let Some(g) = &mut self.graph {
             g.insert(&self.vectors, slot);
         }
     }
 
-    /// Takes the point in `slot` out of the graph (its vector still in place).
+    /// Takes the point in `slot` out of the graph (its vector still in place), noting it for a
+    /// build under way.
     fn unlink(&mut self, slot: usize) {
+        if let Some(changed) = self.changes() {
+            changed.insert(slot);
+        }
         if let Some(g) = &mut self.graph {
             g.remove(&self.vectors, slot);
         }
@@ -508,10 +628,14 @@ mod tests {
             let v = point(&mut rng);
             c.upsert(PointId::Num(i), &v, Payload::default());
             if i == 998 {
-                assert!(!c.approximate());
+                c.build_now();
+                assert!(!c.approximate(), "not due below the threshold");
+            }
+            if i == 999 {
+                c.build_now();
+                assert!(c.approximate());
             }
         }
-        assert!(c.approximate());
         // Removals (each moves the last point), updates of vectors, payload changes.
         for i in (0..3000u64).step_by(7) {
             assert!(c.remove(&PointId::Num(i)));
@@ -528,24 +652,112 @@ mod tests {
             "every point, and only those, in the graph"
         );
 
+        let queries: Vec<Vec<f32>> = (0..50).map(|_| point(&mut rng)).collect();
+        let r = recall(&c, &queries);
+        assert!(r >= 0.9, "recall@10 {r}");
+        // A limit too large for the index's share of points is answered by the exact scan.
+        let q = point(&mut rng);
+        assert_eq!(c.search(&q, None, 2000, None, false, None).len(), 2000);
+    }
+
+    /// Recall@10 of unfiltered graph searches against the exact scan, and every returned
+    /// score exact.
+    fn recall(c: &Collection, queries: &[Vec<f32>]) -> f64 {
         let mut found = 0;
-        for _ in 0..50 {
-            let q = point(&mut rng);
-            let exact = c.search(&q, None, 10, None, true, None);
-            let approx = c.search(&q, None, 10, None, false, None);
+        for q in queries {
+            let exact = c.search(q, None, 10, None, true, None);
+            let approx = c.search(q, None, 10, None, false, None);
             for h in &approx {
-                // Scores are exact for what is returned.
-                assert!((h.score - simd::dot(&q, c.vector(h.slot))).abs() < 1e-6);
+                assert!((h.score - simd::dot(q, c.vector(h.slot))).abs() < 1e-6);
             }
             found += approx
                 .iter()
                 .filter(|h| exact.iter().any(|e| e.slot == h.slot))
                 .count();
         }
-        let recall = found as f64 / 500.0;
-        assert!(recall >= 0.9, "recall@10 {recall}");
-        // A limit too large for the index's share of points is answered by the exact scan.
-        let q = point(&mut rng);
-        assert_eq!(c.search(&q, None, 2000, None, false, None).len(), 2000);
+        found as f64 / (10 * queries.len()) as f64
+    }
+
+    /// A graph built a few points at a time while points are added, moved, changed and
+    /// removed ends up holding every point with its vector of now, and only those.
+    #[test]
+    fn a_graph_built_beside_writes_takes_in_every_change() {
+        let dim = 24;
+        let mut rng = fastrand::Rng::with_seed(11);
+        let point =
+            |rng: &mut fastrand::Rng| unit(&(0..dim).map(|_| rng.f32() - 0.5).collect::<Vec<_>>());
+        let mut c = Collection::new(dim, json!({}));
+        c.approximate_above = 500;
+        for i in 0..1500u64 {
+            c.upsert(PointId::Num(i), &point(&mut rng), Payload::default());
+        }
+        assert!(!c.approximate(), "writes do not build the graph themselves");
+        let mut build = c.start_build().expect("due");
+        assert!(c.start_build().is_none(), "one build at a time");
+        assert!(!c.graph_due());
+        let mut next = 1500u64;
+        let mut steps = 0;
+        loop {
+            let step = c.build_step(&mut build, 40);
+            if step == Step::Done {
+                break;
+            }
+            assert_eq!(step, Step::More);
+            steps += 1;
+            // Between steps: new points, new vectors for old ones (some already in the
+            // graph), and removals that move the last point into the freed slot.
+            if steps % 3 == 0 && steps < 60 {
+                for _ in 0..5 {
+                    c.upsert(PointId::Num(next), &point(&mut rng), Payload::default());
+                    next += 1;
+                }
+                let victim = rng.u64(..next);
+                c.remove(&PointId::Num(victim));
+                let moved = rng.u64(..next);
+                c.upsert(PointId::Num(moved), &point(&mut rng), Payload::default());
+                // A point whose slot the builder has passed, removed and not replaced.
+                c.remove(&PointId::Num(rng.u64(..next)));
+            }
+        }
+        // Changes after the last step are taken in when it is installed.
+        for i in 0..20u64 {
+            c.remove(&PointId::Num(i * 3));
+            c.upsert(PointId::Num(next + i), &point(&mut rng), Payload::default());
+        }
+        c.finish_build(build);
+        assert!(c.approximate());
+        let g = c.graph.as_ref().unwrap();
+        assert_eq!(
+            g.nodes(),
+            c.len(),
+            "every point, and only those, in the graph"
+        );
+        assert_eq!(g.built_with, c.len());
+        // Each point is found from its own vector of now.
+        for slot in (0..c.len()).step_by(7) {
+            let hits = c.search(c.vector(slot), None, 1, None, false, None);
+            assert!((hits[0].score - 1.0).abs() < 1e-5, "slot {slot}: {hits:?}");
+        }
+        let queries: Vec<Vec<f32>> = (0..40).map(|_| point(&mut rng)).collect();
+        let r = recall(&c, &queries);
+        assert!(r >= 0.9, "recall@10 {r}");
+        assert!(!c.graph_due(), "not due again right after");
+    }
+
+    #[test]
+    fn a_build_called_off_installs_nothing() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut c = Collection::new(8, json!({}));
+        c.approximate_above = 100;
+        for i in 0..200u64 {
+            let v = unit(&(0..8).map(|_| rng.f32() - 0.5).collect::<Vec<_>>());
+            c.upsert(PointId::Num(i), &v, Payload::default());
+        }
+        let mut build = c.start_build().expect("due");
+        assert_eq!(c.build_step(&mut build, 10), Step::More);
+        c.set_approximate_above(0);
+        assert_eq!(c.build_step(&mut build, 10), Step::Abandoned);
+        c.finish_build(build);
+        assert!(!c.approximate());
     }
 }

@@ -166,28 +166,37 @@ impl Hnsw {
             self.links0.resize((slot + 1) * (self.m0 + 1), 0);
         }
         let top = self.random_level();
-        self.level[slot] = top;
+        // Not a node while its neighbours are searched for: a link some point kept to this
+        // slot would otherwise lead the search into a point without links yet, a dead end.
+        self.level[slot] = ABSENT;
         self.links0[slot * (self.m0 + 1)] = 0;
+        self.upper.remove(&s);
+        let len = vectors.len();
+        // The entry may have gone (a graph built beside a changing collection briefly holds
+        // nodes past the end): the highest other point takes its place.
+        let entry = self
+            .entry
+            .filter(|&e| self.live(e, len))
+            .or_else(|| self.highest(len, s));
+        let mut found_per_level = Vec::new();
+        if let Some(entry) = entry {
+            let q = vectors.get(slot);
+            let entry_level = self.level[entry as usize];
+            let mut ep = vec![Scored(simd::dot(q, vectors.get(entry as usize)), entry)];
+            for l in ((top + 1)..=entry_level).rev() {
+                ep = self.search_level(vectors, q, &ep, 1, l as usize);
+            }
+            for l in (0..=top.min(entry_level) as usize).rev() {
+                let found = self.search_level(vectors, q, &ep, self.params.ef_construct, l);
+                ep = found.clone();
+                found_per_level.push((l, found));
+            }
+        }
+        self.level[slot] = top;
         if top > 0 {
             self.upper.insert(s, vec![Vec::new(); top as usize]);
-        } else {
-            self.upper.remove(&s);
         }
-        let Some(entry) = self
-            .entry
-            .filter(|&e| self.live(e, vectors.len()) && e != s)
-        else {
-            self.entry = Some(s);
-            return;
-        };
-        let q = vectors.get(slot);
-        let entry_level = self.level[entry as usize];
-        let mut ep = vec![Scored(simd::dot(q, vectors.get(entry as usize)), entry)];
-        for l in ((top + 1)..=entry_level).rev() {
-            ep = self.search_level(vectors, q, &ep, 1, l as usize);
-        }
-        for l in (0..=top.min(entry_level) as usize).rev() {
-            let found = self.search_level(vectors, q, &ep, self.params.ef_construct, l);
+        for (l, found) in found_per_level {
             // A new point takes m links on every level (as hnswlib does); level 0 holds up to
             // 2m, room that its neighbours' links back to it fill.
             let chosen = self.select(vectors, &found, self.params.m, Some(s));
@@ -196,10 +205,11 @@ impl Hnsw {
             for c in chosen {
                 self.link(vectors, c.1, s, c.0, l);
             }
-            ep = found;
         }
-        if top > entry_level {
+        if entry.is_none_or(|e| top > self.level[e as usize]) {
             self.entry = Some(s);
+        } else {
+            self.entry = entry;
         }
     }
 
@@ -360,7 +370,7 @@ impl Hnsw {
         for l in 0..=top as usize {
             let neighbours: Vec<u32> = self.links(s, l).to_vec();
             for &n in &neighbours {
-                if n == s || !self.live(n, self.level.len()) {
+                if n == s || !self.live(n, vectors.len()) {
                     continue;
                 }
                 let theirs = self.links(n, l);
@@ -386,18 +396,22 @@ impl Hnsw {
         self.upper.remove(&s);
         self.removed += 1;
         if self.entry == Some(s) {
-            // The highest remaining point becomes the entry.
-            self.entry = self
-                .upper
-                .iter()
-                .max_by_key(|(k, v)| (v.len(), Reverse(**k)))
-                .map(|(k, _)| *k)
-                .or_else(|| {
-                    (0..self.level.len())
-                        .find(|&i| self.level[i] != ABSENT)
-                        .map(|i| i as u32)
-                });
+            self.entry = self.highest(vectors.len(), s);
         }
+    }
+
+    /// The live point on the highest level (lowest slot among equals), other than `not`.
+    fn highest(&self, len: usize, not: u32) -> Option<u32> {
+        self.upper
+            .iter()
+            .filter(|&(&k, _)| k != not && self.live(k, len))
+            .max_by_key(|(k, v)| (v.len(), Reverse(**k)))
+            .map(|(k, _)| *k)
+            .or_else(|| {
+                (0..self.level.len().min(len))
+                    .find(|&i| i as u32 != not && self.level[i] != ABSENT)
+                    .map(|i| i as u32)
+            })
     }
 
     /// Points in the graph (for tests).

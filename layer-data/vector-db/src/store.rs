@@ -15,7 +15,7 @@ use docsdb::Db;
 use docsdb::vectors::{self, StoredCollection, StoredPoint};
 use serde_json::{Map, Value};
 
-use crate::collection::Collection;
+use crate::collection::{Collection, Step};
 use crate::error::Error;
 use crate::payload::Payload;
 use crate::simd;
@@ -114,26 +114,11 @@ impl Store {
         })
     }
 
-    /// Builds the graph of every collection that needs one (after loading) on the blocking
-    /// pool: searches go on meanwhile, exact; writes to that collection wait for it.
+    /// Builds the graph of every collection that needs one (after loading), off the write
+    /// path: searches are exact meanwhile, writes go on.
     pub fn build_graphs_in_background(&self) {
         for (name, entry) in self.map().iter() {
-            if !entry.read().graph_due() {
-                continue;
-            }
-            let (name, entry) = (name.clone(), entry.clone());
-            tracing::info!(collection = %name, "building the approximate index in the background; searches are exact until it is ready");
-            tokio::spawn(async move {
-                let _writer = entry.write.clone().lock_owned().await;
-                let e = entry.clone();
-                match tokio::task::spawn_blocking(move || e.read().build_graph()).await {
-                    // The writer lock was held throughout: nothing changed since.
-                    Ok(g) => entry.modify().install_graph(g),
-                    Err(e) => {
-                        tracing::error!(collection = %name, error = %e, "building the approximate index failed")
-                    }
-                }
-            });
+            build_graph_if_due(name, entry);
         }
     }
 
@@ -326,12 +311,16 @@ impl Store {
             });
         }
         vectors::upsert_points(&self.db, name, &stored).await?;
-        let mut c = entry.modify();
-        for p in points {
-            c.upsert(p.id, &p.vector, Payload::from(p.payload));
-        }
-        c.operation += 1;
-        Ok(c.operation)
+        let operation = {
+            let mut c = entry.modify();
+            for p in points {
+                c.upsert(p.id, &p.vector, Payload::from(p.payload));
+            }
+            c.operation += 1;
+            c.operation
+        };
+        build_graph_if_due(name, &entry);
+        Ok(operation)
     }
 
     /// Deletes the points with these ids (missing ones are ignored).
@@ -354,15 +343,24 @@ impl Store {
     }
 
     /// Removes `ids`; the caller holds the collection's writer lock.
-    async fn remove(&self, entry: &Entry, name: &str, ids: Vec<PointId>) -> Result<u64, Error> {
+    async fn remove(
+        &self,
+        entry: &Arc<Entry>,
+        name: &str,
+        ids: Vec<PointId>,
+    ) -> Result<u64, Error> {
         let keys: Vec<String> = ids.iter().map(PointId::key).collect();
         vectors::delete_points(&self.db, name, &keys).await?;
-        let mut c = entry.modify();
-        for id in &ids {
-            c.remove(id);
-        }
-        c.operation += 1;
-        Ok(c.operation)
+        let operation = {
+            let mut c = entry.modify();
+            for id in &ids {
+                c.remove(id);
+            }
+            c.operation += 1;
+            c.operation
+        };
+        build_graph_if_due(name, entry);
+        Ok(operation)
     }
 
     /// Sets payload keys (merged into each payload, or replacing it with `overwrite`) of the
@@ -429,6 +427,40 @@ impl Store {
 
 /// Qdrant's rule for names, kept: 1 to 255 characters, none of them a path separator or a
 /// control character.
+/// Points a graph build takes in per step (under a shared lock, so a write waits at most
+/// about this many insertions: a few tens of milliseconds).
+const BUILD_STEP: usize = 32;
+
+/// Starts building `entry`'s graph on the blocking pool when one is due, a few points at a
+/// time between which writes and searches go on ([`Collection::build_step`]). A collection
+/// deleted meanwhile (or the store dropped) ends the build at its next step.
+fn build_graph_if_due(name: &str, entry: &Arc<Entry>) {
+    let Some(mut build) = entry.modify().start_build() else {
+        return;
+    };
+    let name = name.to_owned();
+    tracing::info!(collection = %name, points = entry.read().len(), "building the approximate index off the write path; searches are exact until it is ready");
+    let weak = Arc::downgrade(entry);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let Some(entry) = weak.upgrade() else {
+                tracing::info!(collection = %name, "approximate index build dropped with its collection");
+                return;
+            };
+            // The shared lock is let go before the exclusive one is taken.
+            let step = entry.read().build_step(&mut build, BUILD_STEP);
+            match step {
+                Step::More => {}
+                Step::Done => {
+                    entry.modify().finish_build(build);
+                    return;
+                }
+                Step::Abandoned => return,
+            }
+        }
+    });
+}
+
 fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty()
         || name.chars().count() > 255
