@@ -20,6 +20,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod models;
+pub mod openwebui;
 pub mod qdrant;
 pub mod search;
 pub mod sse;

@@ -210,6 +210,9 @@ fn validate(spec: &SystemSpec) -> Result<()> {
                     return Err(err(at(name), "must be greater than 0"));
                 }
             }
+            if t.max_tools_bytes.is_some_and(|v| v < 0) {
+                return Err(err(at("max_tools_bytes"), "must not be negative"));
+            }
         }
     }
     Ok(())
@@ -539,8 +542,8 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
             sqlx::query(
                 "INSERT INTO handle_targets (handle_id, position, endpoint_id, upstream_model, \
                  priority, weight, timeout_ms, connect_timeout_ms, first_byte_timeout_ms, \
-                 idle_timeout_ms, rpm, tpm, params) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 idle_timeout_ms, rpm, tpm, params, max_tools_bytes, over_tools) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(handle_id)
             .bind(position as i64)
@@ -555,6 +558,8 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
             .bind(t.rpm)
             .bind(t.tpm)
             .bind(params)
+            .bind(t.max_tools_bytes)
+            .bind(t.over_tools.as_str())
             .execute(&mut *conn)
             .await?;
         }

@@ -344,6 +344,59 @@ pub async fn handles(db: &Db) -> Result<Vec<HandleRow>> {
         .collect()
 }
 
+/// One row of `v_handle_users`: a handle's traffic over the last 24 hours from one caller —
+/// a virtual key (a device, an app) and the end user the client named, either may be absent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandleUserRow {
+    pub handle: String,
+    pub key_name: Option<String>,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub user_email: Option<String>,
+    pub user_role: Option<String>,
+    pub requests_24h: i64,
+    pub errors_24h: i64,
+    pub chats_24h: i64,
+    pub prompt_tokens_24h: i64,
+    pub completion_tokens_24h: i64,
+    pub avg_latency_ms_24h: Option<f64>,
+    pub last_request_at_ms: Option<i64>,
+}
+
+/// Traffic per caller of `handle` (every handle when `None`) over the last 24 hours, the
+/// busiest first.
+pub async fn handle_users(db: &Db, handle: Option<&str>) -> Result<Vec<HandleUserRow>> {
+    let rows = sqlx::query(
+        "SELECT handle, key_name, user_id, user_name, user_email, user_role, requests_24h, \
+                errors_24h, chats_24h, prompt_tokens_24h, completion_tokens_24h, \
+                avg_latency_ms_24h, last_request_at_ms \
+         FROM v_handle_users WHERE (CAST($1 AS TEXT) IS NULL OR handle = $1) \
+         ORDER BY handle, requests_24h DESC, user_name, key_name",
+    )
+    .bind(handle)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HandleUserRow {
+                handle: req(text(r, "handle")?, "handle")?,
+                key_name: text(r, "key_name")?,
+                user_id: text(r, "user_id")?,
+                user_name: text(r, "user_name")?,
+                user_email: text(r, "user_email")?,
+                user_role: text(r, "user_role")?,
+                requests_24h: int(r, "requests_24h")?.unwrap_or(0),
+                errors_24h: int(r, "errors_24h")?.unwrap_or(0),
+                chats_24h: int(r, "chats_24h")?.unwrap_or(0),
+                prompt_tokens_24h: int(r, "prompt_tokens_24h")?.unwrap_or(0),
+                completion_tokens_24h: int(r, "completion_tokens_24h")?.unwrap_or(0),
+                avg_latency_ms_24h: float(r, "avg_latency_ms_24h")?,
+                last_request_at_ms: int(r, "last_request_at_ms")?,
+            })
+        })
+        .collect()
+}
+
 /// One row of `v_model_inventory` (the same row `homelab models list` reads).
 pub use crate::read::InventoryRow as ModelRow;
 

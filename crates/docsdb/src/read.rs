@@ -191,7 +191,7 @@ pub async fn handles(
     let targets = sqlx::query(
         "SELECT t.handle_id, e.name AS endpoint, e.base_url, e.api, e.auth_env, t.upstream_model, \
                 t.priority, t.weight, t.timeout_ms, t.connect_timeout_ms, t.first_byte_timeout_ms, \
-                t.idle_timeout_ms, t.rpm, t.tpm, t.params \
+                t.idle_timeout_ms, t.rpm, t.tpm, t.params, t.max_tools_bytes, t.over_tools \
          FROM handle_targets t JOIN endpoints e ON e.id = t.endpoint_id \
          ORDER BY t.handle_id, t.position",
     )
@@ -225,6 +225,8 @@ pub async fn handles(
             spec.rpm = int(t, "rpm")?;
             spec.tpm = int(t, "tpm")?;
             spec.params = params;
+            spec.max_tools_bytes = int(t, "max_tools_bytes")?;
+            spec.over_tools = parse_enum(text(t, "over_tools")?, "over_tools")?;
             if self_contained {
                 spec.base_url = text(t, "base_url")?;
                 spec.api = Some(parse_enum(text(t, "api")?, "api")?);

@@ -37,7 +37,8 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
     let rows = sqlx::query(
         "SELECT * FROM (SELECT id, request_id, started_at_ms, key_name, route, handle, target, \
          upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
-         completion_tokens, streamed, generation_ms FROM request_log ORDER BY id DESC LIMIT $1) \
+         completion_tokens, streamed, generation_ms, user_id, user_name, user_email, user_role, \
+         chat_id FROM request_log ORDER BY id DESC LIMIT $1) \
          AS newest ORDER BY id",
     )
     .bind(limit)
@@ -63,6 +64,13 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
                 completion_tokens: count(int(r, "completion_tokens")?),
                 streamed: flag(r, "streamed")?.unwrap_or(false),
                 generation_ms: float(r, "generation_ms")?,
+                user: EndUser {
+                    id: text(r, "user_id")?,
+                    name: text(r, "user_name")?,
+                    email: text(r, "user_email")?,
+                    role: text(r, "user_role")?,
+                    chat_id: text(r, "chat_id")?,
+                },
             })
         })
         .collect()
@@ -96,20 +104,36 @@ pub struct RequestLogRow {
     /// from this and nothing else.
     #[serde(default)]
     pub generation_ms: Option<f64>,
+    /// Who the request was for, as the client said (Open WebUI's forwarded user headers).
+    #[serde(default)]
+    pub user: EndUser,
 }
 
-/// Rows per `INSERT` statement: 16 columns × 256 rows stays far below both dialects'
+/// The end user and chat a client named for a request (Open WebUI sends them with
+/// `ENABLE_FORWARD_USER_INFO_HEADERS=True`). What the client says, not an identity checked
+/// here: the virtual key is the caller the gateway vouches for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndUser {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub role: Option<String>,
+    pub chat_id: Option<String>,
+}
+
+/// Rows per `INSERT` statement: 21 columns × 256 rows stays far below both dialects'
 /// bind-parameter limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
-const COLUMNS: usize = 16;
+const COLUMNS: usize = 21;
 
 /// The multi-row `INSERT`.
 fn insert_sql(rows: usize, backend: Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO request_log (request_id, started_at_ms, key_name, route, handle, target, \
          upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
-         completion_tokens, streamed, generation_ms) VALUES ",
+         completion_tokens, streamed, generation_ms, user_id, user_name, user_email, user_role, \
+         chat_id) VALUES ",
     );
     crate::db::push_values(&mut sql, rows, COLUMNS, backend);
     sql
@@ -142,7 +166,12 @@ pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
                 .bind(r.prompt_tokens.map(|t| t as i64))
                 .bind(r.completion_tokens.map(|t| t as i64))
                 .bind(r.streamed)
-                .bind(r.generation_ms);
+                .bind(r.generation_ms)
+                .bind(r.user.id.clone())
+                .bind(r.user.name.clone())
+                .bind(r.user.email.clone())
+                .bind(r.user.role.clone())
+                .bind(r.user.chat_id.clone());
         }
         written += q.execute(&mut *tx).await?.rows_affected();
     }

@@ -187,6 +187,14 @@ pub struct TargetSpec {
     /// Default request parameters, merged in where the client did not set them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The largest tool definitions (the request's `tools`, in bytes of JSON) this target is
+    /// sent; none: any. A small context (a 135M model, an Apple Foundation Models server's
+    /// 4k tokens) cannot hold the ~25 KB of tools Open WebUI sends with every chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tools_bytes: Option<i64>,
+    /// What a request whose tools are larger than `max_tools_bytes` gets from this target.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub over_tools: OverTools,
 }
 
 impl TargetSpec {
@@ -207,6 +215,8 @@ impl TargetSpec {
             rpm: None,
             tpm: None,
             params: None,
+            max_tools_bytes: None,
+            over_tools: OverTools::default(),
         }
     }
 }
@@ -290,6 +300,13 @@ text_enum!(
 text_enum!(
     /// The API flavour an endpoint speaks.
     Api { Openai = "openai", Ovms = "ovms", Mlx = "mlx", Llamacpp = "llamacpp", Searxng = "searxng", HomeAssistant = "home-assistant", Mcp = "mcp" } default Openai
+);
+text_enum!(
+    /// What a target does with tool definitions over its `max_tools_bytes`: `drop` sends the
+    /// request without them (no `tools`, `tool_choice`, `parallel_tool_calls`); `refuse`
+    /// passes the request to the handle's next target, and when none is left the client gets
+    /// a 400 that names the limit.
+    OverTools { Drop = "drop", Refuse = "refuse" } default Drop
 );
 text_enum!(
     /// How a handle picks among its targets.

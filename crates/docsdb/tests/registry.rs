@@ -65,6 +65,7 @@ on_both!(
     residency_shows_what_is_loaded_and_what_is_free,
     dry_run_changes_nothing,
     missing_and_present_latencies_alternate,
+    request_log_records_who_each_request_was_for,
 );
 
 async fn migrating_twice_is_harmless(db: Db) {
@@ -77,7 +78,7 @@ async fn system_yaml_apply_is_idempotent_and_reports_changes(db: Db) {
     let text = example("system.yaml");
     let first = import(&db, &text, "system.yaml").await.unwrap();
     assert_eq!(first.count(Action::Updated), 0);
-    assert_eq!(first.count(Action::Created), 3 + 6 + 4 + 4 + 3, "{first}");
+    assert_eq!(first.count(Action::Created), 3 + 7 + 5 + 4 + 4, "{first}");
 
     let second = import(&db, &text, "system.yaml").await.unwrap();
     assert!(
@@ -401,6 +402,7 @@ fn log_row(i: usize, handle: &str, status: u16) -> docsdb::request_log::RequestL
         completion_tokens: Some(20),
         streamed: i.is_multiple_of(2),
         generation_ms: Some(4.0 + i as f64),
+        user: Default::default(),
     }
 }
 
@@ -448,6 +450,76 @@ async fn request_log_batches_feed_the_views(db: Db) {
             .unwrap();
     assert_eq!(idle.get::<i64, _>("requests_24h"), 0);
     assert_eq!(idle.get::<Option<f64>, _>("error_rate_24h"), None);
+}
+
+/// Open WebUI's forwarded user and chat are kept with each row and broken down per handle,
+/// beside the virtual key; rows without either are one caller of their own.
+async fn request_log_records_who_each_request_was_for(db: Db) {
+    use docsdb::request_log::EndUser;
+    let user = |id: &str, name: &str, chat: &str| EndUser {
+        id: Some(id.into()),
+        name: Some(name.into()),
+        email: Some(format!("{name}@example.org")),
+        role: Some("user".into()),
+        chat_id: Some(chat.into()),
+    };
+    let mut rows = Vec::new();
+    for i in 0..6 {
+        let mut r = log_row(i, "chat", if i == 5 { 502 } else { 200 });
+        r.key_name = Some("open-webui".into());
+        r.user = user("u-1", "Zoë Ünïcode", if i < 3 { "c-1" } else { "c-2" });
+        rows.push(r);
+    }
+    for i in 6..8 {
+        let mut r = log_row(i, "chat", 200);
+        r.key_name = Some("open-webui".into());
+        r.user = user("u-2", "bob", "c-3");
+        rows.push(r);
+    }
+    let mut phone = log_row(8, "chat", 200);
+    phone.key_name = Some("iphone".into());
+    rows.push(phone);
+    let mut other = log_row(9, "embed", 200);
+    other.key_name = None;
+    rows.push(other);
+    docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
+    let newest = docsdb::request_log::recent(&db, 10).await.unwrap();
+    assert_eq!(newest, rows, "the user columns read back as written");
+
+    let users = docsdb::monitor::handle_users(&db, Some("chat"))
+        .await
+        .unwrap();
+    let seen: Vec<String> = users
+        .iter()
+        .map(|u| {
+            format!(
+                "{:?} {:?} {} {} {}",
+                u.key_name, u.user_name, u.requests_24h, u.errors_24h, u.chats_24h
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            r#"Some("open-webui") Some("Zoë Ünïcode") 6 1 2"#,
+            r#"Some("open-webui") Some("bob") 2 0 1"#,
+            r#"Some("iphone") None 1 0 0"#,
+        ]
+    );
+    assert_eq!(users[0].user_id.as_deref(), Some("u-1"));
+    assert_eq!(
+        users[0].user_email.as_deref(),
+        Some("Zoë Ünïcode@example.org")
+    );
+    assert_eq!(users[0].prompt_tokens_24h, 60);
+    assert_eq!(users[0].completion_tokens_24h, 120);
+    let all = docsdb::monitor::handle_users(&db, None).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].handle, "chat");
+    assert_eq!(
+        (all[3].handle.as_str(), all[3].key_name.as_deref()),
+        ("embed", None)
+    );
 }
 
 async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {

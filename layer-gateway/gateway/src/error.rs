@@ -50,6 +50,14 @@ pub enum Error {
         attempts: u32,
         why: Unavailable,
     },
+    /// The request's tool definitions are larger than every target of the handle takes.
+    #[error("tools of {bytes} bytes exceed what `{handle}` takes ({limits})")]
+    ToolsTooLarge {
+        handle: String,
+        bytes: usize,
+        /// Each refusing target and its limit, e.g. "studio-afm/base: 4000 bytes".
+        limits: String,
+    },
     #[error("no search tool `{0}`")]
     UnknownSearchTool(String),
     #[error("search failed: {0}")]
@@ -108,6 +116,20 @@ impl Error {
                     }
                 }
             },
+            Error::ToolsTooLarge {
+                handle,
+                bytes,
+                limits,
+            } => {
+                let mut e = ApiError::invalid_value(
+                    "context_length_exceeded",
+                    format!(
+                        "the request's tool definitions ({bytes} bytes of `tools`) are more than the backends of `{handle}` can hold (max_tools_bytes: {limits}); send fewer tools, turn tools off for this model, or use another handle"
+                    ),
+                );
+                e.error.param = Some("tools".into());
+                e
+            }
             Error::UnknownSearchTool(t) => {
                 ApiError::not_found(format!("no search tool `{t}` is configured"))
             }
@@ -137,6 +159,7 @@ impl Error {
                 Unavailable::Loading => "loading",
                 Unavailable::Busy { .. } => "busy",
             },
+            Error::ToolsTooLarge { .. } => "tools_too_large",
             Error::UnknownSearchTool(_) => "unknown_search_tool",
             Error::Search(_) => "search_failed",
             Error::Overloaded => "overloaded",

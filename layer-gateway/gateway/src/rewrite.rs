@@ -101,6 +101,8 @@ pub struct Edits<'a> {
     pub defaults: Option<&'a Map<String, Value>>,
     /// Make `stream_options.include_usage` true.
     pub include_usage: bool,
+    /// Top-level members to leave out.
+    pub remove: &'a [&'a str],
 }
 
 /// Applies `edits` to `body`, whose members are `scanned`.
@@ -141,6 +143,14 @@ pub fn rewrite(body: &[u8], scanned: &Scanned, edits: &Edits<'_>) -> Vec<u8> {
         }
     }
     replace.sort_by_key(|(r, _)| r.start);
+    let removed: Vec<&Member> = scanned
+        .members
+        .iter()
+        .filter(|m| edits.remove.contains(&m.key.as_str()))
+        .collect();
+    if !removed.is_empty() {
+        return rewrite_kept(body, scanned, replace, append, edits.remove);
+    }
     let mut out = Vec::with_capacity(body.len() + 64);
     let mut pos = 0;
     for (range, bytes) in replace {
@@ -160,6 +170,45 @@ pub fn rewrite(body: &[u8], scanned: &Scanned, edits: &Edits<'_>) -> Vec<u8> {
         need_comma = true;
     }
     out.extend_from_slice(&body[scanned.close..]);
+    out
+}
+
+/// [`rewrite`] when members are left out: the object is written again member by member (each
+/// kept value still byte for byte, or replaced), so no comma is left dangling.
+fn rewrite_kept(
+    body: &[u8],
+    scanned: &Scanned,
+    replace: Vec<(Range<usize>, Vec<u8>)>,
+    append: Vec<(String, Vec<u8>)>,
+    remove: &[&str],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'{');
+    let mut first = true;
+    let mut member = |out: &mut Vec<u8>, key: &[u8], value: &[u8]| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(key);
+        out.push(b':');
+        out.extend_from_slice(value);
+    };
+    for m in &scanned.members {
+        if remove.contains(&m.key.as_str()) {
+            continue;
+        }
+        let key = serde_json::to_vec(&m.key).unwrap_or_default();
+        let value = replace
+            .iter()
+            .find(|(r, _)| *r == m.value)
+            .map_or(&body[m.value.clone()], |(_, v)| v.as_slice());
+        member(&mut out, &key, value);
+    }
+    for (k, v) in &append {
+        member(&mut out, &serde_json::to_vec(k).unwrap_or_default(), v);
+    }
+    out.push(b'}');
     out
 }
 
@@ -258,5 +307,32 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["model"], "m");
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn members_are_left_out_without_a_dangling_comma() {
+        let body = r#"{"tools": [{"type":"function"}], "model": "h", "tool_choice":"auto", "messages": [{"role":"user","content":"a, b"}]}"#;
+        let out = edit(
+            body,
+            &Edits {
+                model: Some("up"),
+                remove: &["tools", "tool_choice", "parallel_tool_calls"],
+                include_usage: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            out,
+            r#"{"model":"up","messages":[{"role":"user","content":"a, b"}],"stream_options":{"include_usage":true}}"#
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v.get("tools").is_none());
+        // Nothing to leave out: byte for byte as before.
+        let plain = r#"{"model": "h", "messages": []}"#;
+        let e = Edits {
+            remove: &["tools"],
+            ..Default::default()
+        };
+        assert_eq!(edit(plain, &e), plain);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use docsdb::keys::KeyInfo;
-use docsdb::spec::{Api, Strategy};
+use docsdb::spec::{Api, OverTools, Strategy};
 use docsdb::{Db, read};
 use serde_json::{Map, Value};
 
@@ -38,6 +38,9 @@ pub struct Target {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub params: Option<Map<String, Value>>,
+    /// The largest `tools` (bytes of JSON) this target is sent, and what happens above it.
+    pub max_tools_bytes: Option<usize>,
+    pub over_tools: OverTools,
 }
 
 /// A routing handle.
@@ -143,6 +146,8 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
                 rpm: t.rpm,
                 tpm: t.tpm,
                 params: t.params.clone(),
+                max_tools_bytes: t.max_tools_bytes.map(|b| b.max(0) as usize),
+                over_tools: t.over_tools,
             }));
         }
         let handle = Handle {

@@ -557,12 +557,13 @@ async fn search_pages_trims_and_filters_through_searxng() {
     // Open WebUI's external engine: `{query, count}` in, a bare array of link/title/snippet
     // out (what `search_external` in open_webui/retrieval/web/external.py reads).
     let res = gw
-        .post(
-            "/v1/search/openwebui",
-            None,
-            &json!({"query": "rust sse", "count": 5}),
-        )
-        .await;
+        .client()
+        .post(format!("{}/v1/search/openwebui", gw.url))
+        .headers(Gateway::open_webui_user())
+        .json(&json!({"query": "rust sse", "count": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     let arr = v.as_array().expect("a bare JSON array");
@@ -595,6 +596,14 @@ async fn search_pages_trims_and_filters_through_searxng() {
     let rows = gw.log_rows().await;
     assert!(rows.iter().all(|r| r["route"] == "search"));
     assert_eq!(rows[0]["handle"], "searxng");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| Gateway::names_open_webui_user(r))
+            .count(),
+        1,
+        "the search Open WebUI made for its user names the user: {rows:?}"
+    );
+    assert!(rows[0]["user_id"].is_null(), "no headers, no user");
     assert!(
         rows.iter().filter(|r| r["status"] == 400).count() >= 4,
         "refusals are logged too"

@@ -54,6 +54,23 @@ pub async fn handles(State(state): State<Arc<AppState>>) -> Result<Json<serde_js
     ))
 }
 
+/// `GET /api/handles/{handle}`: one handle's traffic and its callers over the last 24 hours
+/// (per virtual key and per end user a client named, e.g. Open WebUI's users).
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let row = monitor::handles(&state.db)
+        .await?
+        .into_iter()
+        .find(|h| h.handle == name)
+        .ok_or_else(|| Error::UnknownHandle(name.clone()))?;
+    let callers = monitor::handle_users(&state.db, Some(&name)).await?;
+    Ok(Json(
+        serde_json::json!({ "handle": row, "callers": callers }),
+    ))
+}
+
 /// `GET /api/models`
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
     Ok(Json(

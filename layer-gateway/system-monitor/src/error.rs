@@ -8,6 +8,8 @@ use contract::ApiError;
 pub enum Error {
     #[error("no service `{0}`")]
     UnknownService(String),
+    #[error("no handle `{0}`")]
+    UnknownHandle(String),
     #[error("{0}")]
     BadConfig(String),
     #[error("{0}")]
@@ -21,6 +23,7 @@ impl Error {
     pub fn to_api(&self) -> ApiError {
         match self {
             Error::UnknownService(name) => ApiError::not_found(format!("no service `{name}`")),
+            Error::UnknownHandle(name) => ApiError::not_found(format!("no handle `{name}`")),
             Error::BadConfig(m) => ApiError::bad_request(m.clone()),
             Error::Db(e) => ApiError::service_unavailable(format!("system-docs DB: {e}")),
             Error::Service(e) => ApiError::internal(e.to_string()),

@@ -51,6 +51,11 @@ pub fn routes() -> Routes<Arc<AppState>> {
             "Traffic, latency and tokens per routing handle",
         )
         .get(
+            "/api/handles/{handle}",
+            api::handle,
+            "One handle's traffic and its callers (keys, Open WebUI users) over 24 h",
+        )
+        .get(
             "/api/models",
             api::models,
             "Registered models and where they are served",

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Html;
-use docsdb::monitor::{self, ErrorRow, HandleRow, HostRow, HourRow, ModelRow, ServiceRow};
+use docsdb::monitor::{
+    self, ErrorRow, HandleRow, HandleUserRow, HostRow, HourRow, ModelRow, ServiceRow,
+};
 
 use crate::state::AppState;
 use docsdb::monitor::counts;
@@ -142,6 +144,7 @@ struct Data {
     services: Result<Vec<ServiceRow>, String>,
     hourly: Vec<HourRow>,
     handles: Result<Vec<HandleRow>, String>,
+    callers: Vec<HandleUserRow>,
     models: Result<Vec<ModelRow>, String>,
     hosts: Result<Vec<HostRow>, String>,
     errors: Result<Vec<ErrorRow>, String>,
@@ -156,6 +159,7 @@ async fn load(state: &AppState, now_ms: i64) -> Data {
             .await
             .unwrap_or_default(),
         handles: monitor::handles(db).await.map_err(s),
+        callers: monitor::handle_users(db, None).await.unwrap_or_default(),
         models: monitor::models(db).await.map_err(s),
         hosts: monitor::hosts(db).await.map_err(s),
         errors: monitor::errors(db, 15).await.map_err(s),
@@ -270,6 +274,35 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
             }
             h.push_str("</tbody></table>");
         }
+    }
+    if !d.callers.is_empty() {
+        h.push_str("<h3>by caller, 24 h</h3><table><thead><tr><th>handle</th><th>key</th><th>user</th><th>role</th><th>requests</th><th>errors</th><th>chats</th><th>tokens in / out</th><th>avg latency</th><th>last</th></tr></thead><tbody>");
+        for c in &d.callers {
+            let user = match (&c.user_name, &c.user_email, &c.user_id) {
+                (Some(n), Some(e), _) => format!("{} &lt;{}&gt;", esc(n), esc(e)),
+                (Some(n), None, _) => esc(n),
+                (None, Some(e), _) => esc(e),
+                (None, None, Some(id)) => esc(id),
+                (None, None, None) => "–".to_owned(),
+            };
+            let _ = write!(
+                h,
+                r#"<tr class="caller" data-handle="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>"#,
+                esc(&c.handle),
+                esc(&c.handle),
+                c.key_name.as_deref().map_or_else(|| "–".to_owned(), esc),
+                user,
+                c.user_role.as_deref().map_or_else(|| "–".to_owned(), esc),
+                c.requests_24h,
+                c.errors_24h,
+                c.chats_24h,
+                c.prompt_tokens_24h,
+                c.completion_tokens_24h,
+                opt_ms(c.avg_latency_ms_24h),
+                ago(now, c.last_request_at_ms),
+            );
+        }
+        h.push_str("</tbody></table>");
     }
     h.push_str("</section>");
 
@@ -386,6 +419,7 @@ mod tests {
             services: Err("database is locked".into()),
             hourly: Vec::new(),
             handles: Err("database is locked".into()),
+            callers: Vec::new(),
             models: Err("x".into()),
             hosts: Err("x".into()),
             errors: Err("x".into()),

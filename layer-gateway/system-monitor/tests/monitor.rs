@@ -369,6 +369,66 @@ async fn probes_alerts_and_the_api(db: Db) {
     assert_eq!(hosts["hosts"][0]["services"], 3);
     let (_, handles) = mon.get("/api/handles").await;
     assert!(handles["handles"].as_array().unwrap().is_empty());
+
+    // One handle's callers: Open WebUI's users (named in its forwarded headers) and the
+    // devices' keys, each apart.
+    add_chat_handle(&db).await;
+    let now = docsdb::now_ms();
+    let row = |i: i64, key: &str, user: Option<&str>| RequestLogRow {
+        request_id: format!("u{i}"),
+        started_at_ms: now - 1000 - i,
+        key_name: Some(key.into()),
+        route: "chat".into(),
+        handle: Some("chat".into()),
+        target: Some("t".into()),
+        upstream_model: Some("m".into()),
+        status: 200,
+        error_type: None,
+        attempts: 1,
+        latency_ms: 10.0,
+        ttft_ms: None,
+        prompt_tokens: Some(7),
+        completion_tokens: Some(3),
+        streamed: false,
+        generation_ms: None,
+        user: docsdb::request_log::EndUser {
+            id: user.map(|u| format!("id-{u}")),
+            name: user.map(str::to_owned),
+            email: user.map(|u| format!("{u}@example.org")),
+            role: user.map(|_| "user".to_owned()),
+            chat_id: user.map(|_| format!("chat-{}", i % 2)),
+        },
+    };
+    let rows = vec![
+        row(1, "open-webui", Some("ann")),
+        row(2, "open-webui", Some("ann")),
+        row(3, "open-webui", Some("ann")),
+        row(4, "open-webui", Some("<b>bo</b>")),
+        row(5, "iphone", None),
+    ];
+    docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
+    let (code, one) = mon.get("/api/handles/chat").await;
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one["handle"]["requests_24h"], 5);
+    let callers = one["callers"].as_array().unwrap();
+    assert_eq!(callers.len(), 3, "{one}");
+    assert_eq!(callers[0]["user_name"], "ann");
+    assert_eq!(callers[0]["key_name"], "open-webui");
+    assert_eq!(callers[0]["requests_24h"], 3);
+    assert_eq!(callers[0]["chats_24h"], 2);
+    assert_eq!(callers[0]["prompt_tokens_24h"], 21);
+    assert_eq!(callers[0]["user_email"], "ann@example.org");
+    let (code, err) = mon.get("/api/handles/nope").await;
+    assert_eq!(code, 404);
+    assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
+    let page = mon.text("/").await;
+    assert_eq!(
+        page.matches(r#"<tr class="caller" data-handle="chat">"#)
+            .count(),
+        3
+    );
+    assert!(page.contains("ann &lt;ann@example.org&gt;"));
+    assert!(page.contains("&lt;b&gt;bo&lt;/b&gt;"), "names are escaped");
     mon.shutdown().await;
     echo.stop();
 }
@@ -489,6 +549,7 @@ async fn view_rules(db: Db) {
             }),
             streamed: true,
             generation_ms: (i % 10 != 5).then(|| i as f64 / 2.0),
+            user: Default::default(),
         })
         .collect();
     docsdb::request_log::insert_batch(&db, &rows).await.unwrap();
@@ -530,6 +591,7 @@ fn request(id: String, at_ms: i64, status: u16, latency_ms: f64) -> RequestLogRo
         completion_tokens: Some(8),
         streamed: false,
         generation_ms: Some(latency_ms - 20.0).filter(|g| *g > 0.0),
+        user: Default::default(),
     }
 }
 
@@ -961,6 +1023,7 @@ async fn the_page_renders_in_a_headless_browser() {
             completion_tokens: Some(20),
             streamed: true,
             generation_ms: Some(80.0),
+            user: Default::default(),
         })
         .collect();
     docsdb::request_log::insert_batch(&t.db, &rows)

@@ -112,3 +112,59 @@ fn gateway_daemon() {
         assert!(help.contains(flag.as_str()), "the gateway has no {flag}");
     }
 }
+
+/// Apple's on-device model through apfel: a LaunchAgent in the user's session (Apple
+/// rate-limits FoundationModels for processes without one), on the port and under the label
+/// the registry example names, with a token since it listens on the LAN.
+#[test]
+fn apfel_agent_matches_the_registry_example() {
+    let name = "com.homelab-llm.apfel.plist";
+    let d = read(name);
+    assert_eq!(
+        d.get("Label").and_then(Value::as_string),
+        Some("com.homelab-llm.apfel")
+    );
+    assert_eq!(d.get("RunAtLoad").and_then(Value::as_boolean), Some(true));
+    assert!(
+        d.get("UserName").is_none(),
+        "an agent runs as the logged-in user"
+    );
+    assert_eq!(
+        d.get("ProcessType").and_then(Value::as_string),
+        Some("Interactive")
+    );
+    let args: Vec<&str> = d
+        .get("ProgramArguments")
+        .and_then(Value::as_array)
+        .expect("ProgramArguments")
+        .iter()
+        .map(|v| v.as_string().expect("a string"))
+        .collect();
+    assert!(args[0].ends_with("/apfel"), "{args:?}");
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .and_then(|i| args.get(i + 1))
+            .copied()
+    };
+    assert!(args.contains(&"--serve"));
+    let port = after("--port").expect("--port");
+    assert_eq!(after("--host"), Some("0.0.0.0"));
+    let env = d
+        .get("EnvironmentVariables")
+        .and_then(Value::as_dictionary)
+        .expect("env");
+    assert!(
+        env.get("APFEL_TOKEN").and_then(Value::as_string).is_some(),
+        "on the LAN it needs a token"
+    );
+    let example = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/system.yaml"),
+    )
+    .unwrap();
+    assert!(
+        example.contains(&format!("base_url: http://studio.lan:{port}/v1"))
+            && example.contains("unit: com.homelab-llm.apfel"),
+        "the registry example routes to this agent"
+    );
+}

@@ -169,6 +169,7 @@ async fn write_requests(db: &Db, rows: u64, span_ms: i64, now: i64) -> Result<()
                     completion_tokens: (!failed).then(|| rng.u64(1..800)),
                     streamed: i % 2 == 0,
                     generation_ms: None,
+                    user: Default::default(),
                 }
             })
             .collect();

@@ -49,7 +49,7 @@ fn ex(name: &str) -> String {
 /// The whole operator flow; `db` is a SQLite or Postgres URL.
 fn operator_flow(db: &str, dir: &Path) {
     let out = ok(db, &["db", "migrate"]);
-    assert!(out.contains("up to date (schema version 5)"), "{out}");
+    assert!(out.contains("up to date (schema version 7)"), "{out}");
 
     let out = ok(db, &["registry", "import", &ex("system.yaml")]);
     assert!(out.contains("read as system.yaml"), "{out}");
@@ -102,7 +102,10 @@ fn operator_flow(db: &str, dir: &Path) {
         .map(|h| h["handle"].as_str().unwrap())
         .collect();
     // handles.jsonl replaced `chat` (the file is the truth for what it lists).
-    assert_eq!(names, ["big", "chat", "fast", "gpt-4o-mini", "spread"]);
+    assert_eq!(
+        names,
+        ["apple", "big", "chat", "fast", "gpt-4o-mini", "spread"]
+    );
     let chat = handles
         .as_array()
         .unwrap()
@@ -140,7 +143,7 @@ fn operator_flow(db: &str, dir: &Path) {
         ],
     );
     let jsonl = ok(db, &["registry", "export", "--format", "jsonl"]);
-    assert_eq!(jsonl.lines().count(), 5);
+    assert_eq!(jsonl.lines().count(), 6);
     let jsonl_path = dir.join("export.jsonl");
     std::fs::write(&jsonl_path, &jsonl).unwrap();
     let again = ok(db, &["registry", "import", yaml_path.to_str().unwrap()]);
@@ -335,4 +338,207 @@ fn missing_file_is_one_clear_line() {
         "{}",
         r.stderr
     );
+}
+
+/// Environment variables as a shell reads the file (`set -a; . FILE`), which is how systemd's
+/// `EnvironmentFile=` and python-dotenv read single-quoted values too.
+fn sourced(file: &Path) -> std::collections::BTreeMap<String, String> {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("set -a; . \"$1\"; env -0")
+        .arg("sh")
+        .arg(file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Every tool-server entry has Open WebUI 0.12.4's shape (`ToolServerConnection` plus
+/// `info.id`, which its MCP code looks up) and holds no secret.
+fn check_tool_servers(json: &str) -> Vec<Value> {
+    let entries: Vec<Value> = serde_json::from_str(json).unwrap();
+    for e in &entries {
+        assert_eq!(e["type"], "mcp", "{e}");
+        let url = e["url"].as_str().unwrap();
+        assert!(url.starts_with("http://") && url.ends_with("/mcp"), "{e}");
+        assert!(
+            e["path"].is_string() && e["config"]["enable"] == true,
+            "{e}"
+        );
+        assert!(
+            ["none", "bearer"].contains(&e["auth_type"].as_str().unwrap()),
+            "{e}"
+        );
+        assert_eq!(e["key"], "", "no secret in a tool entry: {e}");
+        assert!(
+            e["info"]["id"].is_string() && e["info"]["name"].is_string(),
+            "{e}"
+        );
+    }
+    entries
+}
+
+#[test]
+fn openwebui_env_is_filled_from_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/system-docs.db", dir.path().display());
+    let reg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stack.yaml");
+    ok(&db, &["registry", "import", reg.to_str().unwrap()]);
+
+    let file = dir.path().join("open-webui.env");
+    let r = homelab(
+        &db,
+        &[
+            "openwebui",
+            "env",
+            "--key",
+            "open-webui",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("made key `open-webui`"), "{}", r.stderr);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the file holds a key");
+    let env = sourced(&file);
+    let key = env["OPENAI_API_KEY"].clone();
+    assert!(key.len() > 20, "a real key: {key}");
+    let listed = ok(&db, &["keys", "list", "--json"]);
+    assert!(listed.contains("\"open-webui\""), "{listed}");
+    for (k, v) in [
+        ("OPENAI_API_BASE_URL", "http://127.0.0.1:4000/v1"),
+        ("ENABLE_OLLAMA_API", "False"),
+        ("ENABLE_PERSISTENT_CONFIG", "False"),
+        ("ENABLE_DIRECT_CONNECTIONS", "False"),
+        ("ENABLE_FORWARD_USER_INFO_HEADERS", "True"),
+        ("DEFAULT_MODELS", "local"),
+        ("TASK_MODEL_EXTERNAL", "tasks"),
+        ("RAG_EMBEDDING_ENGINE", "openai"),
+        ("RAG_OPENAI_API_BASE_URL", "http://127.0.0.1:4000/v1"),
+        ("RAG_EMBEDDING_MODEL", "embed"),
+        ("VECTOR_DB", "qdrant"),
+        ("QDRANT_URI", "http://127.0.0.1:4030"),
+        ("ENABLE_WEB_SEARCH", "True"),
+        ("WEB_SEARCH_ENGINE", "external"),
+        (
+            "EXTERNAL_WEB_SEARCH_URL",
+            "http://127.0.0.1:4000/v1/search/openwebui",
+        ),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert_eq!(env["RAG_OPENAI_API_KEY"], key);
+    assert_eq!(env["EXTERNAL_WEB_SEARCH_API_KEY"], key);
+    let tools = check_tool_servers(&env["TOOL_SERVER_CONNECTIONS"]);
+    let ids: Vec<&str> = tools
+        .iter()
+        .map(|t| t["info"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["home-assistant", "web-fetch", "web-search"],
+        "by name"
+    );
+    assert!(tools.iter().all(|t| t["auth_type"] == "none"));
+    assert_eq!(
+        tools[1]["config"]["access_grants"][0]["principal_id"], "*",
+        "the web tools are for every user"
+    );
+    assert!(
+        tools[0]["config"].get("access_grants").is_none(),
+        "switching the house is for admins"
+    );
+    assert_eq!(
+        tools[0]["info"]["description"],
+        "Home Assistant's lights and switches, the owner's allow-list",
+        "an apostrophe survives the quoting"
+    );
+    // Open WebUI is registered for the monitor to probe.
+    let services = ok(&db, &["registry", "list", "services", "--json"]);
+    let services: Value = serde_json::from_str(&services).unwrap();
+    let owui = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "open-webui")
+        .unwrap_or_else(|| panic!("{services}"));
+    assert_eq!(owui["layer"], "interface");
+    assert_eq!(owui["base_url"], "http://127.0.0.1:3000");
+    assert_eq!(owui["health_path"], "/health");
+
+    // Again: the secret cannot be shown twice, so the same name is refused…
+    let r = homelab(&db, &["openwebui", "env", "--key", "open-webui"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("--rotate") && r.stdout.is_empty(),
+        "{}",
+        r.stderr
+    );
+    // …unless rotated: a new key, the old one revoked. With keyed tools, entries ask for a
+    // bearer key that is left to fill in.
+    let r = homelab(
+        &db,
+        &[
+            "openwebui",
+            "env",
+            "--key",
+            "open-webui",
+            "--rotate",
+            "--keyed-tools",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let again = dir.path().join("again.env");
+    std::fs::write(&again, &r.stdout).unwrap();
+    let env2 = sourced(&again);
+    assert_ne!(env2["OPENAI_API_KEY"], key);
+    let tools = check_tool_servers(&env2["TOOL_SERVER_CONNECTIONS"]);
+    assert!(tools.iter().all(|t| t["auth_type"] == "bearer"));
+    let keys: Value = serde_json::from_str(&ok(&db, &["keys", "list", "--json"])).unwrap();
+    let live = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"] == "open-webui" && k["revoked_at_ms"].is_null())
+        .count();
+    assert_eq!(live, 1);
+
+    // Without a registered gateway there is nothing to point at.
+    let empty = format!("sqlite://{}/empty.db", dir.path().display());
+    let r = homelab(&empty, &["openwebui", "env", "--key", "x"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no gateway is registered"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The example in layer-interface/open-webui parses the same way, and its tool entries hold
+/// no secret.
+#[test]
+fn the_open_webui_env_example_parses() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../layer-interface/open-webui/open-webui.env.example");
+    let env = sourced(&file);
+    assert_eq!(env["OPENAI_API_BASE_URL"], "http://127.0.0.1:4000/v1");
+    assert!(
+        !env["OPENAI_API_KEY"].starts_with("sk-"),
+        "a placeholder, not a key"
+    );
+    let tools = check_tool_servers(&env["TOOL_SERVER_CONNECTIONS"]);
+    assert!(!tools.is_empty());
 }

@@ -29,6 +29,7 @@ use crate::routing::breaker::Permit;
 use crate::routing::strategy::{self, Candidate};
 use crate::state::AppState;
 use crate::table::{Handle, Target};
+use docsdb::spec::OverTools;
 
 use attempt::{Attempt, Sent, attempt};
 use decide::Next;
@@ -62,6 +63,9 @@ impl Route {
     }
 }
 
+/// What a target over its `max_tools_bytes` with `over_tools: drop` is sent without.
+const TOOL_MEMBERS: [&str; 3] = ["tools", "tool_choice", "parallel_tool_calls"];
+
 /// Forwards one request. `body` is the client's JSON, unparsed.
 pub async fn forward(
     state: Arc<AppState>,
@@ -72,6 +76,7 @@ pub async fn forward(
     body: Bytes,
 ) -> Response {
     let mut rec = Record::new(&state, route, request_id, caller);
+    rec.user = crate::auth::end_user(client_headers);
     let Ok(_permit) = state.concurrency.clone().try_acquire_owned() else {
         return rec.fail(Error::Overloaded);
     };
@@ -125,8 +130,20 @@ pub async fn forward(
         .collect();
     let order = order_targets(&handle, &states);
     let mut outcome = Outcome::default();
+    let tools_bytes = scanned.get(&body, "tools").map_or(0, <[u8]>::len);
+    // Targets that would not take the request's tools, with their limits.
+    let mut refused_tools: Vec<String> = Vec::new();
     for idx in order {
         let target = handle.targets[idx].clone();
+        let over_tools = target
+            .max_tools_bytes
+            .filter(|&max| tools_bytes > max)
+            .map(|max| (max, target.over_tools));
+        if let Some((max, OverTools::Refuse)) = over_tools {
+            tracing::debug!(target = %target.key, tools_bytes, max, "tools over the target's limit; skipped");
+            refused_tools.push(format!("{} takes {max} bytes", target.key));
+            continue;
+        }
         let ts = states[idx].clone();
         let permit = ts.permit(Instant::now());
         if permit == Permit::Rejected {
@@ -141,12 +158,18 @@ pub async fn forward(
             tracing::debug!(target = %target.key, "target rate limit reached; skipped");
             continue;
         }
+        let dropping = matches!(over_tools, Some((_, OverTools::Drop)));
         let edits = Edits {
             model: Some(&target.upstream_model),
             defaults: target.params.as_ref(),
             include_usage: stream && !client_wants_usage,
+            remove: if dropping { &TOOL_MEMBERS } else { &[] },
         };
         let upstream_body = Bytes::from(rewrite::rewrite(&body, &scanned, &edits));
+        rec.tools_dropped = dropping.then_some(tools_bytes);
+        if dropping {
+            tracing::debug!(request_id = %rec.request_id, target = %target.key, tools_bytes, "tools over the target's limit; sent without them");
+        }
         let mut attempt_on_target = 0;
         loop {
             rec.attempts += 1;
@@ -226,6 +249,13 @@ pub async fn forward(
             }
         }
     }
+    if !outcome.any_tried && !refused_tools.is_empty() {
+        return rec.fail(Error::ToolsTooLarge {
+            handle: handle.name.clone(),
+            bytes: tools_bytes,
+            limits: refused_tools.join(", "),
+        });
+    }
     let why = outcome.why(&state).await;
     let attempts = rec.attempts;
     rec.fail(Error::AllTargetsFailed {
@@ -241,15 +271,17 @@ pub fn reject(
     route: Route,
     request_id: String,
     caller: Option<Caller>,
+    headers: &HeaderMap,
     err: Error,
 ) -> Response {
-    Record::new(
+    let mut rec = Record::new(
         state,
         route,
         request_id,
         caller.unwrap_or(Caller::Anonymous),
-    )
-    .fail(err)
+    );
+    rec.user = crate::auth::end_user(headers);
+    rec.fail(err)
 }
 
 /// Like [`reject`], for errors already in wire form (a body over the limit, ...).
@@ -258,6 +290,7 @@ pub fn reject_api(
     route: Route,
     request_id: String,
     caller: Option<Caller>,
+    headers: &HeaderMap,
     api: contract::ApiError,
 ) -> Response {
     let mut rec = Record::new(
@@ -266,6 +299,7 @@ pub fn reject_api(
         request_id,
         caller.unwrap_or(Caller::Anonymous),
     );
+    rec.user = crate::auth::end_user(headers);
     rec.finish(
         api.status,
         Some(if api.status == 413 {

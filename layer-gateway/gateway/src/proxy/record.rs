@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response};
-use docsdb::request_log::RequestLogRow;
+use docsdb::request_log::{EndUser, RequestLogRow};
 
 use crate::auth::Caller;
 use crate::error::{Error, Unavailable};
@@ -33,6 +33,10 @@ pub(super) struct Record {
     pub(super) completion_tokens: Option<u64>,
     /// Measured time spent generating the completion tokens.
     pub(super) generation: Option<Duration>,
+    /// Who the client said the request is for.
+    pub(super) user: EndUser,
+    /// Bytes of tool definitions left out for the target that answered.
+    pub(super) tools_dropped: Option<usize>,
 }
 
 impl Record {
@@ -57,6 +61,8 @@ impl Record {
             prompt_tokens: None,
             completion_tokens: None,
             generation: None,
+            user: EndUser::default(),
+            tools_dropped: None,
         }
     }
 
@@ -148,6 +154,7 @@ impl Record {
                 .generation
                 .filter(|g| !g.is_zero() && self.completion_tokens.is_some_and(|n| n > 1))
                 .map(|g| g.as_secs_f64() * 1000.0),
+            user: std::mem::take(&mut self.user),
         });
     }
 
@@ -209,6 +216,7 @@ pub(crate) struct SearchDone {
     pub tool: Option<String>,
     pub status: u16,
     pub error: Option<String>,
+    pub user: EndUser,
 }
 
 /// Logs a search.
@@ -230,5 +238,6 @@ pub(crate) fn log_search(state: &AppState, s: SearchDone) {
         completion_tokens: None,
         streamed: false,
         generation_ms: None,
+        user: s.user,
     });
 }

@@ -21,6 +21,10 @@ use crate::table::Target;
 use super::attempt::{Upstream, chain, remaining};
 use super::record::Record;
 
+/// Set when the answering target was sent the request without its tool definitions (over the
+/// target's `max_tools_bytes`): how many bytes of `tools` were left out.
+pub const TOOLS_DROPPED_HEADER: &str = "x-homelab-tools-dropped";
+
 /// Copies the headers that describe the body (and the engine's count of cut embedding
 /// inputs).
 pub(super) fn response_headers(
@@ -63,7 +67,10 @@ pub(super) async fn respond(
         return rec.fail(Error::BadRequest("no target".into()));
     };
     let handle = rec.handle.clone().unwrap_or_default();
-    let headers = response_headers(&up.headers, &target, &handle, rec.attempts);
+    let mut headers = response_headers(&up.headers, &target, &handle, rec.attempts);
+    if let Some(bytes) = rec.tools_dropped {
+        headers.insert(TOOLS_DROPPED_HEADER, HeaderValue::from(bytes));
+    }
     let encoded = up.headers.contains_key(header::CONTENT_ENCODING);
     let Some(rest) = up.rest else {
         let mut ttft = up.first_at.duration_since(rec.started);

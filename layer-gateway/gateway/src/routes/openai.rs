@@ -25,18 +25,20 @@ async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
     let request_id = super::request_id(&req);
     let caller = match super::caller(&state, req.headers()) {
         Ok(c) => c,
-        Err(e) => return proxy::reject(&state, route, request_id, None, e),
+        Err(e) => return proxy::reject(&state, route, request_id, None, req.headers(), e),
     };
     if !service_kit::body::is_json(req.headers()) {
         let e = Error::BadRequest(
             "the request body must be JSON, sent with `Content-Type: application/json`".into(),
         );
-        return proxy::reject(&state, route, request_id, Some(caller), e);
+        return proxy::reject(&state, route, request_id, Some(caller), req.headers(), e);
     }
     let headers = req.headers().clone();
     let body = match service_kit::body::read_bytes(req).await {
         Ok(b) => b,
-        Err(api) => return proxy::reject_api(&state, route, request_id, Some(caller), api),
+        Err(api) => {
+            return proxy::reject_api(&state, route, request_id, Some(caller), &headers, api);
+        }
     };
     proxy::forward(state, route, caller, request_id, &headers, body).await
 }

@@ -54,6 +54,7 @@ async fn run(state: Arc<AppState>, tool: Option<String>, req: Request, shape: Sh
     let started = Instant::now();
     let started_ms = docsdb::now_ms();
     let request_id = super::request_id(&req);
+    let user = crate::auth::end_user(req.headers());
     let result = search(&state, tool.as_deref(), req, shape).await;
     let (status, error, tool_name, key) = match &result {
         Ok((_, t, k)) => (200, None, Some(t.clone()), k.clone()),
@@ -74,6 +75,7 @@ async fn run(state: Arc<AppState>, tool: Option<String>, req: Request, shape: Sh
             tool: tool_name,
             status,
             error,
+            user,
         },
     );
     match (result, shape) {

@@ -62,6 +62,34 @@ impl Gateway {
         reqwest::Client::builder().no_gzip().build().unwrap()
     }
 
+    /// Open WebUI's forwarded user headers (`ENABLE_FORWARD_USER_INFO_HEADERS=True`) for a
+    /// user "Zoë Ünïcode" in chat `chat-7`, the name quoted as Open WebUI quotes it.
+    pub fn open_webui_user() -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in [
+            ("X-OpenWebUI-User-Name", "Zo%C3%AB %C3%9Cn%C3%AFcode"),
+            (
+                "X-OpenWebUI-User-Id",
+                "3f6a1c0e-5d1b-4c4e-9d1a-1b2c3d4e5f60",
+            ),
+            ("X-OpenWebUI-User-Email", "zoe@example.org"),
+            ("X-OpenWebUI-User-Role", "user"),
+            ("X-OpenWebUI-Chat-Id", "chat-7"),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        h
+    }
+
+    /// Whether a log row names the user of [`Gateway::open_webui_user`].
+    pub fn names_open_webui_user(row: &Value) -> bool {
+        row["user_name"] == "Zoë Ünïcode"
+            && row["user_id"] == "3f6a1c0e-5d1b-4c4e-9d1a-1b2c3d4e5f60"
+            && row["user_email"] == "zoe@example.org"
+            && row["user_role"] == "user"
+            && row["chat_id"] == "chat-7"
+    }
+
     pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
         let mut r = self.client().post(format!("{}{path}", self.url)).json(body);
         if let Some(k) = key {
@@ -75,8 +103,8 @@ impl Gateway {
         use sqlx::Row;
         let rows = sqlx::query(
             "SELECT request_id, key_name, route, handle, target, upstream_model, status, error_type, \
-             attempts, prompt_tokens, completion_tokens, streamed, ttft_ms, latency_ms, generation_ms \
-             FROM request_log ORDER BY id",
+             attempts, prompt_tokens, completion_tokens, streamed, ttft_ms, latency_ms, generation_ms, \
+             user_id, user_name, user_email, user_role, chat_id FROM request_log ORDER BY id",
         )
         .fetch_all(self.db.pool())
         .await
@@ -99,6 +127,11 @@ impl Gateway {
                     "ttft_ms": r.get::<Option<f64>, _>("ttft_ms"),
                     "latency_ms": r.get::<f64, _>("latency_ms"),
                     "generation_ms": r.get::<Option<f64>, _>("generation_ms"),
+                    "user_id": r.get::<Option<String>, _>("user_id"),
+                    "user_name": r.get::<Option<String>, _>("user_name"),
+                    "user_email": r.get::<Option<String>, _>("user_email"),
+                    "user_role": r.get::<Option<String>, _>("user_role"),
+                    "chat_id": r.get::<Option<String>, _>("chat_id"),
                 })
             })
             .collect()
