@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::output::{self, bytes, opt, table, time};
 use crate::{
-    CreateKeyArgs, Error, ExportArgs, ExportFormat, ImportArgs, ListArgs, ListKind, PullArgs,
+    CreateKeyArgs, Error, ExportArgs, ExportFormat, ImportArgs, ListArgs, ListKind,
+    OpenWebUiEnvArgs, PullArgs, openwebui,
 };
 
 fn io_err(path: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -340,6 +341,100 @@ pub async fn revoke_key(db: &Db, name: &str) -> Result<(), Error> {
     output::line(&format!(
         "revoked key `{}` ({}…)",
         info.name, info.key_prefix
+    ));
+    Ok(())
+}
+
+/// `homelab openwebui env --key NAME`
+pub async fn openwebui_env(db: &Db, args: &OpenWebUiEnvArgs) -> Result<(), Error> {
+    let mut conn = db.pool().acquire().await.map_err(docsdb::Error::from)?;
+    let spec = read::load_spec(&mut conn).await?;
+    drop(conn);
+    let gateway = match &args.gateway {
+        Some(g) => g.clone(),
+        None => openwebui::gateway_url(&spec)?,
+    };
+    let live = keys::list(db)
+        .await?
+        .into_iter()
+        .any(|k| k.name == args.key && k.revoked_at_ms.is_none());
+    if live && !args.rotate {
+        return Err(Error::Usage(format!(
+            "a key named `{}` exists, and its secret was shown only when it was made: pass --rotate to revoke it and make a new one (then give Open WebUI the new file), or choose another --key",
+            args.key
+        )));
+    }
+    // Open WebUI itself, for the monitor to probe; beside the gateway unless told otherwise.
+    let host = spec
+        .services
+        .iter()
+        .find(|s| s.name == "gateway")
+        .and_then(|s| s.host.clone());
+    let register = docsdb::spec::SystemSpec {
+        hosts: spec
+            .hosts
+            .iter()
+            .filter(|h| Some(&h.name) == host.as_ref())
+            .cloned()
+            .collect(),
+        services: vec![openwebui::service_spec(&args.url, host)],
+        ..Default::default()
+    };
+    docsdb::apply::apply(db, &register, false).await?;
+    if live {
+        keys::revoke(db, &args.key).await?;
+        output::note(&format!("revoked the old key `{}`", args.key));
+    }
+    let (_, secret) = keys::create(
+        db,
+        &keys::NewKey {
+            name: args.key.clone(),
+            allowed_handles: None,
+            rpm: None,
+            tpm: None,
+            token_budget: None,
+        },
+    )
+    .await?;
+    let text = openwebui::render(
+        &spec,
+        &openwebui::EnvInputs {
+            gateway,
+            key_name: args.key.clone(),
+            secret,
+        },
+        args.keyed_tools,
+    );
+    match &args.out {
+        None => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Private from the start, and whole or not at all.
+            let shown = path.display().to_string();
+            let tmp = path.with_extension("tmp-env");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err(&shown))?;
+            f.write_all(text.as_bytes()).map_err(io_err(&shown))?;
+            f.sync_all().map_err(io_err(&shown))?;
+            std::fs::rename(&tmp, path).map_err(io_err(&shown))?;
+            output::note(&format!("wrote {shown} (mode 600)"));
+        }
+    }
+    output::note(&format!(
+        "made key `{}` for Open WebUI; {}; registered `{}` at {} for the monitor",
+        args.key,
+        openwebui::summary(&spec),
+        openwebui::SERVICE,
+        args.url
     ));
     Ok(())
 }

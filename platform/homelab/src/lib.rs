@@ -6,6 +6,7 @@
 
 pub mod commands;
 pub mod models;
+pub mod openwebui;
 pub mod output;
 pub mod up;
 
@@ -51,6 +52,9 @@ pub enum Error {
         service: &'static str,
         reason: String,
     },
+    /// A command cannot do what was asked as asked; the text says what to do instead.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// What to do about a bind failure.
@@ -89,6 +93,9 @@ pub enum Command {
     /// Hosts, services, endpoints, models and routing handles.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Open WebUI against this stack.
+    #[command(subcommand, name = "openwebui")]
+    OpenWebUi(OpenWebUiCommand),
     /// Virtual API keys for the gateway.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -262,6 +269,39 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OpenWebUiCommand {
+    /// Print Open WebUI's environment file, filled from the registry: the gateway for models
+    /// (with a new virtual key), embeddings and web search, the vector store, the MCP tool
+    /// servers, and user headers for per-user accounting. Registers Open WebUI as a service
+    /// the monitor probes.
+    Env(OpenWebUiEnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OpenWebUiEnvArgs {
+    /// The name of the virtual key made for Open WebUI (its secret goes into the file).
+    #[arg(long)]
+    pub key: String,
+    /// Revoke a live key of that name first and make a new one (its secret is not stored,
+    /// so it cannot be printed again).
+    #[arg(long)]
+    pub rotate: bool,
+    /// The gateway's base URL as Open WebUI reaches it (default: the registered gateway).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Open WebUI's own address, registered for the monitor to probe.
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// The MCP tools want a bearer key (a master key is set): tool entries get
+    /// `auth_type: bearer` with the key left to fill in.
+    #[arg(long)]
+    pub keyed_tools: bool,
+    /// Write here (created with mode 600, atomically) instead of standard output.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; the secret is printed once, as the last line of standard output.
     Create(CreateKeyArgs),
@@ -333,6 +373,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Registry(RegistryCommand::Import(a)) => commands::import(&db, &a).await,
         Command::Registry(RegistryCommand::Export(a)) => commands::export(&db, &a).await,
         Command::Registry(RegistryCommand::List(a)) => commands::list(&db, &a).await,
+        Command::OpenWebUi(OpenWebUiCommand::Env(a)) => commands::openwebui_env(&db, &a).await,
         Command::Keys(KeysCommand::Create(a)) => commands::create_key(&db, &a).await,
         Command::Keys(KeysCommand::List { json }) => commands::list_keys(&db, json).await,
         Command::Keys(KeysCommand::Revoke { name }) => commands::revoke_key(&db, &name).await,

@@ -17,6 +17,11 @@ pub fn error_line(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "error: {text}");
 }
 
+/// Writes `text` and a newline to standard error (notes beside output meant for a file).
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// Writes `warning: text` to standard error.
 pub fn warning(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "warning: {text}");

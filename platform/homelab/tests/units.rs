@@ -1,5 +1,6 @@
 //! Every systemd unit in `deploy/systemd/` passes `systemd-analyze verify`, and starts a
-//! binary this workspace builds.
+//! binary this workspace builds — or, for the third-party programs the stack runs beside its
+//! own, that program from its pinned install under `/opt`.
 //!
 //! The units name `/usr/local/bin/<binary>`, which is not installed where tests run, so the
 //! check runs against a scratch root (`--root`): the host's own system units (for
@@ -88,11 +89,28 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Units of third-party programs and what they run (each installed by its unit's comment).
+const THIRD_PARTY: &[(&str, &str)] = &[(
+    "homelab-open-webui.service",
+    "/opt/open-webui/bin/open-webui",
+)];
+
 #[test]
 fn every_unit_starts_a_workspace_binary() {
     let bins = binaries();
     for unit in units() {
         let prog = program(&unit);
+        let file = unit.file_name().unwrap().to_string_lossy().into_owned();
+        if let Some((_, want)) = THIRD_PARTY.iter().find(|(u, _)| *u == file) {
+            assert_eq!(&prog, want, "{file}");
+            let text = std::fs::read_to_string(&unit).unwrap();
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with('#') && l.contains("pip install") && l.contains("==")),
+                "{file}: the comment says how to install the pinned release"
+            );
+            continue;
+        }
         let name = prog.rsplit('/').next().unwrap();
         assert!(
             prog.starts_with("/usr/local/bin/") && bins.iter().any(|b| b == name),
@@ -114,14 +132,13 @@ fn every_unit_passes_systemd_analyze_verify() {
         .find(|p| p.join("sysinit.target").exists())
         .expect("the host's system units (sysinit.target)");
     copy_dir(host_units, &root.path().join("usr/lib/systemd/system"));
-    let bin = root.path().join("usr/local/bin");
     let etc = root.path().join("etc/systemd/system");
-    std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&etc).unwrap();
     let mut names = Vec::new();
     for unit in units() {
         let prog = program(&unit);
-        let stand_in = bin.join(prog.rsplit('/').next().unwrap());
+        let stand_in = root.path().join(prog.trim_start_matches('/'));
+        std::fs::create_dir_all(stand_in.parent().unwrap()).unwrap();
         std::fs::write(&stand_in, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
         let name = unit.file_name().unwrap().to_owned();
