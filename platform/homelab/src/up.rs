@@ -830,8 +830,11 @@ pub fn banner(r: &Running) -> String {
     } else {
         "any text (no master key is set; set HOMELAB_MASTER_KEY and create keys with `homelab keys create` to require one)"
     };
+    s.push_str(
+        "Open WebUI, wired to all of it (models, RAG, web search, tools, per-user accounting):\n  homelab openwebui env --key open-webui --out open-webui.env   (layer-interface/open-webui/README.md)\n",
+    );
     s.push_str(&format!(
-        "Open WebUI: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  {key}\n"
+        "Or by hand: Settings → Connections → OpenAI API\n  URL  {gw}/v1\n  Key  {key}\n"
     ));
     if r.engine.is_some() {
         s.push_str(
