@@ -137,6 +137,50 @@ impl Counts {
     }
 }
 
+/// Names joined for speech: "a", "a and b", "a, b and c".
+fn spoken_list(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The stack's state as one or two sentences to be read aloud (Shortcuts' `/status`):
+/// "All 7 services up.", "2 problems: memory is down and web-search is degraded.", with
+/// services not checked yet named after. Planned and retired services are left out.
+pub fn spoken_status(services: &[ServiceRow]) -> String {
+    let named = |status: &str| -> Vec<String> {
+        services
+            .iter()
+            .filter(|s| s.status == status)
+            .map(|s| s.service.clone())
+            .collect()
+    };
+    let (down, degraded, unknown) = (named("down"), named("degraded"), named("unknown"));
+    let up = services.iter().filter(|s| s.status == "up").count();
+    let problems: Vec<String> = down
+        .iter()
+        .map(|s| format!("{s} is down"))
+        .chain(degraded.iter().map(|s| format!("{s} is degraded")))
+        .collect();
+    let unchecked = match unknown.len() {
+        0 => String::new(),
+        1 => format!(" {} has not been checked yet.", unknown[0]),
+        _ => format!(" {} have not been checked yet.", spoken_list(&unknown)),
+    };
+    let head = match (problems.len(), up, unknown.len()) {
+        (0, 0, 0) => return "No services are registered yet.".to_owned(),
+        (0, 0, _) => "No service is up yet.".to_owned(),
+        (0, 1, 0) => "The one service is up.".to_owned(),
+        (0, n, 0) => format!("All {n} services up."),
+        (0, n, u) => format!("{n} of {} services up.", n + u),
+        (1, _, _) => format!("1 problem: {}.", problems[0]),
+        (k, _, _) => format!("{k} problems: {}.", spoken_list(&problems)),
+    };
+    format!("{head}{unchecked}")
+}
+
 pub fn counts(services: &[ServiceRow]) -> Counts {
     let n = |s: &str| services.iter().filter(|r| r.status == s).count();
     Counts {

@@ -10,16 +10,45 @@ use serde::Deserialize;
 use crate::Error;
 use crate::state::AppState;
 
-/// `GET /api/status`
-pub async fn status(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, Error> {
+#[derive(Debug, Deserialize)]
+pub struct Format {
+    pub format: Option<String>,
+}
+
+/// `GET /api/status[?format=text]`: every service's state, or with `format=text` one
+/// sentence to be read aloud ("All 7 services up." / "2 problems: …").
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<Format>,
+) -> Result<axum::response::Response, Error> {
+    use axum::response::IntoResponse;
     let services = monitor::services(&state.db).await?;
+    match q.format.as_deref() {
+        None | Some("json") => {}
+        Some("text") => {
+            return Ok((
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                monitor::spoken_status(&services),
+            )
+                .into_response());
+        }
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "unknown format `{other}`: json (the default) or text"
+            )));
+        }
+    }
     let counts = counts(&services);
     Ok(Json(serde_json::json!({
         "status": counts.overall(),
         "at_ms": docsdb::now_ms(),
         "counts": counts,
         "services": services,
-    })))
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

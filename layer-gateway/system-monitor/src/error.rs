@@ -11,6 +11,8 @@ pub enum Error {
     #[error("no handle `{0}`")]
     UnknownHandle(String),
     #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
     BadConfig(String),
     #[error("{0}")]
     Db(#[from] docsdb::Error),
@@ -24,7 +26,7 @@ impl Error {
         match self {
             Error::UnknownService(name) => ApiError::not_found(format!("no service `{name}`")),
             Error::UnknownHandle(name) => ApiError::not_found(format!("no handle `{name}`")),
-            Error::BadConfig(m) => ApiError::bad_request(m.clone()),
+            Error::BadRequest(m) | Error::BadConfig(m) => ApiError::bad_request(m.clone()),
             Error::Db(e) => ApiError::service_unavailable(format!("system-docs DB: {e}")),
             Error::Service(e) => ApiError::internal(e.to_string()),
         }

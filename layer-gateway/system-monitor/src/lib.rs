@@ -38,7 +38,7 @@ pub fn routes() -> Routes<Arc<AppState>> {
         .get(
             "/api/status",
             api::status,
-            "Every service's state, from the system-docs DB's views",
+            "Every service's state, from the system-docs DB's views (`?format=text`: one sentence to be read aloud)",
         )
         .get(
             "/api/services/{name}",

@@ -290,6 +290,13 @@ async fn probes_alerts_and_the_api(db: Db) {
     // Stop it: degraded after one failed probe, down after two, one alert per sink.
     echo.stop();
     let down = mon.wait_status("echo", "down").await;
+    // The same, spoken (Shortcuts' /status): the planned service is left out.
+    assert_eq!(
+        mon.text("/api/status?format=text").await,
+        "1 problem: echo is down. silent has not been checked yet."
+    );
+    let (code, _) = mon.get("/api/status?format=xml").await;
+    assert_eq!(code, 400);
     assert!(down["failures_in_row"].as_i64().unwrap() >= 2);
     assert!(
         down["last_error"]
@@ -334,6 +341,10 @@ async fn probes_alerts_and_the_api(db: Db) {
     assert_eq!(hooks.json.lock().unwrap().len(), 2, "once per change");
     assert_eq!(hooks.ntfy.lock().unwrap().len(), 2);
 
+    assert_eq!(
+        mon.text("/api/status?format=text").await,
+        "1 of 2 services up. silent has not been checked yet."
+    );
     // One service's detail: recent checks, both kinds, newest first.
     let (code, detail) = mon.get("/api/services/echo").await;
     assert_eq!(code, 200);
