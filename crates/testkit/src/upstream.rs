@@ -29,8 +29,10 @@ pub struct Behavior {
     pub fail_times: Option<usize>,
     /// Wait this long before sending headers.
     pub delay: Duration,
-    /// Content chunks in a stream.
+    /// Content chunks in a stream (`tok0 `, `tok1 `, …).
     pub chunks: usize,
+    /// The answer's content in these chunks instead (a plain answer joins them).
+    pub reply: Option<Vec<String>>,
     /// Pause between stream chunks.
     pub chunk_delay: Duration,
     /// Break the connection after this many content chunks.
@@ -52,6 +54,7 @@ impl Default for Behavior {
             fail_times: None,
             delay: Duration::ZERO,
             chunks: 3,
+            reply: None,
             chunk_delay: Duration::ZERO,
             die_after: None,
             gzip: false,
@@ -227,11 +230,12 @@ async fn chat(
             s.gate.clone(),
         );
     }
-    let completion = b.chunks as u64;
+    let parts = content_chunks(&b);
+    let completion = parts.len() as u64;
     let message = if tools {
         json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
     } else {
-        json!({"role": "assistant", "content": (0..b.chunks).map(|i| format!("tok{i} ")).collect::<String>()})
+        json!({"role": "assistant", "content": parts.concat()})
     };
     let v = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
@@ -240,6 +244,13 @@ async fn chat(
         "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": completion, "total_tokens": b.prompt_tokens + completion}
     });
     json_response(&b, &v)
+}
+
+/// The answer's content chunks: the scripted reply, or `tok0 `, `tok1 `, ….
+fn content_chunks(b: &Behavior) -> Vec<String> {
+    b.reply
+        .clone()
+        .unwrap_or_else(|| (0..b.chunks).map(|i| format!("tok{i} ")).collect())
 }
 
 fn stream_chat(
@@ -268,13 +279,14 @@ fn stream_chat(
         }
         events.push(chunk(json!({}), json!("tool_calls")));
     } else {
-        for i in 0..b.chunks {
-            events.push(chunk(json!({"content": format!("tok{i} ")}), Value::Null));
+        for part in content_chunks(&b) {
+            events.push(chunk(json!({ "content": part }), Value::Null));
         }
         events.push(chunk(json!({}), json!("stop")));
     }
     if usage {
-        let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.chunks, "total_tokens": b.prompt_tokens + b.chunks as u64}});
+        let n = content_chunks(&b).len() as u64;
+        let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": n, "total_tokens": b.prompt_tokens + n}});
         events.push(Bytes::from(format!("data: {u}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));

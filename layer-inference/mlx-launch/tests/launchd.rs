@@ -168,3 +168,22 @@ fn apfel_agent_matches_the_registry_example() {
         "the registry example routes to this agent"
     );
 }
+
+#[test]
+fn shortcuts_daemon() {
+    let args = check_daemon(
+        "com.homelab-llm.shortcuts.plist",
+        "com.homelab-llm.shortcuts",
+        "shortcuts",
+    );
+    // Every flag is one the service knows (its --help, from the binary built beside this test).
+    let bin = testkit::sibling_binary("shortcuts");
+    let help = std::process::Command::new(&bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(flag.as_str()), "shortcuts has no {flag}");
+    }
+}

@@ -155,6 +155,13 @@ pub struct UpArgs {
     /// embedding model).
     #[arg(long, default_value_t = 4031)]
     pub memory_port: u16,
+    /// Run without the Apple Shortcuts endpoints.
+    #[arg(long)]
+    pub no_shortcuts: bool,
+    /// The Shortcuts endpoints' port (/ask, /summarise, /status, /jobs: plain text for a
+    /// phone, through the gateway with the device's key).
+    #[arg(long, default_value_t = 4003)]
+    pub shortcuts_port: u16,
     #[arg(long, default_value_t = 4020)]
     pub web_fetch_port: u16,
     #[arg(long, default_value_t = 4021)]
@@ -361,6 +368,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             },
             vector_db_port: (!a.no_data).then_some(a.vector_db_port),
             memory_port: (!a.no_data).then_some(a.memory_port),
+            shortcuts_port: (!a.no_shortcuts).then_some(a.shortcuts_port),
         };
         return up::up(&opts, service_kit::server::signal(), |r| {
             output::line(&up::banner(r))

@@ -58,6 +58,8 @@ pub struct UpOptions {
     /// The memory service's port (`None`: not run). It needs the vector store and the
     /// embedding model.
     pub memory_port: Option<u16>,
+    /// The Shortcuts endpoints' port (`None`: not run).
+    pub shortcuts_port: Option<u16>,
 }
 
 impl UpOptions {
@@ -78,6 +80,7 @@ impl UpOptions {
             tools: ToolsOptions::default(),
             vector_db_port: None,
             memory_port: None,
+            shortcuts_port: None,
         }
     }
 }
@@ -98,6 +101,7 @@ impl std::fmt::Debug for UpOptions {
             .field("tools", &self.tools)
             .field("vector_db_port", &self.vector_db_port)
             .field("memory_port", &self.memory_port)
+            .field("shortcuts_port", &self.shortcuts_port)
             .finish()
     }
 }
@@ -118,6 +122,8 @@ pub struct Running {
     pub vector_db: Option<SocketAddr>,
     /// The memory service (mem0's REST shape), when it runs.
     pub memory: Option<SocketAddr>,
+    /// The Shortcuts endpoints, when they run.
+    pub shortcuts: Option<SocketAddr>,
     /// The gateway (and the tools) want a key.
     pub keyed: bool,
 }
@@ -322,6 +328,36 @@ pub async fn up(
         let memory_port = o.memory_port.filter(|_| embedding.is_some());
         data_entries(o, port, memory_port, &bind, gw_addr, &mut entries).await?;
     }
+    if let Some(port) = o.shortcuts_port {
+        let monitor = entries[1].addr;
+        let web_fetch = entries
+            .iter()
+            .find(|e| e.about.name == "web-fetch")
+            .map(|e| format!("http://{}/mcp", reachable(e.addr)));
+        let mut config = shortcuts::Config::new(
+            &bind(port),
+            &format!("http://{}", reachable(gw_addr)),
+            &format!("http://{}", reachable(monitor)),
+        );
+        config.web_fetch = web_fetch.unwrap_or_default();
+        config.web_fetch_key = o.master_key.clone();
+        entries.push(
+            entry(
+                config,
+                &bind(port),
+                "--shortcuts-port",
+                About {
+                    name: "shortcuts",
+                    layer: Layer::Interface,
+                    health_path: "/health/ready",
+                    endpoint: None,
+                    description: "the Apple Shortcuts endpoints (plain-text ask, summarise, status, jobs), run by homelab up",
+                    readme: "layer-interface/shortcuts/README.md",
+                },
+            )
+            .await?,
+        );
+    }
 
     let mut model_id = None;
     let mut embedding_model_id = None;
@@ -467,6 +503,10 @@ pub async fn up(
         };
         (addr_of("vector-db"), addr_of("memory"))
     };
+    let shortcuts_addr = entries
+        .iter()
+        .find(|e| e.about.name == "shortcuts")
+        .map(|e| e.addr);
     for e in entries {
         let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
         tasks.spawn(async move { (name, run.await) });
@@ -494,6 +534,7 @@ pub async fn up(
         tools: tool_urls,
         vector_db: vector_db_addr,
         memory: memory_addr,
+        shortcuts: shortcuts_addr,
         keyed: o.master_key.is_some(),
     });
     tokio::select! {
@@ -817,6 +858,11 @@ pub fn banner(r: &Running) -> String {
     if let Some(m) = r.memory {
         s.push_str(&format!(
             "  memory         http://{m}   (mem0's REST API: /memories, /search)\n"
+        ));
+    }
+    if let Some(a) = r.shortcuts {
+        s.push_str(&format!(
+            "  shortcuts      http://{a}   (Apple Shortcuts: POST /ask, /summarise; GET /status)\n"
         ));
     }
     s.push_str(&format!("  system-docs DB {}\n\n", r.db_url));
