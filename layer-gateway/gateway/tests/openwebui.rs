@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Gateway, handle, spec, target};
-use docsdb::spec::Strategy;
+use docsdb::spec::{Strategy, TargetSpec};
 use testkit::upstream::MockUpstream;
 
 #[tokio::test]
@@ -173,6 +173,7 @@ async fn tools_over_a_targets_limit_are_dropped_or_refused() {
     use docsdb::spec::OverTools;
     let small = MockUpstream::start("small").await;
     let big = MockUpstream::start("big").await;
+    let dead = common::dead_port_url().await;
     let limited = |over: OverTools| {
         let mut t = target("small", &small.base_url(), "tiny");
         t.max_tools_bytes = Some(1000);
@@ -193,6 +194,18 @@ async fn tools_over_a_targets_limit_are_dropped_or_refused() {
                 vec![
                     limited(OverTools::Refuse),
                     target("big", &big.base_url(), "large"),
+                ],
+            ),
+            // The big target first, but down: its circuit opens.
+            handle(
+                "big-is-down",
+                Strategy::Priority,
+                vec![
+                    target("down", &dead, "large"),
+                    TargetSpec {
+                        priority: 1,
+                        ..limited(OverTools::Refuse)
+                    },
                 ],
             ),
         ]),
@@ -270,6 +283,19 @@ async fn tools_over_a_targets_limit_are_dropped_or_refused() {
     let res = gw.post("/v1/chat/completions", None, &plain).await;
     assert_eq!(res.headers()["x-homelab-target"], "small");
     assert_eq!(small.requests().len(), before + 1);
+    // A target skipped because it is down is not a target too small for the tools: with the
+    // big one's circuit open, a request with tools is told the backends are unavailable.
+    let plain = |model: &str| serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let r = gw
+            .post("/v1/chat/completions", None, &plain("big-is-down"))
+            .await;
+        assert_eq!(r.status(), 200, "served by the small one meanwhile");
+    }
+    let res = gw
+        .post("/v1/chat/completions", None, &with_model("big-is-down"))
+        .await;
+    assert_eq!(res.status(), 503, "{:?}", res.text().await);
     gw.shutdown().await;
     let rows = gw.log_rows().await;
     assert_eq!(rows[1]["status"], 400);

@@ -249,7 +249,9 @@ pub async fn forward(
             }
         }
     }
-    if !outcome.any_tried && !refused_tools.is_empty() {
+    // Only when every target refused the tools is that the answer; a target skipped for
+    // another reason (circuit open, rate limit) is unavailable, not too small.
+    if !refused_tools.is_empty() && refused_tools.len() == handle.targets.len() {
         return rec.fail(Error::ToolsTooLarge {
             handle: handle.name.clone(),
             bytes: tools_bytes,
