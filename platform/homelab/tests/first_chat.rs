@@ -46,11 +46,14 @@ fn free_port() -> u16 {
 
 /// The README's "Try it" command, as written there.
 fn readme_curl() -> String {
+    readme_line("curl http://127.0.0.1:4000/v1/chat/completions")
+}
+
+/// The README's command that starts with `start` (with its continuation lines).
+fn readme_line(start: &str) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let mut lines = readme
-        .lines()
-        .skip_while(|l| !l.starts_with("curl http://127.0.0.1:4000/v1/chat/completions"));
+    let mut lines = readme.lines().skip_while(|l| !l.starts_with(start));
     let mut cmd = String::new();
     for l in lines.by_ref() {
         cmd.push_str(l);
@@ -59,7 +62,7 @@ fn readme_curl() -> String {
             break;
         }
     }
-    assert!(!cmd.is_empty(), "the README has a Try it curl");
+    assert!(!cmd.is_empty(), "the README has `{start}`");
     cmd
 }
 
@@ -134,6 +137,7 @@ async fn open_webui_first_chat_on_the_default_model() {
     let port = free_port();
     let opts = UpOptions {
         gateway_port: port,
+        shortcuts_port: Some(0),
         ..UpOptions::on_loopback(dir.path())
     };
     let ready = Arc::new(AtomicBool::new(false));
@@ -212,6 +216,28 @@ async fn open_webui_first_chat_on_the_default_model() {
     assert!(
         v["usage"]["completion_tokens"].as_u64().unwrap() < 64,
         "a short answer: {v}"
+    );
+
+    // 2b. The README's Shortcuts curl, as a phone asks: plain text to speak, naming Paris.
+    let ask = readme_line("curl http://127.0.0.1:4003/ask");
+    let shortcuts = running.shortcuts.expect("shortcuts run");
+    let cmd = ask.replace("127.0.0.1:4003", &shortcuts.to_string());
+    let out = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("{} --silent --show-error --include", cmd.trim_end()),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let (head, body) = said.split_once("\r\n\r\n").unwrap_or(("", &said));
+    assert!(head.starts_with("HTTP/1.1 200"), "{said}");
+    assert!(head.contains("text/plain"), "{said}");
+    assert!(body.contains("Paris"), "{said}");
+    assert!(
+        !body.contains(['*', '#', '`', '{']),
+        "no Markdown, no JSON: {body}"
     );
 
     // 3. One chat turn as Open WebUI sends it: the title, the chat, follow-ups and tags at
