@@ -95,7 +95,7 @@ impl fmt::Display for ApplyReport {
 /// report says what would have changed. Any error rolls everything back.
 pub async fn apply(db: &Db, spec: &SystemSpec, dry_run: bool) -> Result<ApplyReport> {
     validate(spec)?;
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     let report = apply_in(&mut tx, spec).await?;
     if dry_run {
         tx.rollback().await?;

@@ -230,6 +230,17 @@ impl Db {
         &self.pool
     }
 
+    /// A transaction that will write after reading. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`), so it waits its turn under the busy timeout; a deferred one
+    /// would fail with "database is locked" when another writer (a running stack's request
+    /// log, its monitor) committed between its first read and its first write.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// The dialect.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -104,7 +104,7 @@ pub async fn create(db: &Db, new: &NewKey) -> Result<(KeyInfo, String)> {
     if new.token_budget.is_some_and(|v| v < 0) {
         return Err(bad("budget", "--budget must not be negative".into()));
     }
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     if let Some(handles) = &new.allowed_handles {
         for h in handles {
             let found = sqlx::query("SELECT id FROM handles WHERE name = $1")

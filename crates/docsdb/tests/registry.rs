@@ -771,3 +771,29 @@ async fn sqlite_runs_in_wal_mode_with_a_busy_timeout() {
     drop(conn);
     t.cleanup().await;
 }
+
+/// An import while another writer (a running stack's request log, its monitor) holds the
+/// write lock waits its turn and succeeds: it does not read a snapshot that the other
+/// writer's commit makes stale ("database is locked").
+#[tokio::test]
+async fn an_import_beside_another_writer_waits_its_turn() {
+    let t = common::sqlite().await;
+    let db = t.db.clone();
+    for round in 0..5 {
+        let holder = db.clone();
+        let writer = tokio::spawn(async move {
+            let mut tx = holder.begin_write().await.unwrap();
+            sqlx::query("UPDATE monitor_folds SET folded_until_ms = folded_until_ms")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tx.commit().await.unwrap();
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let r = import(&db, &example("system.yaml"), "system.yaml").await;
+        assert!(r.is_ok(), "round {round}: {r:?}");
+        writer.await.unwrap();
+    }
+    t.cleanup().await;
+}
