@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod models;
 pub mod openwebui;
+pub mod optillm;
 pub mod qdrant;
 pub mod search;
 pub mod sse;

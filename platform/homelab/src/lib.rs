@@ -158,6 +158,13 @@ pub struct UpArgs {
     /// Run without the Apple Shortcuts endpoints.
     #[arg(long)]
     pub no_shortcuts: bool,
+    /// Run without the OptiLLM proxy.
+    #[arg(long)]
+    pub no_optillm: bool,
+    /// The OptiLLM proxy's port (inference-time approaches over the gateway: model
+    /// `moa-local`, `bon-local`, …).
+    #[arg(long, default_value_t = 4002)]
+    pub optillm_port: u16,
     /// The Shortcuts endpoints' port (/ask, /summarise, /status, /jobs: plain text for a
     /// phone, through the gateway with the device's key).
     #[arg(long, default_value_t = 4003)]
@@ -369,6 +376,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             vector_db_port: (!a.no_data).then_some(a.vector_db_port),
             memory_port: (!a.no_data).then_some(a.memory_port),
             shortcuts_port: (!a.no_shortcuts).then_some(a.shortcuts_port),
+            optillm_port: (!a.no_optillm).then_some(a.optillm_port),
         };
         return up::up(&opts, service_kit::server::signal(), |r| {
             output::line(&up::banner(r))

@@ -60,6 +60,8 @@ pub struct UpOptions {
     pub memory_port: Option<u16>,
     /// The Shortcuts endpoints' port (`None`: not run).
     pub shortcuts_port: Option<u16>,
+    /// The OptiLLM proxy's port (`None`: not run).
+    pub optillm_port: Option<u16>,
 }
 
 impl UpOptions {
@@ -81,6 +83,7 @@ impl UpOptions {
             vector_db_port: None,
             memory_port: None,
             shortcuts_port: None,
+            optillm_port: None,
         }
     }
 }
@@ -102,6 +105,7 @@ impl std::fmt::Debug for UpOptions {
             .field("vector_db_port", &self.vector_db_port)
             .field("memory_port", &self.memory_port)
             .field("shortcuts_port", &self.shortcuts_port)
+            .field("optillm_port", &self.optillm_port)
             .finish()
     }
 }
@@ -124,6 +128,8 @@ pub struct Running {
     pub memory: Option<SocketAddr>,
     /// The Shortcuts endpoints, when they run.
     pub shortcuts: Option<SocketAddr>,
+    /// The OptiLLM proxy, when it runs.
+    pub optillm: Option<SocketAddr>,
     /// The gateway (and the tools) want a key.
     pub keyed: bool,
 }
@@ -328,6 +334,29 @@ pub async fn up(
         let memory_port = o.memory_port.filter(|_| embedding.is_some());
         data_entries(o, port, memory_port, &bind, gw_addr, &mut entries).await?;
     }
+    if let Some(port) = o.optillm_port {
+        let mut config =
+            optillm_proxy::Config::new(&bind(port), &format!("http://{}/v1", reachable(gw_addr)));
+        // Its clients' keys go on to the gateway; beyond loopback it wants the master key.
+        config.api_key = None;
+        config.allow_unauthenticated = o.allow_unauthenticated || o.master_key.is_some();
+        entries.push(
+            entry(
+                config,
+                &bind(port),
+                "--optillm-port",
+                About {
+                    name: "optillm-proxy",
+                    layer: Layer::Gateway,
+                    health_path: "/health/ready",
+                    endpoint: Some((docsdb::spec::Api::Openai, "/v1")),
+                    description: "OptiLLM's inference-time approaches over the gateway (model moa-local, bon-local, …), run by homelab up",
+                    readme: "layer-gateway/optillm-proxy/README.md",
+                },
+            )
+            .await?,
+        );
+    }
     if let Some(port) = o.shortcuts_port {
         let monitor = entries[1].addr;
         let web_fetch = entries
@@ -507,6 +536,10 @@ pub async fn up(
         .iter()
         .find(|e| e.about.name == "shortcuts")
         .map(|e| e.addr);
+    let optillm_addr = entries
+        .iter()
+        .find(|e| e.about.name == "optillm-proxy")
+        .map(|e| e.addr);
     for e in entries {
         let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
         tasks.spawn(async move { (name, run.await) });
@@ -535,6 +568,7 @@ pub async fn up(
         vector_db: vector_db_addr,
         memory: memory_addr,
         shortcuts: shortcuts_addr,
+        optillm: optillm_addr,
         keyed: o.master_key.is_some(),
     });
     tokio::select! {
@@ -858,6 +892,11 @@ pub fn banner(r: &Running) -> String {
     if let Some(m) = r.memory {
         s.push_str(&format!(
             "  memory         http://{m}   (mem0's REST API: /memories, /search)\n"
+        ));
+    }
+    if let Some(a) = r.optillm {
+        s.push_str(&format!(
+            "  optillm-proxy  http://{a}/v1   (OptiLLM's approaches: model `moa-local`, `bon-local`, …)\n"
         ));
     }
     if let Some(a) = r.shortcuts {

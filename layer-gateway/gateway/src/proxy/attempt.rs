@@ -70,6 +70,11 @@ pub(super) async fn attempt(state: &AppState, target: &Target, s: &Sent<'_>) -> 
     if let Some(accept) = s.client_headers.get(header::ACCEPT) {
         req = req.header(header::ACCEPT, accept);
     }
+    // The OptiLLM proxy's mark on its own calls goes on, so that a handle routed back to it
+    // is refused there instead of looping.
+    if let Some(hop) = s.client_headers.get(contract::optillm::HOP_HEADER) {
+        req = req.header(contract::optillm::HOP_HEADER, hop);
+    }
     if let Some(auth) = &target.auth {
         req = req.header(header::AUTHORIZATION, auth.clone());
     }

@@ -1,0 +1,495 @@
+//! `optillm-proxy`: OptiLLM's inference-time approaches behind an OpenAI-compatible API.
+//! A request picks its approaches as OptiLLM's users pick them ([`selection`]); `none`
+//! passes the request through, streaming byte for byte (tool calls included); any other
+//! approach runs as ordinary chat completions against the backend ([`approaches`],
+//! [`backend`]) and answers in OpenAI's shape with usage summed over every call — streamed,
+//! when asked, as progress (`delta.reasoning_content`) and keep-alive comments, then the
+//! answer.
+//!
+//! Start reading at [`routes()`] and [`chat`].
+
+pub mod approaches;
+pub mod backend;
+mod config;
+mod error;
+pub mod selection;
+pub mod similarity;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use service_kit::auth::{KeyCheck, check_key, digest, open_without_key};
+use service_kit::routes::Routes;
+
+pub use config::Config;
+pub use error::Error;
+use selection::{Plan, Refusal};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub http: reqwest::Client,
+    key_digest: Option<[u8; 32]>,
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
+    Routes::new()
+        .post(
+            "/chat/completions",
+            chat,
+            "A chat completion through the selected approaches (none: passed through)",
+        )
+        .get("/models", models, "The backend's models")
+        .under_v1_and_root()
+        .health(|state: Arc<AppState>| async move {
+            let url = format!("{}/models", state.config.base_url.trim_end_matches('/'));
+            match state.http.get(&url).send().await {
+                Ok(r) if r.status().as_u16() < 500 => Ok(()),
+                Ok(r) => Err(format!("the backend answers {}", r.status())),
+                Err(e) => Err(format!("the backend cannot be reached: {e}")),
+            }
+        })
+}
+
+/// The router on `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    routes().into_router().with_state(state)
+}
+
+/// The client's key, checked against ours when one is set; the `Authorization` to send the
+/// backend (the client's own, unless it was our key; else `--backend-key`).
+fn backend_auth(state: &AppState, headers: &HeaderMap) -> Result<Option<HeaderValue>> {
+    let given = service_kit::auth::bearer(headers);
+    if let Some(want) = &state.key_digest {
+        match check_key(want, given) {
+            KeyCheck::Missing => return Err(Error::MissingKey),
+            KeyCheck::Invalid => return Err(Error::InvalidKey),
+            KeyCheck::Valid => {
+                return Ok(state
+                    .config
+                    .backend_key
+                    .as_deref()
+                    .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok()));
+            }
+        }
+    }
+    Ok(headers.get(AUTHORIZATION).cloned().or_else(|| {
+        state
+            .config
+            .backend_key
+            .as_deref()
+            .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok())
+    }))
+}
+
+fn request_id(req: &Request) -> String {
+    req.extensions()
+        .get::<service_kit::request_id::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(service_kit::request_id::generate)
+}
+
+async fn models(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    let auth = backend_auth(&state, req.headers())?;
+    let mut r = state.http.get(format!(
+        "{}/models",
+        state.config.base_url.trim_end_matches('/')
+    ));
+    if let Some(a) = auth {
+        r = r.header(AUTHORIZATION, a);
+    }
+    let res = r
+        .send()
+        .await
+        .map_err(|e| Error::Backend(format!("the backend cannot be reached: {e}")))?;
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = res
+        .bytes()
+        .await
+        .map_err(|e| Error::Backend(e.to_string()))?;
+    Ok((status, [(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Keys of the request that are not approach settings (OptiLLM's `request_config` is the
+/// rest).
+const NOT_CONFIG: &[&str] = &[
+    "stream",
+    "messages",
+    "model",
+    "n",
+    "response_format",
+    "max_completion_tokens",
+    "optillm_approach",
+    "stream_options",
+];
+
+async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    if req.headers().contains_key(backend::HOP_HEADER) {
+        return Err(Error::Loop);
+    }
+    let auth = backend_auth(&state, req.headers())?;
+    let rid = request_id(&req);
+    let bytes = service_kit::body::read_bytes(req)
+        .await
+        .map_err(|e| Error::BadRequest(e.error.message))?;
+    let mut body: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::BadRequest(format!("the body is not a JSON object: {e}")))?;
+    let Some(Value::Array(messages)) = body.get_mut("messages") else {
+        return Err(Error::BadRequest("`messages` (a list) is required".into()));
+    };
+    let tag = selection::take_tag(messages);
+    let asked_model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(&state.config.model)
+        .to_owned();
+    let body_approach = body
+        .remove("optillm_approach")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let selected = selection::select(
+        &asked_model,
+        body_approach.as_deref(),
+        tag.as_deref(),
+        &state.config.approach,
+    )
+    .map_err(|r| match r {
+        Refusal::NotRun(list) => Error::NotRun(format!(
+            "not run by this proxy: {}",
+            list.iter()
+                .map(|(a, why)| format!("`{a}` ({why})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Refusal::BadCombination(m) => Error::BadRequest(m),
+    })?;
+    let backend = backend::Backend {
+        http: state.http.clone(),
+        base: state.config.base_url.trim_end_matches('/').to_owned(),
+        auth,
+        request_id: rid,
+        timeout: state.config.backend_timeout,
+        calls: AtomicU64::new(0),
+        prompt_tokens: AtomicU64::new(0),
+        completion_tokens: AtomicU64::new(0),
+    };
+    body.insert("model".into(), Value::String(selected.model.clone()));
+    if selected.plan == Plan::One("none".into()) {
+        return pass_through(&backend, &Value::Object(body)).await;
+    }
+    let stream = body.get("stream") == Some(&Value::Bool(true));
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
+    if n == 0 || n > state.config.max_n {
+        return Err(Error::BadRequest(format!(
+            "`n` must be between 1 and {} (--max-n)",
+            state.config.max_n
+        )));
+    }
+    let mut request: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| !NOT_CONFIG.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(m) = body.get("max_completion_tokens") {
+        request.insert("max_tokens".into(), m.clone());
+    }
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let job = Job {
+        state: state.clone(),
+        backend,
+        plan: selected.plan,
+        model: selected.model,
+        asked_model,
+        request,
+        messages,
+        n,
+        include_usage: body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            == Some(&Value::Bool(true)),
+    };
+    if stream {
+        Ok(job.stream())
+    } else {
+        let label = job.plan.label();
+        let choices = job.answers(None).await?;
+        Ok(job.response(&label, choices))
+    }
+}
+
+/// `none`: the request as it is (model and tag aside), the backend's answer byte for byte —
+/// a stream stays a stream, tool calls and all.
+async fn pass_through(backend: &backend::Backend, body: &Value) -> Result<Response> {
+    let res = backend
+        .post(body)
+        .send()
+        .await
+        .map_err(|e| Error::Backend(format!("the backend cannot be reached: {e}")))?;
+    backend.calls.fetch_add(1, Ordering::Relaxed);
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for h in ["content-type", "cache-control"] {
+        if let Some(v) = res.headers().get(h) {
+            headers.insert(h, v.clone());
+        }
+    }
+    headers.insert("x-optillm-approach", HeaderValue::from_static("none"));
+    headers.insert("x-backend-calls", HeaderValue::from(1));
+    Ok((status, headers, Body::from_stream(res.bytes_stream())).into_response())
+}
+
+/// One request's approach run.
+struct Job {
+    state: Arc<AppState>,
+    backend: backend::Backend,
+    plan: Plan,
+    model: String,
+    asked_model: String,
+    request: Map<String, Value>,
+    messages: Vec<Value>,
+    n: usize,
+    include_usage: bool,
+}
+
+impl Job {
+    /// Every choice: the plan run `n` times, one choice per run (per approach with `|`).
+    async fn answers(
+        &self,
+        progress: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Vec<String>> {
+        let (system, query) = backend::flatten(&self.messages);
+        let ctx = approaches::Ctx {
+            backend: &self.backend,
+            model: &self.model,
+            config: &self.state.config,
+            request: &self.request,
+            progress,
+        };
+        let mut out = Vec::new();
+        for _ in 0..self.n {
+            match &self.plan {
+                Plan::One(a) => out.push(approaches::run(a, &ctx, &system, &query).await?),
+                Plan::Chain(stages) => {
+                    let mut q = query.clone();
+                    for a in stages {
+                        q = approaches::run(a, &ctx, &system, &q).await?;
+                    }
+                    out.push(q);
+                }
+                Plan::Parallel(all) => {
+                    let runs = all
+                        .iter()
+                        .map(|a| approaches::run(a, &ctx, &system, &query));
+                    for r in futures_util::future::join_all(runs).await {
+                        out.push(r?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn usage(&self) -> Value {
+        let p = self.backend.prompt_tokens.load(Ordering::Relaxed);
+        let c = self.backend.completion_tokens.load(Ordering::Relaxed);
+        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+    }
+
+    fn headers(&self, label: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(label) {
+            h.insert("x-optillm-approach", v);
+        }
+        h.insert("x-backend-calls", HeaderValue::from(self.backend.calls()));
+        h
+    }
+
+    fn response(&self, label: &str, choices: Vec<String>) -> Response {
+        let body = json!({
+            "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            "object": "chat.completion",
+            "created": now_s(),
+            "model": self.asked_model,
+            "choices": choices.iter().enumerate().map(|(i, c)| json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c},
+                "finish_reason": "stop",
+            })).collect::<Vec<_>>(),
+            "usage": self.usage(),
+        });
+        (self.headers(label), axum::Json(body)).into_response()
+    }
+
+    /// The answer as a stream: progress lines as `delta.reasoning_content` and a keep-alive
+    /// comment every few seconds of silence while the approach runs, then each choice, then
+    /// usage when asked, then `[DONE]`.
+    fn stream(self) -> Response {
+        let label = self.plan.label();
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+        if let Ok(v) = HeaderValue::from_str(&label) {
+            headers.insert("x-optillm-approach", v);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (out_tx, out_rx) =
+            tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
+        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        let created = now_s();
+        tokio::spawn(async move {
+            let chunk = |delta: Value, index: usize, finish: Value| {
+                let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": self.asked_model, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]});
+                bytes::Bytes::from(format!("data: {c}\n\n"))
+            };
+            let send = |b: bytes::Bytes| {
+                let out = out_tx.clone();
+                async move { out.send(Ok(b)).await.is_ok() }
+            };
+            if !send(chunk(
+                json!({"role": "assistant", "content": ""}),
+                0,
+                Value::Null,
+            ))
+            .await
+            {
+                return;
+            }
+            let work = self.answers(Some(&tx));
+            tokio::pin!(work);
+            let result = loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    line = rx.recv() => {
+                        if let Some(l) = line
+                            && !send(chunk(json!({"reasoning_content": format!("{l}\n")}), 0, Value::Null)).await
+                        {
+                            return;
+                        }
+                    }
+                    () = tokio::time::sleep(KEEP_ALIVE) => {
+                        if !send(bytes::Bytes::from_static(b": still working\n\n")).await {
+                            return;
+                        }
+                    }
+                }
+            };
+            while let Ok(l) = rx.try_recv() {
+                let _ = send(chunk(
+                    json!({"reasoning_content": format!("{l}\n")}),
+                    0,
+                    Value::Null,
+                ))
+                .await;
+            }
+            match result {
+                Ok(choices) => {
+                    for (i, c) in choices.iter().enumerate() {
+                        let _ = send(chunk(json!({"content": c}), i, Value::Null)).await;
+                        let _ = send(chunk(json!({}), i, json!("stop"))).await;
+                    }
+                    if self.include_usage {
+                        let u = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": self.asked_model, "choices": [], "usage": self.usage()});
+                        let _ = send(bytes::Bytes::from(format!("data: {u}\n\n"))).await;
+                    }
+                }
+                Err(e) => {
+                    let api = e.to_api();
+                    let _ = send(bytes::Bytes::from(format!(
+                        "data: {}\n\n",
+                        json!({"error": api.error})
+                    )))
+                    .await;
+                }
+            }
+            let _ = send(bytes::Bytes::from_static(contract::sse::DONE_FRAME)).await;
+        });
+        let body = Body::from_stream(tokio_stream_from(out_rx));
+        (headers, body).into_response()
+    }
+}
+
+/// How long a streaming client may hear nothing before a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Without an API key, only loopback unless `--allow-unauthenticated`.
+pub fn check_bind(config: &Config) -> Result<(), Error> {
+    if open_without_key(
+        &config.listen_on(),
+        config.api_key.is_some(),
+        config.allow_unauthenticated,
+    ) {
+        return Err(Error::UnsafeBind(config.listen_on()));
+    }
+    Ok(())
+}
+
+/// Runs the proxy until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    check_bind(&config)?;
+    let listener = service_kit::server::bind(&config.listen_on()).await?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Runs the proxy on a bound listener (tests bind 127.0.0.1:0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Backend(format!("no HTTP client: {e}")))?;
+    let body_limit = config.common.body_limit;
+    let drain = config.common.drain_timeout;
+    let state = Arc::new(AppState {
+        key_digest: config.api_key.as_deref().map(digest),
+        config,
+        http,
+    });
+    let router = service_kit::server::with_common_layers(app(state), body_limit);
+    let plan = service_kit::server::ShutdownPlan::new(shutdown, drain);
+    service_kit::server::serve(listener, router, plan).await?;
+    Ok(())
+}
+
+service_kit::service!(
+    Config,
+    "optillm-proxy",
+    Error,
+    common = common,
+    routes = routes().table().to_vec(),
+    check = check_bind
+);

@@ -1,0 +1,455 @@
+//! The proxy over real HTTP against backends that answer each prompt deterministically: the
+//! calls each approach makes (how many, at what temperature, with what prompts), the
+//! selection rules and their precedence, `&`, `|` and `n`, `none` streaming byte for byte
+//! with tool calls, progress streaming, and the refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+type Script = Arc<dyn Fn(&Value, usize) -> Vec<String> + Send + Sync>;
+
+/// A backend that answers by `script(request, call number)`, one choice per string, and
+/// records every request. With `refuse_n`, it answers `n > 1` with 400 as llama-server does.
+#[derive(Clone)]
+struct Scripted {
+    script: Script,
+    log: Arc<Mutex<Vec<Value>>>,
+    refuse_n: bool,
+}
+
+async fn scripted_chat(State(s): State<Scripted>, Json(body): Json<Value>) -> Response {
+    let call = {
+        let mut log = s.log.lock().unwrap();
+        log.push(body.clone());
+        log.len()
+    };
+    let n = body["n"].as_u64().unwrap_or(1);
+    if s.refuse_n && n > 1 {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": "Only one completion choice is allowed", "type": "invalid_request_error"}})),
+        )
+            .into_response();
+    }
+    let texts = (s.script)(&body, call);
+    let choices: Vec<Value> = texts
+        .iter()
+        .take(n.max(1) as usize)
+        .enumerate()
+        .map(|(i, t)| json!({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}))
+        .collect();
+    Json(json!({
+        "id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+        "choices": choices,
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2 * choices.len(), "total_tokens": 10 + 2 * choices.len()},
+    }))
+    .into_response()
+}
+
+async fn backend(script: Script, refuse_n: bool) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let s = Scripted {
+        script,
+        log: log.clone(),
+        refuse_n,
+    };
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(scripted_chat))
+        .route(
+            "/v1/models",
+            axum::routing::get(|| async {
+                Json(json!({"object": "list", "data": [{"id": "m", "object": "model"}]}))
+            }),
+        )
+        .with_state(s);
+    let addr = testkit::spawn(app).await;
+    (format!("http://{addr}/v1"), log)
+}
+
+struct Proxy {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Proxy {
+    async fn start(base: &str, tweak: impl FnOnce(&mut optillm_proxy::Config)) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let mut c = optillm_proxy::Config::new("127.0.0.1:4002", base);
+        tweak(&mut c);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            optillm_proxy::serve_on(l, c, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Proxy {
+            url,
+            stop: Some(tx),
+        }
+    }
+
+    async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let h = r.headers().clone();
+        (s, h, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn ask(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "What is 6 times 7?"}]})
+}
+
+fn last_user(req: &Value) -> String {
+    req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+fn content(v: &Value, i: usize) -> String {
+    v["choices"][i]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// bon: three samples at temperature 1 (one call with n = 3, or three when the backend
+/// refuses `n`), each rated at 0.1 with 256 tokens; the best rated wins.
+#[tokio::test]
+async fn bon_samples_rates_and_picks_the_best() {
+    for refuse_n in [false, true] {
+        let script: Script = Arc::new(|req: &Value, _| {
+            if last_user(req) == "Rate the above response:" {
+                let rated = req["messages"].as_array().unwrap();
+                let cand = rated[rated.len() - 2]["content"].as_str().unwrap();
+                let score = match cand {
+                    "forty-one" => "3",
+                    "42" => "9",
+                    _ => "not a number",
+                };
+                return vec![score.into()];
+            }
+            vec!["forty-one".into(), "42".into(), "many".into()]
+        });
+        let (base, log) = backend(script.clone(), refuse_n).await;
+        // Without n, every sample is the first line of the script: vary it by call.
+        let (base2, log2) = if refuse_n {
+            let seq: Script = Arc::new(move |req: &Value, call| {
+                if last_user(req) == "Rate the above response:" {
+                    return script(req, call);
+                }
+                let all = ["forty-one", "42", "many"];
+                vec![all[(call - 2) % 3].to_owned()]
+            });
+            backend(seq, true).await
+        } else {
+            (base, log)
+        };
+        let proxy = Proxy::start(&base2, |_| {}).await;
+        let (s, h, v) = proxy.chat(ask("bon-m")).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(content(&v, 0), "42");
+        assert_eq!(h["x-optillm-approach"], "bon");
+        let calls = log2.lock().unwrap().clone();
+        let want_calls = if refuse_n { 1 + 3 + 3 } else { 1 + 3 };
+        assert_eq!(calls.len(), want_calls, "refuse_n {refuse_n}: {calls:#?}");
+        assert_eq!(h["x-backend-calls"], want_calls.to_string().as_str());
+        assert_eq!(calls[0]["temperature"], 1.0);
+        assert_eq!(calls[0]["model"], "m");
+        let ratings: Vec<&Value> = calls
+            .iter()
+            .filter(|c| last_user(c) == "Rate the above response:")
+            .collect();
+        assert_eq!(ratings.len(), 3);
+        for r in ratings {
+            assert_eq!(r["temperature"], 0.1);
+            assert_eq!(r["max_tokens"], 256);
+        }
+        // OpenAI's shape, usage summed over every call.
+        assert_eq!(v["object"], "chat.completion");
+        assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(v["model"], "bon-m");
+        assert_eq!(
+            v["usage"]["prompt_tokens"],
+            10 * (want_calls - usize::from(refuse_n)) as u64
+        );
+    }
+}
+
+/// moa: three candidates at 1, a critique at 0.1 with 512 tokens that lists them, a final
+/// answer at 0.1 from candidates and critique.
+#[tokio::test]
+async fn moa_critiques_and_synthesises() {
+    let script: Script = Arc::new(|req: &Value, _| {
+        let u = last_user(req);
+        if u.contains("Your critique of each candidate") {
+            vec!["B is best.".into()]
+        } else if u.contains("The final, best response") {
+            vec!["final: 42".into()]
+        } else {
+            vec!["A".into(), "B".into(), "C".into()]
+        }
+    });
+    let (base, log) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let (s, h, v) = proxy
+        .chat(json!({"model": "m", "optillm_approach": "moa", "messages": [{"role": "user", "content": "Q?"}]}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(content(&v, 0), "final: 42");
+    assert_eq!(h["x-backend-calls"], "3");
+    let calls = log.lock().unwrap().clone();
+    assert_eq!(calls[0]["n"], 3);
+    assert_eq!(calls[0]["temperature"], 1.0);
+    assert!(
+        calls[0].get("max_tokens").is_none(),
+        "no max_tokens asked: the backend's own default holds"
+    );
+    let critique = last_user(&calls[1]);
+    assert!(critique.contains("Candidate 1:\nA") && critique.contains("Candidate 3:\nC"));
+    assert_eq!(calls[1]["temperature"], 0.1);
+    assert_eq!(calls[1]["max_tokens"], 512);
+    assert!(last_user(&calls[2]).contains("B is best."));
+    assert_eq!(calls[2]["temperature"], 0.1);
+    // The body field is not sent on.
+    assert!(calls.iter().all(|c| c.get("optillm_approach").is_none()));
+}
+
+/// self_consistency: five calls at 1; near-identical answers cluster; the largest wins.
+#[tokio::test]
+async fn self_consistency_takes_the_largest_cluster() {
+    let script: Script = Arc::new(|_, call| {
+        // Alone, "Blue" would come first; the three near-identical answers outnumber it.
+        let answers = ["Blue", "It is 42.", "Red", "It is 42!", "It is 41."];
+        vec![answers[(call - 1) % 5].to_owned()]
+    });
+    let (base, log) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let (s, h, v) = proxy.chat(ask("self_consistency-m")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(content(&v, 0), "It is 42.");
+    assert_eq!(h["x-backend-calls"], "5");
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .all(|c| c["temperature"] == 1.0 && c.get("n").is_none())
+    );
+}
+
+/// The tag in the system message picks cot_reflection (and leaves the text); the answer is
+/// what `<output>` holds; re2 reads the question twice; a chain feeds each answer on.
+#[tokio::test]
+async fn tags_chains_and_the_text_approaches() {
+    let script: Script = Arc::new(|req: &Value, _| {
+        let sys = req["messages"][0]["content"].as_str().unwrap_or("");
+        if sys.contains("<output>") {
+            vec![format!(
+                "<thinking>hmm<reflection>ok</reflection></thinking><output>out({})</output>",
+                last_user(req)
+            )]
+        } else {
+            vec![format!("plain({})", last_user(req))]
+        }
+    });
+    let (base, log) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let (s, h, v) = proxy
+        .chat(json!({"model": "m", "messages": [
+            {"role": "system", "content": "Be exact. <optillm_approach>cot_reflection</optillm_approach>"},
+            {"role": "user", "content": "Q"}]}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(content(&v, 0), "out(User: Q)");
+    assert_eq!(h["x-optillm-approach"], "cot_reflection");
+    let first = log.lock().unwrap()[0].clone();
+    let sys = first["messages"][0]["content"].as_str().unwrap();
+    assert!(sys.starts_with("Be exact.") && !sys.contains("optillm_approach"));
+    assert_eq!(first["temperature"], 0.6);
+
+    let (s, _, v) = proxy.chat(ask("re2&cot_reflection-m")).await;
+    assert_eq!(s, 200, "{v}");
+    let q = "User: What is 6 times 7?";
+    assert_eq!(
+        content(&v, 0),
+        format!("out(plain({q}\nRead the question again: {q}))"),
+        "re2's answer is cot_reflection's question"
+    );
+    // `|`: one choice per approach; `n`: the whole plan again.
+    let (s, h, v) = proxy.chat(ask("re2|cot_reflection-m")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(h["x-optillm-approach"], "re2|cot_reflection");
+    let mut twice = ask("re2-m");
+    twice["n"] = json!(2);
+    let (_, _, v) = proxy.chat(twice).await;
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["choices"][1]["index"], 1);
+}
+
+/// majority_voting: `k` from the request, the request's temperature; the most common final
+/// answer wins.
+#[tokio::test]
+async fn majority_voting_counts_final_answers() {
+    let script: Script = Arc::new(|_, _| {
+        vec![
+            "Work... Answer: 41".into(),
+            "So the answer is 42.".into(),
+            "Final answer: 42".into(),
+            "<think>hmm</think>Answer: 42!".into(),
+            "answer: 7".into(),
+        ]
+    });
+    let (base, log) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let mut body = ask("majority_voting-m");
+    body["k"] = json!(5);
+    body["max_completion_tokens"] = json!(64);
+    body["temperature"] = json!(0.3);
+    let (s, _, v) = proxy.chat(body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(content(&v, 0), "So the answer is 42.");
+    let c = log.lock().unwrap()[0].clone();
+    assert_eq!(
+        (c["n"].clone(), c["temperature"].clone()),
+        (json!(5), json!(0.3))
+    );
+    assert_eq!(c["max_tokens"], 64, "max_completion_tokens is max_tokens");
+}
+
+/// `none` passes the request through and streams the backend's bytes as they are, tool-call
+/// deltas included.
+#[tokio::test]
+async fn none_streams_byte_for_byte_with_tool_calls() {
+    let up = testkit::upstream::MockUpstream::start("real").await;
+    let proxy = Proxy::start(&up.base_url(), |_| {}).await;
+    let body = json!({"model": "m", "stream": true, "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}], "messages": [{"role": "user", "content": "weather?"}]});
+    let through = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through.headers()["x-optillm-approach"], "none");
+    let through = through.text().await.unwrap();
+    let direct = reqwest::Client::new()
+        .post(format!("{}/chat/completions", up.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(through, direct);
+    assert!(through.contains("tool_calls") && through.ends_with("data: [DONE]\n\n"));
+}
+
+/// Other approaches stream progress as reasoning, then the answer, then `[DONE]`.
+#[tokio::test]
+async fn an_approach_streams_its_progress_then_the_answer() {
+    let script: Script = Arc::new(|req: &Value, _| {
+        if last_user(req) == "Rate the above response:" {
+            vec!["5".into()]
+        } else {
+            vec!["x".into(), "y".into(), "z".into()]
+        }
+    });
+    let (base, _) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let mut body = ask("bon-m");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let reasoning: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert!(reasoning.contains("bon: 3 candidates"), "{reasoning}");
+    assert!(reasoning.contains("rated 5"), "{reasoning}");
+    let answer: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(answer, "x");
+    assert_eq!(
+        events.last().unwrap()["usage"]["total_tokens"],
+        4 * 10 + 2 * 3 + 3 * 2
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
+/// What cannot run is refused up front, naming the approach and why.
+#[tokio::test]
+async fn refusals_name_what_and_why() {
+    let (base, log) = backend(Arc::new(|_, _| vec!["x".into()]), false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let (s, _, v) = proxy.chat(ask("z3-m")).await;
+    assert_eq!(s, 400);
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("`z3`") && m.contains("runs code"), "{m}");
+    let (s, _, _) = proxy.chat(ask("none&bon-m")).await;
+    assert_eq!(s, 400);
+    let mut too_many = ask("bon-m");
+    too_many["n"] = json!(100);
+    let (s, _, v) = proxy.chat(too_many).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _, _) = proxy.chat(json!({"model": "bon-m"})).await;
+    assert_eq!(s, 400);
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "nothing reached the backend"
+    );
+    // A request this proxy sent, come back: refused, not looped.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .header("x-optillm-hop", "1")
+        .json(&ask("bon-m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 508);
+    let _ = Duration::from_secs(0);
+}

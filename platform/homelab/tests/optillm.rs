@@ -1,0 +1,129 @@
+//! The OptiLLM proxy under `homelab up`, behind and in front of the real gateway: a handle
+//! routed to the proxy runs its approach with every backend call going through the gateway
+//! (and its request log), and a handle that would send the proxy's own calls back to it is
+//! refused at once instead of looping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+mod common;
+
+use docsdb::spec::{EndpointSpec, HandleSpec, Strategy, SystemSpec, TargetSpec};
+use homelab::up::UpOptions;
+use serde_json::{Value, json};
+use sqlx::Row;
+use testkit::upstream::MockUpstream;
+
+fn handle(name: &str, endpoint: &str, model: &str) -> HandleSpec {
+    HandleSpec {
+        handle: name.into(),
+        description: None,
+        strategy: Strategy::Priority,
+        targets: vec![TargetSpec::on_endpoint(endpoint, model)],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
+    let engine = MockUpstream::start("engine").await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
+    let db = docsdb::Db::open(&db_url).await.unwrap();
+    let engine_spec = SystemSpec {
+        endpoints: vec![EndpointSpec {
+            name: "engine".into(),
+            service: None,
+            base_url: engine.base_url(),
+            api: Default::default(),
+            auth_env: None,
+        }],
+        handles: vec![handle("local", "engine", "small-model")],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&db, &engine_spec, false)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let (running, stop, task) = common::run_up(UpOptions {
+        no_engine: true,
+        optillm_port: Some(0),
+        ..UpOptions::on_loopback(dir.path())
+    })
+    .await;
+    assert!(running.optillm.is_some());
+    // Handles on the proxy's endpoint (registered by `up`): `re2-local` runs re2 over the
+    // gateway's `local`; `bon-again` would call the gateway's `again`, which is the proxy.
+    let db = docsdb::Db::open(&running.db_url).await.unwrap();
+    let routes = SystemSpec {
+        handles: vec![
+            handle("re2-local", "optillm-proxy", "re2-local"),
+            handle("bon-again", "optillm-proxy", "bon-again"),
+            handle("again", "optillm-proxy", "again"),
+        ],
+        ..Default::default()
+    };
+    docsdb::apply::apply(&db, &routes, false).await.unwrap();
+    let gw = format!("http://{}/v1/chat/completions", running.gateway);
+    let http = reqwest::Client::new();
+    let chat = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "What is 6 times 7?"}]});
+    // The gateway picks the new handles up on its next table reload.
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        let r = http
+            .post(&gw)
+            .header("x-request-id", "client-req-1")
+            .json(&chat("re2-local"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            answer = r.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "tok0 tok1 tok2",
+        "{answer}"
+    );
+    let sent = engine.requests().last().unwrap().json();
+    let user = sent["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        user.contains("Read the question again: User: What is 6 times 7?"),
+        "{user}"
+    );
+    assert_eq!(sent["model"], "small-model");
+
+    // The loop: refused by the proxy the moment its own call comes back.
+    let r = http
+        .post(&gw)
+        .json(&chat("bon-again"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+
+    // The gateway's log: the client's request and the proxy's call to `local` share the
+    // client's request id.
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        rows = sqlx::query("SELECT handle, status FROM request_log WHERE request_id = 'client-req-1' AND status = 200 ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<Option<String>, _>("handle").unwrap_or_default())
+            .collect::<Vec<String>>();
+        if rows.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows.sort();
+    assert_eq!(rows, ["local", "re2-local"]);
+    db.close().await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+}
