@@ -62,30 +62,33 @@ fn messages(system: &str, user: &str) -> Vec<Value> {
     ]
 }
 
-/// Runs `approach` on the conversation; its answer.
+/// Runs `approach` on the conversation; its answers (one, or with the server's `--n` for
+/// `re2` and `plansearch`, as many).
 pub async fn run(
     approach: &str,
     ctx: &Ctx<'_>,
     system: &str,
     query: &str,
-) -> Result<String, Error> {
+) -> Result<Vec<String>, Error> {
     ctx.say(format!("{approach}: started"));
-    let answer = match approach {
-        "bon" => bon(ctx, system, query).await,
-        "moa" => moa(ctx, system, query).await,
-        "self_consistency" => self_consistency(ctx, system, query).await,
-        "cot_reflection" => cot_reflection(ctx, system, query).await,
+    let answers = match approach {
+        "bon" => bon(ctx, system, query).await.map(|a| vec![a]),
+        "moa" => moa(ctx, system, query).await.map(|a| vec![a]),
+        "self_consistency" => self_consistency(ctx, system, query).await.map(|a| vec![a]),
+        "cot_reflection" => cot_reflection(ctx, system, query).await.map(|a| vec![a]),
         "re2" => re2(ctx, system, query).await,
-        "majority_voting" => majority_voting(ctx, system, query).await,
-        "none" => {
-            ctx.backend
-                .one(messages(system, query), ctx.params(None, None))
-                .await
-        }
+        "majority_voting" => majority_voting(ctx, system, query).await.map(|a| vec![a]),
+        "rto" => rto(ctx, system, query).await.map(|a| vec![a]),
+        "plansearch" => plansearch(ctx, system, query).await,
+        "none" => ctx
+            .backend
+            .one(messages(system, query), ctx.params(None, None))
+            .await
+            .map(|a| vec![a]),
         other => Err(Error::NotRun(format!("approach `{other}` is not run here"))),
     }?;
     ctx.say(format!("{approach}: done"));
-    Ok(answer)
+    Ok(answers)
 }
 
 /// Usable candidates: a text, not cut by the token limit.
@@ -254,7 +257,7 @@ async fn cot_reflection(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<Stri
 
 /// Re-reading: the question twice ("…\nRead the question again: …"), one call with the
 /// server's `--n` (the first choice is the answer).
-async fn re2(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<String, Error> {
+async fn re2(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<Vec<String>, Error> {
     let prompt = format!("{query}\nRead the question again: {query}");
     let mut params = ctx.params(None, ctx.max_tokens());
     params["n"] = json!(ctx.config.n.max(1));
@@ -262,11 +265,107 @@ async fn re2(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<String, Error> 
         .backend
         .complete(messages(system, &prompt), params)
         .await?;
-    replies
+    if replies.is_empty() {
+        return Err(Error::Backend("the backend answered no choice".into()));
+    }
+    Ok(replies
         .into_iter()
-        .next()
         .map(|r| r.text.trim().to_owned())
-        .ok_or_else(|| Error::Backend("the backend answered no choice".into()))
+        .collect())
+}
+
+/// The code inside the first fenced block of `text`, else all of it.
+fn code_of(text: &str) -> String {
+    regex::Regex::new(r"(?s)```(?:[\w-]+)?\n(.*?)```")
+        .ok()
+        .and_then(|re| re.captures(text).map(|c| c[1].trim().to_owned()))
+        .unwrap_or_else(|| text.to_owned())
+}
+
+/// Round-trip optimisation (for code): C1 answers the query; the model turns C1 back into an
+/// instruction (Q2, 1024 tokens); C2 answers Q2; equal code is the answer, else C3 merges
+/// C1 and C2. All at temperature 0.1.
+async fn rto(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<String, Error> {
+    let low = |max: Option<u64>| ctx.params(Some(0.1), max);
+    let mut conversation = messages(system, query);
+    let c1 = ctx
+        .backend
+        .one(conversation.clone(), low(ctx.max_tokens()))
+        .await?;
+    conversation.push(json!({"role": "assistant", "content": c1}));
+    conversation.push(json!({"role": "user", "content": "Describe the code you just wrote as an instruction: one from which you could write that same code again."}));
+    let q2 = ctx.backend.one(conversation, low(Some(1024))).await?;
+    ctx.say("rto: the code turned back into an instruction; answering it again");
+    let c2 = ctx
+        .backend
+        .one(messages(system, &q2), low(ctx.max_tokens()))
+        .await?;
+    let (c1, c2) = (code_of(&c1), code_of(&c2));
+    if c1.trim() == c2.trim() {
+        ctx.say("rto: both rounds gave the same code");
+        return Ok(c1);
+    }
+    ctx.say("rto: the rounds differ; merging them");
+    let merge = format!(
+        "Initial query: {query}\n\nFirst generated code (C1):\n{c1}\n\nSecond generated code (C2):\n{c2}\n\nFrom the query and these two implementations, write one final, improved version of the code. Reply with the final code only."
+    );
+    ctx.backend
+        .one(messages(system, &merge), low(ctx.max_tokens()))
+        .await
+}
+
+/// PlanSearch (for code), the server's `--n` times: three observations about the problem,
+/// two more derived from them, a solution in words from all of them, then its Python
+/// implementation — the answer.
+async fn plansearch(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<Vec<String>, Error> {
+    let ask = |prompt: String| {
+        let m = messages(system, &prompt);
+        async move { ctx.backend.one(m, ctx.params(None, ctx.max_tokens())).await }
+    };
+    let lines = |text: String| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for run in 0..ctx.config.n.max(1) {
+        let first = lines(ask(format!(
+            "You are an expert Python programmer. You will be given a competitive programming question (problem specification). Write 3 useful, non-obvious and correct observations about the problem, like hints to solve it, one per line. Do NOT write code.\n\n{query}"
+        ))
+        .await?);
+        let listed: String = first
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("{}. {o}\n", i + 1))
+            .collect();
+        let derived = lines(ask(format!(
+            "You are an expert Python programmer. Here is a competitive programming question and some observations about it. Combine them into 2 new, useful, non-obvious and correct observations, one per line. Do NOT write code.\n\n{query}\n\nObservations:\n{listed}"
+        ))
+        .await?);
+        let all: String = first
+            .iter()
+            .chain(&derived)
+            .enumerate()
+            .map(|(i, o)| format!("Observation {}: {o}\n", i + 1))
+            .collect();
+        ctx.say(format!(
+            "plansearch: run {}: {} observations",
+            run + 1,
+            first.len() + derived.len()
+        ));
+        let solution = ask(format!(
+            "Here is a competitive programming question and observations about it. Using them, describe a solution in plain language, step by step. Do NOT write code.\n\n{query}\n\n{all}"
+        ))
+        .await?;
+        let code = ask(format!(
+            "You are an expert Python programmer. Here is a competitive programming question and a solution in plain language. Implement it as a Python program that reads standard input and writes standard output, and passes all tests. Reply with the program in a markdown code block and nothing else.\n\n{query}\n\nSolution:\n{solution}"
+        ))
+        .await?;
+        out.push(code.trim().to_owned());
+    }
+    Ok(out)
 }
 
 /// The final answer a response states ("Answer: …", "the answer is …", "### …", a lone

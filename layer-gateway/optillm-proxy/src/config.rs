@@ -64,7 +64,7 @@ pub struct Config {
     #[arg(long, env = "OPTILLM_MODEL", default_value = "default")]
     pub model: String,
 
-    /// Completions per run for `re2` (OptiLLM's server `--n`).
+    /// Choices `re2` asks for and runs `plansearch` makes (OptiLLM's server `--n`).
     #[arg(long, env = "OPTILLM_N", default_value_t = 1)]
     pub n: usize,
 

@@ -285,20 +285,23 @@ impl Job {
         let mut out = Vec::new();
         for _ in 0..self.n {
             match &self.plan {
-                Plan::One(a) => out.push(approaches::run(a, &ctx, &system, &query).await?),
+                Plan::One(a) => out.extend(approaches::run(a, &ctx, &system, &query).await?),
                 Plan::Chain(stages) => {
+                    // Each stage's (first) answer is the next stage's query.
                     let mut q = query.clone();
+                    let mut answers = Vec::new();
                     for a in stages {
-                        q = approaches::run(a, &ctx, &system, &q).await?;
+                        answers = approaches::run(a, &ctx, &system, &q).await?;
+                        q = answers.first().cloned().unwrap_or_default();
                     }
-                    out.push(q);
+                    out.extend(answers);
                 }
                 Plan::Parallel(all) => {
                     let runs = all
                         .iter()
                         .map(|a| approaches::run(a, &ctx, &system, &query));
                     for r in futures_util::future::join_all(runs).await {
-                        out.push(r?);
+                        out.extend(r?);
                     }
                 }
             }

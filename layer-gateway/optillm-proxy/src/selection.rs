@@ -17,15 +17,15 @@ pub const RUNS: &[&str] = &[
     "cot_reflection",
     "re2",
     "majority_voting",
+    "rto",
+    "plansearch",
 ];
 
 /// OptiLLM's other slugs, refused with the reason (a slug must still be recognised as one,
 /// or `mcts-local` would ask the backend for a model called `mcts-local`).
 pub const REFUSED: &[(&str, &str)] = &[
     ("mcts", "not built here yet"),
-    ("plansearch", "not built here yet"),
     ("leap", "not built here yet"),
-    ("rto", "not built here yet"),
     ("pvg", "not built here yet"),
     ("rstar", "not built here yet"),
     ("genselect", "not built here yet"),

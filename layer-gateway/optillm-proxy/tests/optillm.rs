@@ -453,3 +453,62 @@ async fn refusals_name_what_and_why() {
     assert_eq!(r.status().as_u16(), 508);
     let _ = Duration::from_secs(0);
 }
+
+/// rto: code, its instruction (1024 tokens), code again; the same code is the answer, else a
+/// merge. All at 0.1. plansearch: observations, derived observations, a plan, the program.
+#[tokio::test]
+async fn rto_round_trips_and_plansearch_plans() {
+    let script: Script = Arc::new(|req: &Value, _| {
+        let u = last_user(req);
+        let out = if u.starts_with("Describe the code you just wrote") {
+            "Write a function add(a, b)."
+        } else if u.starts_with("Write a function add") {
+            "```python\ndef add(a, b):\n    return b + a\n```"
+        } else if u.starts_with("Initial query:") {
+            "def add(a, b): return a + b  # merged"
+        } else if u.contains("Write 3 useful") {
+            "obs one\n\nobs two\nobs three"
+        } else if u.contains("Combine them into 2") {
+            "derived one\nderived two"
+        } else if u.contains("describe a solution in plain language") {
+            "Add the numbers."
+        } else if u.contains("Implement it as a Python program") {
+            "```python\nprint(sum(map(int, input().split())))\n```"
+        } else {
+            "```python\ndef add(a, b):\n    return a + b\n```"
+        };
+        vec![out.into()]
+    });
+    let (base, log) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let (s, h, v) = proxy.chat(ask("rto-m")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(content(&v, 0), "def add(a, b): return a + b  # merged");
+    assert_eq!(h["x-backend-calls"], "4");
+    {
+        let calls = log.lock().unwrap();
+        assert!(calls.iter().all(|c| c["temperature"] == 0.1));
+        assert_eq!(calls[1]["max_tokens"], 1024);
+        // The instruction round sees the first code as its own answer.
+        assert_eq!(calls[1]["messages"][2]["role"], "assistant");
+    }
+    log.lock().unwrap().clear();
+    let proxy = Proxy::start(&base, |c| c.n = 2).await;
+    let (s, h, v) = proxy.chat(ask("plansearch-m")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        h["x-backend-calls"], "8",
+        "4 calls for each of the server's n = 2"
+    );
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert!(content(&v, 1).contains("print(sum("));
+    let calls = log.lock().unwrap().clone();
+    let derived = last_user(&calls[1]);
+    assert!(
+        derived.contains("1. obs one\n2. obs two\n3. obs three"),
+        "{derived}"
+    );
+    let plan = last_user(&calls[2]);
+    assert!(plan.contains("Observation 5: derived two"), "{plan}");
+    assert!(last_user(&calls[3]).contains("Solution:\nAdd the numbers."));
+}
