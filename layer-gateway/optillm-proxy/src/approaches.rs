@@ -80,6 +80,7 @@ pub async fn run(
         "majority_voting" => majority_voting(ctx, system, query).await.map(|a| vec![a]),
         "rto" => rto(ctx, system, query).await.map(|a| vec![a]),
         "plansearch" => plansearch(ctx, system, query).await,
+        "genselect" => genselect(ctx, system, query).await.map(|a| vec![a]),
         "none" => ctx
             .backend
             .one(messages(system, query), ctx.params(None, None))
@@ -366,6 +367,78 @@ async fn plansearch(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<Vec<Stri
         out.push(code.trim().to_owned());
     }
     Ok(out)
+}
+
+/// GenSelect: `num_candidates` (request, 4) samples at the request's temperature (0.7); one
+/// comparison of all of them at `comparison_temperature` (0.3, 2048 tokens) that must name
+/// "BEST CANDIDATE: N"; that candidate (the first when the choice cannot be read; the only
+/// one when fewer than two came back).
+async fn genselect(ctx: &Ctx<'_>, system: &str, query: &str) -> Result<String, Error> {
+    let get = |k: &str| ctx.request.get(k);
+    let k = get("num_candidates")
+        .and_then(Value::as_u64)
+        .map_or(4, |k| k as usize)
+        .clamp(1, 16);
+    let candidates: Vec<String> = ctx
+        .backend
+        .samples(
+            messages(system, query),
+            ctx.params(Some(ctx.temperature(0.7)), ctx.max_tokens()),
+            k,
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    match candidates.len() {
+        0 => return Err(Error::Backend("no candidate came back".into())),
+        1 => return Ok(candidates[0].clone()),
+        _ => {}
+    }
+    let mut prompt = format!(
+        "Choose the best response to this query:\n\n{query}\n\nHere are {} candidate responses. Weigh how correct, complete, clear and relevant each one is.\n\n",
+        candidates.len()
+    );
+    for (i, c) in candidates.iter().enumerate() {
+        prompt.push_str(&format!("=== Candidate {} ===\n{c}\n\n", i + 1));
+    }
+    prompt.push_str("Compare them, then answer in this format:\nBEST CANDIDATE: [number]\nREASONING: [why it is the best]");
+    let temperature = get("comparison_temperature")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.3);
+    let verdict = ctx
+        .backend
+        .one(
+            vec![
+                json!({"role": "system", "content": "You are an expert evaluator who compares responses and picks the best."}),
+                json!({"role": "user", "content": prompt}),
+            ],
+            ctx.params(Some(temperature), Some(2048)),
+        )
+        .await?;
+    let picked = [
+        r"(?i)BEST CANDIDATE:\s*(\d+)",
+        r"[Cc]andidate\s+(\d+)\s+is\s+(?:the\s+)?best",
+        r"[Ii]\s+(?:would\s+)?select\s+[Cc]andidate\s+(\d+)",
+        r"[Tt]he\s+best\s+(?:response|candidate)\s+is\s+(?:number\s+)?(\d+)",
+    ]
+    .iter()
+    .find_map(|p| {
+        regex::Regex::new(p)
+            .ok()?
+            .captures(&verdict)?
+            .get(1)?
+            .as_str()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=candidates.len()).contains(n))
+    })
+    .unwrap_or(1);
+    ctx.say(format!(
+        "genselect: {} candidates; candidate {picked} chosen",
+        candidates.len()
+    ));
+    Ok(candidates[picked - 1].clone())
 }
 
 /// The final answer a response states ("Answer: …", "the answer is …", "### …", a lone

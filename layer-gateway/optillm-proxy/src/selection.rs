@@ -19,6 +19,7 @@ pub const RUNS: &[&str] = &[
     "majority_voting",
     "rto",
     "plansearch",
+    "genselect",
 ];
 
 /// OptiLLM's other slugs, refused with the reason (a slug must still be recognised as one,
@@ -28,7 +29,6 @@ pub const REFUSED: &[(&str, &str)] = &[
     ("leap", "not built here yet"),
     ("pvg", "not built here yet"),
     ("rstar", "not built here yet"),
-    ("genselect", "not built here yet"),
     ("readurls", "not built here yet"),
     ("memory", "not built here yet"),
     ("json", "not built here yet"),

@@ -512,3 +512,40 @@ async fn rto_round_trips_and_plansearch_plans() {
     assert!(plan.contains("Observation 5: derived two"), "{plan}");
     assert!(last_user(&calls[3]).contains("Solution:\nAdd the numbers."));
 }
+
+/// genselect: four candidates at 0.7, one comparison at 0.3 (2048 tokens) naming the best.
+#[tokio::test]
+async fn genselect_compares_and_picks() {
+    let script: Script = Arc::new(|req: &Value, _| {
+        if req["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("You are an expert evaluator")
+        {
+            let u = last_user(req);
+            assert!(u.contains("=== Candidate 4 ===\nd"), "{u}");
+            return vec![
+                "Candidate 3 is clearly better.\nBEST CANDIDATE: 3\nREASONING: right".into(),
+            ];
+        }
+        vec!["a".into(), "b".into(), "c".into(), "d".into()]
+    });
+    let (base, log) = backend(script, false).await;
+    let proxy = Proxy::start(&base, |_| {}).await;
+    let (s, h, v) = proxy.chat(ask("genselect-m")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(content(&v, 0), "c");
+    assert_eq!(h["x-backend-calls"], "2");
+    let calls = log.lock().unwrap().clone();
+    assert_eq!(
+        (calls[0]["n"].clone(), calls[0]["temperature"].clone()),
+        (json!(4), json!(0.7))
+    );
+    assert_eq!(
+        (
+            calls[1]["temperature"].clone(),
+            calls[1]["max_tokens"].clone()
+        ),
+        (json!(0.3), json!(2048))
+    );
+}
