@@ -28,6 +28,14 @@ impl RequestId {
     }
 }
 
+/// The id [`layer`] settled on for `req` (a fresh one if the layer did not run).
+pub fn of(req: &Request) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(generate)
+}
+
 /// A fresh id: a UUIDv7, so ids sort by time.
 pub fn generate() -> String {
     uuid::Uuid::now_v7().simple().to_string()

@@ -95,13 +95,6 @@ fn backend_auth(state: &AppState, headers: &HeaderMap) -> Result<Option<HeaderVa
     }))
 }
 
-fn request_id(req: &Request) -> String {
-    req.extensions()
-        .get::<service_kit::request_id::RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(service_kit::request_id::generate)
-}
-
 async fn models(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
     let auth = backend_auth(&state, req.headers())?;
     let mut r = state.http.get(format!(
@@ -141,7 +134,7 @@ async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Respon
         return Err(Error::Loop);
     }
     let auth = backend_auth(&state, req.headers())?;
-    let rid = request_id(&req);
+    let rid = service_kit::request_id::of(&req);
     let bytes = service_kit::body::read_bytes(req)
         .await
         .map_err(|e| Error::BadRequest(e.error.message))?;

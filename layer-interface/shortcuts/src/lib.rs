@@ -236,11 +236,7 @@ async fn read_call(
 ) -> Result<Call> {
     let json = wants_json(req.uri().query());
     let headers = req.headers().clone();
-    let request_id = req
-        .extensions()
-        .get::<service_kit::request_id::RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(service_kit::request_id::generate);
+    let request_id = service_kit::request_id::of(&req);
     let body = service_kit::body::read_bytes(req).await.map_err(|e| {
         if e.status == 413 {
             Error::TooLarge(state.config.common.body_limit)

@@ -22,7 +22,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, req: Request) -> Res
 }
 
 async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
-    let request_id = super::request_id(&req);
+    let request_id = service_kit::request_id::of(&req);
     let caller = match super::caller(&state, req.headers()) {
         Ok(c) => c,
         Err(e) => return proxy::reject(&state, route, request_id, None, req.headers(), e),

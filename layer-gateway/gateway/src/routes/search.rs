@@ -53,7 +53,7 @@ pub async fn open_webui(State(state): State<Arc<AppState>>, req: Request) -> Res
 async fn run(state: Arc<AppState>, tool: Option<String>, req: Request, shape: Shape) -> Response {
     let started = Instant::now();
     let started_ms = docsdb::now_ms();
-    let request_id = super::request_id(&req);
+    let request_id = service_kit::request_id::of(&req);
     let user = crate::auth::end_user(req.headers());
     let result = search(&state, tool.as_deref(), req, shape).await;
     let (status, error, tool_name, key) = match &result {
