@@ -26,6 +26,10 @@ use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use contract::chat::{
+    ChatCompletionChunk, ChatCompletionResponse, ChatMessage, Choice, ChunkChoice, Delta, Role,
+};
+use contract::usage::Usage;
 use serde_json::{Map, Value, json};
 use service_kit::auth::{KeyCheck, check_key, digest, open_without_key};
 use service_kit::routes::Routes;
@@ -72,27 +76,21 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// The client's key, checked against ours when one is set; the `Authorization` to send the
 /// backend (the client's own, unless it was our key; else `--backend-key`).
 fn backend_auth(state: &AppState, headers: &HeaderMap) -> Result<Option<HeaderValue>> {
-    let given = service_kit::auth::bearer(headers);
-    if let Some(want) = &state.key_digest {
-        match check_key(want, given) {
-            KeyCheck::Missing => return Err(Error::MissingKey),
-            KeyCheck::Invalid => return Err(Error::InvalidKey),
-            KeyCheck::Valid => {
-                return Ok(state
-                    .config
-                    .backend_key
-                    .as_deref()
-                    .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok()));
-            }
-        }
-    }
-    Ok(headers.get(AUTHORIZATION).cloned().or_else(|| {
+    let ours = || {
         state
             .config
             .backend_key
             .as_deref()
             .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok())
-    }))
+    };
+    let Some(want) = &state.key_digest else {
+        return Ok(headers.get(AUTHORIZATION).cloned().or_else(ours));
+    };
+    match check_key(want, service_kit::auth::bearer(headers)) {
+        KeyCheck::Missing => Err(Error::MissingKey),
+        KeyCheck::Invalid => Err(Error::InvalidKey),
+        KeyCheck::Valid => Ok(ours()),
+    }
 }
 
 async fn models(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
@@ -302,10 +300,35 @@ impl Job {
         Ok(out)
     }
 
-    fn usage(&self) -> Value {
-        let p = self.backend.prompt_tokens.load(Ordering::Relaxed);
-        let c = self.backend.completion_tokens.load(Ordering::Relaxed);
-        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+    fn usage(&self) -> Usage {
+        Usage::new(
+            self.backend.prompt_tokens.load(Ordering::Relaxed),
+            self.backend.completion_tokens.load(Ordering::Relaxed),
+        )
+    }
+
+    /// One chunk of this answer's stream.
+    fn chunk(
+        &self,
+        id: &str,
+        created: i64,
+        choices: Vec<ChunkChoice>,
+        usage: Option<Usage>,
+    ) -> bytes::Bytes {
+        let c = ChatCompletionChunk {
+            id: id.to_owned(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: self.asked_model.clone(),
+            choices,
+            usage: usage.map(Some),
+            system_fingerprint: None,
+            extra: Default::default(),
+        };
+        bytes::Bytes::from(format!(
+            "data: {}\n\n",
+            serde_json::to_string(&c).unwrap_or_default()
+        ))
     }
 
     fn headers(&self, label: &str) -> HeaderMap {
@@ -318,18 +341,26 @@ impl Job {
     }
 
     fn response(&self, label: &str, choices: Vec<String>) -> Response {
-        let body = json!({
-            "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            "object": "chat.completion",
-            "created": now_s(),
-            "model": self.asked_model,
-            "choices": choices.iter().enumerate().map(|(i, c)| json!({
-                "index": i,
-                "message": {"role": "assistant", "content": c},
-                "finish_reason": "stop",
-            })).collect::<Vec<_>>(),
-            "usage": self.usage(),
-        });
+        let body = ChatCompletionResponse {
+            id: completion_id(),
+            object: "chat.completion".into(),
+            created: now_s(),
+            model: self.asked_model.clone(),
+            choices: choices
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Choice {
+                    index: i as u32,
+                    message: ChatMessage::text(Role::Assistant, c),
+                    finish_reason: Some("stop".into()),
+                    logprobs: None,
+                    extra: Default::default(),
+                })
+                .collect(),
+            usage: Some(self.usage()),
+            system_fingerprint: None,
+            extra: Default::default(),
+        };
         (self.headers(label), axum::Json(body)).into_response()
     }
 
@@ -347,24 +378,37 @@ impl Job {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (out_tx, out_rx) =
             tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
-        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        let id = completion_id();
         let created = now_s();
         tokio::spawn(async move {
-            let chunk = |delta: Value, index: usize, finish: Value| {
-                let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": self.asked_model, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]});
-                bytes::Bytes::from(format!("data: {c}\n\n"))
+            let delta = |index: usize, delta: Delta, finish: Option<&str>| {
+                vec![ChunkChoice {
+                    index: index as u32,
+                    delta,
+                    finish_reason: finish.map(str::to_owned),
+                    logprobs: None,
+                    extra: Default::default(),
+                }]
+            };
+            let progress = |line: String| Delta {
+                extra: [(
+                    "reasoning_content".to_owned(),
+                    Value::String(format!("{line}\n")),
+                )]
+                .into_iter()
+                .collect(),
+                ..Delta::default()
             };
             let send = |b: bytes::Bytes| {
                 let out = out_tx.clone();
                 async move { out.send(Ok(b)).await.is_ok() }
             };
-            if !send(chunk(
-                json!({"role": "assistant", "content": ""}),
-                0,
-                Value::Null,
-            ))
-            .await
-            {
+            let opening = Delta {
+                role: Some(Role::Assistant),
+                content: Some(Some(String::new())),
+                ..Delta::default()
+            };
+            if !send(self.chunk(&id, created, delta(0, opening, None), None)).await {
                 return;
             }
             let work = self.answers(Some(&tx));
@@ -374,7 +418,7 @@ impl Job {
                     r = &mut work => break r,
                     line = rx.recv() => {
                         if let Some(l) = line
-                            && !send(chunk(json!({"reasoning_content": format!("{l}\n")}), 0, Value::Null)).await
+                            && !send(self.chunk(&id, created, delta(0, progress(l), None), None)).await
                         {
                             return;
                         }
@@ -387,22 +431,27 @@ impl Job {
                 }
             };
             while let Ok(l) = rx.try_recv() {
-                let _ = send(chunk(
-                    json!({"reasoning_content": format!("{l}\n")}),
-                    0,
-                    Value::Null,
-                ))
-                .await;
+                let _ = send(self.chunk(&id, created, delta(0, progress(l), None), None)).await;
             }
             match result {
                 Ok(choices) => {
-                    for (i, c) in choices.iter().enumerate() {
-                        let _ = send(chunk(json!({"content": c}), i, Value::Null)).await;
-                        let _ = send(chunk(json!({}), i, json!("stop"))).await;
+                    for (i, c) in choices.into_iter().enumerate() {
+                        let text = Delta {
+                            content: Some(Some(c)),
+                            ..Delta::default()
+                        };
+                        let _ = send(self.chunk(&id, created, delta(i, text, None), None)).await;
+                        let _ = send(self.chunk(
+                            &id,
+                            created,
+                            delta(i, Delta::default(), Some("stop")),
+                            None,
+                        ))
+                        .await;
                     }
                     if self.include_usage {
-                        let u = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": self.asked_model, "choices": [], "usage": self.usage()});
-                        let _ = send(bytes::Bytes::from(format!("data: {u}\n\n"))).await;
+                        let _ =
+                            send(self.chunk(&id, created, Vec::new(), Some(self.usage()))).await;
                     }
                 }
                 Err(e) => {
@@ -430,10 +479,14 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn now_s() -> u64 {
+fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Without an API key, only loopback unless `--allow-unauthenticated`.

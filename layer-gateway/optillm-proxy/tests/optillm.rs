@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -451,7 +450,6 @@ async fn refusals_name_what_and_why() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 508);
-    let _ = Duration::from_secs(0);
 }
 
 /// rto: code, its instruction (1024 tokens), code again; the same code is the answer, else a
