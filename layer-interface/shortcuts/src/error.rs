@@ -26,6 +26,8 @@ pub enum Error {
     NoAnswerInTime,
     #[error("The homelab could not answer: {0}")]
     Upstream(String),
+    #[error("There is nothing to summarise: send a text or a web address.")]
+    NothingToSummarise,
     #[error("The page could not be read: {0}")]
     Fetch(String),
     #[error("This homelab cannot fetch web pages; send the text instead.")]
@@ -47,9 +49,10 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) | Error::KeyInAddress | Error::NoFetcher => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::BadRequest(_)
+            | Error::KeyInAddress
+            | Error::NoFetcher
+            | Error::NothingToSummarise => StatusCode::BAD_REQUEST,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::MissingKey | Error::BadKey => StatusCode::UNAUTHORIZED,
             Error::UnknownModel(_) | Error::UnknownJob | Error::NotFound => StatusCode::NOT_FOUND,

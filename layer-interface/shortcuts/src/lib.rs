@@ -147,7 +147,7 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         return spoken(&Error::MissingKey, json);
     }
     let res = next.run(req).await;
-    if res.status().is_success() || res.status() == StatusCode::ACCEPTED {
+    if res.status().is_success() {
         return res;
     }
     if let Some(Spoken(sentence)) = res.extensions().get::<Spoken>().cloned() {
@@ -171,18 +171,36 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
 struct Spoken(String);
 
 fn spoken(e: &Error, json: bool) -> Response {
-    let sentence = e.to_string();
+    said(e.status(), e.to_string(), json)
+}
+
+/// One sentence with `status`: `{"error": …}` in JSON, else the text, marked as said.
+fn said(status: StatusCode, sentence: String, json: bool) -> Response {
     if json {
-        return with_json(e.status(), &sentence, &HeaderMap::new());
+        return with_json(status, &sentence, &HeaderMap::new());
     }
-    let mut res = (
-        e.status(),
-        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-        sentence.clone(),
-    )
-        .into_response();
+    let mut res = text(status, sentence.clone());
     res.extensions_mut().insert(Spoken(sentence));
     res
+}
+
+/// A plain-text answer.
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// `value` as JSON when the client asked for it, else `words` as text.
+fn reply(status: StatusCode, json: bool, value: serde_json::Value, words: String) -> Response {
+    if json {
+        (status, axum::Json(value)).into_response()
+    } else {
+        text(status, words)
+    }
 }
 
 fn with_json(status: StatusCode, sentence: &str, headers: &HeaderMap) -> Response {
@@ -208,11 +226,10 @@ impl IntoResponse for Error {
 }
 
 async fn root() -> Response {
-    (
-        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+    text(
+        StatusCode::OK,
         "homelab shortcuts: POST /ask, POST /summarise, GET /status, POST /jobs and GET /jobs/ID. Answers are plain text; add ?format=json for JSON.\n",
     )
-        .into_response()
 }
 
 /// A request as the handlers use it.
@@ -317,14 +334,38 @@ fn finish(said: chat::Said, words: Option<usize>, model: String) -> Result<Answe
     })
 }
 
+/// The model the request names, else `--model`.
+fn model_of(state: &AppState, call: &Call) -> String {
+    call.input
+        .model
+        .clone()
+        .unwrap_or_else(|| state.config.model.clone())
+}
+
+/// Asks the gateway with `messages` (at most about `words` words) and makes the answer ready
+/// to speak.
+async fn generate(
+    state: &AppState,
+    call: &Call,
+    model: String,
+    messages: Vec<serde_json::Value>,
+    words: Option<usize>,
+) -> Result<Answer> {
+    let mut body = json!({"model": model, "messages": messages});
+    if let Some(w) = words {
+        // About two tokens a word, and room to finish the sentence.
+        body["max_tokens"] = json!(w * 2 + 16);
+    }
+    let said = state
+        .gateway
+        .chat(body, call.auth.as_ref(), &call.request_id, call.deadline)
+        .await?;
+    finish(said, words, model)
+}
+
 async fn run_ask(state: &AppState, call: &Call) -> Result<Answer> {
     let question = input::required_text(&call.input)?;
     let words = max_words(state, &call.input)?;
-    let model = call
-        .input
-        .model
-        .clone()
-        .unwrap_or_else(|| state.config.model.clone());
     let history = call
         .conversation
         .as_deref()
@@ -344,16 +385,7 @@ async fn run_ask(state: &AppState, call: &Call) -> Result<Answer> {
         messages.push(json!({"role": "assistant", "content": a}));
     }
     messages.push(json!({"role": "user", "content": question}));
-    let mut body = json!({"model": model, "messages": messages});
-    if let Some(w) = words {
-        // About two tokens a word, and room to finish the sentence.
-        body["max_tokens"] = json!(w * 2 + 16);
-    }
-    let said = state
-        .gateway
-        .chat(body, call.auth.as_ref(), &call.request_id, call.deadline)
-        .await?;
-    let mut answer = finish(said, words, model)?;
+    let mut answer = generate(state, call, model_of(state, call), messages, words).await?;
     let id = call
         .conversation
         .clone()
@@ -396,11 +428,7 @@ async fn run_summarise(state: &AppState, call: &Call) -> Result<Answer> {
         }
         None => (
             "The text".to_owned(),
-            input::required_text(&call.input).map_err(|_| {
-                Error::BadRequest(
-                    "There is nothing to summarise: send a text or a web address.".into(),
-                )
-            })?,
+            input::required_text(&call.input).map_err(|_| Error::NothingToSummarise)?,
         ),
     };
     let max = state.config.max_summary_chars;
@@ -420,45 +448,26 @@ async fn run_summarise(state: &AppState, call: &Call) -> Result<Answer> {
             ""
         }
     );
-    let model = call
-        .input
-        .model
-        .clone()
-        .unwrap_or_else(|| state.config.model.clone());
-    let mut body = json!({
-        "model": model,
-        "messages": [
-            {"role": "system", "content": system},
-            {"role": "user", "content": format!("{source}:\n\n{text}")},
-        ],
-    });
-    if let Some(w) = words {
-        body["max_tokens"] = json!(w * 2 + 16);
-    }
-    let said = state
-        .gateway
-        .chat(body, call.auth.as_ref(), &call.request_id, call.deadline)
-        .await?;
-    finish(said, words, model)
+    let messages = vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": format!("{source}:\n\n{text}")}),
+    ];
+    generate(state, call, model_of(state, call), messages, words).await
 }
 
 /// An answer as text (the default) or flat JSON, with its headers.
 fn answered(answer: &Answer, json: bool) -> Response {
-    let mut res = if json {
-        axum::Json(json!({
+    let mut res = reply(
+        StatusCode::OK,
+        json,
+        json!({
             "answer": answer.text,
             "conversation": answer.conversation,
             "truncated": answer.truncated,
             "model": answer.model,
-        }))
-        .into_response()
-    } else {
-        (
-            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-            answer.text.clone(),
-        )
-            .into_response()
-    };
+        }),
+        answer.text.clone(),
+    );
     let h = res.headers_mut();
     if let Some(c) = answer
         .conversation
@@ -524,11 +533,12 @@ async fn status(State(state): State<Arc<AppState>>, req: Request) -> Result<Resp
             }
         };
     let sentence = sentence.trim().to_owned();
-    Ok(if json {
-        axum::Json(json!({ "status": sentence })).into_response()
-    } else {
-        ([(CONTENT_TYPE, "text/plain; charset=utf-8")], sentence).into_response()
-    })
+    Ok(reply(
+        StatusCode::OK,
+        json,
+        json!({ "status": sentence }),
+        sentence,
+    ))
 }
 
 async fn new_job(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
@@ -558,9 +568,7 @@ async fn new_job(State(state): State<Arc<AppState>>, req: Request) -> Result<Res
     // Refuse what would fail at once, before a job exists.
     if summarise {
         if call.input.text.is_none() && call.input.url.is_none() {
-            return Err(Error::BadRequest(
-                "There is nothing to summarise: send a text or a web address.".into(),
-            ));
+            return Err(Error::NothingToSummarise);
         }
     } else {
         input::required_text(&call.input)?;
@@ -586,20 +594,12 @@ async fn new_job(State(state): State<Arc<AppState>>, req: Request) -> Result<Res
         st.jobs.finish(&job_id, done);
     });
     let poll = format!("/jobs/{id}");
-    let mut res = if json {
-        (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"id": id, "status": "running", "poll": poll})),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::ACCEPTED,
-            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("Working on it. The answer will be at {poll}."),
-        )
-            .into_response()
-    };
+    let mut res = reply(
+        StatusCode::ACCEPTED,
+        json,
+        json!({"id": id, "status": "running", "poll": poll}),
+        format!("Working on it. The answer will be at {poll}."),
+    );
     if let Ok(v) = HeaderValue::from_str(&poll) {
         res.headers_mut().insert("location", v);
     }
@@ -620,46 +620,23 @@ async fn job(
     match state.jobs.get(&id, &owner) {
         None => Err(Error::UnknownJob),
         Some(JobState::Running) => {
-            let mut res = if json {
-                (
-                    StatusCode::ACCEPTED,
-                    axum::Json(json!({"id": id, "status": "running"})),
-                )
-                    .into_response()
-            } else {
-                (
-                    StatusCode::ACCEPTED,
-                    [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-                    "Still working.",
-                )
-                    .into_response()
-            };
+            let mut res = reply(
+                StatusCode::ACCEPTED,
+                json,
+                json!({"id": id, "status": "running"}),
+                "Still working.".into(),
+            );
             res.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("5"));
             Ok(res)
         }
         Some(JobState::Done(answer)) => Ok(answered(&answer, json)),
-        Some(JobState::Failed { status, sentence }) => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut res = if json {
-                (code, axum::Json(json!({ "error": sentence }))).into_response()
-            } else {
-                (
-                    code,
-                    [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-                    sentence.clone(),
-                )
-                    .into_response()
-            };
-            res.extensions_mut().insert(Spoken(sentence));
-            Ok(res)
-        }
+        Some(JobState::Failed { status, sentence }) => Ok(said(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            sentence,
+            json,
+        )),
     }
-}
-
-/// Nothing to check at start: beyond loopback the service itself refuses keyless requests.
-pub fn check_bind(_config: &Config) -> Result<(), Error> {
-    Ok(())
 }
 
 /// Runs the service until `shutdown` resolves.
@@ -708,6 +685,5 @@ service_kit::service!(
     "shortcuts",
     Error,
     common = common,
-    routes = routes().table().to_vec(),
-    check = check_bind
+    routes = routes().table().to_vec()
 );
