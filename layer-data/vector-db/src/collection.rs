@@ -160,6 +160,22 @@ impl Collection {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The changed slots of a build under way, from a shared borrow.
+    fn changes_locked(&self) -> std::sync::MutexGuard<'_, Option<HashSet<usize>>> {
+        self.changed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes points past `build`'s cursor into it, at most `limit`; how many it took.
+    fn take_new(&self, build: &mut GraphBuild, limit: usize) -> usize {
+        let mut taken = 0;
+        while build.cursor < self.len() && taken < limit {
+            build.graph.insert(&self.vectors, build.cursor);
+            build.cursor += 1;
+            taken += 1;
+        }
+        taken
+    }
+
     /// Whether the graph should be built (again) now: no build is under way and the
     /// collection has reached `approximate_above` points without a graph, or removals have
     /// reached half the points the graph was built with (links left to removed points make it
@@ -169,11 +185,7 @@ impl Collection {
         if self.approximate_above == 0 || self.graph_params.m == 0 || n < self.approximate_above {
             return false;
         }
-        let building = self
-            .changed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
+        let building = self.changes_locked().is_some();
         !building
             && self
                 .graph
@@ -202,7 +214,7 @@ impl Collection {
     /// in it. Runs under a shared lock: searches go on, writes wait at most one step.
     pub fn build_step(&self, build: &mut GraphBuild, budget: usize) -> Step {
         let batch: Vec<usize> = {
-            let mut guard = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = self.changes_locked();
             let Some(changed) = guard.as_mut() else {
                 return Step::Abandoned;
             };
@@ -212,20 +224,13 @@ impl Collection {
             }
             batch
         };
-        let mut spent = self.relink(build, batch);
-        let len = self.len();
-        while build.cursor < len && spent < budget {
-            build.graph.insert(&self.vectors, build.cursor);
-            build.cursor += 1;
-            spent += 1;
-        }
+        let spent = self.relink(build, batch);
+        self.take_new(build, budget.saturating_sub(spent));
         let pending = self
-            .changed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .changes_locked()
             .as_ref()
             .is_some_and(|c| !c.is_empty());
-        if build.cursor < len || pending {
+        if build.cursor < self.len() || pending {
             Step::More
         } else {
             Step::Done
@@ -254,10 +259,7 @@ impl Collection {
             return;
         };
         self.relink(&mut build, changed.into_iter().collect());
-        while build.cursor < self.len() {
-            build.graph.insert(&self.vectors, build.cursor);
-            build.cursor += 1;
-        }
+        self.take_new(&mut build, usize::MAX);
         let mut graph = build.graph;
         graph.built_with = self.len();
         graph.removed = 0;
@@ -269,7 +271,8 @@ impl Collection {
         self.graph = Some(graph);
     }
 
-    /// Builds a due graph at once (tests, and callers with nothing else to do).
+    /// Builds a due graph at once.
+    #[cfg(test)]
     pub fn build_now(&mut self) {
         if let Some(mut b) = self.start_build() {
             while self.build_step(&mut b, usize::MAX) == Step::More {}

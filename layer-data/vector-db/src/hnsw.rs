@@ -106,16 +106,6 @@ impl Hnsw {
         }
     }
 
-    /// A graph over every slot of `vectors`.
-    pub fn build(vectors: &Vectors, params: Params) -> Hnsw {
-        let mut h = Hnsw::new(params);
-        for slot in 0..vectors.len() {
-            h.insert(vectors, slot);
-        }
-        h.built_with = vectors.len();
-        h
-    }
-
     fn max_links(&self, level: usize) -> usize {
         if level == 0 { self.m0 } else { self.params.m }
     }

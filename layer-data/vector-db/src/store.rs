@@ -435,6 +435,11 @@ const BUILD_STEP: usize = 32;
 /// time between which writes and searches go on ([`Collection::build_step`]). A collection
 /// deleted meanwhile (or the store dropped) ends the build at its next step.
 fn build_graph_if_due(name: &str, entry: &Arc<Entry>) {
+    // Checked under the shared lock first: after most writes nothing is due, and searches
+    // should not wait for an exclusive lock just to learn that.
+    if !entry.read().graph_due() {
+        return;
+    }
     let Some(mut build) = entry.modify().start_build() else {
         return;
     };
