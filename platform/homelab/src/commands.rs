@@ -81,21 +81,40 @@ pub async fn export(db: &Db, args: &ExportArgs) -> Result<(), Error> {
         }
     };
     drop(conn);
-    match &args.out {
-        None => {
-            use std::io::Write;
-            let _ = std::io::stdout().lock().write_all(text.as_bytes());
-        }
-        Some(path) => {
-            // Write beside the target, then rename: a reader never sees half a file.
-            let shown = path.display().to_string();
-            let tmp = path.with_extension("tmp-export");
-            std::fs::write(&tmp, text.as_bytes()).map_err(io_err(&shown))?;
-            std::fs::rename(&tmp, path).map_err(io_err(&shown))?;
-            output::line(&format!("wrote {shown}"));
-        }
+    if let Some(shown) = write_out(args.out.as_deref(), &text, 0o666)? {
+        output::line(&format!("wrote {shown}"));
     }
     Ok(())
+}
+
+/// `text` to standard output, or to `out`: written beside it with `mode` (less the umask)
+/// and renamed into place, so a reader never sees half a file. The path written, if any.
+fn write_out(
+    out: Option<&std::path::Path>,
+    text: &str,
+    mode: u32,
+) -> Result<Option<String>, Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = out else {
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        return Ok(None);
+    };
+    let shown = path.display().to_string();
+    let tmp = path.with_extension("tmp-write");
+    // A stale one would keep its old permissions.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&shown))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&shown))?;
+    f.sync_all().map_err(io_err(&shown))?;
+    std::fs::rename(&tmp, path).map_err(io_err(&shown))?;
+    Ok(Some(shown))
 }
 
 /// `homelab registry list KIND [--json]`
@@ -405,29 +424,9 @@ pub async fn openwebui_env(db: &Db, args: &OpenWebUiEnvArgs) -> Result<(), Error
         },
         args.keyed_tools,
     );
-    match &args.out {
-        None => {
-            use std::io::Write;
-            let _ = std::io::stdout().lock().write_all(text.as_bytes());
-        }
-        Some(path) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // Private from the start, and whole or not at all.
-            let shown = path.display().to_string();
-            let tmp = path.with_extension("tmp-env");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err(&shown))?;
-            f.write_all(text.as_bytes()).map_err(io_err(&shown))?;
-            f.sync_all().map_err(io_err(&shown))?;
-            std::fs::rename(&tmp, path).map_err(io_err(&shown))?;
-            output::note(&format!("wrote {shown} (mode 600)"));
-        }
+    // It holds a key: private from the start.
+    if let Some(shown) = write_out(args.out.as_deref(), &text, 0o600)? {
+        output::note(&format!("wrote {shown} (mode 600)"));
     }
     output::note(&format!(
         "made key `{}` for Open WebUI; {}; registered `{}` at {} for the monitor",

@@ -7,8 +7,6 @@
 //! access_grants}, info: {id, name, description}}`, and an entry without `access_grants` is
 //! for admins only.
 
-use std::fmt::Write as _;
-
 use docsdb::spec::{Api, EndpointSpec, Layer, Lifecycle, ServiceKind, ServiceSpec, SystemSpec};
 use serde_json::{Value, json};
 
@@ -73,6 +71,24 @@ pub fn tool_servers(spec: &SystemSpec, keyed: bool) -> Vec<Value> {
         .collect()
 }
 
+/// What the registry offers Open WebUI, read once for the file and its summary.
+struct Offers<'a> {
+    embed: bool,
+    /// The vector store's URL.
+    vector_db: Option<&'a str>,
+    search: bool,
+    tools: Vec<Value>,
+}
+
+fn offers(spec: &SystemSpec, keyed_tools: bool) -> Offers<'_> {
+    Offers {
+        embed: spec.handles.iter().any(|h| h.handle == EMBED_HANDLE),
+        vector_db: service(spec, "vector-db").and_then(|s| s.base_url.as_deref()),
+        search: spec.endpoints.iter().any(|e| e.api == Api::Searxng),
+        tools: tool_servers(spec, keyed_tools),
+    }
+}
+
 fn service<'a>(spec: &'a SystemSpec, name: &str) -> Option<&'a ServiceSpec> {
     spec.services
         .iter()
@@ -97,6 +113,7 @@ pub fn render(spec: &SystemSpec, inputs: &EnvInputs, keyed_tools: bool) -> Strin
     let gw = inputs.gateway.trim_end_matches('/');
     let v1 = format!("{gw}/v1");
     let key = value(&inputs.secret);
+    let offers = offers(spec, keyed_tools);
     let mut s = String::new();
     let mut line = |l: &str| {
         s.push_str(l);
@@ -132,7 +149,7 @@ pub fn render(spec: &SystemSpec, inputs: &EnvInputs, keyed_tools: bool) -> Strin
     line("# gateway keeps them in its request log (the monitor's handle view breaks it down).");
     line("ENABLE_FORWARD_USER_INFO_HEADERS=True");
     line("");
-    if handle(EMBED_HANDLE) {
+    if offers.embed {
         line(&format!(
             "# RAG: documents embedded through the gateway's `{EMBED_HANDLE}` handle."
         ));
@@ -147,7 +164,7 @@ pub fn render(spec: &SystemSpec, inputs: &EnvInputs, keyed_tools: bool) -> Strin
             "# RAG: no `{EMBED_HANDLE}` handle is registered; Open WebUI embeds with its own model."
         ));
     }
-    match service(spec, "vector-db").and_then(|s| s.base_url.as_deref()) {
+    match offers.vector_db {
         Some(url) => {
             line(
                 "# Documents, memories and web results in the data layer's vector store (Qdrant's",
@@ -166,8 +183,7 @@ pub fn render(spec: &SystemSpec, inputs: &EnvInputs, keyed_tools: bool) -> Strin
         ),
     }
     line("");
-    let search = spec.endpoints.iter().any(|e| e.api == Api::Searxng);
-    if search {
+    if offers.search {
         line("# Web search through the gateway (SearXNG behind it), logged and limited there.");
         line("ENABLE_WEB_SEARCH=True");
         line("WEB_SEARCH_ENGINE=external");
@@ -181,7 +197,7 @@ pub fn render(spec: &SystemSpec, inputs: &EnvInputs, keyed_tools: bool) -> Strin
         line("ENABLE_WEB_SEARCH=False");
     }
     line("");
-    let tools = tool_servers(spec, keyed_tools);
+    let tools = offers.tools;
     if tools.is_empty() {
         line("# Tools: no MCP tool server is registered.");
     } else {
@@ -238,33 +254,18 @@ pub fn gateway_url(spec: &SystemSpec) -> Result<String, Error> {
         })
 }
 
-/// The endpoint kinds the file draws on, for the summary on standard error.
+/// What the file draws on, for the summary on standard error.
 pub fn summary(spec: &SystemSpec) -> String {
-    let mut s = String::new();
-    let count = |api: Api| {
-        spec.endpoints
-            .iter()
-            .filter(|e: &&EndpointSpec| e.api == api)
-            .count()
-    };
-    let _ = write!(
-        s,
+    let o = offers(spec, false);
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    format!(
         "models: {} handles; embeddings: {}; vector store: {}; web search: {}; tool servers: {}",
         spec.handles.len(),
-        if spec.handles.iter().any(|h| h.handle == EMBED_HANDLE) {
-            "yes"
-        } else {
-            "no"
-        },
-        if service(spec, "vector-db").is_some() {
-            "yes"
-        } else {
-            "no"
-        },
-        if count(Api::Searxng) > 0 { "yes" } else { "no" },
-        count(Api::Mcp)
-    );
-    s
+        yes(o.embed),
+        yes(o.vector_db.is_some()),
+        yes(o.search),
+        o.tools.len()
+    )
 }
 
 #[cfg(test)]

@@ -207,6 +207,14 @@ struct About {
     readme: &'static str,
 }
 
+/// Where the entry registered as `name` listens, if it runs.
+fn addr_of(entries: &[Entry], name: &str) -> Option<SocketAddr> {
+    entries
+        .iter()
+        .find(|e| e.about.name == name)
+        .map(|e| e.addr)
+}
+
 /// Starts a bound service; its error as text.
 type Start = Box<
     dyn FnOnce(
@@ -337,8 +345,8 @@ pub async fn up(
     if let Some(port) = o.optillm_port {
         let mut config =
             optillm_proxy::Config::new(&bind(port), &format!("http://{}/v1", reachable(gw_addr)));
-        // Its clients' keys go on to the gateway; beyond loopback it wants the master key.
-        config.api_key = None;
+        // It holds no key of its own: its clients' keys go on to the gateway, which checks
+        // them. Beyond loopback it is open only as far as the gateway is.
         config.allow_unauthenticated = o.allow_unauthenticated || o.master_key.is_some();
         entries.push(
             entry(
@@ -358,11 +366,9 @@ pub async fn up(
         );
     }
     if let Some(port) = o.shortcuts_port {
-        let monitor = entries[1].addr;
-        let web_fetch = entries
-            .iter()
-            .find(|e| e.about.name == "web-fetch")
-            .map(|e| format!("http://{}/mcp", reachable(e.addr)));
+        let monitor = addr_of(&entries, "system-monitor").unwrap_or(gw_addr);
+        let web_fetch =
+            addr_of(&entries, "web-fetch").map(|a| format!("http://{}/mcp", reachable(a)));
         let mut config = shortcuts::Config::new(
             &bind(port),
             &format!("http://{}", reachable(gw_addr)),
@@ -506,40 +512,17 @@ pub async fn up(
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let (engine_addr, mon_addr) = {
-        let addr_of = |name: &str| {
-            entries
-                .iter()
-                .find(|e| e.about.name == name)
-                .map(|e| e.addr)
-        };
-        (
-            addr_of("local-engine"),
-            addr_of("system-monitor").unwrap_or(gw_addr),
-        )
-    };
+    let engine_addr = addr_of(&entries, "local-engine");
+    let mon_addr = addr_of(&entries, "system-monitor").unwrap_or(gw_addr);
     let tool_urls: Vec<(String, String)> = entries
         .iter()
         .filter(|e| matches!(e.about.endpoint, Some((docsdb::spec::Api::Mcp, _))))
         .map(|e| (e.about.name.to_owned(), format!("http://{}/mcp", e.addr)))
         .collect();
-    let (vector_db_addr, memory_addr) = {
-        let addr_of = |name: &str| {
-            entries
-                .iter()
-                .find(|e| e.about.name == name)
-                .map(|e| e.addr)
-        };
-        (addr_of("vector-db"), addr_of("memory"))
-    };
-    let shortcuts_addr = entries
-        .iter()
-        .find(|e| e.about.name == "shortcuts")
-        .map(|e| e.addr);
-    let optillm_addr = entries
-        .iter()
-        .find(|e| e.about.name == "optillm-proxy")
-        .map(|e| e.addr);
+    let vector_db_addr = addr_of(&entries, "vector-db");
+    let memory_addr = addr_of(&entries, "memory");
+    let shortcuts_addr = addr_of(&entries, "shortcuts");
+    let optillm_addr = addr_of(&entries, "optillm-proxy");
     for e in entries {
         let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
         tasks.spawn(async move { (name, run.await) });
