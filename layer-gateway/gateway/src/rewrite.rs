@@ -143,12 +143,11 @@ pub fn rewrite(body: &[u8], scanned: &Scanned, edits: &Edits<'_>) -> Vec<u8> {
         }
     }
     replace.sort_by_key(|(r, _)| r.start);
-    let removed: Vec<&Member> = scanned
+    if scanned
         .members
         .iter()
-        .filter(|m| edits.remove.contains(&m.key.as_str()))
-        .collect();
-    if !removed.is_empty() {
+        .any(|m| edits.remove.contains(&m.key.as_str()))
+    {
         return rewrite_kept(body, scanned, replace, append, edits.remove);
     }
     let mut out = Vec::with_capacity(body.len() + 64);
