@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use docsdb::spec::{Api, EndpointSpec, HandleSpec, Strategy, SystemSpec, TargetSpec};
+mod common;
+
+use docsdb::spec::{HandleSpec, Strategy, TargetSpec};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -66,17 +68,7 @@ async fn gateway(engine: &str, handles: Vec<HandleSpec>) -> Gw {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
     let db = docsdb::Db::open(&db_url).await.unwrap();
-    let spec = SystemSpec {
-        endpoints: vec![EndpointSpec {
-            name: "engine".into(),
-            service: None,
-            base_url: format!("{engine}/v1"),
-            api: Api::Openai,
-            auth_env: None,
-        }],
-        handles,
-        ..Default::default()
-    };
+    let spec = common::engine_registry(&format!("{engine}/v1"), handles);
     docsdb::apply::apply(&db, &spec, false).await.unwrap();
     let mut config = gateway::Config::new(&db_url, "127.0.0.1:0");
     config.retries = 0;

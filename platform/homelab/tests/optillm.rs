@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use docsdb::spec::{EndpointSpec, HandleSpec, Strategy, SystemSpec, TargetSpec};
+use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
 use homelab::up::UpOptions;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -30,17 +30,10 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
     let db = docsdb::Db::open(&db_url).await.unwrap();
-    let engine_spec = SystemSpec {
-        endpoints: vec![EndpointSpec {
-            name: "engine".into(),
-            service: None,
-            base_url: engine.base_url(),
-            api: Default::default(),
-            auth_env: None,
-        }],
-        handles: vec![handle("local", "engine", "small-model")],
-        ..Default::default()
-    };
+    let engine_spec = common::engine_registry(
+        &engine.base_url(),
+        vec![handle("local", "engine", "small-model")],
+    );
     docsdb::apply::apply(&db, &engine_spec, false)
         .await
         .unwrap();

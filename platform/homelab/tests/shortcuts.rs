@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use docsdb::spec::{EndpointSpec, HandleSpec, Strategy, SystemSpec, TargetSpec};
+use docsdb::spec::{HandleSpec, Strategy, TargetSpec};
 use homelab::up::{ToolsOptions, UpOptions};
 use serde_json::json;
 use sqlx::Row;
@@ -29,22 +29,15 @@ async fn a_phone_asks_through_the_gateway_with_its_own_key() {
     // A registry with a `default` handle on the stand-in engine, and a key for the phone.
     let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
     let db = docsdb::Db::open(&db_url).await.unwrap();
-    let spec = SystemSpec {
-        endpoints: vec![EndpointSpec {
-            name: "engine".into(),
-            service: None,
-            base_url: up.base_url(),
-            api: Default::default(),
-            auth_env: None,
-        }],
-        handles: vec![HandleSpec {
+    let spec = common::engine_registry(
+        &up.base_url(),
+        vec![HandleSpec {
             handle: "default".into(),
             description: None,
             strategy: Strategy::Priority,
             targets: vec![TargetSpec::on_endpoint("engine", "bee-model")],
         }],
-        ..Default::default()
-    };
+    );
     docsdb::apply::apply(&db, &spec, false).await.unwrap();
     let (_, phone_key) = docsdb::keys::create(
         &db,

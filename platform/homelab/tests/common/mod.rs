@@ -80,3 +80,22 @@ pub fn workspace_metadata() -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A registry of one OpenAI-compatible endpoint named `engine` at `base_url` and `handles`
+/// on it (a stand-in engine for tests).
+pub fn engine_registry(
+    base_url: &str,
+    handles: Vec<docsdb::spec::HandleSpec>,
+) -> docsdb::spec::SystemSpec {
+    docsdb::spec::SystemSpec {
+        endpoints: vec![docsdb::spec::EndpointSpec {
+            name: "engine".into(),
+            service: None,
+            base_url: base_url.to_owned(),
+            api: docsdb::spec::Api::Openai,
+            auth_env: None,
+        }],
+        handles,
+        ..Default::default()
+    }
+}
