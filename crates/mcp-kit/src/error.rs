@@ -9,6 +9,9 @@ pub enum Error {
     /// The stdio transport failed (the client sent no valid `initialize`, or I/O failed).
     #[error("stdio transport: {0}")]
     Stdio(String),
+    /// A tool server could not be reached or broke the protocol ([`crate::client`]).
+    #[error("MCP client: {0}")]
+    Client(String),
     #[error(transparent)]
     Service(#[from] service_kit::Error),
 }

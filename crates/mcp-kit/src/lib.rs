@@ -9,8 +9,10 @@
 //!   on open sessions; plus `GET /health` for the monitor.
 //! - [`serve`]: runs a server over stdio or HTTP until the shutdown signal.
 //! - [`tool_error`]: a tool failure as an `isError` result the model can read.
+//! - [`client::ToolClient`]: the other side, for services that call one of the tools.
 
 mod auth;
+pub mod client;
 mod error;
 
 use std::future::Future;

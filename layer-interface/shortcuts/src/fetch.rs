@@ -1,36 +1,27 @@
 //! Reading a page through the web-fetch tool (its SSRF guard, robots.txt and size limits
-//! apply), as an MCP client over Streamable HTTP: initialize, call `fetch`, close.
+//! apply), with the shared MCP client.
 
-use serde_json::{Value, json};
+use mcp_kit::client::ToolClient;
+use serde_json::json;
 use tokio::time::{Instant, timeout_at};
 
 use crate::error::Error;
 
-/// The protocol revision asked for; the server answers with the one it speaks.
-const PROTOCOL: &str = "2025-06-18";
-
 #[derive(Debug, Clone)]
 pub struct WebFetch {
-    pub http: reqwest::Client,
-    pub url: String,
-    pub key: Option<String>,
+    pub tool: ToolClient,
 }
 
 impl WebFetch {
-    fn post(&self, session: Option<&str>, version: &str, body: &Value) -> reqwest::RequestBuilder {
-        let mut r = self
-            .http
-            .post(&self.url)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", version)
-            .json(body);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
+    pub fn new(http: reqwest::Client, url: String, key: Option<String>) -> WebFetch {
+        WebFetch {
+            tool: ToolClient {
+                http,
+                url,
+                key,
+                name: "homelab-shortcuts".into(),
+            },
         }
-        if let Some(k) = &self.key {
-            r = r.bearer_auth(k);
-        }
-        r
     }
 
     /// The page at `url` as text (Markdown for HTML), at most `max_chars`.
@@ -40,111 +31,25 @@ impl WebFetch {
         max_chars: usize,
         deadline: Instant,
     ) -> Result<String, Error> {
-        timeout_at(deadline, self.fetch_inner(url, max_chars))
+        let call = self
+            .tool
+            .call("fetch", json!({"url": url, "max_length": max_chars}));
+        let answer = timeout_at(deadline, call)
             .await
             .map_err(|_| Error::Fetch("it took too long.".into()))?
-    }
-
-    async fn fetch_inner(&self, url: &str, max_chars: usize) -> Result<String, Error> {
-        let broken = |e: String| {
-            tracing::warn!(error = %e, "web-fetch failed");
-            Error::Fetch("the web-fetch tool did not answer.".into())
-        };
-        let init = json!({
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {
-                "protocolVersion": PROTOCOL,
-                "capabilities": {},
-                "clientInfo": {"name": "homelab-shortcuts", "version": env!("CARGO_PKG_VERSION")},
-            },
-        });
-        let res = self
-            .post(None, PROTOCOL, &init)
-            .send()
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let session = res
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let hello = reply(res, 1).await.map_err(broken)?;
-        let version = hello["result"]["protocolVersion"]
-            .as_str()
-            .unwrap_or(PROTOCOL)
-            .to_owned();
-        let notified = self
-            .post(
-                session.as_deref(),
-                &version,
-                &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            )
-            .send()
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        if !notified.status().is_success() {
-            return Err(broken(format!("initialized: {}", notified.status())));
-        }
-        let call = json!({
-            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "fetch", "arguments": {"url": url, "max_length": max_chars}},
-        });
-        let res = self
-            .post(session.as_deref(), &version, &call)
-            .send()
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let answer = reply(res, 2).await.map_err(broken);
-        if let Some(s) = &session {
-            let mut d = self.http.delete(&self.url).header("mcp-session-id", s);
-            if let Some(k) = &self.key {
-                d = d.bearer_auth(k);
-            }
-            let _ = d.send().await;
-        }
-        let answer = answer?;
-        if let Some(e) = answer["error"]["message"].as_str() {
-            return Err(broken(e.to_owned()));
-        }
-        let text: String = answer["result"]["content"]
-            .as_array()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .filter_map(|p| p["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
-        if answer["result"]["isError"] == true {
-            let first = text.lines().next().unwrap_or("it was refused").trim();
+            .map_err(|e| {
+                tracing::warn!(error = %e, "web-fetch failed");
+                Error::Fetch("the web-fetch tool did not answer.".into())
+            })?;
+        if answer.is_error {
+            let first = answer
+                .text
+                .lines()
+                .next()
+                .unwrap_or("it was refused")
+                .trim();
             return Err(Error::Fetch(format!("{}.", first.trim_end_matches('.'))));
         }
-        Ok(text)
+        Ok(answer.text)
     }
-}
-
-/// The JSON-RPC answer with `id`, from a JSON body or an event stream.
-async fn reply(res: reqwest::Response, id: u64) -> Result<Value, String> {
-    let status = res.status();
-    let sse = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("text/event-stream"));
-    let body = res.bytes().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-    }
-    if !sse {
-        return serde_json::from_slice(&body).map_err(|e| e.to_string());
-    }
-    let events = contract::sse::SseDecoder::new()
-        .push(&body)
-        .map_err(|e| e.to_string())?;
-    events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
-        .find(|v| v["id"] == id)
-        .ok_or_else(|| "no answer in the event stream".to_owned())
 }

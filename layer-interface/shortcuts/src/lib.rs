@@ -655,10 +655,12 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let gateway = chat::Gateway::new(&config.gateway, config.connect_timeout)?;
-    let fetcher = (!config.web_fetch.trim().is_empty()).then(|| fetch::WebFetch {
-        http: gateway.http.clone(),
-        url: config.web_fetch.clone(),
-        key: config.web_fetch_key.clone(),
+    let fetcher = (!config.web_fetch.trim().is_empty()).then(|| {
+        fetch::WebFetch::new(
+            gateway.http.clone(),
+            config.web_fetch.clone(),
+            config.web_fetch_key.clone(),
+        )
     });
     let keyed = !service_kit::auth::is_loopback_bind(&config.bind);
     let drain = config.common.drain_timeout;
