@@ -104,6 +104,33 @@ pub struct Config {
     )]
     pub mcts_depth: usize,
 
+    /// rStar's depth of each rollout.
+    #[arg(
+        long = "rstar-max-depth",
+        alias = "rstar_max_depth",
+        env = "OPTILLM_RSTAR_MAX_DEPTH",
+        default_value_t = 3
+    )]
+    pub rstar_max_depth: usize,
+
+    /// rStar's rollouts.
+    #[arg(
+        long = "rstar-num-rollouts",
+        alias = "rstar_num_rollouts",
+        env = "OPTILLM_RSTAR_NUM_ROLLOUTS",
+        default_value_t = 5
+    )]
+    pub rstar_num_rollouts: usize,
+
+    /// rStar's exploration constant.
+    #[arg(
+        long = "rstar-c",
+        alias = "rstar_c",
+        env = "OPTILLM_RSTAR_C",
+        default_value_t = 1.4
+    )]
+    pub rstar_c: f64,
+
     /// Keep `cot_reflection`'s `<thinking>` and `<reflection>` in the answer.
     #[arg(
         long = "return-full-response",
@@ -111,6 +138,43 @@ pub struct Config {
         env = "OPTILLM_RETURN_FULL_RESPONSE"
     )]
     pub return_full_response: bool,
+
+    /// The most backend calls one request may make (a request may ask for fewer with
+    /// `optillm_max_backend_calls`). When they are spent, the best answer so far is the
+    /// answer (`x-optillm-budget: calls`).
+    #[arg(long, env = "HOMELAB_OPTILLM_MAX_BACKEND_CALLS", default_value_t = 64)]
+    pub max_backend_calls: u64,
+
+    /// How long one request may run (a request may ask for less with `optillm_deadline`, in
+    /// seconds). Then the best answer so far is the answer (`x-optillm-budget: deadline`).
+    #[arg(long, env = "HOMELAB_OPTILLM_DEADLINE", default_value = "300s", value_parser = duration)]
+    pub deadline: Duration,
+
+    /// The most calls to one backend model at a time, over all requests: an approach's
+    /// fan-out queues here instead of overloading a local server's slots.
+    #[arg(long, env = "HOMELAB_OPTILLM_MAX_CONCURRENT", default_value_t = 4)]
+    pub max_concurrent_calls: usize,
+
+    /// The web-fetch tool's MCP endpoint, through which `readurls` reads pages (so its SSRF
+    /// guard, robots.txt and size limits apply). Empty: `readurls` is refused.
+    #[arg(
+        long,
+        env = "HOMELAB_WEB_FETCH_URL",
+        default_value = "http://127.0.0.1:4020/mcp"
+    )]
+    pub web_fetch: String,
+
+    /// The web-fetch tool's bearer key, when it wants one.
+    #[arg(long, env = "HOMELAB_WEB_FETCH_KEY", hide_env_values = true)]
+    pub web_fetch_key: Option<String>,
+
+    /// The most characters `readurls` takes from one page (OptiLLM's 100,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub readurls_max_chars: usize,
+
+    /// The most pages `readurls` reads for one query.
+    #[arg(long, default_value_t = 5)]
+    pub readurls_max_pages: usize,
 
     /// The most `n` a request may ask for.
     #[arg(long, default_value_t = 8)]
@@ -136,6 +200,7 @@ impl Config {
         c.host = None;
         c.port = None;
         c.approach = "auto".into();
+        c.web_fetch_key = None;
         c
     }
 

@@ -24,6 +24,12 @@ pub enum Error {
     /// The backend answered with an error of its own.
     #[error("the backend refused: {status}")]
     BackendRefused { status: u16, body: Value },
+    /// The request's budget ran out before any answer came back.
+    #[error("the request's budget ran out ({}) before any answer came back", .0.as_str())]
+    Budget(crate::backend::Spent),
+    /// A tool (web-fetch, for `readurls`) could not be used.
+    #[error("{0}")]
+    Tool(String),
     /// The backend could not be reached or answered nonsense.
     #[error("{0}")]
     Backend(String),
@@ -62,7 +68,13 @@ impl Error {
                         ApiError::bad_gateway(format!("the backend answered {status}"))
                     })
             }
-            Error::Backend(m) => ApiError::bad_gateway(m.clone()),
+            Error::Backend(m) | Error::Tool(m) => ApiError::bad_gateway(m.clone()),
+            Error::Budget(_) => ApiError::new(
+                504,
+                "server_error",
+                Some("budget_exhausted"),
+                self.to_string(),
+            ),
             Error::UnsafeBind(_) | Error::Service(_) => ApiError::internal(self.to_string()),
         }
     }

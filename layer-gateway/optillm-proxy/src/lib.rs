@@ -17,7 +17,7 @@ pub mod similarity;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub config: Config,
     pub http: reqwest::Client,
     key_digest: Option<[u8; 32]>,
+    pool: Arc<backend::Pool>,
+    web: Option<mcp_kit::client::ToolClient>,
 }
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -127,6 +129,10 @@ const NOT_CONFIG: &[&str] = &[
     "stream_options",
 ];
 
+/// Body fields by which a request asks for a smaller budget than the server's.
+const BUDGET_CALLS: &str = "optillm_max_backend_calls";
+const BUDGET_DEADLINE: &str = "optillm_deadline";
+
 async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
     if req.headers().contains_key(backend::HOP_HEADER) {
         return Err(Error::Loop);
@@ -167,16 +173,18 @@ async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Respon
         )),
         Refusal::BadCombination(m) => Error::BadRequest(m),
     })?;
-    let backend = backend::Backend {
-        http: state.http.clone(),
-        base: state.config.base_url.trim_end_matches('/').to_owned(),
+    let budget = budget(&state.config, &body)?;
+    body.remove(BUDGET_CALLS);
+    body.remove(BUDGET_DEADLINE);
+    let backend = backend::Backend::new(
+        state.http.clone(),
+        state.config.base_url.trim_end_matches('/').to_owned(),
         auth,
-        request_id: rid,
-        timeout: state.config.backend_timeout,
-        calls: AtomicU64::new(0),
-        prompt_tokens: AtomicU64::new(0),
-        completion_tokens: AtomicU64::new(0),
-    };
+        rid,
+        state.config.backend_timeout,
+        state.pool.clone(),
+        budget,
+    );
     body.insert("model".into(), Value::String(selected.model.clone()));
     if selected.plan == Plan::One("none".into()) {
         return pass_through(&backend, &Value::Object(body)).await;
@@ -202,11 +210,25 @@ async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Respon
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let mut plan = selected.plan;
+    // readurls answers with the query, pages read in: when nothing comes after it, the
+    // query is answered (OptiLLM would hand the client its own question back).
+    if plan.approaches().last() == Some(&"readurls") {
+        plan = match plan {
+            Plan::One(a) => Plan::Chain(vec![a, "none".into()]),
+            Plan::Chain(mut v) => {
+                v.push("none".into());
+                Plan::Chain(v)
+            }
+            p @ Plan::Parallel(_) => p,
+        };
+    }
     let job = Job {
         state: state.clone(),
         backend,
-        plan: selected.plan,
+        plan,
         model: selected.model,
+        response_format: body.get("response_format").cloned(),
         asked_model,
         request,
         messages,
@@ -223,6 +245,37 @@ async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Respon
         let choices = job.answers(None).await?;
         Ok(job.response(&label, choices))
     }
+}
+
+/// The request's budget: the server's, or less where the request asks for less.
+fn budget(config: &Config, body: &Map<String, Value>) -> Result<backend::Budget> {
+    let calls = match body.get(BUDGET_CALLS) {
+        None | Some(Value::Null) => config.max_backend_calls,
+        Some(v) => v
+            .as_u64()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| {
+                Error::BadRequest(format!("`{BUDGET_CALLS}` must be a whole number above 0"))
+            })?
+            .min(config.max_backend_calls),
+    };
+    let deadline = match body.get(BUDGET_DEADLINE) {
+        None | Some(Value::Null) => config.deadline,
+        Some(v) => v
+            .as_f64()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "`{BUDGET_DEADLINE}` must be a number of seconds above 0"
+                ))
+            })?
+            .min(config.deadline),
+    };
+    Ok(backend::Budget {
+        max_calls: calls,
+        deadline: tokio::time::Instant::now() + deadline,
+    })
 }
 
 /// `none`: the request as it is (model and tag aside), the backend's answer byte for byte —
@@ -255,46 +308,89 @@ struct Job {
     asked_model: String,
     request: Map<String, Value>,
     messages: Vec<Value>,
+    response_format: Option<Value>,
     n: usize,
     include_usage: bool,
 }
 
 impl Job {
     /// Every choice: the plan run `n` times, one choice per run (per approach with `|`).
+    /// When the budget runs out, the best answer so far ends the run, and no run follows.
     async fn answers(
         &self,
         progress: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Result<Vec<String>> {
         let (system, query) = backend::flatten(&self.messages);
-        let ctx = approaches::Ctx {
-            backend: &self.backend,
-            model: &self.model,
-            config: &self.state.config,
-            request: &self.request,
-            progress,
+        let turns = backend::turns(&self.messages);
+        let ctx = |first: bool| {
+            approaches::Ctx::new(
+                &self.backend,
+                &self.model,
+                &self.state.config,
+                &self.request,
+                first.then_some(turns.as_slice()),
+                self.response_format.as_ref(),
+                self.state.web.as_ref(),
+                progress,
+            )
         };
         let mut out = Vec::new();
         for _ in 0..self.n {
-            match &self.plan {
-                Plan::One(a) => out.extend(approaches::run(a, &ctx, &system, &query).await?),
+            let run = match &self.plan {
+                Plan::One(a) => approaches::run_or_best(a, &ctx(true), &system, &query).await,
                 Plan::Chain(stages) => {
-                    // Each stage's (first) answer is the next stage's query.
+                    // Each stage's (first) answer is the next stage's query; when the budget
+                    // runs out, the last answer there is.
                     let mut q = query.clone();
-                    let mut answers = Vec::new();
-                    for a in stages {
-                        answers = approaches::run(a, &ctx, &system, &q).await?;
+                    let mut answers: Vec<String> = Vec::new();
+                    let mut failed = None;
+                    for (i, a) in stages.iter().enumerate() {
+                        match approaches::run_or_best(a, &ctx(i == 0), &system, &q).await {
+                            Ok(got) => answers = got,
+                            Err(Error::Budget(_)) if !answers.is_empty() => break,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        if self.backend.spent().is_some() {
+                            break;
+                        }
                         q = answers.first().cloned().unwrap_or_default();
                     }
-                    out.extend(answers);
-                }
-                Plan::Parallel(all) => {
-                    let runs = all
-                        .iter()
-                        .map(|a| approaches::run(a, &ctx, &system, &query));
-                    for r in futures_util::future::join_all(runs).await {
-                        out.extend(r?);
+                    match failed {
+                        Some(e) => Err(e),
+                        None => Ok(answers),
                     }
                 }
+                Plan::Parallel(all) => {
+                    let ctxs: Vec<_> = all.iter().map(|_| ctx(true)).collect();
+                    let runs = all
+                        .iter()
+                        .zip(&ctxs)
+                        .map(|(a, c)| approaches::run_or_best(a, c, &system, &query));
+                    let mut got = Vec::new();
+                    let mut failed = None;
+                    for r in futures_util::future::join_all(runs).await {
+                        match r {
+                            Ok(v) => got.extend(v),
+                            Err(e) => failed = failed.or(Some(e)),
+                        }
+                    }
+                    match failed {
+                        Some(Error::Budget(_)) if !got.is_empty() => Ok(got),
+                        Some(e) => Err(e),
+                        None => Ok(got),
+                    }
+                }
+            };
+            match run {
+                Ok(v) => out.extend(v),
+                Err(Error::Budget(_)) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+            if self.backend.spent().is_some() {
+                break;
             }
         }
         Ok(out)
@@ -337,6 +433,9 @@ impl Job {
             h.insert("x-optillm-approach", v);
         }
         h.insert("x-backend-calls", HeaderValue::from(self.backend.calls()));
+        if let Some(why) = self.backend.spent() {
+            h.insert("x-optillm-budget", HeaderValue::from_static(why.as_str()));
+        }
         h
     }
 
@@ -523,8 +622,16 @@ pub async fn serve_on(
         .map_err(|e| Error::Backend(format!("no HTTP client: {e}")))?;
     let body_limit = config.common.body_limit;
     let drain = config.common.drain_timeout;
+    let web = (!config.web_fetch.trim().is_empty()).then(|| mcp_kit::client::ToolClient {
+        http: http.clone(),
+        url: config.web_fetch.clone(),
+        key: config.web_fetch_key.clone(),
+        name: "homelab-optillm-proxy".into(),
+    });
     let state = Arc::new(AppState {
         key_digest: config.api_key.as_deref().map(digest),
+        pool: Arc::new(backend::Pool::new(config.max_concurrent_calls)),
+        web,
         config,
         http,
     });

@@ -20,18 +20,18 @@ pub const RUNS: &[&str] = &[
     "rto",
     "plansearch",
     "genselect",
+    "mcts",
+    "leap",
+    "pvg",
+    "rstar",
+    "readurls",
+    "memory",
+    "json",
 ];
 
 /// OptiLLM's other slugs, refused with the reason (a slug must still be recognised as one,
 /// or `mcts-local` would ask the backend for a model called `mcts-local`).
 pub const REFUSED: &[(&str, &str)] = &[
-    ("mcts", "not built here yet"),
-    ("leap", "not built here yet"),
-    ("pvg", "not built here yet"),
-    ("rstar", "not built here yet"),
-    ("readurls", "not built here yet"),
-    ("memory", "not built here yet"),
-    ("json", "not built here yet"),
     ("z3", "it runs code the model writes (a Python Z3 solver)"),
     ("executecode", "it runs code the model writes"),
     ("coc", "it runs code the model writes"),
