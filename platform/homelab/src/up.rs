@@ -173,6 +173,27 @@ fn local_handles(model_id: &str) -> Vec<(&'static str, &'static str, serde_json:
     ]
 }
 
+/// The handles `up` registers on the OptiLLM proxy over `local` (so that Open WebUI lists
+/// them): name, approach, description. `readurls-local` only with the web-fetch tool.
+pub const APPROACH_HANDLES: &[(&str, &str)] = &[
+    (
+        "moa-local",
+        "mixture of agents over `local`: three answers, a critique of them, one final answer (3 to 5 calls)",
+    ),
+    (
+        "self_consistency-local",
+        "self-consistency over `local`: five answers, the most common one wins (5 calls)",
+    ),
+    (
+        "cot_reflection-local",
+        "`local` thinks, checks its thinking, then answers (1 call; the thinking is left out)",
+    ),
+    (
+        "readurls-local",
+        "`local` answering with the web pages your message links to, read through web-fetch",
+    ),
+];
+
 /// Binds one of `up`'s services; a failure names the service, the address and the flag that
 /// moves it.
 async fn listen(
@@ -342,9 +363,17 @@ pub async fn up(
         let memory_port = o.memory_port.filter(|_| embedding.is_some());
         data_entries(o, port, memory_port, &bind, gw_addr, &mut entries).await?;
     }
+    // How long the gateway waits for the proxy's answer: its deadline, and a little more.
+    let mut optillm_wait_ms = None;
     if let Some(port) = o.optillm_port {
         let mut config =
             optillm_proxy::Config::new(&bind(port), &format!("http://{}/v1", reachable(gw_addr)));
+        // `readurls` reads pages through the web-fetch tool, so its SSRF guard applies.
+        config.web_fetch = addr_of(&entries, "web-fetch")
+            .map(|a| format!("http://{}/mcp", reachable(a)))
+            .unwrap_or_default();
+        config.web_fetch_key = o.master_key.clone();
+        optillm_wait_ms = Some(config.deadline.as_millis() as i64 + 10_000);
         // It holds no key of its own: its clients' keys go on to the gateway, which checks
         // them. Beyond loopback it is open only as far as the gateway is.
         config.allow_unauthenticated = o.allow_unauthenticated || o.master_key.is_some();
@@ -483,6 +512,24 @@ pub async fn up(
                 targets: vec![TargetSpec {
                     params: params.as_object().cloned(),
                     ..TargetSpec::on_endpoint("local-engine", model)
+                }],
+            });
+        }
+    }
+    if model_id.is_some() && optillm_wait_ms.is_some() {
+        let reads = addr_of(&entries, "web-fetch").is_some();
+        for (name, description) in APPROACH_HANDLES {
+            if *name == "readurls-local" && !reads {
+                continue;
+            }
+            spec.handles.push(HandleSpec {
+                handle: (*name).into(),
+                description: Some((*description).into()),
+                strategy: Strategy::Priority,
+                targets: vec![TargetSpec {
+                    // An approach answers when it is done: up to the proxy's deadline.
+                    first_byte_timeout_ms: optillm_wait_ms,
+                    ..TargetSpec::on_endpoint("optillm-proxy", name)
                 }],
             });
         }
@@ -881,6 +928,9 @@ pub fn banner(r: &Running) -> String {
         s.push_str(&format!(
             "  optillm-proxy  http://{a}/v1   (OptiLLM's approaches: model `moa-local`, `bon-local`, …)\n"
         ));
+        if r.engine.is_some() {
+            s.push_str("                 and through the gateway: `moa-local`, `self_consistency-local`, …\n");
+        }
     }
     if let Some(a) = r.shortcuts {
         s.push_str(&format!(

@@ -49,21 +49,50 @@ fn readme_curl() -> String {
     readme_line("curl http://127.0.0.1:4000/v1/chat/completions")
 }
 
-/// The README's command that starts with `start` (with its continuation lines).
+/// The README's first command that starts with `start` (with its continuation lines).
 fn readme_line(start: &str) -> String {
+    readme_command(start, "").unwrap_or_else(|| panic!("the README has `{start}`"))
+}
+
+/// The README's first command that starts with `start` and holds `holding`.
+fn readme_command(start: &str, holding: &str) -> Option<String> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let mut lines = readme.lines().skip_while(|l| !l.starts_with(start));
+    let all: Vec<&str> = readme.lines().collect();
     let mut cmd = String::new();
-    for l in lines.by_ref() {
-        cmd.push_str(l);
-        cmd.push('\n');
-        if !l.ends_with('\\') {
-            break;
+    for (i, l) in all.iter().enumerate() {
+        if !l.starts_with(start) {
+            continue;
+        }
+        cmd.clear();
+        for l in &all[i..] {
+            cmd.push_str(l);
+            cmd.push('\n');
+            if !l.ends_with('\\') {
+                break;
+            }
+        }
+        if cmd.contains(holding) {
+            return Some(cmd);
         }
     }
-    assert!(!cmd.is_empty(), "the README has `{start}`");
-    cmd
+    None
+}
+
+/// Runs a README command with `--include`: all it printed, the head and the body.
+async fn run_included(cmd: &str) -> (String, String, String) {
+    let out = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("{} --silent --show-error --include", cmd.trim_end()),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = said.split_once("\r\n\r\n").unwrap_or(("", &said));
+    let (head, body) = (head.to_owned(), body.to_owned());
+    (said, head, body)
 }
 
 fn squash(s: &str) -> String {
@@ -138,6 +167,7 @@ async fn open_webui_first_chat_on_the_default_model() {
     let opts = UpOptions {
         gateway_port: port,
         shortcuts_port: Some(0),
+        optillm_port: Some(0),
         ..UpOptions::on_loopback(dir.path())
     };
     let ready = Arc::new(AtomicBool::new(false));
@@ -221,23 +251,45 @@ async fn open_webui_first_chat_on_the_default_model() {
     // 2b. The README's Shortcuts curl, as a phone asks: plain text to speak, naming Paris.
     let ask = readme_line("curl http://127.0.0.1:4003/ask");
     let shortcuts = running.shortcuts.expect("shortcuts run");
-    let cmd = ask.replace("127.0.0.1:4003", &shortcuts.to_string());
-    let out = tokio::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!("{} --silent --show-error --include", cmd.trim_end()),
-        ])
-        .output()
-        .await
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    let (head, body) = said.split_once("\r\n\r\n").unwrap_or(("", &said));
+    let (said, head, body) =
+        run_included(&ask.replace("127.0.0.1:4003", &shortcuts.to_string())).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{said}");
     assert!(head.contains("text/plain"), "{said}");
     assert!(body.contains("Paris"), "{said}");
     assert!(
         !body.contains(['*', '#', '`', '{']),
         "no Markdown, no JSON: {body}"
+    );
+
+    // 2c. The README's OptiLLM example: an approach over `local`, as a model of the gateway.
+    let (cmd, approach) = homelab::up::APPROACH_HANDLES
+        .iter()
+        .find_map(|(h, _)| {
+            readme_command(
+                "curl http://127.0.0.1:4000/v1/chat/completions",
+                &format!("\"model\":\"{h}\""),
+            )
+            .map(|c| (c, *h))
+        })
+        .expect("the README shows one of the approach handles");
+    let (said, head, body) =
+        run_included(&cmd.replace("127.0.0.1:4000", &format!("127.0.0.1:{port}"))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{approach}: {said}");
+    let approach_rid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("the gateway names the request")
+        .trim()
+        .to_owned();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert!(
+        !v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .trim()
+            .is_empty(),
+        "{v}"
     );
 
     // 3. One chat turn as Open WebUI sends it: the title, the chat, follow-ups and tags at
@@ -280,8 +332,27 @@ async fn open_webui_first_chat_on_the_default_model() {
     let db = docsdb::Db::open(&running.db_url).await.unwrap();
     let stats = docsdb::monitor::handles(&db).await.unwrap();
     let local = stats.iter().find(|h| h.handle == "local").unwrap();
-    assert_eq!(local.requests_24h, 7, "{local:?}");
-    assert_eq!(local.errors_24h, 0, "{local:?}");
+    // The approach's calls reached `local` with the client's request id.
+    let approach_calls: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM request_log WHERE handle = 'local' AND request_id = ?",
+    )
+    .bind(&approach_rid)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!(approach_calls >= 1, "{approach_calls}");
+    assert_eq!(local.requests_24h - approach_calls, 7, "{local:?}");
+    // The engine serves one choice per call: the proxy's one ask with `n` is refused (400,
+    // logged), and it asks one sample per call from then on.
+    let probes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM request_log WHERE handle = 'local' AND request_id = ? AND status >= 400",
+    )
+    .bind(&approach_rid)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!(probes <= 1, "{probes}");
+    assert_eq!(local.errors_24h - probes, 0, "{local:?}");
     let rate = local.tokens_per_s_24h.expect("a measured rate");
     assert!(rate > 0.0 && rate < 10_000.0, "{rate} tokens/s");
     db.close().await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 mod common;
 
 use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
-use homelab::up::UpOptions;
+use homelab::up::{ToolsOptions, UpOptions};
 use serde_json::{Value, json};
 use sqlx::Row;
 use testkit::upstream::MockUpstream;
@@ -39,9 +39,25 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
         .unwrap();
     db.close().await;
 
+    // A page web-fetch may read (loopback, allowed for this test).
+    let page = testkit::spawn(axum::Router::new().route(
+        "/bees",
+        axum::routing::get(|| async {
+            (
+                [("content-type", "text/html; charset=utf-8")],
+                "<html><body><article><h1>Bees</h1><p>Bees make honey and live in hives of many thousands.</p></article></body></html>",
+            )
+        }),
+    ))
+    .await;
     let (running, stop, task) = common::run_up(UpOptions {
         no_engine: true,
         optillm_port: Some(0),
+        tools: ToolsOptions {
+            enabled: true,
+            allow_hosts: vec!["127.0.0.1".into()],
+            ..Default::default()
+        },
         ..UpOptions::on_loopback(dir.path())
     })
     .await;
@@ -54,6 +70,7 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
             handle("re2-local", "optillm-proxy", "re2-local"),
             handle("bon-again", "optillm-proxy", "bon-again"),
             handle("again", "optillm-proxy", "again"),
+            handle("readurls-local", "optillm-proxy", "readurls-local"),
         ],
         ..Default::default()
     };
@@ -82,12 +99,41 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
         "{answer}"
     );
     let sent = engine.requests().last().unwrap().json();
-    let user = sent["messages"][1]["content"].as_str().unwrap();
-    assert!(
-        user.contains("Read the question again: User: What is 6 times 7?"),
-        "{user}"
+    let user = sent["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(
+        sent["messages"].as_array().unwrap().len(),
+        1,
+        "no empty system message"
+    );
+    assert_eq!(
+        user, "What is 6 times 7?\nRead the question again: What is 6 times 7?",
+        "a single stage keeps the real turns"
     );
     assert_eq!(sent["model"], "small-model");
+
+    // readurls: the pages a message links to, read through the real web-fetch tool — whose
+    // SSRF guard still refuses the cloud metadata address — then answered by `local`.
+    let ask =
+        format!("Summarise http://{page}/bees and http://169.254.169.254/latest/meta-data please");
+    let r = http
+        .post(&gw)
+        .json(&json!({"model": "readurls-local", "messages": [{"role": "user", "content": ask}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let sent = engine.requests().last().unwrap().json();
+    let user = sent["messages"][1]["content"].as_str().unwrap().to_owned();
+    assert!(
+        user.contains(&format!("http://{page}/bees [Content from {page}: "))
+            && user.contains("Bees make honey and live in hives"),
+        "{user}"
+    );
+    assert!(
+        user.contains("http://169.254.169.254/latest/meta-data [Content from 169.254.169.254: Error fetching content:"),
+        "{user}"
+    );
+    assert!(!user.contains("ami-id"));
 
     // The loop: refused by the proxy the moment its own call comes back.
     let r = http
