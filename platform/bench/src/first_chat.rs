@@ -298,31 +298,27 @@ fn print(backend: &str, f: &Figures) {
     );
 }
 
-async fn one_backend(
-    a: &FirstChatArgs,
-    bin: &std::path::Path,
+/// Starts `homelab up` (`up`, its arguments set) on the engine `backend`; the process, and
+/// the moment it says "homelab-llm is up".
+pub(crate) fn spawn_up(
+    mut up: tokio::process::Command,
     backend: &str,
-    client: &reqwest::Client,
-    curl: &str,
-    b: &[Value],
-) -> Result<Figures, String> {
-    let port = free_port().await?;
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(bin)
-        .args(["up", "--no-tools", "--no-data", "--data-dir"])
-        .arg(&a.data_dir)
-        .args(["--gateway-port", &port.to_string()])
-        .args(["--engine-port", &free_port().await?.to_string()])
-        .args(["--monitor-port", &free_port().await?.to_string()])
+) -> Result<
+    (
+        tokio::process::Child,
+        tokio::sync::oneshot::Receiver<Instant>,
+    ),
+    String,
+> {
+    let mut child = up
         .env("HOMELAB_ENGINE_BACKEND", backend)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
+        .map_err(|e| format!("{:?}: {e}", up.as_std().get_program()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    // "homelab-llm is up" on stdout marks readiness.
     let (up_tx, up_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         use tokio::io::AsyncBufReadExt;
@@ -336,6 +332,26 @@ async fn one_backend(
             }
         }
     });
+    Ok((child, up_rx))
+}
+
+async fn one_backend(
+    a: &FirstChatArgs,
+    bin: &std::path::Path,
+    backend: &str,
+    client: &reqwest::Client,
+    curl: &str,
+    b: &[Value],
+) -> Result<Figures, String> {
+    let port = free_port().await?;
+    let started = Instant::now();
+    let mut up = tokio::process::Command::new(bin);
+    up.args(["up", "--no-tools", "--no-data", "--data-dir"])
+        .arg(&a.data_dir)
+        .args(["--gateway-port", &port.to_string()])
+        .args(["--engine-port", &free_port().await?.to_string()])
+        .args(["--monitor-port", &free_port().await?.to_string()]);
+    let (mut child, up_rx) = spawn_up(up, backend)?;
     let gateway = format!("http://127.0.0.1:{port}");
     let mut f = Figures::default();
     // A request the moment the port accepts.

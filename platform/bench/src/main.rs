@@ -6,13 +6,14 @@
 //! Run: `cargo build --release -p gateway -p bench && target/release/bench gateway`
 //!
 //! `bench engine`: see `engine.rs`. `bench monitor`: see `monitor.rs`. `bench first-chat`:
-//! see `first_chat.rs`.
+//! see `first_chat.rs`. `bench vector`: see `vector.rs`. `bench optillm`: see `optillm.rs`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod engine;
 mod first_chat;
 mod monitor;
+mod optillm;
 mod vector;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum What {
     /// concurrency 1 and 8, recall@10, memory), and the embedding model against
     /// sentence-transformers.
     Vector(vector::VectorArgs),
+    /// OptiLLM's approaches on the local model (accuracy and wall time on generated word
+    /// problems against `none`), and the proxy's own overhead per backend call.
+    Optillm(optillm::OptillmArgs),
     /// Serve the fast upstream on a port (the gateway benchmark runs this as its own process,
     /// so that neither path shares a process with the load generator).
     #[command(hide = true)]
@@ -93,15 +97,17 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn run_case(
     client: &reqwest::Client,
     url: &str,
+    model: &str,
     stream: bool,
     conc: usize,
     dur: Duration,
 ) -> Stats {
-    let body = if stream {
-        r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#
-    } else {
-        r#"{"model":"bench","messages":[{"role":"user","content":"Say hello"}]}"#
-    };
+    let body = serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello"}],
+    })
+    .to_string();
     // Warm the connections up first.
     let warm_until = Instant::now() + Duration::from_millis(300);
     let deadline = warm_until + dur;
@@ -109,6 +115,7 @@ async fn run_case(
     for _ in 0..conc {
         let client = client.clone();
         let url = url.to_owned();
+        let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut ttfb = Vec::new();
@@ -121,7 +128,7 @@ async fn run_case(
                 let r = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .body(body)
+                    .body(body.clone())
                     .send()
                     .await;
                 let ok = match r {
@@ -299,7 +306,7 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
     let mut peak_rss = rss_idle;
     for stream in [false, true] {
         for &c in &args.concurrency {
-            let d = run_case(&client, &direct_url, stream, c, args.duration).await;
+            let d = run_case(&client, &direct_url, "bench", stream, c, args.duration).await;
             let sampler = {
                 let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let s2 = stop.clone();
@@ -313,7 +320,7 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 });
                 (stop, h)
             };
-            let g = run_case(&client, &gw_url, stream, c, args.duration).await;
+            let g = run_case(&client, &gw_url, "bench", stream, c, args.duration).await;
             sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
             peak_rss = peak_rss.max(sampler.1.await.unwrap_or(0));
             let mode = if stream { "stream" } else { "json" };
@@ -393,6 +400,7 @@ async fn main() -> std::process::ExitCode {
         What::Monitor(a) => monitor::run(a).await,
         What::FirstChat(a) => first_chat::run(a).await,
         What::Vector(a) => vector::run(a).await,
+        What::Optillm(a) => optillm::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
