@@ -232,11 +232,20 @@ pub async fn run_or_best(
     }
 }
 
-/// Usable candidates: a text, not cut by the token limit.
+/// Usable candidates: the texts not cut by the token limit; when every one was cut (a
+/// request's small `max_tokens`), the cut ones rather than no answer at all.
 fn usable(replies: Vec<Reply>) -> Vec<String> {
+    let whole: Vec<String> = replies
+        .iter()
+        .filter(|r| !r.text.is_empty() && r.finish_reason != "length")
+        .map(|r| r.text.clone())
+        .collect();
+    if !whole.is_empty() {
+        return whole;
+    }
     replies
         .into_iter()
-        .filter(|r| !r.text.is_empty() && r.finish_reason != "length")
+        .filter(|r| !r.text.is_empty())
         .map(|r| r.text)
         .collect()
 }

@@ -57,7 +57,8 @@ async fn scripted_chat(State(s): State<Scripted>, Json(body): Json<Value>) -> Re
         .iter()
         .take(n.max(1) as usize)
         .enumerate()
-        .map(|(i, t)| json!({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}))
+        // A text ending in "…" was cut by the token limit.
+        .map(|(i, t)| json!({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": if t.ends_with('…') { "length" } else { "stop" }}))
         .collect();
     Json(json!({
         "id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
@@ -987,4 +988,28 @@ async fn the_openai_python_sdk_picks_approaches() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
+}
+
+/// Candidates cut by the token limit lose to whole ones; when every one was cut (a small
+/// `max_tokens`), they are still candidates rather than no answer.
+#[tokio::test]
+async fn cut_candidates_are_a_last_resort() {
+    for (samples, want) in [
+        (["long…", "short", "longer…"], "short"),
+        (["long…", "longer…", "longest…"], "longer…"),
+    ] {
+        let script: Script = Arc::new(move |req: &Value, _| {
+            if last_user(req) == "Rate the above response:" {
+                let rated = req["messages"].as_array().unwrap();
+                let cand = rated[rated.len() - 2]["content"].as_str().unwrap();
+                return vec![if cand == "longer…" { "7" } else { "3" }.into()];
+            }
+            samples.iter().map(|s| (*s).to_owned()).collect()
+        });
+        let (base, _) = backend(script, false).await;
+        let proxy = Proxy::start(&base, |_| {}).await;
+        let (s, _, v) = proxy.chat(ask("bon-m")).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(content(&v, 0), want);
+    }
 }
