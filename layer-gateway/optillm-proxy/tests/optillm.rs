@@ -155,6 +155,13 @@ fn last_user(req: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The candidate a bon rating call rates (the assistant turn before "Rate the above
+/// response:").
+fn rated_candidate(req: &Value) -> &str {
+    let m = req["messages"].as_array().unwrap();
+    m[m.len() - 2]["content"].as_str().unwrap()
+}
+
 fn content(v: &Value, i: usize) -> String {
     v["choices"][i]["message"]["content"]
         .as_str()
@@ -169,8 +176,7 @@ async fn bon_samples_rates_and_picks_the_best() {
     for refuse_n in [false, true] {
         let script: Script = Arc::new(|req: &Value, _| {
             if last_user(req) == "Rate the above response:" {
-                let rated = req["messages"].as_array().unwrap();
-                let cand = rated[rated.len() - 2]["content"].as_str().unwrap();
+                let cand = rated_candidate(req);
                 let score = match cand {
                     "forty-one" => "3",
                     "42" => "9",
@@ -855,8 +861,7 @@ async fn memory_json_and_readurls_without_a_tool() {
 async fn the_budget_answers_with_the_best_so_far() {
     let script: Script = Arc::new(|req: &Value, _| {
         if last_user(req) == "Rate the above response:" {
-            let rated = req["messages"].as_array().unwrap();
-            let cand = rated[rated.len() - 2]["content"].as_str().unwrap();
+            let cand = rated_candidate(req);
             return vec![if cand == "b" { "8" } else { "2" }.into()];
         }
         vec!["a".into(), "b".into(), "c".into()]
@@ -1000,8 +1005,7 @@ async fn cut_candidates_are_a_last_resort() {
     ] {
         let script: Script = Arc::new(move |req: &Value, _| {
             if last_user(req) == "Rate the above response:" {
-                let rated = req["messages"].as_array().unwrap();
-                let cand = rated[rated.len() - 2]["content"].as_str().unwrap();
+                let cand = rated_candidate(req);
                 return vec![if cand == "longer…" { "7" } else { "3" }.into()];
             }
             samples.iter().map(|s| (*s).to_owned()).collect()

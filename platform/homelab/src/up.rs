@@ -174,7 +174,8 @@ fn local_handles(model_id: &str) -> Vec<(&'static str, &'static str, serde_json:
 }
 
 /// The handles `up` registers on the OptiLLM proxy over `local` (so that Open WebUI lists
-/// them): name, approach, description. `readurls-local` only with the web-fetch tool.
+/// them): the handle (the proxy's model name: approach and `local`) and its description.
+/// `readurls-local` only with the web-fetch tool.
 pub const APPROACH_HANDLES: &[(&str, &str)] = &[
     (
         "moa-local",

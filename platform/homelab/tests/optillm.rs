@@ -40,16 +40,7 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
     db.close().await;
 
     // A page web-fetch may read (loopback, allowed for this test).
-    let page = testkit::spawn(axum::Router::new().route(
-        "/bees",
-        axum::routing::get(|| async {
-            (
-                [("content-type", "text/html; charset=utf-8")],
-                "<html><body><article><h1>Bees</h1><p>Bees make honey and live in hives of many thousands.</p></article></body></html>",
-            )
-        }),
-    ))
-    .await;
+    let page = common::bees_page().await;
     let (running, stop, task) = common::run_up(UpOptions {
         no_engine: true,
         optillm_port: Some(0),

@@ -99,3 +99,19 @@ pub fn engine_registry(
         ..Default::default()
     }
 }
+
+/// A page web-fetch may read (on loopback, allowed by the tests that use it): `/bees`; its
+/// address.
+#[allow(dead_code)]
+pub async fn bees_page() -> std::net::SocketAddr {
+    testkit::spawn(axum::Router::new().route(
+        "/bees",
+        axum::routing::get(|| async {
+            (
+                [("content-type", "text/html; charset=utf-8")],
+                "<html><head><title>Bees</title></head><body><article><h1>Bees</h1><p>Bees make honey and live in hives of many thousands.</p></article></body></html>",
+            )
+        }),
+    ))
+    .await
+}
