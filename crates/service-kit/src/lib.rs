@@ -30,4 +30,4 @@ pub mod tasks;
 pub mod telemetry;
 
 pub use error::Error;
-pub use service::{Service, run};
+pub use service::{Service, run, run_with};

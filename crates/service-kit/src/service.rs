@@ -47,9 +47,14 @@ pub trait Service: clap::Parser + Send + 'static {
 
 /// A service binary's `main`: parses the command line, sets up logging, checks, serves until
 /// SIGTERM or SIGINT. A failure is one log line and exit status 1.
-#[allow(clippy::print_stderr)] // logging is not set up when this fails
 pub fn run<S: Service>() -> ExitCode {
-    let config = S::parse();
+    run_with(S::parse())
+}
+
+/// [`run`] with a configuration already parsed (by a binary whose command line has more
+/// than the service's flags, such as a subcommand).
+#[allow(clippy::print_stderr)] // logging is not set up when this fails
+pub fn run_with<S: Service>(config: S) -> ExitCode {
     if let Err(e) = crate::telemetry::init(config.common().log_format) {
         eprintln!("{e}");
     }

@@ -45,6 +45,53 @@ pub struct Behavior {
     /// Answer the first this-many requests as llama-server does while it loads its model:
     /// 503 `{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}`.
     pub loading_for: Option<usize>,
+    /// Chat completion number k (from 0, counted since the last [`MockUpstream::set`])
+    /// answers `turns[k]`; past the end of the script, the answer above.
+    pub turns: Vec<Turn>,
+}
+
+/// A scripted chat answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Turn {
+    /// Text, streamed in these pieces.
+    Text(Vec<String>),
+    /// Tool calls (streamed as a model streams them: id and name first, then the arguments
+    /// in pieces), with finish reason `tool_calls`.
+    Calls(Vec<ScriptedCall>),
+}
+
+impl Turn {
+    /// Text streamed word by word.
+    pub fn text(s: &str) -> Turn {
+        Turn::Text(s.split_inclusive(' ').map(str::to_owned).collect())
+    }
+
+    /// One tool call.
+    pub fn call(id: &str, name: &str, arguments: &str) -> Turn {
+        Turn::Calls(vec![ScriptedCall::new(id, name, arguments)])
+    }
+}
+
+/// A tool call of a [`Turn::Calls`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptedCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments in the pieces they are streamed in.
+    pub pieces: Vec<String>,
+}
+
+impl ScriptedCall {
+    /// A call whose arguments are streamed in three pieces.
+    pub fn new(id: &str, name: &str, arguments: &str) -> Self {
+        let chars: Vec<char> = arguments.chars().collect();
+        let third = chars.len().div_ceil(3).max(1);
+        ScriptedCall {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            pieces: chars.chunks(third).map(|c| c.iter().collect()).collect(),
+        }
+    }
 }
 
 impl Default for Behavior {
@@ -61,6 +108,7 @@ impl Default for Behavior {
             prompt_tokens: 7,
             hold_after: None,
             loading_for: None,
+            turns: Vec::new(),
         }
     }
 }
@@ -86,6 +134,7 @@ struct Shared {
     behavior: Mutex<Behavior>,
     failures: AtomicUsize,
     loading: AtomicUsize,
+    chats: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
     gate: Arc<tokio::sync::Semaphore>,
 }
@@ -110,6 +159,7 @@ impl MockUpstream {
             behavior: Mutex::new(behavior),
             failures: AtomicUsize::new(0),
             loading: AtomicUsize::new(0),
+            chats: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             gate: Arc::new(tokio::sync::Semaphore::new(0)),
         });
@@ -134,6 +184,7 @@ impl MockUpstream {
         *self.shared.behavior.lock().unwrap() = b;
         self.shared.failures.store(0, Ordering::SeqCst);
         self.shared.loading.store(0, Ordering::SeqCst);
+        self.shared.chats.store(0, Ordering::SeqCst);
     }
 
     /// Every request received so far.
@@ -218,6 +269,10 @@ async fn chat(
     };
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("").to_owned();
+    let k = s.chats.fetch_add(1, Ordering::SeqCst);
+    if let Some(turn) = b.turns.get(k) {
+        return scripted(&s.name, &model, turn, req["stream"].as_bool() == Some(true));
+    }
     let tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
     if req["stream"].as_bool() == Some(true) {
         let include_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
@@ -244,6 +299,67 @@ async fn chat(
         "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": completion, "total_tokens": b.prompt_tokens + completion}
     });
     json_response(&b, &v)
+}
+
+/// A scripted turn, streamed or whole.
+fn scripted(name: &str, model: &str, turn: &Turn, stream: bool) -> Response {
+    let usage = json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10});
+    if !stream {
+        let (message, finish) = match turn {
+            Turn::Text(parts) => (
+                json!({"role": "assistant", "content": parts.concat()}),
+                "stop",
+            ),
+            Turn::Calls(calls) => (
+                json!({"role": "assistant", "content": null, "tool_calls": calls.iter().map(|c| json!({
+                    "id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.pieces.concat()},
+                })).collect::<Vec<_>>()}),
+                "tool_calls",
+            ),
+        };
+        let v = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+            "system_fingerprint": name,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage,
+        });
+        return ([("content-type", "application/json")], v.to_string()).into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model, "system_fingerprint": name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut out = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    match turn {
+        Turn::Text(parts) => {
+            for p in parts {
+                out.push_str(&chunk(json!({"content": p}), Value::Null));
+            }
+            out.push_str(&chunk(json!({}), json!("stop")));
+        }
+        Turn::Calls(calls) => {
+            for (i, c) in calls.iter().enumerate() {
+                out.push_str(&chunk(json!({"tool_calls": [{"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}]}), Value::Null));
+                for p in &c.pieces {
+                    out.push_str(&chunk(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": p}}]}),
+                        Value::Null,
+                    ));
+                }
+            }
+            out.push_str(&chunk(json!({}), json!("tool_calls")));
+        }
+    }
+    out.push_str("data: [DONE]\n\n");
+    (
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
+        out,
+    )
+        .into_response()
 }
 
 /// The answer's content chunks: the scripted reply, or `tok0 `, `tok1 `, ….

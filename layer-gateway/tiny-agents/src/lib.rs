@@ -1,0 +1,679 @@
+//! `tiny-agents`: agents kept as Hugging Face's tiny-agents keeps them — a folder with
+//! `agent.json` and `PROMPT.md` ([`agent_file`]) — run against this stack: model calls go to
+//! the gateway (or the agent's `endpointUrl`), tools come from MCP servers over stdio,
+//! Streamable HTTP or the older HTTP+SSE ([`tools`], [`sse`]), and the loop is the
+//! original's, bounded ([`agent`]).
+//!
+//! Two ways in: `tiny-agents run PATH`, a terminal session ([`terminal`]), and
+//! `tiny-agents serve PATH…`, an OpenAI-compatible server where each agent is the model
+//! `agent:NAME` (this file: [`routes()`], [`chat`]). Tool activity reaches chat clients as
+//! `reasoning_content` lines, which chat UIs show as the model's thinking.
+
+pub mod agent;
+pub mod agent_file;
+mod config;
+mod error;
+pub mod sse;
+pub mod terminal;
+pub mod tools;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use contract::chat::{
+    ChatCompletionChunk, ChatCompletionResponse, ChatMessage, Choice, ChunkChoice, Delta, Role,
+};
+use serde_json::{Map, Value, json};
+use service_kit::auth::{KeyCheck, check_key, digest, open_without_key};
+use service_kit::routes::Routes;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, Command, Config, DEFAULT_ENDPOINT, RunArgs, RunLimits};
+pub use error::Error;
+
+use agent::{Agent, Event, Outcome};
+
+/// The prefix of an agent's model id.
+pub const MODEL_PREFIX: &str = "agent:";
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    agents: Vec<Arc<Agent>>,
+    key_digest: Option<[u8; 32]>,
+    runs: Arc<Semaphore>,
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The routes and their table.
+pub fn routes() -> Routes<Arc<AppState>> {
+    Routes::new()
+        .post(
+            "/chat/completions",
+            chat,
+            "A run of the agent named by `model` (`agent:NAME`) on the conversation",
+        )
+        .get("/models", models, "The agents, as models `agent:NAME`")
+        .under_v1_and_root()
+        .health(|_: Arc<AppState>| async move { Ok::<(), String>(()) })
+}
+
+/// The router on `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    routes().into_router().with_state(state)
+}
+
+fn check_auth(state: &AppState, headers: &axum::http::HeaderMap) -> Result<()> {
+    let Some(want) = &state.key_digest else {
+        return Ok(());
+    };
+    match check_key(want, service_kit::auth::bearer(headers)) {
+        KeyCheck::Missing => Err(Error::MissingKey),
+        KeyCheck::Invalid => Err(Error::InvalidKey),
+        KeyCheck::Valid => Ok(()),
+    }
+}
+
+fn model_id(agent: &Agent) -> String {
+    format!("{MODEL_PREFIX}{}", agent.def.name)
+}
+
+async fn models(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    check_auth(&state, req.headers())?;
+    let data: Vec<Value> = state
+        .agents
+        .iter()
+        .map(|a| {
+            let mut m = json!({
+                "id": model_id(a),
+                "object": "model",
+                "created": 0,
+                "owned_by": "tiny-agents",
+            });
+            if let Some(d) = &a.def.description {
+                m["description"] = json!(d);
+            }
+            m
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// The agent a request names: `agent:NAME` or `NAME`; with one agent, any request without a
+/// model.
+fn pick<'a>(state: &'a AppState, model: Option<&str>) -> Result<&'a Arc<Agent>> {
+    match model.filter(|m| !m.is_empty()) {
+        None if state.agents.len() == 1 => Ok(&state.agents[0]),
+        None => Err(Error::BadRequest(
+            "`model` is required: GET /v1/models lists the agents".into(),
+        )),
+        Some(m) => {
+            let name = m.strip_prefix(MODEL_PREFIX).unwrap_or(m);
+            state
+                .agents
+                .iter()
+                .find(|a| a.def.name == name)
+                .ok_or_else(|| Error::UnknownAgent(m.to_owned()))
+        }
+    }
+}
+
+/// The agent's history for a request: its system prompt (with the client's system messages
+/// after it, in one system message) and the client's other messages.
+fn history(agent: &Agent, messages: &[Value]) -> Result<Vec<Value>> {
+    if messages.is_empty() {
+        return Err(Error::BadRequest("`messages` must not be empty".into()));
+    }
+    let mut system = agent.system_prompt().to_owned();
+    let mut rest = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(role) = m["role"].as_str() else {
+            return Err(Error::BadRequest(format!(
+                "messages[{i}]: `role` is required"
+            )));
+        };
+        match role {
+            "system" | "developer" => {
+                let text = text_of(&m["content"]).ok_or_else(|| {
+                    Error::BadRequest(format!("messages[{i}]: a system message's content is text"))
+                })?;
+                if !text.trim().is_empty() {
+                    system.push_str("\n\n");
+                    system.push_str(&text);
+                }
+            }
+            "user" | "assistant" | "tool" => {
+                if !(m["content"].is_string()
+                    || m["content"].is_array()
+                    || (m["content"].is_null() && role == "assistant"))
+                {
+                    return Err(Error::BadRequest(format!(
+                        "messages[{i}]: `content` must be a string or a list of parts"
+                    )));
+                }
+                rest.push(m.clone());
+            }
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "messages[{i}]: unknown role `{other}`"
+                )));
+            }
+        }
+    }
+    if rest.last().is_none_or(|m| m["role"] == "assistant") {
+        return Err(Error::BadRequest(
+            "the last message must be the user's: an agent runs on a question".into(),
+        ));
+    }
+    let mut out = vec![json!({"role": "system", "content": system})];
+    out.extend(rest);
+    Ok(out)
+}
+
+/// The text of a message's content: a string, or its text parts joined.
+fn text_of(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// A line of tool activity, as shown in `reasoning_content`.
+pub fn activity(ev: &Event) -> Option<String> {
+    match ev {
+        Event::ToolCall {
+            name, arguments, ..
+        } => Some(format!("calling {name}({})…\n", brief(arguments, 160))),
+        Event::ToolResult {
+            name,
+            content,
+            ok,
+            elapsed,
+            ..
+        } => Some(if *ok {
+            format!(
+                "{name} answered ({} characters, {} ms)\n",
+                content.chars().count(),
+                elapsed.as_millis()
+            )
+        } else {
+            format!(
+                "{name} failed ({} ms): {}\n",
+                elapsed.as_millis(),
+                brief(content, 300)
+            )
+        }),
+        Event::Text(_) | Event::Reasoning(_) => None,
+    }
+}
+
+/// `s` on one line, cut to `max` characters.
+fn brief(s: &str, max: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= max {
+        one
+    } else {
+        format!("{}…", one.chars().take(max).collect::<String>())
+    }
+}
+
+/// A note added to the answer when a run ended on a limit, so the user knows it is cut.
+fn limit_note(o: &Outcome) -> Option<String> {
+    o.stop
+        .is_limit()
+        .then(|| format!("\n\n[The agent {}.]", o.stop.describe()))
+}
+
+struct Running {
+    events: mpsc::Receiver<Event>,
+    done: oneshot::Receiver<Result<Outcome>>,
+    /// Cancels the run when dropped (the client went away).
+    _guard: tokio_util::sync::DropGuard,
+}
+
+fn start_run(
+    agent: Arc<Agent>,
+    mut messages: Vec<Value>,
+    rid: String,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Running {
+    let (tx, events) = mpsc::channel(64);
+    let (done_tx, done) = oneshot::channel();
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let r = agent.run(&mut messages, &rid, &tx, &token).await;
+        drop(tx);
+        drop(permit);
+        let _ = done_tx.send(r);
+    });
+    Running {
+        events,
+        done,
+        _guard: cancel.drop_guard(),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Response> {
+    check_auth(&state, req.headers())?;
+    let rid = service_kit::request_id::of(&req);
+    let bytes = service_kit::body::read_bytes(req)
+        .await
+        .map_err(|e| Error::BadRequest(e.error.message))?;
+    let body: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::BadRequest(format!("the body is not a JSON object: {e}")))?;
+    let agent = pick(&state, body.get("model").and_then(Value::as_str))?.clone();
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Err(Error::BadRequest("`messages` (a list) is required".into()));
+    };
+    let messages = history(&agent, messages)?;
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::BadRequest("`stream` must be true or false".into())),
+    };
+    let usage_chunk = body["stream_options"]["include_usage"] == true;
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map_or_else(|| model_id(&agent), str::to_owned);
+    let permit = state
+        .runs
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::Backend("the server is shutting down".into()))?;
+    let mut run = start_run(agent, messages, rid.clone(), permit);
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now();
+    // Wait for the first thing the run does, so that a run that fails at once (the model's
+    // endpoint down) is an error status, not a stream that says nothing.
+    let first = run.events.recv().await;
+    if first.is_none() {
+        let outcome = (&mut run.done)
+            .await
+            .map_err(|_| Error::Backend("the run stopped unexpectedly".into()))??;
+        if !stream {
+            return Ok(answer(
+                &id,
+                created,
+                &model,
+                String::new(),
+                String::new(),
+                &outcome,
+            ));
+        }
+        let chunks = [
+            chunk(
+                &id,
+                created,
+                &model,
+                Delta {
+                    role: Some(Role::Assistant),
+                    content: Some(Some(String::new())),
+                    ..Default::default()
+                },
+                None,
+            ),
+            finish(&id, created, &model, &outcome, usage_chunk),
+        ]
+        .concat();
+        return Ok(sse_response(Body::from(chunks)));
+    }
+    if !stream {
+        let (mut content, mut reasoning) = (String::new(), String::new());
+        let mut next = first;
+        while let Some(ev) = next {
+            match &ev {
+                Event::Text(t) => content.push_str(t),
+                Event::Reasoning(r) => reasoning.push_str(r),
+                other => reasoning.push_str(&activity(other).unwrap_or_default()),
+            }
+            next = run.events.recv().await;
+        }
+        let outcome = (&mut run.done)
+            .await
+            .map_err(|_| Error::Backend("the run stopped unexpectedly".into()))??;
+        return Ok(answer(&id, created, &model, content, reasoning, &outcome));
+    }
+    let head = chunk(
+        &id,
+        created,
+        &model,
+        Delta {
+            role: Some(Role::Assistant),
+            content: Some(Some(String::new())),
+            ..Default::default()
+        },
+        None,
+    );
+    let state = (run, Some(first), id, created, model, usage_chunk, false);
+    let body = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(head) })
+        .chain(futures_util::stream::unfold(
+            state,
+            |(mut run, mut pending, id, created, model, usage_chunk, ended)| async move {
+                if ended {
+                    return None;
+                }
+                let next = match pending.take() {
+                    Some(p) => p,
+                    None => run.events.recv().await,
+                };
+                let bytes = match next {
+                    Some(ev) => event_chunk(&id, created, &model, &ev),
+                    None => {
+                        let bytes = match (&mut run.done).await {
+                            Ok(Ok(outcome)) => finish(&id, created, &model, &outcome, usage_chunk),
+                            Ok(Err(e)) => error_frame(&e),
+                            Err(_) => {
+                                error_frame(&Error::Backend("the run stopped unexpectedly".into()))
+                            }
+                        };
+                        return Some((
+                            Ok(bytes),
+                            (run, None, id, created, model, usage_chunk, true),
+                        ));
+                    }
+                };
+                Some((
+                    Ok(bytes),
+                    (run, None, id, created, model, usage_chunk, false),
+                ))
+            },
+        ));
+    Ok(sse_response(Body::from_stream(body)))
+}
+
+use futures_util::StreamExt as _;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn sse_response(body: Body) -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn frame(v: &impl serde::Serialize) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        "data: {}\n\n",
+        serde_json::to_string(v).unwrap_or_default()
+    ))
+}
+
+fn chunk(id: &str, created: i64, model: &str, delta: Delta, finish: Option<&str>) -> bytes::Bytes {
+    frame(&ChatCompletionChunk {
+        id: id.to_owned(),
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.to_owned(),
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason: finish.map(str::to_owned),
+            logprobs: None,
+            extra: Default::default(),
+        }],
+        usage: None,
+        system_fingerprint: None,
+        extra: Default::default(),
+    })
+}
+
+fn reasoning_delta(text: String) -> Delta {
+    let mut extra = contract::Extra::new();
+    extra.insert("reasoning_content".into(), Value::String(text));
+    Delta {
+        extra,
+        ..Default::default()
+    }
+}
+
+fn event_chunk(id: &str, created: i64, model: &str, ev: &Event) -> bytes::Bytes {
+    let delta = match ev {
+        Event::Text(t) => Delta {
+            content: Some(Some(t.clone())),
+            ..Default::default()
+        },
+        Event::Reasoning(r) => reasoning_delta(r.clone()),
+        other => reasoning_delta(activity(other).unwrap_or_default()),
+    };
+    chunk(id, created, model, delta, None)
+}
+
+/// The end of a stream: the limit note (if any), the finish reason, usage when asked, `[DONE]`.
+fn finish(id: &str, created: i64, model: &str, o: &Outcome, usage_chunk: bool) -> bytes::Bytes {
+    let mut out = Vec::new();
+    if let Some(note) = limit_note(o) {
+        out.extend_from_slice(&chunk(
+            id,
+            created,
+            model,
+            Delta {
+                content: Some(Some(note)),
+                ..Default::default()
+            },
+            None,
+        ));
+    }
+    out.extend_from_slice(&chunk(
+        id,
+        created,
+        model,
+        Delta::default(),
+        Some(finish_reason(o)),
+    ));
+    if usage_chunk {
+        out.extend_from_slice(&frame(&ChatCompletionChunk {
+            id: id.to_owned(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.to_owned(),
+            choices: Vec::new(),
+            usage: Some(Some(
+                o.usage
+                    .clone()
+                    .unwrap_or_else(|| contract::usage::Usage::new(0, 0)),
+            )),
+            system_fingerprint: None,
+            extra: Default::default(),
+        }));
+    }
+    out.extend_from_slice(contract::sse::DONE_FRAME);
+    bytes::Bytes::from(out)
+}
+
+fn finish_reason(o: &Outcome) -> &'static str {
+    if o.stop.is_limit() { "length" } else { "stop" }
+}
+
+/// A failure after the stream began: an error event (OpenAI's shape), then `[DONE]`.
+fn error_frame(e: &Error) -> bytes::Bytes {
+    let api = e.to_api();
+    let mut out = frame(&json!({"error": api})).to_vec();
+    out.extend_from_slice(contract::sse::DONE_FRAME);
+    bytes::Bytes::from(out)
+}
+
+fn answer(
+    id: &str,
+    created: i64,
+    model: &str,
+    mut content: String,
+    reasoning: String,
+    o: &Outcome,
+) -> Response {
+    if let Some(note) = limit_note(o) {
+        content.push_str(&note);
+    }
+    let mut message = ChatMessage::text(Role::Assistant, content);
+    if !reasoning.is_empty() {
+        message
+            .extra
+            .insert("reasoning_content".into(), Value::String(reasoning));
+    }
+    let r = ChatCompletionResponse {
+        id: id.to_owned(),
+        object: "chat.completion".into(),
+        created,
+        model: model.to_owned(),
+        choices: vec![Choice {
+            index: 0,
+            message,
+            finish_reason: Some(finish_reason(o).to_owned()),
+            logprobs: None,
+            extra: Default::default(),
+        }],
+        usage: Some(
+            o.usage
+                .clone()
+                .unwrap_or_else(|| contract::usage::Usage::new(0, 0)),
+        ),
+        system_fingerprint: None,
+        extra: Default::default(),
+    };
+    axum::Json(r).into_response()
+}
+
+/// Reads the agents of `config` (inputs from the environment) and checks their names are
+/// distinct: everything `serve` refuses before it listens.
+pub fn load_agents(config: &Config) -> Result<Vec<agent_file::AgentDef>> {
+    let mut defs: Vec<agent_file::AgentDef> = Vec::new();
+    for path in &config.agents {
+        let mut def = agent_file::load(path)?;
+        if let Some(other) = defs.iter().find(|d| d.name == def.name) {
+            return Err(Error::Usage(format!(
+                "two agents are named `{}` ({} and {}): rename a folder",
+                def.name,
+                other.file.display(),
+                def.file.display()
+            )));
+        }
+        for missing in def.resolve_inputs(|_| None) {
+            tracing::warn!(agent = %def.name, input = %missing.id, variable = %missing.env_key(), "input not set in the environment: left empty");
+        }
+        defs.push(def);
+    }
+    Ok(defs)
+}
+
+/// Builds an agent from its definition.
+pub fn build_agent(def: agent_file::AgentDef, run: &RunLimits, http: reqwest::Client) -> Agent {
+    let endpoint = def
+        .endpoint_url
+        .clone()
+        .unwrap_or_else(|| run.endpoint.clone())
+        .trim_end_matches('/')
+        .to_owned();
+    let mut def = def;
+    if def.api_key.as_deref().is_none_or(str::is_empty) {
+        def.api_key = run.endpoint_key.clone();
+    }
+    Agent {
+        toolbox: tools::Toolbox::new(&def.servers, http.clone()),
+        def,
+        http,
+        endpoint,
+        limits: run.limits(),
+    }
+}
+
+/// An HTTP client for model calls and SSE servers.
+pub fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Backend(format!("no HTTP client: {e}")))
+}
+
+/// Refused before listening: beyond loopback without a key; a bad agent file.
+pub fn check(config: &Config) -> Result<()> {
+    if open_without_key(
+        &config.bind,
+        config.api_key.is_some(),
+        config.allow_unauthenticated,
+    ) {
+        return Err(Error::UnsafeBind(config.bind.clone()));
+    }
+    if config.max_runs == 0 {
+        return Err(Error::Usage("--max-runs must be at least 1".into()));
+    }
+    load_agents(config).map(|_| ())
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    check(&config)?;
+    let listener = service_kit::server::bind(&config.bind).await?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Serves on a bound listener (tests bind 127.0.0.1:0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let http = http_client()?;
+    let defs = load_agents(&config)?;
+    for d in &defs {
+        tracing::info!(agent = %d.name, model = %d.model, servers = ?d.server_lines(), "serving agent:{}", d.name);
+    }
+    let agents: Vec<Arc<Agent>> = defs
+        .into_iter()
+        .map(|d| Arc::new(build_agent(d, &config.run, http.clone())))
+        .collect();
+    let state = Arc::new(AppState {
+        agents: agents.clone(),
+        key_digest: config.api_key.as_deref().map(digest),
+        runs: Arc::new(Semaphore::new(config.max_runs)),
+    });
+    let router = service_kit::server::with_common_layers(app(state), config.common.body_limit);
+    let plan = service_kit::server::ShutdownPlan::new(shutdown, config.common.drain_timeout);
+    let served = service_kit::server::serve(listener, router, plan).await;
+    for a in &agents {
+        a.toolbox.close().await;
+    }
+    served?;
+    Ok(())
+}
+
+service_kit::service!(
+    Config,
+    "tiny-agents",
+    Error,
+    common = common,
+    routes = routes().table().to_vec(),
+    check = check
+);
