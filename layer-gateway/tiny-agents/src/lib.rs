@@ -289,7 +289,9 @@ pub async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(Error::BadRequest("`stream` must be true or false".into())),
     };
-    let usage_chunk = body["stream_options"]["include_usage"] == true;
+    let usage_chunk = body
+        .get("stream_options")
+        .is_some_and(|o| o["include_usage"] == true);
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -677,3 +679,56 @@ service_kit::service!(
     routes = routes().table().to_vec(),
     check = check
 );
+
+/// An example agent kept in the repository (`layer-gateway/tiny-agents/agents/NAME`).
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    pub name: &'static str,
+    pub agent_json: &'static str,
+    pub prompt: &'static str,
+    /// The MCP servers it uses, as `homelab up` names them, with the URL the file holds for
+    /// each (the server's default address).
+    pub servers: &'static [(&'static str, &'static str)],
+}
+
+/// The example agents.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        name: "web-researcher",
+        agent_json: include_str!("../agents/web-researcher/agent.json"),
+        prompt: include_str!("../agents/web-researcher/PROMPT.md"),
+        servers: &[
+            ("web-search", "http://127.0.0.1:4021/mcp"),
+            ("web-fetch", "http://127.0.0.1:4020/mcp"),
+        ],
+    },
+    Example {
+        name: "home-agent",
+        agent_json: include_str!("../agents/home-agent/agent.json"),
+        prompt: include_str!("../agents/home-agent/PROMPT.md"),
+        servers: &[("home-assistant", "http://127.0.0.1:4022/mcp")],
+    },
+];
+
+impl Example {
+    /// Writes the agent folder under `root` with each server's URL replaced by
+    /// `url_of(server name)`; `None` when a server it needs is not there.
+    pub fn write(
+        &self,
+        root: &std::path::Path,
+        url_of: impl Fn(&str) -> Option<String>,
+    ) -> std::io::Result<Option<std::path::PathBuf>> {
+        let mut json = self.agent_json.to_owned();
+        for (server, default) in self.servers {
+            let Some(url) = url_of(server) else {
+                return Ok(None);
+            };
+            json = json.replace(default, &url);
+        }
+        let dir = root.join(self.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(agent_file::AGENT_FILE), json)?;
+        std::fs::write(dir.join("PROMPT.md"), self.prompt)?;
+        Ok(Some(dir))
+    }
+}

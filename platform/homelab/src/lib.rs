@@ -165,6 +165,13 @@ pub struct UpArgs {
     /// `moa-local`, `bon-local`, …).
     #[arg(long, default_value_t = 4002)]
     pub optillm_port: u16,
+    /// Run without the agents (tiny-agents serve).
+    #[arg(long)]
+    pub no_agents: bool,
+    /// The agents' port (tiny-agents folders as models `agent:NAME`; the examples are
+    /// written to DATA_DIR/agents).
+    #[arg(long, default_value_t = 4005)]
+    pub agents_port: u16,
     /// The Shortcuts endpoints' port (/ask, /summarise, /status, /jobs: plain text for a
     /// phone, through the gateway with the device's key).
     #[arg(long, default_value_t = 4003)]
@@ -377,6 +384,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             memory_port: (!a.no_data).then_some(a.memory_port),
             shortcuts_port: (!a.no_shortcuts).then_some(a.shortcuts_port),
             optillm_port: (!a.no_optillm).then_some(a.optillm_port),
+            agents_port: (!a.no_agents).then_some(a.agents_port),
         };
         return up::up(&opts, service_kit::server::signal(), |r| {
             output::line(&up::banner(r))

@@ -62,6 +62,9 @@ pub struct UpOptions {
     pub shortcuts_port: Option<u16>,
     /// The OptiLLM proxy's port (`None`: not run).
     pub optillm_port: Option<u16>,
+    /// The agents' port (`None`: not run). The example agents whose tool servers run are
+    /// written to DATA_DIR/agents and served.
+    pub agents_port: Option<u16>,
 }
 
 impl UpOptions {
@@ -84,6 +87,7 @@ impl UpOptions {
             memory_port: None,
             shortcuts_port: None,
             optillm_port: None,
+            agents_port: None,
         }
     }
 }
@@ -106,6 +110,7 @@ impl std::fmt::Debug for UpOptions {
             .field("memory_port", &self.memory_port)
             .field("shortcuts_port", &self.shortcuts_port)
             .field("optillm_port", &self.optillm_port)
+            .field("agents_port", &self.agents_port)
             .finish()
     }
 }
@@ -130,6 +135,8 @@ pub struct Running {
     pub shortcuts: Option<SocketAddr>,
     /// The OptiLLM proxy, when it runs.
     pub optillm: Option<SocketAddr>,
+    /// The agents (`tiny-agents serve`) and their model ids, when they run.
+    pub agents: Option<(SocketAddr, Vec<String>)>,
     /// The gateway (and the tools) want a key.
     pub keyed: bool,
 }
@@ -395,6 +402,55 @@ pub async fn up(
             .await?,
         );
     }
+    // The example agents whose tool servers run, as models `agent:NAME` (and gateway handles).
+    let mut agent_handles: Vec<(String, Option<String>)> = Vec::new();
+    let mut agents_wait_ms = None;
+    if let Some(port) = o.agents_port {
+        let root = o.data_dir.join("agents");
+        let mut dirs = Vec::new();
+        for ex in tiny_agents::EXAMPLES {
+            let url_of = |server: &str| {
+                addr_of(&entries, server).map(|a| format!("http://{}/mcp", reachable(a)))
+            };
+            let written = ex.write(&root, url_of).map_err(|source| Error::Io {
+                path: root.display().to_string(),
+                source,
+            })?;
+            if let Some(dir) = written {
+                let def = tiny_agents::agent_file::load(&dir).map_err(|e| input(e.to_string()))?;
+                agent_handles.push((
+                    format!("{}{}", tiny_agents::MODEL_PREFIX, ex.name),
+                    def.description,
+                ));
+                dirs.push(dir);
+            }
+        }
+        if !dirs.is_empty() {
+            let mut config = tiny_agents::Config::new(dirs, &bind(port));
+            config.run.endpoint = format!("http://{}/v1", reachable(gw_addr));
+            config.run.endpoint_key = o.master_key.clone();
+            // Its clients' keys are not checked here: beyond loopback it wants the master key.
+            config.api_key = o.master_key.clone();
+            config.allow_unauthenticated = o.allow_unauthenticated;
+            agents_wait_ms = Some(config.run.deadline.as_millis() as i64 + 10_000);
+            entries.push(
+                entry(
+                    config,
+                    &bind(port),
+                    "--agents-port",
+                    About {
+                        name: "tiny-agents",
+                        layer: Layer::Gateway,
+                        health_path: "/health",
+                        endpoint: Some((docsdb::spec::Api::Openai, "/v1")),
+                        description: "the agents (tiny-agents folders in DATA_DIR/agents) as models agent:NAME, run by homelab up",
+                        readme: "layer-gateway/tiny-agents/README.md",
+                    },
+                )
+                .await?,
+            );
+        }
+    }
     if let Some(port) = o.shortcuts_port {
         let monitor = addr_of(&entries, "system-monitor").unwrap_or(gw_addr);
         let web_fetch =
@@ -535,6 +591,20 @@ pub async fn up(
             });
         }
     }
+    if model_id.is_some() {
+        for (handle, description) in &agent_handles {
+            spec.handles.push(HandleSpec {
+                handle: handle.clone(),
+                description: description.clone(),
+                strategy: Strategy::Priority,
+                targets: vec![TargetSpec {
+                    // A run answers as it goes, but its first words may wait for tools.
+                    first_byte_timeout_ms: agents_wait_ms,
+                    ..TargetSpec::on_endpoint("tiny-agents", handle)
+                }],
+            });
+        }
+    }
     if let Some(model) = &embedding_model_id {
         spec.handles.push(HandleSpec {
             handle: "embed".into(),
@@ -571,6 +641,8 @@ pub async fn up(
     let memory_addr = addr_of(&entries, "memory");
     let shortcuts_addr = addr_of(&entries, "shortcuts");
     let optillm_addr = addr_of(&entries, "optillm-proxy");
+    let agents_addr = addr_of(&entries, "tiny-agents")
+        .map(|a| (a, agent_handles.iter().map(|(h, _)| h.clone()).collect()));
     for e in entries {
         let (name, run) = (e.about.name, (e.start)(e.listener, stop.clone()));
         tasks.spawn(async move { (name, run.await) });
@@ -600,6 +672,7 @@ pub async fn up(
         memory: memory_addr,
         shortcuts: shortcuts_addr,
         optillm: optillm_addr,
+        agents: agents_addr,
         keyed: o.master_key.is_some(),
     });
     tokio::select! {
@@ -932,6 +1005,12 @@ pub fn banner(r: &Running) -> String {
         if r.engine.is_some() {
             s.push_str("                 and through the gateway: `moa-local`, `self_consistency-local`, …\n");
         }
+    }
+    if let Some((a, models)) = &r.agents {
+        s.push_str(&format!(
+            "  tiny-agents    http://{a}/v1   (agents as models: {})\n",
+            models.join(", ")
+        ));
     }
     if let Some(a) = r.shortcuts {
         s.push_str(&format!(
