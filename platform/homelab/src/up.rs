@@ -426,17 +426,17 @@ pub async fn up(
             }
         }
         if !dirs.is_empty() {
-            let mut config = tiny_agents::Config::new(dirs, &bind(port));
+            // Like the engine, it listens on loopback only and is reached through the gateway,
+            // which checks the clients' keys: its runs call the gateway with the master key.
+            let addr = format!("127.0.0.1:{port}");
+            let mut config = tiny_agents::Config::new(dirs, &addr);
             config.run.endpoint = format!("http://{}/v1", reachable(gw_addr));
             config.run.endpoint_key = o.master_key.clone();
-            // Its clients' keys are not checked here: beyond loopback it wants the master key.
-            config.api_key = o.master_key.clone();
-            config.allow_unauthenticated = o.allow_unauthenticated;
             agents_wait_ms = Some(config.run.deadline.as_millis() as i64 + 10_000);
             entries.push(
                 entry(
                     config,
-                    &bind(port),
+                    &addr,
                     "--agents-port",
                     About {
                         name: "tiny-agents",
