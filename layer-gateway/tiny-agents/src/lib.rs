@@ -493,18 +493,15 @@ fn finish(id: &str, created: i64, model: &str, o: &Outcome, usage_chunk: bool) -
         Delta::default(),
         Some(finish_reason(o)),
     ));
-    if usage_chunk {
+    // Usage only when the backend reported it: a made-up zero would be counted as real.
+    if let Some(usage) = o.usage.clone().filter(|_| usage_chunk) {
         out.extend_from_slice(&frame(&ChatCompletionChunk {
             id: id.to_owned(),
             object: "chat.completion.chunk".into(),
             created,
             model: model.to_owned(),
             choices: Vec::new(),
-            usage: Some(Some(
-                o.usage
-                    .clone()
-                    .unwrap_or_else(|| contract::usage::Usage::new(0, 0)),
-            )),
+            usage: Some(Some(usage)),
             system_fingerprint: None,
             extra: Default::default(),
         }));
@@ -554,11 +551,7 @@ fn answer(
             logprobs: None,
             extra: Default::default(),
         }],
-        usage: Some(
-            o.usage
-                .clone()
-                .unwrap_or_else(|| contract::usage::Usage::new(0, 0)),
-        ),
+        usage: o.usage.clone(),
         system_fingerprint: None,
         extra: Default::default(),
     };
@@ -580,7 +573,7 @@ pub fn load_agents(config: &Config) -> Result<Vec<agent_file::AgentDef>> {
             )));
         }
         for missing in def.resolve_inputs(|_| None) {
-            tracing::warn!(agent = %def.name, input = %missing.id, variable = %missing.env_key(), "input not set in the environment: left empty");
+            tracing::info!(agent = %def.name, input = %missing.id, variable = %missing.env_key(), "input not set in the environment: left empty");
         }
         defs.push(def);
     }
