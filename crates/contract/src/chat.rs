@@ -383,6 +383,13 @@ pub struct FunctionCallDelta {
     pub extra: Extra,
 }
 
+/// The `created` of a response made now: seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

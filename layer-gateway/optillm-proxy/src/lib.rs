@@ -443,7 +443,7 @@ impl Job {
         let body = ChatCompletionResponse {
             id: completion_id(),
             object: "chat.completion".into(),
-            created: now_s(),
+            created: contract::chat::unix_now(),
             model: self.asked_model.clone(),
             choices: choices
                 .into_iter()
@@ -478,7 +478,7 @@ impl Job {
         let (out_tx, out_rx) =
             tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(64);
         let id = completion_id();
-        let created = now_s();
+        let created = contract::chat::unix_now();
         tokio::spawn(async move {
             let delta = |index: usize, delta: Delta, finish: Option<&str>| {
                 vec![ChunkChoice {
@@ -580,12 +580,6 @@ fn tokio_stream_from(
 
 fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Without an API key, only loopback unless `--allow-unauthenticated`.

@@ -240,33 +240,49 @@ fn limit_note(o: &Outcome) -> Option<String> {
         .then(|| format!("\n\n[The agent {}.]", o.stop.describe()))
 }
 
+/// A run in its own task.
 struct Running {
     events: mpsc::Receiver<Event>,
     done: oneshot::Receiver<Result<Outcome>>,
+    /// The outcome, once read ahead (a run that ended before its first event).
+    finished: Option<Outcome>,
     /// Cancels the run when dropped (the client went away).
     _guard: tokio_util::sync::DropGuard,
 }
 
-fn start_run(
-    agent: Arc<Agent>,
-    mut messages: Vec<Value>,
-    rid: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Running {
-    let (tx, events) = mpsc::channel(64);
-    let (done_tx, done) = oneshot::channel();
-    let cancel = CancellationToken::new();
-    let token = cancel.clone();
-    tokio::spawn(async move {
-        let r = agent.run(&mut messages, &rid, &tx, &token).await;
-        drop(tx);
-        drop(permit);
-        let _ = done_tx.send(r);
-    });
-    Running {
-        events,
-        done,
-        _guard: cancel.drop_guard(),
+impl Running {
+    fn start(
+        agent: Arc<Agent>,
+        mut messages: Vec<Value>,
+        rid: String,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Running {
+        let (tx, events) = mpsc::channel(64);
+        let (done_tx, done) = oneshot::channel();
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        tokio::spawn(async move {
+            let r = agent.run(&mut messages, &rid, &tx, &token).await;
+            drop(tx);
+            drop(permit);
+            let _ = done_tx.send(r);
+        });
+        Running {
+            events,
+            done,
+            finished: None,
+            _guard: cancel.drop_guard(),
+        }
+    }
+
+    /// How the run ended (after its last event).
+    async fn outcome(&mut self) -> Result<Outcome> {
+        if let Some(o) = self.finished.take() {
+            return Ok(o);
+        }
+        (&mut self.done)
+            .await
+            .map_err(|_| Error::Backend("the run stopped unexpectedly".into()))?
     }
 }
 
@@ -289,56 +305,30 @@ pub async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(Error::BadRequest("`stream` must be true or false".into())),
     };
-    let usage_chunk = body
-        .get("stream_options")
-        .is_some_and(|o| o["include_usage"] == true);
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .map_or_else(|| model_id(&agent), str::to_owned);
+    let reply = Reply {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: contract::chat::unix_now(),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .map_or_else(|| model_id(&agent), str::to_owned),
+        usage_chunk: body
+            .get("stream_options")
+            .is_some_and(|o| o["include_usage"] == true),
+    };
     let permit = state
         .runs
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| Error::Backend("the server is shutting down".into()))?;
-    let mut run = start_run(agent, messages, rid.clone(), permit);
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = now();
+    let mut run = Running::start(agent, messages, rid, permit);
     // Wait for the first thing the run does, so that a run that fails at once (the model's
     // endpoint down) is an error status, not a stream that says nothing.
     let first = run.events.recv().await;
     if first.is_none() {
-        let outcome = (&mut run.done)
-            .await
-            .map_err(|_| Error::Backend("the run stopped unexpectedly".into()))??;
-        if !stream {
-            return Ok(answer(
-                &id,
-                created,
-                &model,
-                String::new(),
-                String::new(),
-                &outcome,
-            ));
-        }
-        let chunks = [
-            chunk(
-                &id,
-                created,
-                &model,
-                Delta {
-                    role: Some(Role::Assistant),
-                    content: Some(Some(String::new())),
-                    ..Default::default()
-                },
-                None,
-            ),
-            finish(&id, created, &model, &outcome, usage_chunk),
-        ]
-        .concat();
-        return Ok(sse_response(Body::from(chunks)));
+        run.finished = Some(run.outcome().await?);
     }
     if !stream {
         let (mut content, mut reasoning) = (String::new(), String::new());
@@ -351,15 +341,10 @@ pub async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
             }
             next = run.events.recv().await;
         }
-        let outcome = (&mut run.done)
-            .await
-            .map_err(|_| Error::Backend("the run stopped unexpectedly".into()))??;
-        return Ok(answer(&id, created, &model, content, reasoning, &outcome));
+        let outcome = run.outcome().await?;
+        return Ok(reply.answer(content, reasoning, &outcome));
     }
-    let head = chunk(
-        &id,
-        created,
-        &model,
+    let head = reply.chunk(
         Delta {
             role: Some(Role::Assistant),
             content: Some(Some(String::new())),
@@ -367,87 +352,44 @@ pub async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
         },
         None,
     );
-    let state = (run, Some(first), id, created, model, usage_chunk, false);
-    let body = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(head) })
-        .chain(futures_util::stream::unfold(
-            state,
-            |(mut run, mut pending, id, created, model, usage_chunk, ended)| async move {
-                if ended {
-                    return None;
-                }
-                let next = match pending.take() {
-                    Some(p) => p,
-                    None => run.events.recv().await,
+    // Each event as a chunk as it comes; after the last, the end of the stream.
+    let rest = futures_util::stream::unfold(Some((run, first, reply)), |state| async move {
+        let (mut run, pending, reply) = state?;
+        let next = match pending {
+            Some(p) => Some(p),
+            None => run.events.recv().await,
+        };
+        Some(match next {
+            Some(ev) => (reply.event(&ev), Some((run, None, reply))),
+            None => {
+                let end = match run.outcome().await {
+                    Ok(outcome) => reply.finish(&outcome),
+                    Err(e) => error_frame(&e),
                 };
-                let bytes = match next {
-                    Some(ev) => event_chunk(&id, created, &model, &ev),
-                    None => {
-                        let bytes = match (&mut run.done).await {
-                            Ok(Ok(outcome)) => finish(&id, created, &model, &outcome, usage_chunk),
-                            Ok(Err(e)) => error_frame(&e),
-                            Err(_) => {
-                                error_frame(&Error::Backend("the run stopped unexpectedly".into()))
-                            }
-                        };
-                        return Some((
-                            Ok(bytes),
-                            (run, None, id, created, model, usage_chunk, true),
-                        ));
-                    }
-                };
-                Some((
-                    Ok(bytes),
-                    (run, None, id, created, model, usage_chunk, false),
-                ))
-            },
-        ));
-    Ok(sse_response(Body::from_stream(body)))
-}
-
-use futures_util::StreamExt as _;
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn sse_response(body: Body) -> Response {
-    (
+                (end, None)
+            }
+        })
+    });
+    let body = futures_util::stream::once(async move { head })
+        .chain(rest)
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok((
         [
             (CONTENT_TYPE, "text/event-stream"),
             (axum::http::header::CACHE_CONTROL, "no-cache"),
         ],
-        body,
+        Body::from_stream(body),
     )
-        .into_response()
+        .into_response())
 }
 
+use futures_util::StreamExt as _;
+
+/// One `data:` event holding `v`.
 fn frame(v: &impl serde::Serialize) -> bytes::Bytes {
-    bytes::Bytes::from(format!(
-        "data: {}\n\n",
-        serde_json::to_string(v).unwrap_or_default()
+    bytes::Bytes::from(contract::sse::encode_json_data(
+        &serde_json::to_vec(v).unwrap_or_default(),
     ))
-}
-
-fn chunk(id: &str, created: i64, model: &str, delta: Delta, finish: Option<&str>) -> bytes::Bytes {
-    frame(&ChatCompletionChunk {
-        id: id.to_owned(),
-        object: "chat.completion.chunk".into(),
-        created,
-        model: model.to_owned(),
-        choices: vec![ChunkChoice {
-            index: 0,
-            delta,
-            finish_reason: finish.map(str::to_owned),
-            logprobs: None,
-            extra: Default::default(),
-        }],
-        usage: None,
-        system_fingerprint: None,
-        extra: Default::default(),
-    })
 }
 
 fn reasoning_delta(text: String) -> Delta {
@@ -459,111 +401,126 @@ fn reasoning_delta(text: String) -> Delta {
     }
 }
 
-fn event_chunk(id: &str, created: i64, model: &str, ev: &Event) -> bytes::Bytes {
-    let delta = match ev {
-        Event::Text(t) => Delta {
-            content: Some(Some(t.clone())),
-            ..Default::default()
-        },
-        Event::Reasoning(r) => reasoning_delta(r.clone()),
-        other => reasoning_delta(activity(other).unwrap_or_default()),
-    };
-    chunk(id, created, model, delta, None)
-}
-
-/// The end of a stream: the limit note (if any), the finish reason, usage when asked, `[DONE]`.
-fn finish(id: &str, created: i64, model: &str, o: &Outcome, usage_chunk: bool) -> bytes::Bytes {
-    let mut out = Vec::new();
-    if let Some(note) = limit_note(o) {
-        out.extend_from_slice(&chunk(
-            id,
-            created,
-            model,
-            Delta {
-                content: Some(Some(note)),
-                ..Default::default()
-            },
-            None,
-        ));
-    }
-    out.extend_from_slice(&chunk(
-        id,
-        created,
-        model,
-        Delta::default(),
-        Some(finish_reason(o)),
-    ));
-    // Usage only when the backend reported it: a made-up zero would be counted as real.
-    if let Some(usage) = o.usage.clone().filter(|_| usage_chunk) {
-        out.extend_from_slice(&frame(&ChatCompletionChunk {
-            id: id.to_owned(),
-            object: "chat.completion.chunk".into(),
-            created,
-            model: model.to_owned(),
-            choices: Vec::new(),
-            usage: Some(Some(usage)),
-            system_fingerprint: None,
-            extra: Default::default(),
-        }));
-    }
-    out.extend_from_slice(contract::sse::DONE_FRAME);
-    bytes::Bytes::from(out)
-}
-
 fn finish_reason(o: &Outcome) -> &'static str {
     if o.stop.is_limit() { "length" } else { "stop" }
 }
 
 /// A failure after the stream began: an error event (OpenAI's shape), then `[DONE]`.
 fn error_frame(e: &Error) -> bytes::Bytes {
-    let api = e.to_api();
-    let mut out = frame(&json!({"error": api})).to_vec();
+    let mut out = frame(&json!({"error": e.to_api()})).to_vec();
     out.extend_from_slice(contract::sse::DONE_FRAME);
     bytes::Bytes::from(out)
 }
 
-fn answer(
-    id: &str,
+/// What every part of one answer carries.
+struct Reply {
+    id: String,
     created: i64,
-    model: &str,
-    mut content: String,
-    reasoning: String,
-    o: &Outcome,
-) -> Response {
-    if let Some(note) = limit_note(o) {
-        content.push_str(&note);
-    }
-    let mut message = ChatMessage::text(Role::Assistant, content);
-    if !reasoning.is_empty() {
-        message
-            .extra
-            .insert("reasoning_content".into(), Value::String(reasoning));
-    }
-    let r = ChatCompletionResponse {
-        id: id.to_owned(),
-        object: "chat.completion".into(),
-        created,
-        model: model.to_owned(),
-        choices: vec![Choice {
-            index: 0,
-            message,
-            finish_reason: Some(finish_reason(o).to_owned()),
-            logprobs: None,
-            extra: Default::default(),
-        }],
-        usage: o.usage.clone(),
-        system_fingerprint: None,
-        extra: Default::default(),
-    };
-    axum::Json(r).into_response()
+    /// The model id as the client named it.
+    model: String,
+    /// The client asked for a usage chunk (`stream_options.include_usage`).
+    usage_chunk: bool,
 }
 
-/// Reads the agents of `config` (inputs from the environment) and checks their names are
-/// distinct: everything `serve` refuses before it listens.
+impl Reply {
+    fn chunk_with(
+        &self,
+        choices: Vec<ChunkChoice>,
+        usage: Option<contract::usage::Usage>,
+    ) -> bytes::Bytes {
+        frame(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: usage.map(Some),
+            system_fingerprint: None,
+            extra: Default::default(),
+        })
+    }
+
+    fn chunk(&self, delta: Delta, finish: Option<&str>) -> bytes::Bytes {
+        let choice = ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason: finish.map(str::to_owned),
+            logprobs: None,
+            extra: Default::default(),
+        };
+        self.chunk_with(vec![choice], None)
+    }
+
+    /// An event of the run: text as content, the rest as `reasoning_content`.
+    fn event(&self, ev: &Event) -> bytes::Bytes {
+        let delta = match ev {
+            Event::Text(t) => Delta {
+                content: Some(Some(t.clone())),
+                ..Default::default()
+            },
+            Event::Reasoning(r) => reasoning_delta(r.clone()),
+            other => reasoning_delta(activity(other).unwrap_or_default()),
+        };
+        self.chunk(delta, None)
+    }
+
+    /// The end of a stream: the limit note (if any), the finish reason, usage when asked
+    /// and known, `[DONE]`.
+    fn finish(&self, o: &Outcome) -> bytes::Bytes {
+        let mut out = Vec::new();
+        if let Some(note) = limit_note(o) {
+            let delta = Delta {
+                content: Some(Some(note)),
+                ..Default::default()
+            };
+            out.extend_from_slice(&self.chunk(delta, None));
+        }
+        out.extend_from_slice(&self.chunk(Delta::default(), Some(finish_reason(o))));
+        // Usage only when the backend reported it: a made-up zero would be counted as real.
+        if let Some(usage) = o.usage.clone().filter(|_| self.usage_chunk) {
+            out.extend_from_slice(&self.chunk_with(Vec::new(), Some(usage)));
+        }
+        out.extend_from_slice(contract::sse::DONE_FRAME);
+        bytes::Bytes::from(out)
+    }
+
+    /// The whole answer of a run that was not streamed.
+    fn answer(&self, mut content: String, reasoning: String, o: &Outcome) -> Response {
+        if let Some(note) = limit_note(o) {
+            content.push_str(&note);
+        }
+        let mut message = ChatMessage::text(Role::Assistant, content);
+        if !reasoning.is_empty() {
+            message
+                .extra
+                .insert("reasoning_content".into(), Value::String(reasoning));
+        }
+        let r = ChatCompletionResponse {
+            id: self.id.clone(),
+            object: "chat.completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![Choice {
+                index: 0,
+                message,
+                finish_reason: Some(finish_reason(o).to_owned()),
+                logprobs: None,
+                extra: Default::default(),
+            }],
+            usage: o.usage.clone(),
+            system_fingerprint: None,
+            extra: Default::default(),
+        };
+        axum::Json(r).into_response()
+    }
+}
+
+/// Reads the agents of `config` and checks their names are distinct: everything `serve`
+/// refuses before it listens.
 pub fn load_agents(config: &Config) -> Result<Vec<agent_file::AgentDef>> {
     let mut defs: Vec<agent_file::AgentDef> = Vec::new();
     for path in &config.agents {
-        let mut def = agent_file::load(path)?;
+        let def = agent_file::load(path)?;
         if let Some(other) = defs.iter().find(|d| d.name == def.name) {
             return Err(Error::Usage(format!(
                 "two agents are named `{}` ({} and {}): rename a folder",
@@ -571,9 +528,6 @@ pub fn load_agents(config: &Config) -> Result<Vec<agent_file::AgentDef>> {
                 other.file.display(),
                 def.file.display()
             )));
-        }
-        for missing in def.resolve_inputs(|_| None) {
-            tracing::info!(agent = %def.name, input = %missing.id, variable = %missing.env_key(), "input not set in the environment: left empty");
         }
         defs.push(def);
     }
@@ -641,7 +595,12 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let http = http_client()?;
-    let defs = load_agents(&config)?;
+    let mut defs = load_agents(&config)?;
+    for def in &mut defs {
+        for missing in def.resolve_inputs(|_| None) {
+            tracing::info!(agent = %def.name, input = %missing.id, variable = %missing.env_key(), "input not set in the environment: left empty");
+        }
+    }
     for d in &defs {
         tracing::info!(agent = %d.name, model = %d.model, servers = ?d.server_lines(), "serving agent:{}", d.name);
     }
