@@ -12,23 +12,12 @@ use serde_json::json;
 use testkit::upstream::{Behavior, MockUpstream, ScriptedCall, Turn};
 use tiny_agents::agent::{Event, Limits, Stop};
 
-async fn upstream(turns: Vec<Turn>) -> MockUpstream {
-    MockUpstream::start_with(
-        "scripted",
-        Behavior {
-            turns,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_run_calls_a_tool_then_answers() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(vec![
+    let up = scripted(vec![
         Turn::call("call_a", "echo", r#"{"text": "bees"}"#),
         Turn::text("Bees make honey."),
     ])
@@ -111,7 +100,7 @@ async fn a_run_calls_a_tool_then_answers() {
 
 #[tokio::test]
 async fn a_text_answer_ends_the_run_at_once() {
-    let up = upstream(vec![Turn::text("Hello there.")]).await;
+    let up = scripted(vec![Turn::text("Hello there.")]).await;
     let (_root, dir) = folder("plain", &json!({"model": "local"}), None);
     let agent = agent(&dir, &up, Limits::default());
     let mut history = agent.new_history();
@@ -128,7 +117,7 @@ async fn a_text_answer_ends_the_run_at_once() {
 #[tokio::test]
 async fn the_exit_tools_end_the_run() {
     for tool in ["task_complete", "ask_question"] {
-        let up = upstream(vec![Turn::call("call_x", tool, "{}")]).await;
+        let up = scripted(vec![Turn::call("call_x", tool, "{}")]).await;
         let (_root, dir) = folder("quitter", &json!({"model": "local"}), None);
         let agent = agent(&dir, &up, Limits::default());
         let mut history = agent.new_history();
@@ -147,7 +136,7 @@ async fn an_exit_tool_beside_other_calls_leaves_no_call_unanswered() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(vec![
+    let up = scripted(vec![
         Turn::Calls(vec![
             ScriptedCall::new("c1", "echo", r#"{"text":"one"}"#),
             ScriptedCall::new("c2", "task_complete", "{}"),
@@ -195,7 +184,7 @@ async fn bad_calls_get_the_original_answers() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(vec![
+    let up = scripted(vec![
         Turn::Calls(vec![
             ScriptedCall::new("c1", "echo", r#"{"text": "unterminated"#),
             ScriptedCall::new("c2", "no_such_tool", "{}"),
@@ -255,7 +244,7 @@ async fn every_turn_counts_towards_the_turn_limit() {
     let turns = (0..20)
         .map(|i| Turn::call(&format!("c{i}"), "echo", r#"{"text":"again"}"#))
         .collect();
-    let up = upstream(turns).await;
+    let up = scripted(turns).await;
     let (_root, dir) = folder(
         "loop",
         &json!({"model": "local", "servers": [stdio_server()]}),
@@ -281,7 +270,7 @@ async fn the_tool_call_limit_stops_the_run_and_answers_the_rest() {
     let calls = (0..4)
         .map(|i| ScriptedCall::new(&format!("c{i}"), "echo", r#"{"text":"x"}"#))
         .collect();
-    let up = upstream(vec![Turn::Calls(calls)]).await;
+    let up = scripted(vec![Turn::Calls(calls)]).await;
     let (_root, dir) = folder(
         "busy",
         &json!({"model": "local", "servers": [stdio_server()]}),
@@ -319,7 +308,7 @@ async fn the_deadline_stops_a_run_inside_a_slow_tool() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(vec![
+    let up = scripted(vec![
         Turn::Calls(vec![
             ScriptedCall::new("c1", "slow", r#"{"seconds": 30}"#),
             ScriptedCall::new("c2", "echo", r#"{"text":"after"}"#),
@@ -351,7 +340,7 @@ async fn inputs_reach_a_stdio_server_from_the_environment() {
     }
     // Input `home` is read from HOME, which every test process has.
     let home = std::env::var("HOME").unwrap();
-    let up = upstream(vec![
+    let up = scripted(vec![
         Turn::call("c1", "echo", r#"{"text":"x"}"#),
         Turn::text("ok"),
     ])
@@ -381,7 +370,7 @@ async fn servers_over_sse_and_streamable_http() {
     }
     for kind in ["sse", "http"] {
         let (_child, url) = http_server(kind).await;
-        let up = upstream(vec![
+        let up = scripted(vec![
             Turn::call("c1", "add", r#"{"a": 20, "b": 22}"#),
             Turn::text("42"),
         ])
@@ -415,7 +404,7 @@ async fn servers_over_sse_and_streamable_http() {
 
 #[tokio::test]
 async fn a_server_that_cannot_start_is_left_out() {
-    let up = upstream(vec![Turn::text("Still here.")]).await;
+    let up = scripted(vec![Turn::text("Still here.")]).await;
     let (_root, dir) = folder(
         "broken",
         &json!({"model": "local", "servers": [{"type": "stdio", "command": "/nonexistent/mcp-server"}]}),

@@ -33,18 +33,12 @@ async fn run_is_a_terminal_session() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = MockUpstream::start_with(
-        "scripted",
-        Behavior {
-            turns: vec![
-                Turn::call("call_a", "echo", r#"{"text": "bees"}"#),
-                Turn::text("Bees make honey."),
-                Turn::text("(abandoned)"),
-                Turn::text("Still me."),
-            ],
-            ..Default::default()
-        },
-    )
+    let up = scripted(vec![
+        Turn::call("call_a", "echo", r#"{"text": "bees"}"#),
+        Turn::text("Bees make honey."),
+        Turn::text("(abandoned)"),
+        Turn::text("Still me."),
+    ])
     .await;
     let (_root, dir) = folder(
         "helper",
@@ -168,14 +162,7 @@ async fn the_python_reference_and_ours_send_the_same_requests() {
             Turn::text("(abandoned)"),
         ]
     };
-    let up = MockUpstream::start_with(
-        "scripted",
-        Behavior {
-            turns: script(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let up = scripted(script()).await;
     let (_root, dir) = folder(
         "same",
         &json!({"model": "local", "endpointUrl": up.base_url(), "servers": [stdio_server()]}),

@@ -12,17 +12,6 @@ use common::*;
 use serde_json::{Value, json};
 use testkit::upstream::{Behavior, MockUpstream, Turn};
 
-async fn upstream(turns: Vec<Turn>) -> MockUpstream {
-    MockUpstream::start_with(
-        "scripted",
-        Behavior {
-            turns,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
 /// Serves the agents at `dirs` with model calls going to `up`.
 async fn serve(
     dirs: Vec<PathBuf>,
@@ -71,7 +60,7 @@ async fn agents_are_models_and_answer_plain() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(tool_turns()).await;
+    let up = scripted(tool_turns()).await;
     let (_root, dir) = helper();
     let addr = serve(vec![dir], &up, |_| {}).await;
     let http = reqwest::Client::new();
@@ -131,7 +120,7 @@ async fn a_stream_shows_tool_activity_as_reasoning_and_ends_with_done() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(tool_turns()).await;
+    let up = scripted(tool_turns()).await;
     let (_root, dir) = helper();
     let addr = serve(vec![dir], &up, |_| {}).await;
     let res = reqwest::Client::new()
@@ -181,7 +170,7 @@ async fn a_run_cut_by_a_limit_says_so() {
     if !testkit::mcp::python_sdk_available() {
         return;
     }
-    let up = upstream(vec![Turn::call("c1", "echo", r#"{"text":"x"}"#)]).await;
+    let up = scripted(vec![Turn::call("c1", "echo", r#"{"text":"x"}"#)]).await;
     let (_root, dir) = helper();
     let addr = serve(vec![dir], &up, |c| c.run.max_turns = 1).await;
     let v: Value = reqwest::Client::new()
@@ -202,7 +191,7 @@ async fn a_run_cut_by_a_limit_says_so() {
 
 #[tokio::test]
 async fn bad_requests_get_openai_errors() {
-    let up = upstream(Vec::new()).await;
+    let up = scripted(Vec::new()).await;
     let (_r1, one) = folder("one", &json!({"model": "local"}), None);
     let (_r2, two) = folder("two", &json!({"model": "local"}), None);
     let addr = serve(vec![one, two], &up, |c| c.api_key = Some("sekrit".into())).await;
@@ -344,7 +333,7 @@ async fn the_openai_python_sdk_chats_with_an_agent() {
     }
     // Each run: the tool turn, the answer, the turn after it (abandoned: no tool call).
     let run = || [tool_turns(), vec![Turn::text("unused")]].concat();
-    let up = upstream([run(), run()].concat()).await;
+    let up = scripted([run(), run()].concat()).await;
     let (_root, dir) = helper();
     let addr = serve(vec![dir], &up, |c| c.api_key = Some("sdk-key".into())).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_sdk.py");

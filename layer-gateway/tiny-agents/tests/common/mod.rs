@@ -101,6 +101,18 @@ pub async fn run(agent: &Agent, history: &mut Vec<Value>, prompt: &str) -> (Outc
     (outcome, events)
 }
 
+/// The testkit upstream answering chat requests with `turns`, in order.
+pub async fn scripted(turns: Vec<testkit::upstream::Turn>) -> MockUpstream {
+    MockUpstream::start_with(
+        "scripted",
+        testkit::upstream::Behavior {
+            turns,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// The chat requests the upstream received, as JSON.
 pub fn chats(up: &MockUpstream) -> Vec<Value> {
     up.requests()
