@@ -9,20 +9,10 @@ use std::time::Duration;
 
 mod common;
 
-use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
+use docsdb::spec::SystemSpec;
 use homelab::up::{ToolsOptions, UpOptions};
 use serde_json::{Value, json};
-use sqlx::Row;
 use testkit::upstream::{Behavior, MockUpstream, Turn};
-
-fn handle(name: &str, endpoint: &str, model: &str) -> HandleSpec {
-    HandleSpec {
-        handle: name.into(),
-        description: None,
-        strategy: Strategy::Priority,
-        targets: vec![TargetSpec::on_endpoint(endpoint, model)],
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_researcher_reads_a_page_through_web_fetch() {
@@ -41,14 +31,7 @@ async fn the_web_researcher_reads_a_page_through_web_fetch() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
-    let db = docsdb::Db::open(&db_url).await.unwrap();
-    let spec = common::engine_registry(
-        &engine.base_url(),
-        vec![handle("local", "engine", "small-model")],
-    );
-    docsdb::apply::apply(&db, &spec, false).await.unwrap();
-    db.close().await;
+    common::register_engine(dir.path(), &engine.base_url()).await;
 
     let (running, stop, task) = common::run_up(UpOptions {
         no_engine: true,
@@ -74,7 +57,7 @@ async fn the_web_researcher_reads_a_page_through_web_fetch() {
     // Without the engine `up` registers no agent handles; route one as a user would.
     let db = docsdb::Db::open(&running.db_url).await.unwrap();
     let routes = SystemSpec {
-        handles: vec![handle(
+        handles: vec![common::handle(
             "agent:web-researcher",
             "tiny-agents",
             "agent:web-researcher",
@@ -142,20 +125,7 @@ async fn the_web_researcher_reads_a_page_through_web_fetch() {
 
     // The request log: the client's request to the agent and the agent's three model calls
     // share the client's request id.
-    let mut rows = Vec::new();
-    for _ in 0..50 {
-        rows = sqlx::query("SELECT handle FROM request_log WHERE request_id = 'agent-run-1' AND status = 200 ORDER BY id")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<Option<String>, _>("handle").unwrap_or_default())
-            .collect::<Vec<String>>();
-        if rows.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut rows = common::logged_handles(&db, "agent-run-1", 4).await;
     rows.sort();
     assert_eq!(rows, ["agent:web-researcher", "local", "local", "local"]);
     db.close().await;

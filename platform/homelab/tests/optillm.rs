@@ -9,35 +9,16 @@ use std::time::Duration;
 
 mod common;
 
-use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
+use docsdb::spec::SystemSpec;
 use homelab::up::{ToolsOptions, UpOptions};
 use serde_json::{Value, json};
-use sqlx::Row;
 use testkit::upstream::MockUpstream;
-
-fn handle(name: &str, endpoint: &str, model: &str) -> HandleSpec {
-    HandleSpec {
-        handle: name.into(),
-        description: None,
-        strategy: Strategy::Priority,
-        targets: vec![TargetSpec::on_endpoint(endpoint, model)],
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
     let engine = MockUpstream::start("engine").await;
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
-    let db = docsdb::Db::open(&db_url).await.unwrap();
-    let engine_spec = common::engine_registry(
-        &engine.base_url(),
-        vec![handle("local", "engine", "small-model")],
-    );
-    docsdb::apply::apply(&db, &engine_spec, false)
-        .await
-        .unwrap();
-    db.close().await;
+    common::register_engine(dir.path(), &engine.base_url()).await;
 
     // A page web-fetch may read (loopback, allowed for this test).
     let page = common::bees_page().await;
@@ -58,10 +39,10 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
     let db = docsdb::Db::open(&running.db_url).await.unwrap();
     let routes = SystemSpec {
         handles: vec![
-            handle("re2-local", "optillm-proxy", "re2-local"),
-            handle("bon-again", "optillm-proxy", "bon-again"),
-            handle("again", "optillm-proxy", "again"),
-            handle("readurls-local", "optillm-proxy", "readurls-local"),
+            common::handle("re2-local", "optillm-proxy", "re2-local"),
+            common::handle("bon-again", "optillm-proxy", "bon-again"),
+            common::handle("again", "optillm-proxy", "again"),
+            common::handle("readurls-local", "optillm-proxy", "readurls-local"),
         ],
         ..Default::default()
     };
@@ -137,20 +118,7 @@ async fn a_handle_runs_an_approach_through_the_gateway_and_loops_are_refused() {
 
     // The gateway's log: the client's request and the proxy's call to `local` share the
     // client's request id.
-    let mut rows = Vec::new();
-    for _ in 0..50 {
-        rows = sqlx::query("SELECT handle, status FROM request_log WHERE request_id = 'client-req-1' AND status = 200 ORDER BY id")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<Option<String>, _>("handle").unwrap_or_default())
-            .collect::<Vec<String>>();
-        if rows.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut rows = common::logged_handles(&db, "client-req-1", 2).await;
     rows.sort();
     assert_eq!(rows, ["local", "re2-local"]);
     db.close().await;

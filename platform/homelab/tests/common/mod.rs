@@ -100,6 +100,53 @@ pub fn engine_registry(
     }
 }
 
+/// A handle with one target: `model` on `endpoint`.
+#[allow(dead_code)]
+pub fn handle(name: &str, endpoint: &str, model: &str) -> docsdb::spec::HandleSpec {
+    docsdb::spec::HandleSpec {
+        handle: name.into(),
+        description: None,
+        strategy: docsdb::spec::Strategy::Priority,
+        targets: vec![docsdb::spec::TargetSpec::on_endpoint(endpoint, model)],
+    }
+}
+
+/// Registers, in the system-docs DB `up` will open in `data_dir`, a stand-in engine at
+/// `base_url` with the handle `local` on its model `small-model`.
+#[allow(dead_code)]
+pub async fn register_engine(data_dir: &std::path::Path, base_url: &str) {
+    let db_url = format!("sqlite://{}/system-docs.db", data_dir.display());
+    let db = docsdb::Db::open(&db_url).await.unwrap();
+    let spec = engine_registry(base_url, vec![handle("local", "engine", "small-model")]);
+    docsdb::apply::apply(&db, &spec, false).await.unwrap();
+    db.close().await;
+}
+
+/// The handles of the request log's successful rows with `request_id`, once there are at
+/// least `n` of them (the log is written in the background), in log order.
+#[allow(dead_code)]
+pub async fn logged_handles(db: &docsdb::Db, request_id: &str, n: usize) -> Vec<String> {
+    use sqlx::Row;
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        rows = sqlx::query(
+            "SELECT handle FROM request_log WHERE request_id = $1 AND status = 200 ORDER BY id",
+        )
+        .bind(request_id)
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<Option<String>, _>("handle").unwrap_or_default())
+        .collect::<Vec<String>>();
+        if rows.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows
+}
+
 /// A page web-fetch may read (on loopback, allowed by the tests that use it): `/bees`; its
 /// address.
 #[allow(dead_code)]
