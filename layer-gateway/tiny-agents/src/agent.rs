@@ -416,10 +416,7 @@ impl Agent {
                 Value::Object(m)
             };
             if let Some(stop) = &ended {
-                messages.push(answer(&format!(
-                    "Not run: the run ended before this call ({}).",
-                    stop.describe()
-                )));
+                messages.push(answer(&not_run(stop)));
                 continue;
             }
             let Some(name) = call.name.clone() else {
@@ -464,10 +461,7 @@ impl Agent {
                 } else {
                     Stop::Deadline(self.limits.deadline)
                 };
-                messages.push(answer(&format!(
-                    "Not run: the run ended before this call ({}).",
-                    stop.describe()
-                )));
+                messages.push(answer(&not_run(&stop)));
                 ended = Some(stop);
                 continue;
             }
@@ -517,6 +511,14 @@ impl Agent {
         }
         ended
     }
+}
+
+/// The answer to a call the run did not get to.
+fn not_run(stop: &Stop) -> String {
+    format!(
+        "Not run: the run ended before this call ({}).",
+        stop.describe()
+    )
 }
 
 /// The exit tools, then the MCP tools, in OpenAI's `tools` shape.
