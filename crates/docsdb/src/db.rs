@@ -66,6 +66,38 @@ pub(crate) fn push_values(sql: &mut String, rows: usize, cols: usize, backend: B
     }
 }
 
+/// A query of the Any driver, as [`insert_rows`] hands it to its binder.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Writes `rows` in one transaction with multi-row `INSERT`s: `head` (`INSERT INTO t (a, b)
+/// VALUES `) and `per_statement` rows of `cols` placeholders each, `bind` binding one row's
+/// values in column order. Either all are written or none; how many were.
+pub(crate) async fn insert_rows<R>(
+    db: &Db,
+    head: &str,
+    cols: usize,
+    per_statement: usize,
+    rows: &[R],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &R) -> AnyQuery<'q>,
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = db.pool().begin().await?;
+    let mut written = 0;
+    for chunk in rows.chunks(per_statement.max(1)) {
+        let mut sql = String::from(head);
+        push_values(&mut sql, chunk.len(), cols, db.backend());
+        let mut q = sqlx::query(&sql).persistent(db.backend().caches_nullable_floats());
+        for r in chunk {
+            q = bind(q, r);
+        }
+        written += q.execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
 /// Pool and timeout settings. Every limit is explicit.
 #[derive(Debug, Clone)]
 pub struct DbOptions {

@@ -14,6 +14,8 @@
 //! - [`residency`]: which models are loaded now, and by which service.
 //! - [`keys`]: virtual API keys, stored as SHA-256 hashes.
 //! - [`request_log`]: the batched insert path for request-log rows.
+//! - [`tool_calls`]: one row per MCP tool call (agents, the gateway's tool endpoint).
+//! - [`writer`]: the bounded queue both write through, so that no request waits on the DB.
 //! - [`health`]: health-check rows.
 //! - [`monitor`]: the monitor's settings, views and hourly rollups (folded as each hour ends).
 //! - [`vectors`]: the vector store's own database (collections, payload indexes, points),
@@ -34,7 +36,9 @@ pub mod request_log;
 pub mod residency;
 mod rollup;
 pub mod spec;
+pub mod tool_calls;
 pub mod vectors;
+pub mod writer;
 mod yaml_lines;
 
 pub use db::{Backend, DEFAULT_DB_URL, Db, DbOptions, Schema};

@@ -500,7 +500,7 @@ pub async fn hosts(db: &Db) -> Result<Vec<HostRow>> {
 /// One row of `v_recent_errors`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorRow {
-    /// `request` or `health`.
+    /// `request`, `health` or `tool` (a failed tool call: subject the tool, target its server).
     pub source: String,
     pub at_ms: i64,
     /// The handle or the service.

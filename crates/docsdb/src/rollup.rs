@@ -67,6 +67,9 @@ pub struct RollupReport {
     pub health_pruned: u64,
     /// Folded request-log rows deleted for their age.
     pub request_pruned: u64,
+    /// Tool-call rows deleted for their age (they are not folded: the views read the last
+    /// 24 hours of raw rows).
+    pub tool_calls_pruned: u64,
 }
 
 /// Folds every complete hour before `now_ms`, then deletes folded raw rows of the hours
@@ -97,7 +100,29 @@ pub async fn rollup(db: &Db, now_ms: i64, cutoff_ms: i64) -> Result<RollupReport
         }
         *pruned = prune(db, source, hour_of(cutoff_ms)).await?;
     }
+    report.tool_calls_pruned = prune_tool_calls(db, hour_of(cutoff_ms)).await?;
     Ok(report)
+}
+
+/// Deletes the tool calls before `cutoff`, an hour per statement.
+async fn prune_tool_calls(db: &Db, cutoff: i64) -> Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let oldest: Option<i64> =
+            sqlx::query("SELECT MIN(started_at_ms) AS m FROM tool_calls WHERE started_at_ms < $1")
+                .bind(cutoff)
+                .fetch_one(db.pool())
+                .await?
+                .try_get("m")?;
+        let Some(oldest) = oldest else { break };
+        let end = (hour_of(oldest) + HOUR_MS).min(cutoff);
+        deleted += sqlx::query("DELETE FROM tool_calls WHERE started_at_ms < $1")
+            .bind(end)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+    }
+    Ok(deleted)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -66,6 +66,7 @@ on_both!(
     dry_run_changes_nothing,
     missing_and_present_latencies_alternate,
     request_log_records_who_each_request_was_for,
+    tool_calls_feed_the_views_and_leave_with_the_retention,
 );
 
 async fn migrating_twice_is_harmless(db: Db) {
@@ -544,6 +545,98 @@ async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
         !w.log(log_row(0, "chat", 200)),
         "a closed writer refuses rows"
     );
+}
+
+fn tool_row(request: &str, tool: &str, ok: bool, age_ms: i64) -> docsdb::tool_calls::ToolCallRow {
+    let row = docsdb::tool_calls::ToolCallRow {
+        request_id: request.into(),
+        started_at_ms: docsdb::now_ms() - age_ms,
+        caller: "agent:web-researcher".into(),
+        key_name: None,
+        server: Some("web-fetch".into()),
+        tool: tool.into(),
+        duration_ms: if ok { 20.0 } else { 40.0 },
+        ok,
+        error: None,
+    };
+    if ok {
+        row
+    } else {
+        row.with_error("Error: MCP tool call failed with error message: 403 not allowed")
+    }
+}
+
+async fn tool_calls_feed_the_views_and_leave_with_the_retention(db: Db) {
+    use docsdb::tool_calls::{ToolCallWriter, recent, stats};
+    use docsdb::writer::WriterConfig;
+    let w = ToolCallWriter::spawn(db.clone(), WriterConfig::default());
+    assert!(w.log(tool_row("run-1", "fetch", true, 2_000)));
+    assert!(w.log(tool_row("run-1", "fetch", false, 1_000)));
+    assert!(w.log(tool_row("run-2", "web_search", true, 500)));
+    let mut stranger = tool_row("run-3", "no_such_tool", false, 100);
+    stranger.server = None;
+    assert!(w.log(stranger));
+    // Older than a day: not in the views, and gone with a retention of a day.
+    assert!(w.log(tool_row("run-0", "fetch", true, 30 * 3_600_000)));
+    assert!(w.close().await);
+    assert_eq!(count(&db, "tool_calls").await, 5);
+
+    let s = stats(&db).await.unwrap();
+    let seen: Vec<String> = s
+        .iter()
+        .map(|t| format!("{:?} {} {} {}", t.server, t.tool, t.calls_24h, t.errors_24h))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            r#"Some("web-fetch") fetch 2 1"#,
+            "None no_such_tool 1 1",
+            r#"Some("web-fetch") web_search 1 0"#,
+        ]
+    );
+    assert_eq!(s[0].avg_duration_ms_24h, Some(30.0));
+    assert_eq!(s[0].max_duration_ms_24h, Some(40.0));
+    assert_eq!(s[0].callers_24h, 1);
+
+    let all = recent(&db, 10, None).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].tool, "fetch", "newest first: the last row written");
+    let run1 = recent(&db, 10, Some("run-1")).await.unwrap();
+    assert_eq!(run1.len(), 2);
+    assert!(!run1[0].ok);
+    assert_eq!(
+        run1[0].error.as_deref(),
+        Some("Error: MCP tool call failed with error message: 403 not allowed")
+    );
+    assert!(run1[1].ok && run1[1].error.is_none());
+
+    let errors = docsdb::monitor::errors(&db, 10).await.unwrap();
+    let tools: Vec<(&str, Option<&str>, Option<&str>)> = errors
+        .iter()
+        .filter(|e| e.source == "tool")
+        .map(|e| {
+            (
+                e.subject.as_deref().unwrap_or(""),
+                e.target.as_deref(),
+                e.request_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            ("no_such_tool", None, Some("run-3")),
+            ("fetch", Some("web-fetch"), Some("run-1")),
+        ]
+    );
+
+    let now = docsdb::now_ms();
+    let report = docsdb::monitor::rollup(&db, now, now - 86_400_000)
+        .await
+        .unwrap();
+    assert_eq!(report.tool_calls_pruned, 1);
+    assert_eq!(count(&db, "tool_calls").await, 4);
+    assert!(recent(&db, 10, Some("run-0")).await.unwrap().is_empty());
 }
 
 async fn health_checks_feed_status_and_uptime(db: Db) {
