@@ -155,6 +155,20 @@ where
     S: ServerHandler + Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,
 {
+    service_kit::server::with_common_layers(
+        routes(endpoint(factory, opts)).into_router(),
+        opts.body_limit,
+    )
+}
+
+/// The guarded MCP endpoint alone (Streamable HTTP behind the `Host`/`Origin` checks, the
+/// optional token and the session cap), for a service that serves MCP beside its own routes:
+/// mount it at `/mcp` with [`ENDPOINT_METHODS`].
+pub fn endpoint<S, F>(factory: F, opts: &HttpOptions) -> Endpoint
+where
+    S: ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
     hosts.extend(opts.host_headers.iter().cloned());
     let config = StreamableHttpServerConfig::default()
@@ -180,42 +194,40 @@ where
             auth::check,
         ))
         .service(service);
-    service_kit::server::with_common_layers(routes(guarded).into_router(), opts.body_limit)
+    axum::routing::any_service(guarded)
+}
+
+/// What [`endpoint`] gives: a service to mount.
+pub type Endpoint = axum::routing::MethodRouter;
+
+/// The methods of `/mcp`, for a route table.
+pub const ENDPOINT_METHODS: [(&str, &str); 3] = [
+    (
+        "POST",
+        "MCP Streamable HTTP: JSON-RPC requests and notifications (bearer token when set)",
+    ),
+    (
+        "GET",
+        "MCP Streamable HTTP: the session's server-to-client event stream",
+    ),
+    ("DELETE", "MCP Streamable HTTP: ends a session"),
+];
+
+/// A stand-in for [`endpoint`] in a route table built without a running server.
+pub fn placeholder() -> Endpoint {
+    axum::routing::any(|| async { http::StatusCode::NOT_FOUND })
 }
 
 /// The routes of a tool server around its (guarded) MCP endpoint.
-fn routes<T>(mcp: T) -> Routes
-where
-    T: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    T::Response: axum::response::IntoResponse,
-    T::Future: Send + 'static,
-{
+fn routes(mcp: Endpoint) -> Routes {
     Routes::new()
-        .service(
-            "/mcp",
-            mcp,
-            &[
-                (
-                    "POST",
-                    "MCP Streamable HTTP: JSON-RPC requests and notifications (bearer token when set)",
-                ),
-                ("GET", "MCP Streamable HTTP: the session's server-to-client event stream"),
-                ("DELETE", "MCP Streamable HTTP: ends a session"),
-            ],
-        )
+        .service("/mcp", mcp, &ENDPOINT_METHODS)
         .health_always_ready()
 }
 
 /// The route table of every tool server (the same [`routes`] its app is built from).
 pub fn route_table() -> Vec<Route> {
-    let placeholder = tower::service_fn(|_: axum::extract::Request| async {
-        Ok::<_, std::convert::Infallible>(http::StatusCode::NOT_FOUND)
-    });
-    routes(placeholder).table().to_vec()
+    routes(placeholder()).table().to_vec()
 }
 
 /// Where a tool server listens: the address it binds itself (a binary, where `--stdio`

@@ -124,3 +124,21 @@ pub async fn errors(
         serde_json::json!({ "errors": monitor::errors(&state.db, limit).await? }),
     ))
 }
+
+#[derive(Debug, Deserialize)]
+pub struct ToolsQuery {
+    pub limit: Option<i64>,
+    pub request_id: Option<String>,
+}
+
+/// `GET /api/tools?limit=N&request_id=ID`: calls per tool over the last 24 hours, and the
+/// newest calls (of one request when `request_id` is given).
+pub async fn tools(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ToolsQuery>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let tools = docsdb::tool_calls::stats(&state.db).await?;
+    let calls = docsdb::tool_calls::recent(&state.db, limit, q.request_id.as_deref()).await?;
+    Ok(Json(serde_json::json!({ "tools": tools, "calls": calls })))
+}

@@ -80,6 +80,11 @@ pub struct Config {
     #[arg(long, default_value = "15s", value_parser = duration)]
     pub page_refresh: Duration,
 
+    /// A `Host` header value `/mcp` accepts besides the loopback names (the name MCP clients
+    /// use for this machine when the monitor is bound beyond loopback); repeatable.
+    #[arg(long = "mcp-host-header", value_name = "HOST")]
+    pub mcp_host_headers: Vec<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod api;
 mod config;
 mod error;
+pub mod mcp;
 pub mod metrics;
 pub mod page;
 pub mod probe;
@@ -31,8 +32,8 @@ pub use state::AppState;
 /// partial hour of the 24 h window.
 pub const MIN_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
-/// The monitor's routes and their table.
-pub fn routes() -> Routes<Arc<AppState>> {
+/// The monitor's routes and their table, around its MCP endpoint (see [`mcp`]).
+pub fn routes(mcp: mcp_kit::Endpoint) -> Routes<Arc<AppState>> {
     Routes::new()
         .get("/", page::dashboard, "The dashboard page (read-only)")
         .get(
@@ -61,7 +62,17 @@ pub fn routes() -> Routes<Arc<AppState>> {
             "Registered models and where they are served",
         )
         .get("/api/hosts", api::hosts, "Hosts and their services")
-        .get("/api/errors", api::errors, "Recent errors across the stack")
+        .get(
+            "/api/errors",
+            api::errors,
+            "Recent errors across the stack (requests, probes, tool calls)",
+        )
+        .get(
+            "/api/tools",
+            api::tools,
+            "Tool calls per tool over 24 h and the newest calls (`?request_id=` one request's)",
+        )
+        .service("/mcp", mcp, &mcp_kit::ENDPOINT_METHODS)
         .get("/metrics", metrics::metrics, "Prometheus metrics")
         .health(
             |state: Arc<AppState>| async move { state.db.ping().await.map_err(|e| e.to_string()) },
@@ -70,7 +81,15 @@ pub fn routes() -> Routes<Arc<AppState>> {
 
 /// The monitor's router, on `state`.
 pub fn app(state: Arc<AppState>) -> Router {
-    routes().into_router().with_state(state)
+    let db = state.db.clone();
+    let opts = mcp_kit::HttpOptions {
+        host_headers: state.config.mcp_host_headers.clone(),
+        body_limit: state.config.common.body_limit,
+        cancel: state.mcp_cancel.clone(),
+        ..mcp_kit::HttpOptions::default()
+    };
+    let mcp = mcp_kit::endpoint(move || mcp::MonitorTools::new(db.clone()), &opts);
+    routes(mcp).into_router().with_state(state)
 }
 
 /// Runs the monitor until `shutdown` resolves.
@@ -123,6 +142,11 @@ pub async fn serve_with_db(
     let body_limit = state.config.common.body_limit;
     let drain = state.config.common.drain_timeout;
     let router = service_kit::server::with_common_layers(app(state.clone()), body_limit);
+    let mcp_cancel = state.mcp_cancel.clone();
+    let shutdown = async move {
+        shutdown.await;
+        mcp_cancel.cancel();
+    };
     let plan = service_kit::server::ShutdownPlan::new(shutdown, drain);
     let served = service_kit::server::serve(listener, router, plan).await;
     // Probes in progress finish, alerts queued or being retried are delivered (bounded by
@@ -196,5 +220,5 @@ service_kit::service!(
     "system-monitor",
     Error,
     common = common,
-    routes = routes().table().to_vec()
+    routes = routes(mcp_kit::placeholder()).table().to_vec()
 );

@@ -14,6 +14,7 @@ use docsdb::monitor::{
 
 use crate::state::AppState;
 use docsdb::monitor::counts;
+use docsdb::tool_calls::ToolStatsRow;
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -48,7 +49,7 @@ fn bytes(v: Option<i64>) -> String {
 }
 
 /// "3m", "2h", "5d" ago.
-fn ago(now_ms: i64, at_ms: Option<i64>) -> String {
+pub(crate) fn ago(now_ms: i64, at_ms: Option<i64>) -> String {
     let Some(at) = at_ms else {
         return "–".to_owned();
     };
@@ -148,6 +149,7 @@ struct Data {
     models: Result<Vec<ModelRow>, String>,
     hosts: Result<Vec<HostRow>, String>,
     errors: Result<Vec<ErrorRow>, String>,
+    tools: Result<Vec<ToolStatsRow>, String>,
 }
 
 async fn load(state: &AppState, now_ms: i64) -> Data {
@@ -163,6 +165,7 @@ async fn load(state: &AppState, now_ms: i64) -> Data {
         models: monitor::models(db).await.map_err(s),
         hosts: monitor::hosts(db).await.map_err(s),
         errors: monitor::errors(db, 15).await.map_err(s),
+        tools: docsdb::tool_calls::stats(db).await.map_err(s),
     }
 }
 
@@ -306,6 +309,36 @@ fn render(d: &Data, now: i64, refresh_s: u64) -> String {
     }
     h.push_str("</section>");
 
+    h.push_str(r#"<section id="tools"><h2>tool calls, 24 h</h2>"#);
+    match &d.tools {
+        Err(e) => {
+            let _ = write!(h, r#"<p class="banner">unknown: {}</p>"#, esc(e));
+        }
+        Ok(rows) if rows.is_empty() => {
+            h.push_str(r#"<p class="muted">No tool calls in the last 24 hours.</p>"#);
+        }
+        Ok(rows) => {
+            h.push_str("<table><thead><tr><th>tool</th><th>server</th><th>calls</th><th>failed</th><th>callers</th><th>avg</th><th>slowest</th><th>last</th></tr></thead><tbody>");
+            for t in rows {
+                let _ = write!(
+                    h,
+                    r#"<tr class="tool" data-tool="{tool}"><td>{tool}</td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                    esc(t.server.as_deref().unwrap_or("no server")),
+                    t.calls_24h,
+                    if t.errors_24h > 0 { "down" } else { "" },
+                    t.errors_24h,
+                    t.callers_24h,
+                    opt_ms(t.avg_duration_ms_24h),
+                    opt_ms(t.max_duration_ms_24h),
+                    ago(now, t.last_call_at_ms),
+                    tool = esc(&t.tool),
+                );
+            }
+            h.push_str("</tbody></table>");
+        }
+    }
+    h.push_str("</section>");
+
     h.push_str(r#"<section id="capacity"><h2>models and hosts</h2>"#);
     if let Ok(hosts) = &d.hosts {
         h.push_str("<table><thead><tr><th>host</th><th>memory</th><th>models</th><th>used by models</th><th>headroom</th><th>loaded now</th><th>free now</th></tr></thead><tbody>");
@@ -423,6 +456,7 @@ mod tests {
             models: Err("x".into()),
             hosts: Err("x".into()),
             errors: Err("x".into()),
+            tools: Err("x".into()),
         };
         let page = render(&d, 0, 15);
         assert!(page.contains(r#"data-status="unknown""#));

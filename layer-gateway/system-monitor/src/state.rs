@@ -48,6 +48,8 @@ pub struct AppState {
     /// The background tasks: probes, rollups, alert deliveries.
     pub tasks: service_kit::tasks::Tasks,
     alerts: tokio::sync::mpsc::Sender<Alert>,
+    /// Cancelled when shutdown begins: `/mcp`'s open event streams end so the drain can finish.
+    pub mcp_cancel: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             metrics: Counters::default(),
             tasks: service_kit::tasks::Tasks::new(),
             alerts,
+            mcp_cancel: tokio_util::sync::CancellationToken::new(),
         })
     }
 

@@ -1078,3 +1078,155 @@ async fn the_page_renders_in_a_headless_browser() {
     mon.shutdown().await;
     t.cleanup().await;
 }
+
+/// The stack doctor's tools over `/mcp`, with the official MCP Python SDK: a service down, a
+/// failed request and a failed tool call are all in `stack_status`; `/api/tools` and the page
+/// show the tool calls.
+#[tokio::test]
+async fn the_stack_doctor_tools_over_mcp() {
+    if !testkit::mcp::python_sdk_available() {
+        return;
+    }
+    let t = common::sqlite().await;
+    let db = &t.db;
+    let mut echo = Svc::start().await;
+    let spec = SystemSpec {
+        hosts: vec![host()],
+        services: vec![
+            probed("echo", Layer::Inference, &echo),
+            service("silent", Layer::Tools, None, None),
+        ],
+        ..Default::default()
+    };
+    docsdb::apply::apply(db, &spec, false).await.unwrap();
+    add_chat_handle(db).await;
+    let now = docsdb::now_ms();
+    let mut failed = request("req-502".into(), now - 5_000, 502, 40.0);
+    failed.error_type = Some("upstream_error".into());
+    failed.target = Some("mini-ov".into());
+    docsdb::request_log::insert_batch(
+        db,
+        &[request("req-ok".into(), now - 6_000, 200, 30.0), failed],
+    )
+    .await
+    .unwrap();
+    let tool = |ok: bool, ms: f64| docsdb::tool_calls::ToolCallRow {
+        request_id: "run-7".into(),
+        started_at_ms: now - 4_000,
+        caller: "agent:web-researcher".into(),
+        key_name: None,
+        server: Some("web-fetch".into()),
+        tool: "fetch".into(),
+        duration_ms: ms,
+        ok,
+        error: None,
+    };
+    docsdb::tool_calls::insert_batch(
+        db,
+        &[
+            tool(true, 120.0),
+            tool(false, 80.0).with_error(
+                "Error: MCP tool call failed with error message: the host is not on the allow-list",
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let mon = Monitor::start(db, |_| {}).await;
+    mon.wait_status("echo", "up").await;
+    echo.stop();
+    mon.wait_status("echo", "down").await;
+
+    let plan = serde_json::json!({
+        "calls": [
+            {"tool": "stack_status", "arguments": {}},
+            {"tool": "service_details", "arguments": {"name": "echo"}},
+            {"tool": "service_details", "arguments": {"name": "nope"}},
+            {"tool": "recent_errors", "arguments": {"limit": 5}},
+            {"tool": "recent_errors", "arguments": {"limit": 0}},
+        ],
+        "servers": [{"name": "monitor", "http": format!("{}/mcp", mon.url)}],
+    });
+    let report = testkit::mcp::python_sdk(&plan).await;
+    let r = &report["monitor"];
+    let mut names: Vec<&str> = r["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["recent_errors", "service_details", "stack_status"],
+        "{r}"
+    );
+    let call = |i: usize| {
+        let c = &r["calls"][i];
+        (
+            c["isError"] == true,
+            c["text"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let (err, status) = call(0);
+    assert!(!err, "{status}");
+    for want in [
+        "Overall: down. 1 problem: echo is down. silent has not been checked yet.",
+        "\n- echo (inference layer, host mini): down since ",
+        "failed probes in a row; last error: ",
+        "- chat: 2 requests, 1 failed",
+        "- fetch on web-fetch: 1 of 2 calls failed",
+        "request to chat (target mini-ov) answered 502: upstream_error [request req-502]",
+        "tool call fetch on web-fetch: Error: MCP tool call failed with error message: the host is not on the allow-list [request run-7]",
+    ] {
+        assert!(status.contains(want), "missing {want:?} in:\n{status}");
+    }
+    // Problems first: echo before silent (unknown).
+    assert!(status.find("- echo").unwrap() < status.find("- silent").unwrap());
+    let (err, details) = call(1);
+    assert!(!err, "{details}");
+    assert!(
+        details.starts_with("- echo (inference layer, host mini): down"),
+        "{details}"
+    );
+    assert!(
+        details.contains("Last probes, newest first:\n- "),
+        "{details}"
+    );
+    assert!(details.contains(": failed"), "{details}");
+    assert!(details.contains(": ok, status 200"), "{details}");
+    let (err, unknown) = call(2);
+    assert!(err);
+    assert_eq!(
+        unknown,
+        "No service is named `nope`. The services are: echo, silent."
+    );
+    // The probes failing again and again are one line, beside the request and the tool call.
+    let (err, errors) = call(3);
+    assert!(!err, "{errors}");
+    assert!(errors.lines().count() <= 5, "{errors}");
+    assert!(errors.contains("health probe of echo"), "{errors}");
+    assert!(errors.contains("tool call fetch on web-fetch"), "{errors}");
+    assert!(errors.contains(" times, the first "), "{errors}");
+    assert!(errors.contains("[request req-502]"), "{errors}");
+    let (err, refused) = call(4);
+    assert!(err);
+    assert_eq!(refused, "limit must be between 1 and 50 (got 0)");
+
+    let (code, tools) = mon.get("/api/tools?request_id=run-7").await;
+    assert_eq!(code, 200);
+    assert_eq!(tools["tools"][0]["tool"], "fetch");
+    assert_eq!(tools["tools"][0]["calls_24h"], 2);
+    assert_eq!(tools["tools"][0]["errors_24h"], 1);
+    assert_eq!(tools["calls"].as_array().unwrap().len(), 2);
+    let (_, none) = mon.get("/api/tools?request_id=other").await;
+    assert_eq!(none["calls"], serde_json::json!([]));
+    let page = mon.text("/").await;
+    assert!(
+        page.contains(
+            r#"<tr class="tool" data-tool="fetch"><td>fetch</td><td>web-fetch</td><td>2</td>"#
+        ),
+        "{page}"
+    );
+    mon.shutdown().await;
+}
