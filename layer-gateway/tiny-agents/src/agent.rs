@@ -9,7 +9,10 @@
 //! answered, also when an exit tool, a limit or Ctrl-C ends the run beside other calls, so
 //! the history stays acceptable to strict backends.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use docsdb::tool_calls::{ToolCallRow, ToolCallWriter};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -150,6 +153,8 @@ pub struct Agent {
     /// The OpenAI-compatible base URL (`…/v1`).
     pub endpoint: String,
     pub limits: Limits,
+    /// Where each tool call becomes a row (the system-docs DB), when there is one.
+    pub tool_log: Option<Arc<ToolCallWriter>>,
 }
 
 /// One call the model asked for, merged from its deltas.
@@ -159,6 +164,16 @@ struct Call {
     id: String,
     name: Option<String>,
     arguments: String,
+}
+
+/// What the calls of a turn run under: the run's id, its listener, its stop signal and
+/// deadline.
+#[derive(Clone, Copy)]
+struct CallContext<'a> {
+    request_id: &'a str,
+    events: &'a mpsc::Sender<Event>,
+    cancel: &'a CancellationToken,
+    deadline: Instant,
 }
 
 /// How a turn ended.
@@ -240,15 +255,14 @@ impl Agent {
                 Some(Ok(Ok(Turn::Abandoned))) => Vec::new(),
                 Some(Ok(Ok(Turn::Done { calls }))) => calls,
             };
+            let ctx = CallContext {
+                request_id,
+                events,
+                cancel,
+                deadline,
+            };
             if let Some(stop) = self
-                .run_calls(
-                    calls,
-                    messages,
-                    events,
-                    cancel,
-                    deadline,
-                    &mut out.tool_calls,
-                )
+                .run_calls(calls, messages, &ctx, &mut out.tool_calls)
                 .await
             {
                 out.stop = stop;
@@ -398,11 +412,15 @@ impl Agent {
         &self,
         calls: Vec<Call>,
         messages: &mut Vec<Value>,
-        events: &mpsc::Sender<Event>,
-        cancel: &CancellationToken,
-        deadline: Instant,
+        ctx: &CallContext<'_>,
         done: &mut usize,
     ) -> Option<Stop> {
+        let CallContext {
+            request_id,
+            events,
+            cancel,
+            deadline,
+        } = *ctx;
         let mut ended: Option<Stop> = None;
         for call in calls {
             let answer = |content: &str| {
@@ -473,6 +491,7 @@ impl Agent {
                 })
                 .await;
             let started = Instant::now();
+            let started_at_ms = docsdb::now_ms();
             *done += 1;
             let result = tokio::select! {
                 () = cancel.cancelled() => Err(Stop::Aborted),
@@ -481,23 +500,35 @@ impl Agent {
                 }
             };
             let elapsed = started.elapsed();
-            let (content, ok) = match result {
-                Ok(o) => {
-                    tracing::info!(
-                        agent = %self.def.name, tool = %name, server = %o.server,
-                        duration_ms = elapsed.as_millis() as u64, ok = o.ok, "tool call"
-                    );
-                    (o.content, o.ok)
-                }
+            let (content, ok, server) = match result {
+                Ok(o) => (o.content, o.ok, o.server),
                 Err(stop) => {
                     let text = format!(
                         "Error: MCP tool call failed with error message: {}",
                         stop.describe()
                     );
                     ended = Some(stop);
-                    (text, false)
+                    (text, false, self.toolbox.owner(&name).await)
                 }
             };
+            tracing::info!(
+                agent = %self.def.name, tool = %name, server = server.as_deref().unwrap_or("-"),
+                duration_ms = elapsed.as_millis() as u64, ok, request_id, "tool call"
+            );
+            if let Some(log) = &self.tool_log {
+                let row = ToolCallRow {
+                    request_id: request_id.to_owned(),
+                    started_at_ms,
+                    caller: format!("{}{}", crate::MODEL_PREFIX, self.def.name),
+                    key_name: None,
+                    server,
+                    tool: name.clone(),
+                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                    ok,
+                    error: None,
+                };
+                log.log(if ok { row } else { row.with_error(&content) });
+            }
             let _ = events
                 .send(Event::ToolResult {
                     id: call.id.clone(),

@@ -57,6 +57,11 @@ pub struct RunLimits {
     /// How long a run may take in all.
     #[arg(long, env = "TINY_AGENTS_DEADLINE", default_value = "5m", value_parser = duration)]
     pub deadline: Duration,
+
+    /// The system-docs DB (e.g. `sqlite:///var/lib/homelab/system-docs.db`) where each tool
+    /// call becomes a row the monitor shows; without it tool calls are only logged.
+    #[arg(long, env = "HOMELAB_DB")]
+    pub db: Option<String>,
 }
 
 impl Default for RunLimits {
@@ -68,6 +73,7 @@ impl Default for RunLimits {
             max_turns: l.max_turns,
             max_tool_calls: l.max_tool_calls,
             deadline: l.deadline,
+            db: None,
         }
     }
 }

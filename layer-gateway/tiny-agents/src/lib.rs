@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use contract::chat::{
     ChatCompletionChunk, ChatCompletionResponse, ChatMessage, Choice, ChunkChoice, Delta, Role,
 };
+use docsdb::tool_calls::ToolCallWriter;
 use serde_json::{Map, Value, json};
 use service_kit::auth::{KeyCheck, check_key, digest, open_without_key};
 use service_kit::routes::Routes;
@@ -534,8 +535,13 @@ pub fn load_agents(config: &Config) -> Result<Vec<agent_file::AgentDef>> {
     Ok(defs)
 }
 
-/// Builds an agent from its definition.
-pub fn build_agent(def: agent_file::AgentDef, run: &RunLimits, http: reqwest::Client) -> Agent {
+/// Builds an agent from its definition; its tool calls become rows through `tool_log`.
+pub fn build_agent(
+    def: agent_file::AgentDef,
+    run: &RunLimits,
+    http: reqwest::Client,
+    tool_log: Option<Arc<ToolCallWriter>>,
+) -> Agent {
     let endpoint = def
         .endpoint_url
         .clone()
@@ -552,6 +558,28 @@ pub fn build_agent(def: agent_file::AgentDef, run: &RunLimits, http: reqwest::Cl
         http,
         endpoint,
         limits: run.limits(),
+        tool_log,
+    }
+}
+
+/// The writer of tool-call rows into `--db`, when one is given.
+pub async fn tool_log(run: &RunLimits) -> Result<Option<Arc<ToolCallWriter>>> {
+    let Some(url) = &run.db else { return Ok(None) };
+    let db = docsdb::Db::open(url)
+        .await
+        .map_err(|e| Error::Usage(format!("the system-docs DB ({url}): {e}")))?;
+    Ok(Some(Arc::new(ToolCallWriter::spawn(
+        db,
+        docsdb::writer::WriterConfig::default(),
+    ))))
+}
+
+/// Writes the tool-call rows still queued.
+pub async fn close_tool_log(log: Option<Arc<ToolCallWriter>>) {
+    if let Some(log) = log
+        && !log.close().await
+    {
+        tracing::error!("some tool-call rows could not be written");
     }
 }
 
@@ -604,9 +632,10 @@ pub async fn serve_on(
     for d in &defs {
         tracing::info!(agent = %d.name, model = %d.model, servers = ?d.server_lines(), "serving agent:{}", d.name);
     }
+    let log = tool_log(&config.run).await?;
     let agents: Vec<Arc<Agent>> = defs
         .into_iter()
-        .map(|d| Arc::new(build_agent(d, &config.run, http.clone())))
+        .map(|d| Arc::new(build_agent(d, &config.run, http.clone(), log.clone())))
         .collect();
     let state = Arc::new(AppState {
         agents: agents.clone(),
@@ -619,6 +648,7 @@ pub async fn serve_on(
     for a in &agents {
         a.toolbox.close().await;
     }
+    close_tool_log(log).await;
     served?;
     Ok(())
 }
@@ -659,6 +689,12 @@ pub const EXAMPLES: &[Example] = &[
         agent_json: include_str!("../agents/home-agent/agent.json"),
         prompt: include_str!("../agents/home-agent/PROMPT.md"),
         servers: &[("home-assistant", "http://127.0.0.1:4022/mcp")],
+    },
+    Example {
+        name: "stack-doctor",
+        agent_json: include_str!("../agents/stack-doctor/agent.json"),
+        prompt: include_str!("../agents/stack-doctor/PROMPT.md"),
+        servers: &[("system-monitor", "http://127.0.0.1:4001/mcp")],
     },
 ];
 

@@ -41,7 +41,11 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(session(args)) {
+    let ended = runtime.block_on(session(args));
+    // The stdin reader blocks in a read no signal ends: leave it to the process's exit rather
+    // than wait for a line that may never come (Ctrl-C twice at the prompt).
+    runtime.shutdown_background();
+    match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             say!("{e}\n");
@@ -114,7 +118,8 @@ async fn session(args: RunArgs) -> Result<(), Error> {
             );
         }
     }
-    let agent = crate::build_agent(def, &args.run, crate::http_client()?);
+    let log = crate::tool_log(&args.run).await?;
+    let agent = crate::build_agent(def, &args.run, crate::http_client()?, log.clone());
     let (tools, failed) = agent.toolbox.tools().await;
     for e in &failed {
         say!("Left out: {e}\n");
@@ -126,7 +131,7 @@ async fn session(args: RunArgs) -> Result<(), Error> {
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut history = agent.new_history();
     let mut armed = false; // a first Ctrl-C was pressed
-    loop {
+    'session: loop {
         say!("{PROMPT}");
         let line = tokio::select! {
             l = input.recv() => l.flatten(),
@@ -162,8 +167,7 @@ async fn session(args: RunArgs) -> Result<(), Error> {
                     if armed {
                         say!("\nExiting...\n");
                         cancel.cancel();
-                        agent.toolbox.close().await;
-                        return Ok(());
+                        break 'session;
                     }
                     armed = true;
                     cancel.cancel();
@@ -184,6 +188,7 @@ async fn session(args: RunArgs) -> Result<(), Error> {
         }
     }
     agent.toolbox.close().await;
+    crate::close_tool_log(log).await;
     Ok(())
 }
 

@@ -29,6 +29,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a tool call may take when the server's entry sets no `timeout`.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The MCP revision asked for first (with `server/discover`), e.g. `2026-07-28`.
+pub static LATEST_REVISION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| ProtocolVersion::LATEST.to_string());
+
 type Client = RunningService<RoleClient, ClientConfig>;
 
 /// One tool as the model sees it.
@@ -59,8 +63,22 @@ impl Tool {
 pub struct Outcome {
     pub content: String,
     pub ok: bool,
-    /// The server's label (command line or URL), for logs.
-    pub server: String,
+    /// The server that owns the tool — the name it gives itself, else its command line or
+    /// URL — or `None` when no server has a tool of that name.
+    pub server: Option<String>,
+}
+
+/// A server as its handshake left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// Its command line or URL.
+    pub label: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// The name it gives itself (`serverInfo.name`).
+    pub name: Option<String>,
+    /// The MCP revision the handshake settled on (e.g. `2025-06-18`).
+    pub protocol_version: Option<String>,
 }
 
 struct Server {
@@ -72,6 +90,21 @@ struct Server {
 struct Connected {
     client: Client,
     tools: Vec<rmcp::model::Tool>,
+    /// `serverInfo.name` and the negotiated revision.
+    name: Option<String>,
+    protocol_version: String,
+}
+
+impl Server {
+    /// How the server is named in tool-call rows and logs: its own name, else its label.
+    async fn shown(&self) -> String {
+        self.connected
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|c| c.name.clone())
+            .unwrap_or_else(|| self.label.clone())
+    }
 }
 
 /// The servers of one agent.
@@ -175,6 +208,30 @@ impl Toolbox {
         (tools, errors)
     }
 
+    /// The server that owns `tool` (as [`Outcome::server`] names it), if any.
+    pub async fn owner(&self, tool: &str) -> Option<String> {
+        let owner = self.owners.lock().ok().and_then(|o| o.get(tool).copied());
+        match owner.and_then(|i| self.servers.get(i)) {
+            Some(s) => Some(s.shown().await),
+            None => None,
+        }
+    }
+
+    /// Every server in order, with what its handshake said.
+    pub async fn servers(&self) -> Vec<ServerState> {
+        let mut out = Vec::with_capacity(self.servers.len());
+        for s in &self.servers {
+            let guard = s.connected.lock().await;
+            out.push(ServerState {
+                label: s.label.clone(),
+                connected: guard.as_ref().is_some_and(|c| !c.client.is_closed()),
+                name: guard.as_ref().and_then(|c| c.name.clone()),
+                protocol_version: guard.as_ref().map(|c| c.protocol_version.clone()),
+            });
+        }
+        out
+    }
+
     /// Calls `name` with `arguments` on the server that owns it. A tool that reports failure
     /// (`isError`) is an outcome with `ok: false` and the tool's own text; a call that fails
     /// is the original's "Error: MCP tool call failed with error message: …".
@@ -184,13 +241,14 @@ impl Toolbox {
             return Outcome {
                 content: format!("Error: No session found for tool: {name}"),
                 ok: false,
-                server: String::new(),
+                server: None,
             };
         };
+        let shown = server.shown().await;
         let fail = |m: String| Outcome {
             content: format!("Error: MCP tool call failed with error message: {m}"),
             ok: false,
-            server: server.label.clone(),
+            server: Some(shown.clone()),
         };
         let peer = {
             let guard = server.connected.lock().await;
@@ -217,7 +275,7 @@ impl Toolbox {
                 Outcome {
                     content: format_result(&v),
                     ok: v["isError"] != true,
-                    server: server.label.clone(),
+                    server: Some(shown.clone()),
                 }
             }
         }
@@ -277,8 +335,23 @@ async fn connect(
             )));
         }
     };
-    tracing::debug!(server = %label, tools = tools.len(), "connected");
-    Ok(Connected { client, tools })
+    let info = client.peer().peer_info();
+    let name = info
+        .as_ref()
+        .and_then(|i| i.server_info.as_ref())
+        .map(|s| s.name.clone())
+        .filter(|n| !n.is_empty());
+    let protocol_version = info
+        .as_ref()
+        .map(|i| i.protocol_version.to_string())
+        .unwrap_or_default();
+    tracing::info!(server = %label, name = ?name, protocol = %protocol_version, tools = tools.len(), "connected");
+    Ok(Connected {
+        client,
+        tools,
+        name,
+        protocol_version,
+    })
 }
 
 /// The modern handshake first, falling back to `initialize` (on a fresh transport, since a
@@ -344,6 +417,9 @@ fn child(def: &ServerDef) -> Result<TokioChildProcess, String> {
     };
     let mut cmd = tokio::process::Command::new(command);
     cmd.args(args).envs(env);
+    // Its own process group: Ctrl-C in the terminal interrupts the run, not the server.
+    #[cfg(unix)]
+    cmd.process_group(0);
     if let Some(c) = cwd {
         cmd.current_dir(c);
     }

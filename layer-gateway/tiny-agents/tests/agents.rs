@@ -200,10 +200,47 @@ async fn bad_calls_get_the_original_answers() {
         &json!({"model": "local", "servers": [stdio_server()]}),
         None,
     );
-    let agent = agent(&dir, &up, Limits::default());
+    let mut agent = agent(&dir, &up, Limits::default());
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = docsdb::Db::open(&format!("sqlite://{}/docs.db", db_dir.path().display()))
+        .await
+        .unwrap();
+    let log = std::sync::Arc::new(docsdb::tool_calls::ToolCallWriter::spawn(
+        db.clone(),
+        Default::default(),
+    ));
+    agent.tool_log = Some(log.clone());
     let mut history = agent.new_history();
     let (outcome, events) = run(&agent, &mut history, "try things").await;
     assert_eq!(outcome.stop, Stop::Answered);
+    // Every call that reached the tools is a row: the tool, its server (by the name it gives
+    // itself), ok or the error; the call with broken JSON never left the agent.
+    assert!(log.close().await);
+    let mut rows = docsdb::tool_calls::recent(&db, 10, Some("run-1"))
+        .await
+        .unwrap();
+    rows.reverse();
+    let seen: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} {} {:?} {}", r.caller, r.tool, r.server, r.ok))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "agent:clumsy no_such_tool None false",
+            r#"agent:clumsy fail Some("agent-test") false"#,
+            r#"agent:clumsy picture Some("agent-test") true"#,
+            r#"agent:clumsy add Some("agent-test") true"#,
+        ]
+    );
+    assert!(
+        rows[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("failed on purpose: testing")),
+        "{rows:?}"
+    );
+    assert!(rows[2].error.is_none() && rows[2].duration_ms > 0.0);
     let answers = tool_messages(&chats(&up)[1]);
     let content = |i: usize| answers[i]["content"].as_str().unwrap().to_owned();
     assert!(
@@ -397,6 +434,16 @@ async fn servers_over_sse_and_streamable_http() {
             names,
             ["task_complete", "ask_question", "echo", "add"],
             "{kind}"
+        );
+        // The handshake named the server and the revision it settled on.
+        let servers = agent.toolbox.servers().await;
+        assert_eq!(servers.len(), 1);
+        assert!(servers[0].connected, "{kind}");
+        assert_eq!(servers[0].name.as_deref(), Some("agent-test"), "{kind}");
+        let revision = servers[0].protocol_version.clone().unwrap_or_default();
+        assert!(
+            revision.len() == 10 && revision.starts_with("20"),
+            "{kind}: {revision}"
         );
         agent.toolbox.close().await;
     }

@@ -96,6 +96,122 @@ async fn run_is_a_terminal_session() {
     );
 }
 
+/// What a child printed so far, read in the background.
+fn collect(out: tokio::process::ChildStdout) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let into = seen.clone();
+    tokio::spawn(async move {
+        let mut out = out;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
+/// Waits until `seen` holds `want` `times` times.
+async fn wait_for_output(seen: &std::sync::Mutex<String>, want: &str, times: usize) {
+    for _ in 0..600 {
+        if seen.lock().unwrap().matches(want).count() >= times {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{want:?} not seen {times} times in:\n{}",
+        seen.lock().unwrap()
+    );
+}
+
+/// Ctrl-C as a terminal sends it (SIGINT to the foreground process group): the first stops
+/// the run inside a slow tool call — which is answered, logged as failed, and the stdio
+/// server lives on for the next prompt — and two in a row at the prompt exit.
+#[tokio::test]
+async fn ctrl_c_stops_the_run_and_twice_exits() {
+    if !testkit::mcp::python_sdk_available() {
+        return;
+    }
+    let up = scripted(vec![
+        Turn::call("call_s", "slow", r#"{"seconds": 60}"#),
+        Turn::call("call_e", "echo", r#"{"text": "still here"}"#),
+        Turn::text("After the interruption."),
+        Turn::text("(abandoned)"),
+    ])
+    .await;
+    let (root, dir) = folder(
+        "sleeper",
+        &json!({"model": "local", "servers": [stdio_server()]}),
+        None,
+    );
+    let db_url = format!("sqlite://{}/docs.db", root.path().display());
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("run")
+        .arg(&dir)
+        .args(["--endpoint", &up.base_url(), "--db", &db_url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let group = child.id().unwrap().to_string();
+    let ctrl_c = || async {
+        let sent = tokio::process::Command::new("kill")
+            .args(["-INT", "--", &format!("-{group}")])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+    };
+    let seen = collect(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    wait_for_output(&seen, "Agent loaded with", 1).await;
+    stdin.write_all(b"Sleep a while.\n").await.unwrap();
+    wait_for_output(&seen, "<Tool call_s> slow", 1).await;
+    ctrl_c().await;
+    wait_for_output(&seen, "Interrupted. Press Ctrl+C again to quit.", 1).await;
+    stdin.write_all(b"Are you still there?\n").await.unwrap();
+    wait_for_output(&seen, "After the interruption.", 1).await;
+    ctrl_c().await;
+    wait_for_output(&seen, "Interrupted. Press Ctrl+C again to quit.", 2).await;
+    ctrl_c().await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("two Ctrl-C did not exit:\n{}", seen.lock().unwrap()))
+        .unwrap();
+    let out = seen.lock().unwrap().clone();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("Exiting..."), "{out}");
+    // The interrupted call was answered, and the server answered the next prompt's call.
+    let bodies = chats(&up);
+    let second = tool_messages(&bodies[1]);
+    assert_eq!(second[0]["tool_call_id"], "call_s");
+    assert_eq!(
+        second[0]["content"],
+        "Error: MCP tool call failed with error message: interrupted"
+    );
+    let third = tool_messages(&bodies[2]);
+    assert_eq!(third[1]["content"], "echo: still here", "{third:?}");
+    // Both calls are rows: the interrupted one failed.
+    let db = docsdb::Db::open(&db_url).await.unwrap();
+    let mut rows = docsdb::tool_calls::recent(&db, 10, None).await.unwrap();
+    rows.reverse();
+    let seen_rows: Vec<(String, bool)> = rows.iter().map(|r| (r.tool.clone(), r.ok)).collect();
+    assert_eq!(
+        seen_rows,
+        [("slow".to_owned(), false), ("echo".to_owned(), true)]
+    );
+    assert_eq!(rows[0].caller, "agent:sleeper");
+    db.close().await;
+}
+
 #[tokio::test]
 async fn serve_refuses_a_bad_agent_file_naming_file_and_field() {
     let (_root, dir) = folder(

@@ -432,6 +432,7 @@ pub async fn up(
             let mut config = tiny_agents::Config::new(dirs, &addr);
             config.run.endpoint = format!("http://{}/v1", reachable(gw_addr));
             config.run.endpoint_key = o.master_key.clone();
+            config.run.db = Some(db_url.clone());
             agents_wait_ms = Some(config.run.deadline.as_millis() as i64 + 10_000);
             entries.push(
                 entry(

