@@ -14,6 +14,7 @@
 mod params;
 pub mod register;
 mod routes;
+mod tool_calls;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

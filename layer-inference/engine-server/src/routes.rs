@@ -28,8 +28,7 @@ use contract::engine::{
     LOADING_MESSAGE, QueueState, RequestState, TRUNCATED_INPUTS_HEADER, Timings,
 };
 use contract::usage::Usage;
-use llm_engine::template::TemplateMessage;
-use llm_engine::{Engine, EngineError, Event, Finish, Input, Params};
+use llm_engine::{Engine, EngineError, Event, Input, Params};
 use serde_json::{Value, json};
 use service_kit::body::JsonBody;
 use service_kit::request_id::RequestId;
@@ -38,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::AppState;
 use crate::params::{self, Common};
+use crate::tool_calls;
 
 /// The routes and their table.
 pub fn routes() -> Routes<Arc<AppState>> {
@@ -408,14 +408,13 @@ async fn chat(
         Ok(e) => e,
         Err(r) => return *r,
     };
-    let messages = req
-        .messages
-        .iter()
-        .map(|m| TemplateMessage {
-            role: m.role.as_str().to_owned(),
-            content: m.text_content(),
-        })
-        .collect();
+    let tools = tool_calls::offered(&req);
+    let messages = tool_calls::template_messages(
+        &req.messages,
+        tools
+            .as_ref()
+            .map(|(t, must)| (t.as_slice(), must.as_deref())),
+    );
     let common = Common {
         max_tokens: req.token_limit(),
         temperature: req.temperature,
@@ -435,7 +434,9 @@ async fn chat(
         e,
         Input::Chat(messages),
         p,
-        Kind::Chat,
+        Kind::Chat {
+            tools: tools.is_some(),
+        },
         req.is_stream(),
         req.wants_stream_usage(),
     )
@@ -494,7 +495,10 @@ async fn completions(
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
-    Chat,
+    /// `tools`: the request offered tools, so `<tool_call>` blocks in the answer are calls.
+    Chat {
+        tools: bool,
+    },
     Text,
 }
 
@@ -569,9 +573,23 @@ async fn run(
         let usage = usage_json(pt, ct);
         let timings = timings_json(&timings, pt, ct);
         let body = match kind {
-            Kind::Chat => {
+            Kind::Chat { tools } => {
+                let (content, calls) = if tools {
+                    tool_calls::split(&text)
+                } else {
+                    (text, Vec::new())
+                };
+                let mut message = json!({"role": "assistant", "content": content});
+                let mut finish = finish.as_str();
+                if !calls.is_empty() {
+                    if content.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(|c| c.openai(&id("call"))).collect();
+                    finish = "tool_calls";
+                }
                 json!({"id": id("chatcmpl"), "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str(), "logprobs": null}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
                 "usage": usage, "timings": timings})
             }
             Kind::Text => {
@@ -583,7 +601,7 @@ async fn run(
         return axum::Json(body).into_response();
     }
     let frames = Frames {
-        id: id(if kind == Kind::Chat {
+        id: id(if matches!(kind, Kind::Chat { .. }) {
             "chatcmpl"
         } else {
             "cmpl"
@@ -594,6 +612,7 @@ async fn run(
         usage: stream_usage,
     };
     let sse = SseState {
+        calls: matches!(kind, Kind::Chat { tools: true }).then(tool_calls::Stream::default),
         rx,
         pending: Some(first),
         err_rx: Some(err_rx),
@@ -630,7 +649,7 @@ struct Frames {
 impl Frames {
     fn object(&self) -> &'static str {
         match self.kind {
-            Kind::Chat => "chat.completion.chunk",
+            Kind::Chat { .. } => "chat.completion.chunk",
             Kind::Text => "text_completion",
         }
     }
@@ -644,23 +663,41 @@ impl Frames {
     }
 
     fn role(&self) -> Option<Bytes> {
-        (self.kind == Kind::Chat).then(|| {
+        matches!(self.kind, Kind::Chat { .. }).then(|| {
             self.frame(&self.chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})))
         })
     }
 
     fn piece(&self, text: &str) -> Bytes {
         let choice = match self.kind {
-            Kind::Chat => json!({"index": 0, "delta": {"content": text}, "finish_reason": null}),
+            Kind::Chat { .. } => {
+                json!({"index": 0, "delta": {"content": text}, "finish_reason": null})
+            }
             Kind::Text => json!({"index": 0, "text": text, "finish_reason": null}),
         };
         self.frame(&self.chunk(choice))
     }
 
-    fn end(&self, finish: Finish, timings: Value) -> Bytes {
+    /// The model's calls, in one chunk.
+    fn calls(&self, calls: &[tool_calls::Call]) -> Bytes {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = c.openai(&id("call"));
+                v["index"] = json!(i);
+                v
+            })
+            .collect();
+        self.frame(
+            &self.chunk(json!({"index": 0, "delta": {"tool_calls": calls}, "finish_reason": null})),
+        )
+    }
+
+    fn end(&self, finish: &str, timings: Value) -> Bytes {
         let choice = match self.kind {
-            Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish.as_str()}),
-            Kind::Text => json!({"index": 0, "text": "", "finish_reason": finish.as_str()}),
+            Kind::Chat { .. } => json!({"index": 0, "delta": {}, "finish_reason": finish}),
+            Kind::Text => json!({"index": 0, "text": "", "finish_reason": finish}),
         };
         let mut v = self.chunk(choice);
         v["timings"] = timings;
@@ -687,6 +724,8 @@ struct SseState {
     started: bool,
     ended: bool,
     keepalive: Duration,
+    /// The answer's `<tool_call>` blocks held back, when the request offered tools.
+    calls: Option<tool_calls::Stream>,
 }
 
 impl SseState {
@@ -715,6 +754,13 @@ impl SseState {
                     .out
                     .push_back(Bytes::from(format!(": queued, {ahead} ahead\n\n"))),
                 Some(Event::Text(t)) => {
+                    let t = match &mut self.calls {
+                        Some(c) => c.push(&t),
+                        None => t,
+                    };
+                    if t.is_empty() {
+                        continue;
+                    }
                     if !self.started {
                         self.started = true;
                         self.out.extend(self.frames.role());
@@ -730,6 +776,17 @@ impl SseState {
                     if !self.started {
                         self.started = true;
                         self.out.extend(self.frames.role());
+                    }
+                    let mut finish = finish.as_str();
+                    if let Some(c) = self.calls.take() {
+                        let (rest, calls) = c.finish();
+                        if !rest.is_empty() {
+                            self.out.push_back(self.frames.piece(&rest));
+                        }
+                        if !calls.is_empty() {
+                            self.out.push_back(self.frames.calls(&calls));
+                            finish = "tool_calls";
+                        }
                     }
                     let t = timings_json(&timings, prompt_tokens, completion_tokens);
                     self.out.push_back(self.frames.end(finish, t));

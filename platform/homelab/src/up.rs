@@ -145,6 +145,10 @@ pub struct Running {
 /// misses its end-of-turn token would otherwise generate until the context is full.
 pub const CHAT_MAX_TOKENS: u32 = 512;
 
+/// The most tool definitions (bytes of the request's `tools`) the local handles pass to the
+/// engine; larger lists are dropped from the request.
+pub const LOCAL_MAX_TOOLS_BYTES: i64 = 8 * 1024;
+
 /// The cap on new tokens of the `tasks` handle when a request sets none.
 pub const TASK_MAX_TOKENS: u32 = 256;
 
@@ -569,6 +573,10 @@ pub async fn up(
                 strategy: Strategy::Priority,
                 targets: vec![TargetSpec {
                     params: params.as_object().cloned(),
+                    // The engine writes offered tools into the prompt: an agent's few fit, the
+                    // dozens of built-in tools a chat UI sends with every message would fill
+                    // a small model's context, and are dropped (`x-homelab-tools-dropped`).
+                    max_tools_bytes: Some(LOCAL_MAX_TOOLS_BYTES),
                     ..TargetSpec::on_endpoint("local-engine", model)
                 }],
             });

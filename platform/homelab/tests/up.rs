@@ -56,6 +56,50 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
     let v = answer.expect("a chat answer through the gateway");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "tiny-random-gpt2tok-f16");
+    // Offered tools reach the prompt (this template knows none: they go into the system
+    // prompt). The fixture's 512-token context cannot hold them: a clear 400 says how long
+    // the prompt became; with `tool_choice: "none"` nothing is offered.
+    let mut with_tools = body.clone();
+    with_tools["tools"] = json!([{"type": "function", "function": {"name": "fetch", "description": "Reads a web page", "parameters": {"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}}}]);
+    let res = c
+        .post(format!("{gw}/v1/chat/completions"))
+        .json(&with_tools)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let refused: Value = res.json().await.unwrap();
+    assert_eq!(
+        refused["error"]["code"], "context_length_exceeded",
+        "{refused}"
+    );
+    let plain = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let grown: u64 = refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .split("the prompt has ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{refused}"));
+    assert!(
+        grown > plain + 100,
+        "{grown} tokens with the tools, {plain} without"
+    );
+    with_tools["tool_choice"] = json!("none");
+    let none: Value = c
+        .post(format!("{gw}/v1/chat/completions"))
+        .json(&with_tools)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        none["usage"]["prompt_tokens"], v["usage"]["prompt_tokens"],
+        "tool_choice none offers nothing: {none}"
+    );
     let models: Value = c
         .get(format!("{gw}/v1/models"))
         .send()
@@ -120,12 +164,16 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
     .fetch_all(db.pool())
     .await
     .unwrap();
-    assert_eq!(rows.len(), 2, "both requests were logged before exit");
+    assert_eq!(
+        rows.len(),
+        3,
+        "every answered request was logged before exit"
+    );
     assert_eq!(rows[0].get::<String, _>("handle"), "local");
     assert_eq!(rows[0].get::<String, _>("target"), "local-engine");
-    assert_eq!(rows[1].get::<i64, _>("streamed"), 1);
+    assert_eq!(rows[2].get::<i64, _>("streamed"), 1);
     assert!(
-        rows[1].get::<Option<i64>, _>("completion_tokens").is_some(),
+        rows[2].get::<Option<i64>, _>("completion_tokens").is_some(),
         "tokens counted from the stream"
     );
     let services = docsdb::health::statuses(&db).await.unwrap();
