@@ -1,5 +1,6 @@
-//! Tool calling on the embedded engine, for chat templates that know nothing of tools (the
-//! ChatML of SmolLM2 and of most small models): the offered tools go into the system prompt
+//! Tool calling on the embedded engine, in one format whatever the chat template (most small
+//! models' templates, SmolLM2's ChatML among them, know nothing of tools; a template's own tool
+//! syntax is not used — Qwen's is this one): the offered tools go into the system prompt
 //! in the Hermes format many open models are trained on (`<tools>…</tools>`, calls answered
 //! as `<tool_call>{"name": …, "arguments": …}</tool_call>`), the history's calls and their
 //! results are written back the same way (results as `<tool_response>` in a user turn, which
