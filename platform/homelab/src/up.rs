@@ -145,9 +145,18 @@ pub struct Running {
 /// misses its end-of-turn token would otherwise generate until the context is full.
 pub const CHAT_MAX_TOKENS: u32 = 512;
 
-/// The most tool definitions (bytes of the request's `tools`) the local handles pass to the
-/// engine; larger lists are dropped from the request.
+/// The most tool definitions (bytes of the request's `tools`) the local handles pass to a
+/// model the catalogue does not know; larger lists are dropped from the request.
 pub const LOCAL_MAX_TOOLS_BYTES: i64 = 8 * 1024;
+
+/// What the local handles pass to `model_id`: the catalogue's say, else
+/// [`LOCAL_MAX_TOOLS_BYTES`].
+pub fn local_max_tools_bytes(model_id: &str) -> i64 {
+    crate::models::KNOWN
+        .iter()
+        .find(|k| k.name == model_id)
+        .map_or(LOCAL_MAX_TOOLS_BYTES, |k| k.max_tools_bytes)
+}
 
 /// The cap on new tokens of the `tasks` handle when a request sets none.
 pub const TASK_MAX_TOKENS: u32 = 256;
@@ -575,8 +584,9 @@ pub async fn up(
                     params: params.as_object().cloned(),
                     // The engine writes offered tools into the prompt: an agent's few fit, the
                     // dozens of built-in tools a chat UI sends with every message would fill
-                    // a small model's context, and are dropped (`x-homelab-tools-dropped`).
-                    max_tools_bytes: Some(LOCAL_MAX_TOOLS_BYTES),
+                    // a small model's context, and are dropped (`x-homelab-tools-dropped`);
+                    // a model of the catalogue says what it takes.
+                    max_tools_bytes: Some(local_max_tools_bytes(model)),
                     ..TargetSpec::on_endpoint("local-engine", model)
                 }],
             });

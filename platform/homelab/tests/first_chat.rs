@@ -304,8 +304,9 @@ async fn open_webui_first_chat_on_the_default_model() {
     );
 
     // 2d. The README's agent example, then the web researcher asked to read a page of a
-    // local site: however the small model goes about it, the run ends within its bounds with
-    // an answer, and each model call and tool call is logged under the client's id.
+    // local site: however the small model goes about it (`up` offers it no tools, see
+    // `models::KNOWN`), the run ends within its bounds with an answer, and each model call
+    // and tool call is logged under the client's id.
     let cmd = readme_command(
         "curl http://127.0.0.1:4000/v1/chat/completions",
         "\"model\":\"agent:web-researcher\"",
@@ -414,6 +415,15 @@ async fn open_webui_first_chat_on_the_default_model() {
         );
         agent_calls += turns;
     }
+    // The default model is offered no tools (models::KNOWN): the local handle drops them.
+    let cap: Option<i64> = sqlx::query_scalar(
+        "SELECT ht.max_tools_bytes FROM handle_targets ht JOIN handles h ON h.id = ht.handle_id \
+         WHERE h.name = 'local'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(cap, Some(0));
     let tools = docsdb::tool_calls::recent(&db, 100, Some("agent-reads-a-page"))
         .await
         .unwrap();
