@@ -337,8 +337,11 @@ pub fn status_report(
         for h in busy {
             let _ = write!(
                 out,
-                "- {}: {} requests, {} failed",
-                h.handle, h.requests_1h, h.errors_1h
+                "- {}: {} request{}, {} failed",
+                h.handle,
+                h.requests_1h,
+                if h.requests_1h == 1 { "" } else { "s" },
+                h.errors_1h
             );
             if let Some(ms) = h.avg_latency_ms_1h {
                 let _ = write!(out, ", {} on average", monitor::show_ms(ms));
