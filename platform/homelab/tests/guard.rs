@@ -178,7 +178,14 @@ fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
         .args(["up", "--no-engine", "--no-tools", "--no-data", "--data-dir"])
         .arg(dir.path())
         .args(["--gateway-port", "0", "--monitor-port", "0"])
-        .args(["--shortcuts-port", "0", "--optillm-port", "0"])
+        .args([
+            "--shortcuts-port",
+            "0",
+            "--optillm-port",
+            "0",
+            "--agents-port",
+            "0",
+        ])
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .env_remove("HOMELAB_MASTER_KEY")
@@ -232,7 +239,14 @@ fn systemd_hears_ready_once_when_everything_is() {
         .args(["up", "--no-engine", "--data-dir"])
         .arg(dir.path().join("var"))
         .args(["--gateway-port", "0", "--monitor-port", "0"])
-        .args(["--shortcuts-port", "0", "--optillm-port", "0"])
+        .args([
+            "--shortcuts-port",
+            "0",
+            "--optillm-port",
+            "0",
+            "--agents-port",
+            "0",
+        ])
         .args([
             "--web-fetch-port",
             "0",
@@ -283,7 +297,14 @@ fn without_pip_the_stack_runs_without_the_embedding_model_and_says_so() {
             "0",
         ])
         .args(["--vector-db-port", "0", "--memory-port", "0"])
-        .args(["--shortcuts-port", "0", "--optillm-port", "0"])
+        .args([
+            "--shortcuts-port",
+            "0",
+            "--optillm-port",
+            "0",
+            "--agents-port",
+            "0",
+        ])
         // No python3 to be found.
         .env("PATH", dir.path())
         .env("RUST_LOG", "warn")
