@@ -14,6 +14,7 @@
 //!
 //! Start reading at [`app`] and [`proxy::forward`].
 
+pub mod anthropic;
 pub mod auth;
 mod config;
 mod error;
@@ -41,12 +42,22 @@ pub use state::AppState;
 
 /// The gateway's routes and their table.
 pub fn routes() -> Routes<Arc<AppState>> {
-    use routes::{admin, models, openai, search};
+    use routes::{admin, messages, models, openai, search};
     let api = Routes::new()
         .post(
             "/chat/completions",
             openai::chat,
             "OpenAI chat completions, routed by the handle in `model` (streamed or not)",
+        )
+        .post(
+            "/messages",
+            messages::messages,
+            "Anthropic Messages for any handle (`x-api-key` or Bearer; streamed as Anthropic's events), translated to chat completions",
+        )
+        .post(
+            "/messages/count_tokens",
+            messages::count_tokens,
+            "Anthropic's token count of a Messages request, as the handle's model counts it",
         )
         .post(
             "/completions",

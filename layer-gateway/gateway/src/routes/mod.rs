@@ -1,6 +1,7 @@
 //! HTTP routes, thin: authenticate, read the body, call the domain code, answer.
 
 pub mod admin;
+pub mod messages;
 pub mod models;
 pub mod openai;
 pub mod search;

@@ -178,3 +178,38 @@ pub async fn dead_port_url() -> String {
     drop(l);
     format!("http://{addr}/v1")
 }
+
+/// Whether `python3` can import `module` (a client SDK the test drives the gateway with).
+/// Under `CI=true` its absence is a failure, since `.ci/run` installs it; elsewhere the caller
+/// skips, with a note.
+#[allow(clippy::print_stderr)]
+pub fn python_module(module: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!(
+                "CI=true but python3 with the {module} package is missing (pip install {module})"
+            );
+        }
+        eprintln!("note: python3 -c 'import {module}' failed; skipping the SDK test");
+    }
+    ok
+}
+
+/// Runs `tests/SCRIPT` with `args`; what it printed, once it succeeded.
+pub async fn python_script(script: &str, args: &[&str]) -> String {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
+}
