@@ -14,6 +14,7 @@
 //! - [`residency`]: which models are loaded now, and by which service.
 //! - [`keys`]: virtual API keys, stored as SHA-256 hashes.
 //! - [`request_log`]: the batched insert path for request-log rows.
+//! - [`responses`]: the gateway's stored Responses API answers, for `previous_response_id`.
 //! - [`tool_calls`]: one row per MCP tool call (agents, the gateway's tool endpoint).
 //! - [`writer`]: the bounded queue both write through, so that no request waits on the DB.
 //! - [`health`]: health-check rows.
@@ -34,6 +35,7 @@ pub mod read;
 pub mod register;
 pub mod request_log;
 pub mod residency;
+pub mod responses;
 mod rollup;
 pub mod spec;
 pub mod tool_calls;

@@ -67,6 +67,7 @@ on_both!(
     missing_and_present_latencies_alternate,
     request_log_records_who_each_request_was_for,
     tool_calls_feed_the_views_and_leave_with_the_retention,
+    stored_responses_are_bounded_and_kept_to_their_key,
 );
 
 async fn migrating_twice_is_harmless(db: Db) {
@@ -637,6 +638,56 @@ async fn tool_calls_feed_the_views_and_leave_with_the_retention(db: Db) {
     assert_eq!(report.tool_calls_pruned, 1);
     assert_eq!(count(&db, "tool_calls").await, 4);
     assert!(recent(&db, 10, Some("run-0")).await.unwrap().is_empty());
+}
+
+async fn stored_responses_are_bounded_and_kept_to_their_key(db: Db) {
+    use docsdb::responses::{StoredResponse, get, put};
+    let now = docsdb::now_ms();
+    let row = |id: &str, at: i64, key: Option<&str>| StoredResponse {
+        id: id.into(),
+        created_at_ms: at,
+        expires_at_ms: at + 60_000,
+        key_name: key.map(str::to_owned),
+        model: "local".into(),
+        items: "[]".into(),
+        response: format!("{{\"id\":\"{id}\"}}"),
+    };
+    // An expired one goes with the next write; beyond three, the oldest go.
+    assert_eq!(
+        put(&db, &row("r0", now - 120_000, None), 3).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        put(&db, &row("r1", now - 4, Some("phone")), 3)
+            .await
+            .unwrap(),
+        1
+    );
+    put(&db, &row("r2", now - 3, Some("phone")), 3)
+        .await
+        .unwrap();
+    put(&db, &row("r3", now - 2, None), 3).await.unwrap();
+    assert_eq!(put(&db, &row("r4", now - 1, None), 3).await.unwrap(), 1);
+    assert_eq!(count(&db, "responses").await, 3);
+    assert!(
+        get(&db, "r1", Some("phone"), now).await.unwrap().is_none(),
+        "the oldest went"
+    );
+    let r2 = get(&db, "r2", Some("phone"), now).await.unwrap().unwrap();
+    assert_eq!(r2.response, r#"{"id":"r2"}"#);
+    assert!(
+        get(&db, "r2", Some("laptop"), now).await.unwrap().is_none(),
+        "another key's"
+    );
+    assert!(
+        get(&db, "r2", None, now).await.unwrap().is_none(),
+        "another key's"
+    );
+    assert!(get(&db, "r4", None, now).await.unwrap().is_some());
+    assert!(
+        get(&db, "r4", None, now + 120_000).await.unwrap().is_none(),
+        "expired"
+    );
 }
 
 async fn health_checks_feed_status_and_uptime(db: Db) {

@@ -86,6 +86,15 @@ pub struct Config {
     #[arg(long, default_value_t = 512)]
     pub log_batch: usize,
 
+    /// How long a response stored by the Responses API (`store: true`) can be continued
+    /// with `previous_response_id`.
+    #[arg(long, default_value = "30d", value_parser = duration)]
+    pub responses_retention: Duration,
+
+    /// Stored responses kept at most; the oldest go first.
+    #[arg(long, default_value_t = 10_000)]
+    pub responses_max: u64,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod patience;
 pub mod priority;
 pub mod proxy;
+pub mod responses;
 pub mod rewrite;
 pub mod routes;
 pub mod routing;
@@ -42,7 +43,7 @@ pub use state::AppState;
 
 /// The gateway's routes and their table.
 pub fn routes() -> Routes<Arc<AppState>> {
-    use routes::{admin, messages, models, openai, search};
+    use routes::{admin, messages, models, openai, responses, search};
     let api = Routes::new()
         .post(
             "/chat/completions",
@@ -58,6 +59,11 @@ pub fn routes() -> Routes<Arc<AppState>> {
             "/messages/count_tokens",
             messages::count_tokens,
             "Anthropic's token count of a Messages request, as the handle's model counts it",
+        )
+        .post(
+            "/responses",
+            responses::create,
+            "The OpenAI Responses API for any handle (function tools, streaming events; `store` and `previous_response_id`), translated to chat completions",
         )
         .post(
             "/completions",

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod messages;
 pub mod models;
 pub mod openai;
+pub mod responses;
 pub mod search;
 
 use std::sync::Arc;

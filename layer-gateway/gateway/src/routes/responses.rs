@@ -1,0 +1,202 @@
+//! `POST /v1/responses`: the OpenAI Responses API for any handle, translated to chat
+//! completions ([`crate::responses`]) and routed like every chat — keys, limits, fallbacks,
+//! one request-log row — answered as a response object or its streaming events. With
+//! `store: true` the response is kept in the system-docs DB (`--responses-retention`,
+//! `--responses-max`) so that `previous_response_id` can continue it, with the same key.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::proxy::{self, Route};
+use crate::responses::{self, Asked, Events};
+use crate::state::AppState;
+
+/// Keeps a finished response for `previous_response_id`, off the request path.
+fn store(state: &Arc<AppState>, caller: &Caller, asked: &Asked, response: &Value) {
+    if !asked.store {
+        return;
+    }
+    let mut items = asked.items.clone();
+    items.extend(response["output"].as_array().cloned().unwrap_or_default());
+    let now = docsdb::now_ms();
+    let retention = i64::try_from(state.config.responses_retention.as_millis()).unwrap_or(i64::MAX);
+    let row = docsdb::responses::StoredResponse {
+        id: response["id"].as_str().unwrap_or_default().to_owned(),
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(retention),
+        key_name: caller.log_name(),
+        model: asked.model.clone(),
+        items: Value::Array(items).to_string(),
+        response: response.to_string(),
+    };
+    let (db, keep) = (state.db.clone(), state.config.responses_max);
+    tokio::spawn(async move {
+        if let Err(e) = docsdb::responses::put(&db, &row, keep).await {
+            tracing::warn!(error = %e, id = %row.id, "a stored response could not be written");
+        }
+    });
+}
+
+/// `POST /v1/responses`.
+pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let request_id = service_kit::request_id::of(&req);
+    let headers = req.headers().clone();
+    let reject = |caller, e: Error| {
+        proxy::reject(&state, Route::Chat, request_id.clone(), caller, &headers, e)
+    };
+    let caller = match super::caller(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return reject(None, e),
+    };
+    if !service_kit::body::is_json(&headers) {
+        let e = Error::BadRequest(
+            "the request body must be JSON, sent with `Content-Type: application/json`".into(),
+        );
+        return reject(Some(caller), e);
+    }
+    let body = match service_kit::body::read_bytes(req).await {
+        Ok(b) => b,
+        Err(api) => {
+            return proxy::reject_api(
+                &state,
+                Route::Chat,
+                request_id.clone(),
+                Some(caller),
+                &headers,
+                api,
+            );
+        }
+    };
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return reject(
+                Some(caller),
+                Error::BadRequest(format!("invalid JSON body: {e}")),
+            );
+        }
+    };
+    let mut earlier: Vec<Value> = Vec::new();
+    if let Some(prev) = body.get("previous_response_id").and_then(Value::as_str) {
+        let found = docsdb::responses::get(
+            &state.db,
+            prev,
+            caller.log_name().as_deref(),
+            docsdb::now_ms(),
+        )
+        .await;
+        match found {
+            Ok(Some(r)) => earlier = serde_json::from_str(&r.items).unwrap_or_default(),
+            Ok(None) => {
+                return reject(
+                    Some(caller),
+                    Error::BadRequest(format!(
+                        "previous_response_id: no stored response `{prev}` (responses are kept when created with `store: true`, for --responses-retention)"
+                    )),
+                );
+            }
+            Err(e) => return reject(Some(caller), Error::Db(e)),
+        }
+    }
+    let (chat, asked) = match responses::to_chat(&body, &earlier) {
+        Ok(x) => x,
+        Err(m) => return reject(Some(caller), Error::BadRequest(m)),
+    };
+    let res = proxy::forward(
+        state.clone(),
+        Route::Chat,
+        caller.clone(),
+        request_id.clone(),
+        &headers,
+        Bytes::from(chat.to_string()),
+    )
+    .await;
+    if !res.status().is_success() {
+        return res;
+    }
+    let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
+    let created_at = contract::chat::unix_now();
+    let streamed = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let (mut parts, body) = res.into_parts();
+    if !streamed {
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let item_base = id.replacen("resp_", "item_", 1);
+        let (output, status) = responses::from_chat(&answer, |n| format!("{item_base}_{n}"));
+        let r = responses::response(&id, created_at, &asked, status, &output, &answer["usage"]);
+        store(&state, &caller, &asked, &r);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return (parts.status, parts.headers, axum::Json(r)).into_response();
+    }
+    struct Relay {
+        upstream: axum::body::BodyDataStream,
+        decoder: contract::sse::SseDecoder,
+        events: Events,
+        ended: bool,
+        state: Arc<AppState>,
+        caller: Caller,
+    }
+    let relay = Relay {
+        upstream: body.into_data_stream(),
+        decoder: contract::sse::SseDecoder::new(),
+        events: Events::new(&id, created_at, asked),
+        ended: false,
+        state: state.clone(),
+        caller,
+    };
+    fn end(r: &mut Relay, out: &mut String) {
+        r.ended = true;
+        if let Some((tail, done)) = r.events.finish() {
+            out.push_str(&tail);
+            let asked = r.events.asked().clone();
+            store(&r.state, &r.caller, &asked, &done);
+        }
+    }
+    let stream = futures_util::stream::unfold(relay, |mut r| async move {
+        if r.ended {
+            return None;
+        }
+        loop {
+            let mut out = String::new();
+            match r.upstream.next().await {
+                Some(Ok(bytes)) => {
+                    for ev in r.decoder.push(&bytes).unwrap_or_default() {
+                        if ev.is_done() {
+                            end(&mut r, &mut out);
+                            break;
+                        }
+                        if let Ok(chunk) = serde_json::from_str::<Value>(&ev.data) {
+                            out.push_str(&r.events.chunk(&chunk));
+                        }
+                    }
+                }
+                // The chat stream broke or ended without `[DONE]`: close what was opened.
+                Some(Err(_)) | None => end(&mut r, &mut out),
+            }
+            if !out.is_empty() {
+                return Some((Ok::<_, std::io::Error>(Bytes::from(out)), r));
+            }
+            if r.ended {
+                return None;
+            }
+        }
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.status = StatusCode::OK;
+    Response::from_parts(parts, Body::from_stream(stream))
+}

@@ -1,0 +1,74 @@
+//! The official OpenAI Python SDK's `client.responses` against a real gateway in front of the
+//! test upstream: plain, streamed, a function-call round trip over `previous_response_id`
+//! (stored in the system-docs DB), a streamed call, refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Gateway, handle, spec, target};
+use docsdb::spec::Strategy;
+use serde_json::json;
+use testkit::upstream::{Behavior, MockUpstream, Turn};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_sdk_responses_work_against_the_gateway() {
+    if !common::python_module("openai") {
+        return;
+    }
+    let plain = MockUpstream::start("a").await;
+    let weather = || Turn::call("call_w1", "get_weather", r#"{"city": "Paris"}"#);
+    let scripted = MockUpstream::start_with(
+        "b",
+        Behavior {
+            turns: vec![weather(), Turn::text("It is sunny."), weather()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let gw = Gateway::start(
+        spec(vec![
+            handle(
+                "chat",
+                Strategy::Priority,
+                vec![target("a", &plain.base_url(), "m")],
+            ),
+            handle(
+                "tools",
+                Strategy::Priority,
+                vec![target("b", &scripted.base_url(), "t")],
+            ),
+        ]),
+        |c| c.master_key = Some("sk-master-test".into()),
+    )
+    .await;
+    let url = format!("{}/v1", gw.url);
+    let stdout = common::python_script("responses_sdk_compat.py", &[&url, "sk-master-test"]).await;
+    assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
+
+    // The instructions became the system message; the continued response brought back the
+    // first turn (question and call) before the tool's output.
+    let first = plain.requests()[0].json();
+    assert_eq!(
+        first["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    let round = scripted.requests()[1].json();
+    let msgs = round["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs[0],
+        json!({"role": "user", "content": "Weather in Paris?"})
+    );
+    assert_eq!(msgs[1]["tool_calls"][0]["id"], "call_w1", "{round}");
+    assert_eq!(
+        msgs[2],
+        json!({"role": "tool", "tool_call_id": "call_w1", "content": "sunny, 21 C"})
+    );
+    // Only the stored response is in the DB, under the key that stored it.
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT model, key_name FROM responses")
+            .fetch_all(gw.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, [("tools".to_owned(), Some("master".to_owned()))]);
+}
