@@ -7,42 +7,14 @@
 
 mod common;
 
-use common::{Gateway, handle, spec, target};
-use docsdb::spec::Strategy;
 use serde_json::json;
-use testkit::upstream::{Behavior, MockUpstream, Turn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_anthropic_sdk_works_against_the_gateway() {
     if !common::python_module("anthropic") {
         return;
     }
-    let plain = MockUpstream::start("a").await;
-    let weather = || Turn::call("call_w1", "get_weather", r#"{"city": "Paris"}"#);
-    let scripted = MockUpstream::start_with(
-        "b",
-        Behavior {
-            turns: vec![weather(), Turn::text("It is sunny."), weather()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let gw = Gateway::start(
-        spec(vec![
-            handle(
-                "chat",
-                Strategy::Priority,
-                vec![target("a", &plain.base_url(), "m")],
-            ),
-            handle(
-                "tools",
-                Strategy::Priority,
-                vec![target("b", &scripted.base_url(), "t")],
-            ),
-        ]),
-        |c| c.master_key = Some("sk-master-test".into()),
-    )
-    .await;
+    let (gw, plain, scripted) = common::chat_and_tools().await;
     let stdout =
         common::python_script("anthropic_sdk_compat.py", &[&gw.url, "sk-master-test"]).await;
     assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");

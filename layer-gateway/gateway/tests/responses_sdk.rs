@@ -6,42 +6,14 @@
 
 mod common;
 
-use common::{Gateway, handle, spec, target};
-use docsdb::spec::Strategy;
 use serde_json::json;
-use testkit::upstream::{Behavior, MockUpstream, Turn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdk_responses_work_against_the_gateway() {
     if !common::python_module("openai") {
         return;
     }
-    let plain = MockUpstream::start("a").await;
-    let weather = || Turn::call("call_w1", "get_weather", r#"{"city": "Paris"}"#);
-    let scripted = MockUpstream::start_with(
-        "b",
-        Behavior {
-            turns: vec![weather(), Turn::text("It is sunny."), weather()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let gw = Gateway::start(
-        spec(vec![
-            handle(
-                "chat",
-                Strategy::Priority,
-                vec![target("a", &plain.base_url(), "m")],
-            ),
-            handle(
-                "tools",
-                Strategy::Priority,
-                vec![target("b", &scripted.base_url(), "t")],
-            ),
-        ]),
-        |c| c.master_key = Some("sk-master-test".into()),
-    )
-    .await;
+    let (gw, plain, scripted) = common::chat_and_tools().await;
     let url = format!("{}/v1", gw.url);
     let stdout = common::python_script("responses_sdk_compat.py", &[&url, "sk-master-test"]).await;
     assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");

@@ -10,7 +10,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::anthropic::{self, Events};
@@ -130,11 +129,7 @@ pub async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Respo
         Err(e) => return e,
     };
     let id = anthropic::message_id(&request_id);
-    let streamed = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let streamed = super::is_event_stream(&res);
     let (mut parts, body) = res.into_parts();
     if !streamed {
         let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -147,54 +142,19 @@ pub async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Respo
         }
         return out;
     }
-    struct Relay {
-        upstream: axum::body::BodyDataStream,
-        decoder: contract::sse::SseDecoder,
-        events: Events,
-        ended: bool,
-    }
-    let relay = Relay {
-        upstream: body.into_data_stream(),
-        decoder: contract::sse::SseDecoder::new(),
-        events: Events::new(&id, &model),
-        ended: false,
-    };
-    let stream = futures_util::stream::unfold(relay, |mut r| async move {
-        if r.ended {
-            return None;
-        }
-        loop {
-            match r.upstream.next().await {
-                Some(Ok(bytes)) => {
-                    let mut out = String::new();
-                    for ev in r.decoder.push(&bytes).unwrap_or_default() {
-                        if ev.is_done() {
-                            out.push_str(&r.events.finish());
-                            r.ended = true;
-                            break;
-                        }
-                        if let Ok(chunk) = serde_json::from_str::<Value>(&ev.data) {
-                            out.push_str(&r.events.chunk(&chunk));
-                        }
-                    }
-                    if !out.is_empty() {
-                        return Some((Ok::<_, std::io::Error>(Bytes::from(out)), r));
-                    }
-                    if r.ended {
-                        return None;
-                    }
-                }
-                // The chat stream broke or ended without `[DONE]`: close what was opened.
-                Some(Err(_)) | None => {
-                    r.ended = true;
-                    let out = r.events.finish();
-                    return (!out.is_empty()).then(|| (Ok(Bytes::from(out)), r));
-                }
-            }
-        }
-    });
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from_stream(stream))
+    let events = super::translated(body, Events::new(&id, &model));
+    Response::from_parts(parts, events)
+}
+
+impl super::Translate for Events {
+    fn chunk(&mut self, chunk: &Value) -> String {
+        Events::chunk(self, chunk)
+    }
+
+    fn end(&mut self) -> String {
+        self.finish()
+    }
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as the handle's model counts them,

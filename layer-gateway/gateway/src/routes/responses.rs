@@ -6,12 +6,10 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use serde_json::Value;
 
 use crate::auth::Caller;
@@ -125,11 +123,7 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
     }
     let id = format!("resp_{}", uuid::Uuid::new_v4().simple());
     let created_at = contract::chat::unix_now();
-    let streamed = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let streamed = super::is_event_stream(&res);
     let (mut parts, body) = res.into_parts();
     if !streamed {
         let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -143,60 +137,35 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
         parts.headers.remove(header::CONTENT_LENGTH);
         return (parts.status, parts.headers, axum::Json(r)).into_response();
     }
-    struct Relay {
-        upstream: axum::body::BodyDataStream,
-        decoder: contract::sse::SseDecoder,
-        events: Events,
-        ended: bool,
-        state: Arc<AppState>,
-        caller: Caller,
-    }
-    let relay = Relay {
-        upstream: body.into_data_stream(),
-        decoder: contract::sse::SseDecoder::new(),
+    let events = Stored {
         events: Events::new(&id, created_at, asked),
-        ended: false,
         state: state.clone(),
         caller,
     };
-    fn end(r: &mut Relay, out: &mut String) {
-        r.ended = true;
-        if let Some((tail, done)) = r.events.finish() {
-            out.push_str(&tail);
-            let asked = r.events.asked().clone();
-            store(&r.state, &r.caller, &asked, &done);
-        }
-    }
-    let stream = futures_util::stream::unfold(relay, |mut r| async move {
-        if r.ended {
-            return None;
-        }
-        loop {
-            let mut out = String::new();
-            match r.upstream.next().await {
-                Some(Ok(bytes)) => {
-                    for ev in r.decoder.push(&bytes).unwrap_or_default() {
-                        if ev.is_done() {
-                            end(&mut r, &mut out);
-                            break;
-                        }
-                        if let Ok(chunk) = serde_json::from_str::<Value>(&ev.data) {
-                            out.push_str(&r.events.chunk(&chunk));
-                        }
-                    }
-                }
-                // The chat stream broke or ended without `[DONE]`: close what was opened.
-                Some(Err(_)) | None => end(&mut r, &mut out),
-            }
-            if !out.is_empty() {
-                return Some((Ok::<_, std::io::Error>(Bytes::from(out)), r));
-            }
-            if r.ended {
-                return None;
-            }
-        }
-    });
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.status = StatusCode::OK;
-    Response::from_parts(parts, Body::from_stream(stream))
+    Response::from_parts(parts, super::translated(body, events))
+}
+
+/// A response's events, stored when they are complete.
+struct Stored {
+    events: Events,
+    state: Arc<AppState>,
+    caller: Caller,
+}
+
+impl super::Translate for Stored {
+    fn chunk(&mut self, chunk: &Value) -> String {
+        self.events.chunk(chunk)
+    }
+
+    fn end(&mut self) -> String {
+        match self.events.finish() {
+            Some((tail, done)) => {
+                store(&self.state, &self.caller, self.events.asked(), &done);
+                tail
+            }
+            None => String::new(),
+        }
+    }
 }

@@ -213,3 +213,41 @@ pub async fn python_script(script: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     stdout
 }
+
+/// A gateway (master key `sk-master-test`) with two handles: `chat` on the plain test
+/// upstream ("tok0 tok1 tok2 "), `tools` on a scripted one — a `get_weather` call for Paris,
+/// then "It is sunny.", then the call again — and both upstreams.
+pub async fn chat_and_tools() -> (
+    Gateway,
+    testkit::upstream::MockUpstream,
+    testkit::upstream::MockUpstream,
+) {
+    use testkit::upstream::{Behavior, MockUpstream, Turn};
+    let plain = MockUpstream::start("a").await;
+    let weather = || Turn::call("call_w1", "get_weather", r#"{"city": "Paris"}"#);
+    let scripted = MockUpstream::start_with(
+        "b",
+        Behavior {
+            turns: vec![weather(), Turn::text("It is sunny."), weather()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let gw = Gateway::start(
+        spec(vec![
+            handle(
+                "chat",
+                Strategy::Priority,
+                vec![target("a", &plain.base_url(), "m")],
+            ),
+            handle(
+                "tools",
+                Strategy::Priority,
+                vec![target("b", &scripted.base_url(), "t")],
+            ),
+        ]),
+        |c| c.master_key = Some("sk-master-test".into()),
+    )
+    .await;
+    (gw, plain, scripted)
+}
