@@ -35,15 +35,14 @@ async fn official_anthropic_sdk_works_against_the_gateway() {
         json!({"role": "tool", "tool_call_id": "call_w1", "content": "sunny, 21 C"})
     );
     assert_eq!(round["tools"][0]["function"]["name"], "get_weather");
-    // Every request is a request-log row of the chat route, refusals included.
-    let rows = gw.log_rows().await;
-    let handles: Vec<&str> = rows
-        .iter()
-        .filter(|r| r["route"] == "chat")
-        .filter_map(|r| r["handle"].as_str())
-        .collect();
-    assert!(
-        handles.iter().filter(|h| **h == "tools").count() >= 3,
+    // Every request is a request-log row of the messages route, refusals included.
+    let rows = gw.log_rows_at_least(9).await;
+    assert!(rows.iter().all(|r| r["route"] == "messages"), "{rows:?}");
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    let handles: Vec<&str> = rows.iter().filter_map(|r| r["handle"].as_str()).collect();
+    assert_eq!(
+        handles.iter().filter(|h| **h == "tools").count(),
+        3,
         "{rows:?}"
     );
     assert!(handles.contains(&"no-such-handle"), "{rows:?}");

@@ -43,4 +43,8 @@ async fn official_sdk_responses_work_against_the_gateway() {
             .await
             .unwrap();
     assert_eq!(stored, [("tools".to_owned(), Some("master".to_owned()))]);
+    // Each request is a request-log row of the responses route.
+    let rows = gw.log_rows_at_least(7).await;
+    let routes: Vec<&str> = rows.iter().filter_map(|r| r["route"].as_str()).collect();
+    assert_eq!(routes, ["responses"; 7]);
 }

@@ -37,12 +37,16 @@ use record::{Outcome, Record};
 pub(crate) use record::{SearchDone, log_search};
 use relay::respond;
 
-/// The OpenAI endpoints the gateway forwards.
+/// The endpoints the gateway forwards. `Messages` and `Responses` (Anthropic's and OpenAI's
+/// newer APIs, translated) reach the targets as chat completions; their name keeps them
+/// apart in the request log and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Chat,
     Completions,
     Embeddings,
+    Messages,
+    Responses,
 }
 
 impl Route {
@@ -51,15 +55,22 @@ impl Route {
             Route::Chat => "chat",
             Route::Completions => "completions",
             Route::Embeddings => "embeddings",
+            Route::Messages => "messages",
+            Route::Responses => "responses",
         }
     }
 
     fn path(self) -> &'static str {
         match self {
-            Route::Chat => "/chat/completions",
+            Route::Chat | Route::Messages | Route::Responses => "/chat/completions",
             Route::Completions => "/completions",
             Route::Embeddings => "/embeddings",
         }
+    }
+
+    /// Whether the targets get a chat completion.
+    pub fn is_chat(self) -> bool {
+        self.path() == "/chat/completions"
     }
 }
 
@@ -112,7 +123,8 @@ pub async fn forward(
     let priority = match crate::priority::from_header(client_headers) {
         Ok(client) => crate::priority::choose(
             client,
-            (route == Route::Chat)
+            route
+                .is_chat()
                 .then(|| scanned.get(&body, "messages"))
                 .flatten(),
         ),
@@ -331,6 +343,8 @@ pub async fn log_edge_rejections(
     if res.status() == StatusCode::PAYLOAD_TOO_LARGE && res.extensions().get::<Logged>().is_none() {
         let route = match path.as_str() {
             "/chat/completions" => Some(Route::Chat),
+            "/messages" | "/messages/count_tokens" => Some(Route::Messages),
+            "/responses" => Some(Route::Responses),
             "/completions" => Some(Route::Completions),
             "/embeddings" => Some(Route::Embeddings),
             _ => None,

@@ -62,7 +62,14 @@ async fn route(
     let request_id = service_kit::request_id::of(&req);
     let headers = with_key(req.headers().clone());
     let reject = |caller, e: Error| {
-        proxy::reject(state, Route::Chat, request_id.clone(), caller, &headers, e)
+        proxy::reject(
+            state,
+            Route::Messages,
+            request_id.clone(),
+            caller,
+            &headers,
+            e,
+        )
     };
     let caller = match super::caller(state, &headers) {
         Ok(c) => c,
@@ -85,7 +92,7 @@ async fn route(
         Err(api) => {
             let res = proxy::reject_api(
                 state,
-                Route::Chat,
+                Route::Messages,
                 request_id.clone(),
                 Some(caller),
                 &headers,
@@ -111,7 +118,7 @@ async fn route(
     let model = chat["model"].as_str().unwrap_or_default().to_owned();
     let res = proxy::forward(
         state.clone(),
-        Route::Chat,
+        Route::Messages,
         caller,
         request_id.clone(),
         &headers,

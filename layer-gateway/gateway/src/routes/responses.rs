@@ -49,7 +49,14 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let request_id = service_kit::request_id::of(&req);
     let headers = req.headers().clone();
     let reject = |caller, e: Error| {
-        proxy::reject(&state, Route::Chat, request_id.clone(), caller, &headers, e)
+        proxy::reject(
+            &state,
+            Route::Responses,
+            request_id.clone(),
+            caller,
+            &headers,
+            e,
+        )
     };
     let caller = match super::caller(&state, &headers) {
         Ok(c) => c,
@@ -66,7 +73,7 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Err(api) => {
             return proxy::reject_api(
                 &state,
-                Route::Chat,
+                Route::Responses,
                 request_id.clone(),
                 Some(caller),
                 &headers,
@@ -111,7 +118,7 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
     };
     let res = proxy::forward(
         state.clone(),
-        Route::Chat,
+        Route::Responses,
         caller.clone(),
         request_id.clone(),
         &headers,

@@ -98,6 +98,20 @@ impl Gateway {
         r.send().await.unwrap()
     }
 
+    /// Request-log rows, oldest first, once there are at least `n` (they are written in the
+    /// background; 5 s at most).
+    pub async fn log_rows_at_least(&self, n: usize) -> Vec<Value> {
+        let mut rows = Vec::new();
+        for _ in 0..100 {
+            rows = self.log_rows().await;
+            if rows.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rows
+    }
+
     /// Request-log rows, oldest first, as JSON objects.
     pub async fn log_rows(&self) -> Vec<Value> {
         use sqlx::Row;
