@@ -60,6 +60,11 @@ pub enum Error {
     },
     #[error("no search tool `{0}`")]
     UnknownSearchTool(String),
+    /// A response the caller cannot read back: never stored, expired, or another key's.
+    #[error(
+        "no stored response `{0}` (responses are kept when created with `store: true`, for --responses-retention)"
+    )]
+    UnknownResponse(String),
     #[error("search failed: {0}")]
     Search(String),
     #[error("the gateway is at its concurrency limit")]
@@ -91,6 +96,7 @@ impl Error {
                 ApiError::quota_exceeded(format!("{self}; ask the operator for a new budget"))
             }
             Error::BadRequest(m) => ApiError::bad_request(m.clone()),
+            Error::UnknownResponse(_) => ApiError::not_found(self.to_string()),
             Error::AllTargetsFailed { handle, why, .. } => match why {
                 Unavailable::Failing => ApiError::service_unavailable(format!(
                     "no backend of `{handle}` is available right now; see the gateway log"
@@ -161,6 +167,7 @@ impl Error {
             },
             Error::ToolsTooLarge { .. } => "tools_too_large",
             Error::UnknownSearchTool(_) => "unknown_search_tool",
+            Error::UnknownResponse(_) => "unknown_response",
             Error::Search(_) => "search_failed",
             Error::Overloaded => "overloaded",
             Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) => "internal",

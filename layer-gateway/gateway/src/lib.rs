@@ -65,6 +65,11 @@ pub fn routes() -> Routes<Arc<AppState>> {
             responses::create,
             "The OpenAI Responses API for any handle (function tools, streaming events; `store` and `previous_response_id`), translated to chat completions",
         )
+        .get(
+            "/responses/{id}",
+            responses::retrieve,
+            "A response stored with `store: true`, for the key that stored it",
+        )
         .post(
             "/completions",
             openai::completions,

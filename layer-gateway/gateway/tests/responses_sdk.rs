@@ -16,7 +16,7 @@ async fn official_sdk_responses_work_against_the_gateway() {
     let (gw, plain, scripted) = common::chat_and_tools().await;
     let url = format!("{}/v1", gw.url);
     let stdout = common::python_script("responses_sdk_compat.py", &[&url, "sk-master-test"]).await;
-    assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
 
     // The instructions became the system message; the continued response brought back the
     // first turn (question and call) before the tool's output.

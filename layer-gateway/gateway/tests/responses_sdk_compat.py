@@ -50,6 +50,14 @@ def main() -> int:
     )
     assert second.output_text == "It is sunny." and second.previous_response_id == first.id, f"round trip: {second}"
 
+    again = client.responses.retrieve(first.id)
+    assert again.id == first.id and again.output[0].call_id == call.call_id, f"retrieve: {again}"
+    try:
+        client.responses.retrieve(second.id)
+        raise AssertionError("a response not stored was retrieved")
+    except openai.NotFoundError as err:
+        assert second.id in err.message, f"retrieve unknown: {err}"
+
     streamed = list(client.responses.create(model="tools", input="Weather in Paris?", tools=[WEATHER], stream=True))
     args = "".join(e.delta for e in streamed if e.type == "response.function_call_arguments.delta")
     assert json.loads(args) == {"city": "Paris"}, f"streamed arguments: {args!r}"
@@ -68,7 +76,7 @@ def main() -> int:
     except openai.BadRequestError as err:
         assert "web_search_preview" in err.message, f"built-in: {err}"
 
-    print("responses sdk: 7 passed, 0 failed")
+    print("responses sdk: 9 passed, 0 failed")
     return 0
 
 

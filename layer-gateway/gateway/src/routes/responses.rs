@@ -44,6 +44,25 @@ fn store(state: &Arc<AppState>, caller: &Caller, asked: &Asked, response: &Value
     });
 }
 
+/// `GET /v1/responses/{id}`: a stored response, for the key that stored it.
+pub async fn retrieve(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Error> {
+    let caller = super::caller(&state, &headers)?;
+    let stored = docsdb::responses::get(
+        &state.db,
+        &id,
+        caller.log_name().as_deref(),
+        docsdb::now_ms(),
+    )
+    .await?
+    .ok_or(Error::UnknownResponse(id))?;
+    let body: Value = serde_json::from_str(&stored.response).unwrap_or(Value::Null);
+    Ok(axum::Json(body).into_response())
+}
+
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let request_id = service_kit::request_id::of(&req);
@@ -102,11 +121,10 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
         match found {
             Ok(Some(r)) => earlier = serde_json::from_str(&r.items).unwrap_or_default(),
             Ok(None) => {
+                let e = Error::UnknownResponse(prev.to_owned());
                 return reject(
                     Some(caller),
-                    Error::BadRequest(format!(
-                        "previous_response_id: no stored response `{prev}` (responses are kept when created with `store: true`, for --responses-retention)"
-                    )),
+                    Error::BadRequest(format!("previous_response_id: {e}")),
                 );
             }
             Err(e) => return reject(Some(caller), Error::Db(e)),
