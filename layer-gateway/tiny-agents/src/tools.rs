@@ -357,48 +357,39 @@ async fn connect(
 /// The modern handshake first, falling back to `initialize` (on a fresh transport, since a
 /// failed probe may leave an HTTP session or a stdio process in any state).
 async fn start(def: &ServerDef, http: reqwest::Client) -> Result<Client, String> {
-    let modern = ClientLifecycleMode::Auto {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-        legacy_version: None,
-    };
     match &def.transport {
-        Transport::Stdio { .. } => {
-            let first = client_config()
-                .serve_with_lifecycle(child(def)?, modern)
-                .await;
-            match first {
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "server/discover failed; trying initialize");
-                    client_config()
-                        .serve_with_lifecycle(child(def)?, ClientLifecycleMode::Initialize)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            }
-        }
+        Transport::Stdio { .. } => modern_then_initialize(|| child(def)).await,
         Transport::Http { url, headers } => {
-            let first = client_config()
-                .serve_with_lifecycle(streamable(url, headers)?, modern)
-                .await;
-            match first {
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "server/discover failed; trying initialize");
-                    client_config()
-                        .serve_with_lifecycle(
-                            streamable(url, headers)?,
-                            ClientLifecycleMode::Initialize,
-                        )
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            }
+            modern_then_initialize(|| streamable(url, headers)).await
         }
         Transport::Sse { url, headers } => {
             let transport = crate::sse::SseTransport::connect(http, url, headers).await?;
             client_config()
                 .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// `server/discover` on a transport from `make`; `initialize` on a fresh one if that fails.
+async fn modern_then_initialize<T, E, A>(
+    make: impl Fn() -> Result<T, String>,
+) -> Result<Client, String>
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let modern = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+        legacy_version: None,
+    };
+    match client_config().serve_with_lifecycle(make()?, modern).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::debug!(error = %e, "server/discover failed; trying initialize");
+            client_config()
+                .serve_with_lifecycle(make()?, ClientLifecycleMode::Initialize)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -416,13 +416,7 @@ async fn open_webui_first_chat_on_the_default_model() {
         agent_calls += turns;
     }
     // The default model is offered no tools (models::KNOWN): the local handle drops them.
-    let cap: Option<i64> = sqlx::query_scalar(
-        "SELECT ht.max_tools_bytes FROM handle_targets ht JOIN handles h ON h.id = ht.handle_id \
-         WHERE h.name = 'local'",
-    )
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    let cap = common::tools_cap(&db, "local").await;
     assert_eq!(cap, Some(0));
     let tools = docsdb::tool_calls::recent(&db, 100, Some("agent-reads-a-page"))
         .await

@@ -180,13 +180,7 @@ async fn up_serves_a_chat_through_the_gateway_and_logs_it() {
     let names: Vec<&str> = services.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(names, ["gateway", "system-monitor", "local-engine"]);
     // A model the catalogue does not know gets a chat UI's worth of tools at most.
-    let cap: Option<i64> = sqlx::query_scalar(
-        "SELECT ht.max_tools_bytes FROM handle_targets ht JOIN handles h ON h.id = ht.handle_id \
-         WHERE h.name = 'local'",
-    )
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    let cap = common::tools_cap(&db, "local").await;
     assert_eq!(cap, Some(homelab::up::LOCAL_MAX_TOOLS_BYTES));
     let mut conn = db.pool().acquire().await.unwrap();
     let inventory = docsdb::read::model_inventory(&mut conn).await.unwrap();

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +32,11 @@ fn anthropic_json(status: StatusCode, v: &Value) -> Response {
     (status, axum::Json(v.clone())).into_response()
 }
 
+/// A refusal (the gateway's OpenAI-shaped error answer) in Anthropic's shape.
+async fn refusal(res: Response) -> Response {
+    as_anthropic_error(res).await.unwrap_or_else(|r| r)
+}
+
 /// A gateway error answer (OpenAI-shaped) in Anthropic's shape; other answers unchanged.
 async fn as_anthropic_error(res: Response) -> Result<Response, Response> {
     if res.status().is_success() {
@@ -52,8 +56,8 @@ async fn as_anthropic_error(res: Response) -> Result<Response, Response> {
     Err(out)
 }
 
-/// Reads, checks and translates a Messages request, then routes it; the chat answer (or an
-/// Anthropic error) and the request's model and id.
+/// Reads and checks a Messages request, lets `adjust` change it, translates it and routes it;
+/// the chat answer (or an Anthropic error) and the request's model and id.
 async fn route(
     state: &Arc<AppState>,
     req: Request,
@@ -73,19 +77,13 @@ async fn route(
     };
     let caller = match super::caller(state, &headers) {
         Ok(c) => c,
-        Err(e) => {
-            return Err(as_anthropic_error(reject(None, e))
-                .await
-                .unwrap_or_else(|r| r));
-        }
+        Err(e) => return Err(refusal(reject(None, e)).await),
     };
     if !service_kit::body::is_json(&headers) {
         let e = Error::BadRequest(
             "the request body must be JSON, sent with `Content-Type: application/json`".into(),
         );
-        return Err(as_anthropic_error(reject(Some(caller), e))
-            .await
-            .unwrap_or_else(|r| r));
+        return Err(refusal(reject(Some(caller), e)).await);
     }
     let body = match service_kit::body::read_bytes(req).await {
         Ok(b) => b,
@@ -98,23 +96,20 @@ async fn route(
                 &headers,
                 api,
             );
-            return Err(as_anthropic_error(res).await.unwrap_or_else(|r| r));
+            return Err(refusal(res).await);
         }
     };
-    let mut chat = match serde_json::from_slice::<Value>(&body)
+    let chat = match serde_json::from_slice::<Value>(&body)
         .map_err(|e| format!("invalid JSON body: {e}"))
-        .and_then(|v| anthropic::to_chat(&v))
-    {
+        .and_then(|mut v| {
+            if v.is_object() {
+                adjust(&mut v);
+            }
+            anthropic::to_chat(&v)
+        }) {
         Ok(c) => c,
-        Err(m) => {
-            return Err(
-                as_anthropic_error(reject(Some(caller), Error::BadRequest(m)))
-                    .await
-                    .unwrap_or_else(|r| r),
-            );
-        }
+        Err(m) => return Err(refusal(reject(Some(caller), Error::BadRequest(m))).await),
     };
-    adjust(&mut chat);
     let model = chat["model"].as_str().unwrap_or_default().to_owned();
     let res = proxy::forward(
         state.clone(),
@@ -139,10 +134,7 @@ pub async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Respo
     let streamed = super::is_event_stream(&res);
     let (mut parts, body) = res.into_parts();
     if !streamed {
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .unwrap_or_default();
-        let chat: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let chat = super::json_body(body).await;
         let mut out = anthropic_json(StatusCode::OK, &anthropic::from_chat(&chat, &model, &id));
         if let Some(v) = parts.headers.get("x-request-id") {
             out.headers_mut().insert("x-request-id", v.clone());
@@ -167,45 +159,18 @@ impl super::Translate for Events {
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as the handle's model counts them,
 /// from a one-token answer's usage.
 pub async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let adjust = |chat: &mut Value| {
-        chat["max_tokens"] = json!(1);
-        if let Some(o) = chat.as_object_mut() {
+    // It takes no `max_tokens`, and answers no stream: one token, plain.
+    let adjust = |req: &mut Value| {
+        req["max_tokens"] = json!(1);
+        if let Some(o) = req.as_object_mut() {
             o.remove("stream");
-            o.remove("stream_options");
         }
-    };
-    // count_tokens takes no `max_tokens`: give the translation one.
-    let req = {
-        let (parts, body) = req.into_parts();
-        let limit = usize::try_from(state.config.common.body_limit).unwrap_or(usize::MAX);
-        let bytes = match axum::body::to_bytes(body, limit).await {
-            Ok(b) => b,
-            Err(_) => {
-                return anthropic_json(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &json!({"type": "error", "error": {"type": "request_too_large", "message": format!("the body is over {limit} bytes")}}),
-                );
-            }
-        };
-        let body = match serde_json::from_slice::<Value>(&bytes) {
-            Ok(mut v) if v.is_object() => {
-                if v.get("max_tokens").is_none() {
-                    v["max_tokens"] = json!(1);
-                }
-                Bytes::from(v.to_string())
-            }
-            _ => bytes,
-        };
-        Request::from_parts(parts, Body::from(body))
     };
     let (res, _, _) = match route(&state, req, adjust).await {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap_or_default();
-    let chat: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let chat = super::json_body(res.into_body()).await;
     match chat["usage"]["prompt_tokens"].as_u64() {
         Some(n) => anthropic_json(StatusCode::OK, &json!({"input_tokens": n})),
         None => anthropic_json(

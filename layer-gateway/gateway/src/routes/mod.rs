@@ -25,6 +25,15 @@ pub fn caller(state: &Arc<AppState>, headers: &HeaderMap) -> Result<Caller, Erro
     auth::authenticate(headers, state.master_hash.as_deref(), &state.table.load())
 }
 
+/// A buffered JSON answer's body (the gateway already held it within `--max-response`);
+/// `null` when it is not JSON.
+pub async fn json_body(body: Body) -> Value {
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
 /// Whether an answer is an SSE stream.
 pub fn is_event_stream(res: &Response) -> bool {
     res.headers()

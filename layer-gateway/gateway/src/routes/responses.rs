@@ -151,10 +151,7 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let streamed = super::is_event_stream(&res);
     let (mut parts, body) = res.into_parts();
     if !streamed {
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .unwrap_or_default();
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let answer = super::json_body(body).await;
         let item_base = id.replacen("resp_", "item_", 1);
         let (output, status) = responses::from_chat(&answer, |n| format!("{item_base}_{n}"));
         let r = responses::response(&id, created_at, &asked, status, &output, &answer["usage"]);

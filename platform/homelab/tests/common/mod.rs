@@ -162,3 +162,15 @@ pub async fn bees_page() -> std::net::SocketAddr {
     ))
     .await
 }
+
+/// The `max_tools_bytes` of `handle`'s (first) target.
+pub async fn tools_cap(db: &docsdb::Db, handle: &str) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT ht.max_tools_bytes FROM handle_targets ht JOIN handles h ON h.id = ht.handle_id \
+         WHERE h.name = $1 ORDER BY ht.position LIMIT 1",
+    )
+    .bind(handle)
+    .fetch_one(db.pool())
+    .await
+    .unwrap()
+}
