@@ -173,6 +173,12 @@ fn validate(spec: &SystemSpec) -> Result<()> {
     }
     for (i, e) in spec.endpoints.iter().enumerate() {
         check_url(&e.base_url, format!("endpoints[{i}].base_url"))?;
+        if e.offers.as_ref().is_some_and(Vec::is_empty) {
+            return Err(err(
+                format!("endpoints[{i}].offers"),
+                "an empty list offers nothing; leave `offers` out for what its `api` serves",
+            ));
+        }
     }
     for (i, h) in spec.handles.iter().enumerate() {
         if h.targets.is_empty() {
@@ -626,6 +632,7 @@ async fn target_endpoint(
             .auth_env
             .clone()
             .or_else(|| old.and_then(|e| e.auth_env.clone())),
+        offers: old.and_then(|e| e.offers.clone()),
     };
     let service_id = match &service {
         Some(s) => id_by_name(conn, "services", s).await?,
@@ -673,10 +680,10 @@ async fn upsert_endpoint(
             // The URL is nobody else's (checked above), so only the name can conflict.
             let row = sqlx::query(
                 "INSERT INTO endpoints (name, service_id, base_url, api, auth_env, created_at_ms, \
-                 updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 updated_at_ms, offers) VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
                  ON CONFLICT (name) DO UPDATE SET service_id = excluded.service_id, \
                  base_url = excluded.base_url, api = excluded.api, auth_env = excluded.auth_env, \
-                 updated_at_ms = excluded.updated_at_ms RETURNING id",
+                 updated_at_ms = excluded.updated_at_ms, offers = excluded.offers RETURNING id",
             )
             .bind(&e.name)
             .bind(service_id)
@@ -684,6 +691,11 @@ async fn upsert_endpoint(
             .bind(e.api.as_str())
             .bind(&e.auth_env)
             .bind(now)
+            .bind(
+                e.offers
+                    .as_ref()
+                    .map(|o| serde_json::to_string(o).unwrap_or_default()),
+            )
             .fetch_one(&mut *conn)
             .await?;
             match old {
@@ -752,6 +764,7 @@ mod tests {
                 base_url: "http://h:1/v1".into(),
                 api: Api::Openai,
                 auth_env: None,
+                offers: None,
             },
         )];
         assert_eq!(free_name(&existing, "h:1/v1"), "h:1/v1-2");

@@ -21,6 +21,9 @@ pub struct NewKey {
     pub name: String,
     /// `None`: every handle.
     pub allowed_handles: Option<Vec<String>>,
+    /// On the gateway's MCP endpoint: tool servers (`web-fetch`) or tools
+    /// (`web-fetch/fetch`) the key may use; `None`: every tool.
+    pub allowed_tools: Option<Vec<String>>,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     /// Total tokens (prompt + completion) the key may use.
@@ -35,6 +38,8 @@ pub struct KeyInfo {
     /// The first characters of the secret, e.g. `sk-hl-Ab3d`.
     pub key_prefix: String,
     pub allowed_handles: Option<Vec<String>>,
+    /// Tool servers or `server/tool`s; `None`: every tool.
+    pub allowed_tools: Option<Vec<String>>,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub token_budget: Option<i64>,
@@ -48,6 +53,35 @@ impl KeyInfo {
         self.allowed_handles
             .as_ref()
             .is_none_or(|hs| hs.iter().any(|h| h == handle))
+    }
+
+    /// Whether the key may use tool server `server` at all.
+    pub fn allows_server(&self, server: &str) -> bool {
+        self.allowed_tools.as_ref().is_none_or(|ts| {
+            ts.iter()
+                .any(|t| t == server || t.split_once('/').is_some_and(|(s, _)| s == server))
+        })
+    }
+
+    /// Whether the key may call `tool` of tool server `server`.
+    pub fn allows_tool(&self, server: &str, tool: &str) -> bool {
+        self.allowed_tools.as_ref().is_none_or(|ts| {
+            ts.iter().any(|t| {
+                t == server
+                    || t.split_once('/')
+                        .is_some_and(|(s, n)| s == server && n == tool)
+            })
+        })
+    }
+}
+
+/// A stored JSON list of names.
+fn names(r: &AnyRow, column: &str) -> Result<Option<Vec<String>>> {
+    match text(r, column)? {
+        Some(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| Error::Conflict(format!("stored {column}: {e}"))),
+        None => Ok(None),
     }
 }
 
@@ -67,18 +101,12 @@ fn new_secret() -> Result<String> {
 }
 
 fn row_to_info(r: &AnyRow) -> Result<KeyInfo> {
-    let allowed = match text(r, "allowed_handles")? {
-        Some(s) => Some(
-            serde_json::from_str(&s)
-                .map_err(|e| Error::Conflict(format!("stored allowed_handles: {e}")))?,
-        ),
-        None => None,
-    };
     Ok(KeyInfo {
         id: r.try_get("id")?,
         name: req(text(r, "name")?, "name")?,
         key_prefix: req(text(r, "key_prefix")?, "key_prefix")?,
-        allowed_handles: allowed,
+        allowed_handles: names(r, "allowed_handles")?,
+        allowed_tools: names(r, "allowed_tools")?,
         rpm: int(r, "rpm")?,
         tpm: int(r, "tpm")?,
         token_budget: int(r, "token_budget")?,
@@ -87,8 +115,8 @@ fn row_to_info(r: &AnyRow) -> Result<KeyInfo> {
     })
 }
 
-const COLUMNS: &str =
-    "id, name, key_prefix, allowed_handles, rpm, tpm, token_budget, created_at_ms, revoked_at_ms";
+const COLUMNS: &str = "id, name, key_prefix, allowed_handles, allowed_tools, rpm, tpm, \
+     token_budget, created_at_ms, revoked_at_ms";
 
 /// Creates a key and returns it with its secret, which is not stored anywhere.
 pub async fn create(db: &Db, new: &NewKey) -> Result<(KeyInfo, String)> {
@@ -127,18 +155,30 @@ pub async fn create(db: &Db, new: &NewKey) -> Result<(KeyInfo, String)> {
         )));
     }
     let secret = new_secret()?;
-    let allowed = new
-        .allowed_handles
-        .as_ref()
-        .map(|h| serde_json::to_string(h).unwrap_or_else(|_| "[]".into()));
+    if let Some(tools) = &new.allowed_tools
+        && let Some(t) = tools.iter().find(|t| {
+            t.trim().is_empty() || t.split('/').any(str::is_empty) || t.matches('/').count() > 1
+        })
+    {
+        return Err(bad(
+            "tools",
+            format!("`{t}` is not a tool server (`web-fetch`) or a tool (`web-fetch/fetch`)"),
+        ));
+    }
+    let as_json = |v: &Option<Vec<String>>| {
+        v.as_ref()
+            .map(|h| serde_json::to_string(h).unwrap_or_else(|_| "[]".into()))
+    };
     let row = sqlx::query(&format!(
-        "INSERT INTO api_keys (name, key_hash, key_prefix, allowed_handles, rpm, tpm, \
-         token_budget, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+        "INSERT INTO api_keys (name, key_hash, key_prefix, allowed_handles, allowed_tools, rpm, \
+         tpm, token_budget, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         RETURNING {COLUMNS}"
     ))
     .bind(&new.name)
     .bind(hash_key(&secret))
     .bind(&secret[..KEY_PREFIX.len() + 4])
-    .bind(allowed)
+    .bind(as_json(&new.allowed_handles))
+    .bind(as_json(&new.allowed_tools))
     .bind(new.rpm)
     .bind(new.tpm)
     .bind(new.token_budget)

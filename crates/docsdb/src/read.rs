@@ -124,7 +124,7 @@ pub async fn services(conn: &mut AnyConnection) -> Result<Vec<(i64, ServiceSpec)
 /// Every endpoint, by name.
 pub async fn endpoints(conn: &mut AnyConnection) -> Result<Vec<(i64, EndpointSpec)>> {
     let rows = sqlx::query(
-        "SELECT e.id, e.name, s.name AS service, e.base_url, e.api, e.auth_env \
+        "SELECT e.id, e.name, s.name AS service, e.base_url, e.api, e.auth_env, e.offers \
          FROM endpoints e LEFT JOIN services s ON s.id = e.service_id ORDER BY e.name",
     )
     .fetch_all(&mut *conn)
@@ -139,10 +139,21 @@ pub async fn endpoints(conn: &mut AnyConnection) -> Result<Vec<(i64, EndpointSpe
                     base_url: req(text(r, "base_url")?, "base_url")?,
                     api: parse_enum(text(r, "api")?, "api")?,
                     auth_env: text(r, "auth_env")?,
+                    offers: offers(text(r, "offers")?)?,
                 },
             ))
         })
         .collect()
+}
+
+/// An endpoint's stored `offers` (a JSON array of names).
+fn offers(stored: Option<String>) -> Result<Option<Vec<crate::spec::Offer>>> {
+    stored
+        .map(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| Error::Conflict(format!("stored endpoint offers `{s}`: {e}")))
+        })
+        .transpose()
 }
 
 /// Every model, largest memory footprint first.

@@ -44,7 +44,7 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
         "SELECT * FROM (SELECT id, request_id, started_at_ms, key_name, route, handle, target, \
          upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
          completion_tokens, streamed, generation_ms, user_id, user_name, user_email, user_role, \
-         chat_id FROM request_log ORDER BY id DESC LIMIT $1) \
+         chat_id, request_bytes, response_bytes FROM request_log ORDER BY id DESC LIMIT $1) \
          AS newest ORDER BY id",
     )
     .bind(limit)
@@ -70,6 +70,8 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
                 completion_tokens: count(int(r, "completion_tokens")?),
                 streamed: flag(r, "streamed")?.unwrap_or(false),
                 generation_ms: float(r, "generation_ms")?,
+                request_bytes: count(int(r, "request_bytes")?),
+                response_bytes: count(int(r, "response_bytes")?),
                 user: EndUser {
                     id: text(r, "user_id")?,
                     name: text(r, "user_name")?,
@@ -110,6 +112,14 @@ pub struct RequestLogRow {
     /// from this and nothing else.
     #[serde(default)]
     pub generation_ms: Option<f64>,
+    /// The request body's size as the gateway read or passed it on (none where it was not
+    /// read: a request refused before its body).
+    #[serde(default)]
+    pub request_bytes: Option<u64>,
+    /// The answer body's size as the gateway passed it to the client (a stream's, up to
+    /// where it ended).
+    #[serde(default)]
+    pub response_bytes: Option<u64>,
     /// Who the request was for, as the client said (Open WebUI's forwarded user headers).
     #[serde(default)]
     pub user: EndUser,
@@ -127,18 +137,18 @@ pub struct EndUser {
     pub chat_id: Option<String>,
 }
 
-/// Rows per `INSERT` statement: 21 columns × 256 rows stays far below both dialects'
+/// Rows per `INSERT` statement: 23 columns × 256 rows stays far below both dialects'
 /// bind-parameter limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
-const COLUMNS: usize = 21;
+const COLUMNS: usize = 23;
 
 /// Writes `rows` in one transaction. Either all are written or none.
 pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
     const HEAD: &str = "INSERT INTO request_log (request_id, started_at_ms, key_name, route, \
          handle, target, upstream_model, status, error_type, attempts, latency_ms, ttft_ms, \
          prompt_tokens, completion_tokens, streamed, generation_ms, user_id, user_name, \
-         user_email, user_role, chat_id) VALUES ";
+         user_email, user_role, chat_id, request_bytes, response_bytes) VALUES ";
     crate::db::insert_rows(db, HEAD, COLUMNS, ROWS_PER_STATEMENT, rows, |q, r| {
         q.bind(r.request_id.clone())
             .bind(r.started_at_ms)
@@ -161,6 +171,8 @@ pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
             .bind(r.user.email.clone())
             .bind(r.user.role.clone())
             .bind(r.user.chat_id.clone())
+            .bind(r.request_bytes.map(|b| b as i64))
+            .bind(r.response_bytes.map(|b| b as i64))
     })
     .await
 }

@@ -1,6 +1,6 @@
 //! Stored responses of the gateway's Responses API (`store: true`), for
 //! `previous_response_id`: [`put`] writes one and trims the table to its bounds, [`get`]
-//! reads one back for the key that stored it.
+//! reads one back and [`delete`] removes one, for the key that stored it.
 
 use sqlx::Row;
 
@@ -83,4 +83,24 @@ pub async fn get(
     };
     // Another key's response is as good as missing.
     Ok((stored.key_name.as_deref() == key_name).then_some(stored))
+}
+
+/// Deletes the response `id` stored by `key_name`; whether there was one.
+pub async fn delete(db: &Db, id: &str, key_name: Option<&str>) -> Result<bool> {
+    let done = match key_name {
+        Some(k) => {
+            sqlx::query("DELETE FROM responses WHERE id = $1 AND key_name = $2")
+                .bind(id)
+                .bind(k)
+                .execute(db.pool())
+                .await?
+        }
+        None => {
+            sqlx::query("DELETE FROM responses WHERE id = $1 AND key_name IS NULL")
+                .bind(id)
+                .execute(db.pool())
+                .await?
+        }
+    };
+    Ok(done.rows_affected() > 0)
 }

@@ -103,6 +103,32 @@ pub struct EndpointSpec {
     /// The name of the environment variable holding the key; never the key itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_env: Option<String>,
+    /// The APIs this endpoint serves; none: what its `api` flavour serves
+    /// ([`Api::default_offers`]). The gateway sends a request only to targets on endpoints
+    /// that offer its API, so that a handle for chat is not tried for speech.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offers: Option<Vec<Offer>>,
+}
+
+impl EndpointSpec {
+    /// An endpoint at `base_url` speaking `api`, with no key and the flavour's offers.
+    pub fn new(name: &str, base_url: &str, api: Api) -> Self {
+        EndpointSpec {
+            name: name.to_owned(),
+            service: None,
+            base_url: base_url.to_owned(),
+            api,
+            auth_env: None,
+            offers: None,
+        }
+    }
+
+    /// What it serves: its `offers`, else its flavour's.
+    pub fn serves(&self) -> Vec<Offer> {
+        self.offers
+            .clone()
+            .unwrap_or_else(|| self.api.default_offers().to_vec())
+    }
 }
 
 /// A model file or folder on a host.
@@ -299,7 +325,29 @@ text_enum!(
 );
 text_enum!(
     /// The API flavour an endpoint speaks.
-    Api { Openai = "openai", Ovms = "ovms", Mlx = "mlx", Llamacpp = "llamacpp", Searxng = "searxng", HomeAssistant = "home-assistant", Mcp = "mcp" } default Openai
+    Api { Openai = "openai", Ovms = "ovms", Mlx = "mlx", Llamacpp = "llamacpp", Searxng = "searxng", HomeAssistant = "home-assistant", Mcp = "mcp", Anthropic = "anthropic" } default Openai
+);
+
+impl Api {
+    /// What an endpoint of this flavour serves unless its `offers` say otherwise: the
+    /// OpenAI-compatible servers chat, completions and embeddings; an Anthropic server
+    /// Messages; tool servers no model API.
+    pub fn default_offers(self) -> &'static [Offer] {
+        match self {
+            Api::Openai | Api::Ovms | Api::Mlx | Api::Llamacpp => {
+                &[Offer::Chat, Offer::Completions, Offer::Embeddings]
+            }
+            Api::Anthropic => &[Offer::Messages],
+            Api::Searxng | Api::HomeAssistant | Api::Mcp => &[],
+        }
+    }
+}
+
+text_enum!(
+    /// A model API an endpoint can serve (`offers`): OpenAI's chat completions, text
+    /// completions, embeddings, audio transcriptions and translations, speech, image
+    /// generation; Anthropic Messages; reranking in the Cohere/Jina shape.
+    Offer { Chat = "chat", Completions = "completions", Embeddings = "embeddings", Messages = "messages", Transcriptions = "transcriptions", Translations = "translations", Speech = "speech", Images = "images", Rerank = "rerank" } default Chat
 );
 text_enum!(
     /// What a target does with tool definitions over its `max_tools_bytes`: `drop` sends the

@@ -313,6 +313,7 @@ async fn keys_are_hashed_limited_and_revocable(db: Db) {
     let new = keys::NewKey {
         name: "laptop".into(),
         allowed_handles: Some(vec!["chat".into(), "fast".into()]),
+        allowed_tools: Some(vec!["web-fetch".into(), "web-search/search".into()]),
         rpm: Some(60),
         tpm: Some(10_000),
         token_budget: Some(1_000_000),
@@ -321,6 +322,16 @@ async fn keys_are_hashed_limited_and_revocable(db: Db) {
     assert!(secret.starts_with("sk-hl-") && secret.len() > 40);
     assert!(secret.starts_with(&info.key_prefix));
     assert!(info.allows("chat") && !info.allows("big"));
+    // A whole tool server, or one tool of another.
+    assert!(info.allows_server("web-fetch") && info.allows_tool("web-fetch", "fetch"));
+    assert!(info.allows_server("web-search") && info.allows_tool("web-search", "search"));
+    assert!(!info.allows_tool("web-search", "news") && !info.allows_server("home-assistant"));
+    let bad = keys::NewKey {
+        name: "odd".into(),
+        allowed_tools: Some(vec!["web-fetch/".into()]),
+        ..Default::default()
+    };
+    assert!(keys::create(&db, &bad).await.is_err());
 
     use sqlx::Row;
     let stored: String = sqlx::query("SELECT key_hash FROM api_keys WHERE name = 'laptop'")
@@ -403,6 +414,8 @@ fn log_row(i: usize, handle: &str, status: u16) -> docsdb::request_log::RequestL
         prompt_tokens: Some(10),
         completion_tokens: Some(20),
         streamed: i.is_multiple_of(2),
+        request_bytes: None,
+        response_bytes: None,
         generation_ms: Some(4.0 + i as f64),
         user: Default::default(),
     }
@@ -641,7 +654,7 @@ async fn tool_calls_feed_the_views_and_leave_with_the_retention(db: Db) {
 }
 
 async fn stored_responses_are_bounded_and_kept_to_their_key(db: Db) {
-    use docsdb::responses::{StoredResponse, get, put};
+    use docsdb::responses::{StoredResponse, delete, get, put};
     let now = docsdb::now_ms();
     let row = |id: &str, at: i64, key: Option<&str>| StoredResponse {
         id: id.into(),
@@ -688,6 +701,14 @@ async fn stored_responses_are_bounded_and_kept_to_their_key(db: Db) {
         get(&db, "r4", None, now + 120_000).await.unwrap().is_none(),
         "expired"
     );
+    // Deleted only by the key that stored it.
+    assert!(!delete(&db, "r2", Some("laptop")).await.unwrap());
+    assert!(!delete(&db, "r2", None).await.unwrap());
+    assert!(delete(&db, "r2", Some("phone")).await.unwrap());
+    assert!(get(&db, "r2", Some("phone"), now).await.unwrap().is_none());
+    assert!(delete(&db, "r4", None).await.unwrap());
+    assert!(!delete(&db, "r4", None).await.unwrap(), "already gone");
+    assert_eq!(count(&db, "responses").await, 1);
 }
 
 async fn health_checks_feed_status_and_uptime(db: Db) {

@@ -138,3 +138,80 @@ async fn dialects_define_the_same_schema() {
     lite.cleanup().await;
     pg.cleanup().await;
 }
+
+/// A registry written before migration 0010 (which rebuilds `endpoints` and
+/// `handle_targets` in SQLite to widen a CHECK) comes through it whole: the same rows, the
+/// same references, foreign keys still enforced, and the monitor's view that counts targets.
+#[tokio::test]
+async fn the_endpoint_rebuild_keeps_a_populated_registry() {
+    use std::borrow::Cow;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/old.db", dir.path().display());
+    let db = docsdb::Db::connect(&url).await.unwrap();
+    let mut before = sqlx::migrate!("./migrations/sqlite");
+    let all = before.migrations.to_vec();
+    assert!(all.len() >= 10);
+    before.migrations = Cow::Owned(all[..9].to_vec());
+    before.run(db.pool()).await.unwrap();
+    for sql in [
+        "INSERT INTO endpoints (id, name, base_url, api, auth_env, created_at_ms, updated_at_ms) \
+         VALUES (7, 'mini', 'http://mini:8000/v1', 'ovms', 'MINI_KEY', 1, 2)",
+        "INSERT INTO handles (id, name, strategy, created_at_ms, updated_at_ms) \
+         VALUES (3, 'chat', 'priority', 1, 1)",
+        "INSERT INTO handle_targets (id, handle_id, position, endpoint_id, upstream_model, \
+         params, max_tools_bytes, over_tools) VALUES (5, 3, 0, 7, 'qwen', '{\"top_k\":20}', 4000, 'refuse')",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await.unwrap();
+    }
+    db.migrate().await.unwrap();
+
+    let row = sqlx::query(
+        "SELECT e.name, e.api, e.auth_env, e.offers, t.upstream_model, t.params, \
+         t.max_tools_bytes, t.over_tools FROM handle_targets t JOIN endpoints e ON e.id = t.endpoint_id",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("name"), "mini");
+    assert_eq!(row.get::<String, _>("api"), "ovms");
+    assert_eq!(row.get::<String, _>("auth_env"), "MINI_KEY");
+    assert_eq!(row.get::<Option<String>, _>("offers"), None);
+    assert_eq!(row.get::<String, _>("params"), "{\"top_k\":20}");
+    assert_eq!(row.get::<i64, _>("max_tools_bytes"), 4000);
+    assert_eq!(row.get::<String, _>("over_tools"), "refuse");
+    // The reference holds: an endpoint in use cannot go.
+    assert!(
+        sqlx::query("DELETE FROM endpoints WHERE id = 7")
+            .execute(db.pool())
+            .await
+            .is_err()
+    );
+    let broken = sqlx::query("SELECT * FROM pragma_foreign_key_check")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert!(broken.is_empty());
+    // The new flavour is accepted; an unknown one still is not.
+    sqlx::query(
+        "INSERT INTO endpoints (name, base_url, api, created_at_ms, updated_at_ms) \
+         VALUES ('claude', 'https://api.anthropic.com/v1', 'anthropic', 1, 1)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        sqlx::query(
+            "INSERT INTO endpoints (name, base_url, api, created_at_ms, updated_at_ms) \
+             VALUES ('x', 'http://x/v1', 'nope', 1, 1)",
+        )
+        .execute(db.pool())
+        .await
+        .is_err()
+    );
+    let stats = sqlx::query("SELECT handle, targets FROM v_handle_stats")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stats.get::<i64, _>("targets"), 1);
+    db.close().await;
+}

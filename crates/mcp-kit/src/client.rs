@@ -1,5 +1,6 @@
-//! A minimal MCP client over Streamable HTTP, for services that call one of the project's
-//! tools (web-fetch, so that its SSRF guard, robots.txt and size limits apply): initialize,
+//! A minimal MCP client over Streamable HTTP, for services that call the project's tools
+//! (web-fetch, so that its SSRF guard, robots.txt and size limits apply; the gateway's `/mcp`,
+//! which lists and calls every tool server's tools): initialize, `tools/list` or
 //! `tools/call`, close the session.
 
 use serde_json::{Value, json};
@@ -49,6 +50,58 @@ impl ToolClient {
     /// cannot be reached or breaks the protocol; a tool's own failure is an answer with
     /// `is_error`.
     pub async fn call(&self, name: &str, arguments: Value) -> Result<ToolAnswer, Error> {
+        let result = self.call_raw(name, arguments).await?;
+        let text = result["content"]
+            .as_array()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        Ok(ToolAnswer {
+            text,
+            is_error: result["isError"] == true,
+        })
+    }
+
+    /// Calls tool `name`: the `tools/call` result as the server sent it.
+    pub async fn call_raw(&self, name: &str, arguments: Value) -> Result<Value, Error> {
+        let params = json!({"name": name, "arguments": arguments});
+        let mut results = self.session(&[("tools/call", params)]).await?;
+        Ok(results.pop().unwrap_or(Value::Null))
+    }
+
+    /// Every tool the server lists (following `nextCursor`, at most `MAX_PAGES` pages), in
+    /// one session.
+    pub async fn list_tools(&self) -> Result<Vec<Value>, Error> {
+        const MAX_PAGES: usize = 20;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let page = self
+                .session(&[("tools/list", params)])
+                .await?
+                .pop()
+                .unwrap_or(Value::Null);
+            tools.extend(page["tools"].as_array().cloned().unwrap_or_default());
+            cursor = page["nextCursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(tools)
+    }
+
+    /// Runs `requests` (method, params) in a session of their own: initialize, the requests
+    /// in order, close. Their results, or the first error.
+    async fn session(&self, requests: &[(&str, Value)]) -> Result<Vec<Value>, Error> {
         let broken = |e: String| Error::Client(format!("{}: {e}", self.url));
         let init = json!({
             "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -73,28 +126,37 @@ impl ToolClient {
             .as_str()
             .unwrap_or(PROTOCOL)
             .to_owned();
-        let notified = self
-            .post(
-                session.as_deref(),
-                &version,
-                &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            )
-            .send()
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        if !notified.status().is_success() {
-            return Err(broken(format!("initialized: {}", notified.status())));
+        let results = async {
+            let notified = self
+                .post(
+                    session.as_deref(),
+                    &version,
+                    &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                )
+                .send()
+                .await
+                .map_err(|e| broken(e.to_string()))?;
+            if !notified.status().is_success() {
+                return Err(broken(format!("initialized: {}", notified.status())));
+            }
+            let mut results = Vec::with_capacity(requests.len());
+            for (n, (method, params)) in requests.iter().enumerate() {
+                let id = n as u64 + 2;
+                let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+                let res = self
+                    .post(session.as_deref(), &version, &body)
+                    .send()
+                    .await
+                    .map_err(|e| broken(e.to_string()))?;
+                let answer = reply(res, id).await.map_err(broken)?;
+                if let Some(e) = answer["error"]["message"].as_str() {
+                    return Err(broken(e.to_owned()));
+                }
+                results.push(answer["result"].clone());
+            }
+            Ok(results)
         }
-        let call = json!({
-            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": name, "arguments": arguments},
-        });
-        let res = self
-            .post(session.as_deref(), &version, &call)
-            .send()
-            .await
-            .map_err(|e| broken(e.to_string()))?;
-        let answer = reply(res, 2).await.map_err(broken);
+        .await;
         if let Some(s) = &session {
             let mut d = self.http.delete(&self.url).header("mcp-session-id", s);
             if let Some(k) = &self.key {
@@ -102,24 +164,7 @@ impl ToolClient {
             }
             let _ = d.send().await;
         }
-        let answer = answer?;
-        if let Some(e) = answer["error"]["message"].as_str() {
-            return Err(broken(e.to_owned()));
-        }
-        let text = answer["result"]["content"]
-            .as_array()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .filter_map(|p| p["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
-        Ok(ToolAnswer {
-            text,
-            is_error: answer["result"]["isError"] == true,
-        })
+        results
     }
 }
 

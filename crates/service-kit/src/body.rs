@@ -20,12 +20,40 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
 
-/// The middleware: `axum::middleware::from_fn_with_state(BodyLimit(n), body::limit)`.
+/// The limits of one service: `default` for every path, and larger ones for named paths
+/// (uploads, which their handlers stream instead of buffering).
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    pub default: u64,
+    /// Exact request paths and their limits.
+    pub paths: std::sync::Arc<[(&'static str, u64)]>,
+}
+
+impl BodyLimits {
+    /// One limit for every path.
+    pub fn new(default: u64) -> Self {
+        BodyLimits {
+            default,
+            paths: std::sync::Arc::new([]),
+        }
+    }
+
+    /// The limit for `path`.
+    pub fn of(&self, path: &str) -> u64 {
+        self.paths
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or(self.default, |(_, n)| *n)
+    }
+}
+
+/// The middleware: `axum::middleware::from_fn_with_state(BodyLimits::new(n), body::limit)`.
 pub async fn limit(
-    axum::extract::State(BodyLimit(max)): axum::extract::State<BodyLimit>,
+    axum::extract::State(limits): axum::extract::State<BodyLimits>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let max = limits.of(req.uri().path());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -41,17 +69,21 @@ pub async fn limit(
         .await
 }
 
+/// Whether reading a body failed because it went over the [`limit`].
+pub fn over_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<LengthLimitError>())
+        .is_some()
+        || e.to_string().contains("length limit exceeded")
+}
+
 /// Reads the whole body, mapping an over-long body to 413 and a broken one to 400.
 pub async fn read_bytes(req: Request) -> Result<Bytes, ApiError> {
     let max = req.extensions().get::<BodyLimit>().map(|b| b.0);
     match req.into_body().collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<LengthLimitError>())
-                .is_some()
-                || e.to_string().contains("length limit exceeded");
-            if too_large {
+            if over_limit(&e) {
                 Err(ApiError::payload_too_large(max.unwrap_or(0)))
             } else {
                 Err(ApiError::bad_request(format!(

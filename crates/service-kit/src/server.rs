@@ -16,7 +16,7 @@ use axum::serve::ListenerExt;
 use contract::ApiError;
 use tokio::net::TcpListener;
 
-use crate::body::{self, BodyLimit};
+use crate::body::{self, BodyLimits};
 use crate::error::Error;
 use crate::request_id;
 
@@ -32,6 +32,11 @@ pub async fn bind(addr: &str) -> Result<TcpListener, Error> {
 /// Adds what every service has: request ids, the body limit, and OpenAI-shaped 404 and 405
 /// answers for paths and methods the service does not serve.
 pub fn with_common_layers(router: Router, body_limit: u64) -> Router {
+    with_body_limits(router, BodyLimits::new(body_limit))
+}
+
+/// As [`with_common_layers`], with larger body limits on some paths.
+pub fn with_body_limits(router: Router, limits: BodyLimits) -> Router {
     router
         .fallback(|| async {
             ApiError::not_found("no such path; see the service README for its endpoints")
@@ -40,10 +45,7 @@ pub fn with_common_layers(router: Router, body_limit: u64) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::method_not_allowed("this method is not allowed on this path").into_response()
         })
-        .layer(axum::middleware::from_fn_with_state(
-            BodyLimit(body_limit),
-            body::limit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(limits, body::limit))
         .layer(axum::middleware::from_fn(request_id::layer))
 }
 

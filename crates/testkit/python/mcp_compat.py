@@ -1,11 +1,12 @@
 """Drives homelab-llm MCP servers with the official MCP Python SDK (`pip install mcp`).
 
 Reads a JSON plan on stdin:
-  {"servers": [{"name": "...", "http": "http://.../mcp"} | {"name": "...", "stdio":
+  {"servers": [{"name": "...", "http": "http://.../mcp", "headers": {...}} | {"name": "...", "stdio":
      {"command": "...", "args": [...], "env": {...}}}],
    "calls": [{"tool": "...", "arguments": {...}}]}
 and prints one JSON object: for each server, the tools it lists (name, inputSchema) and
-the result of each call (isError, text), as the SDK decoded them.
+the result of each call (isError, text), as the SDK decoded them, or the protocol error it
+raised ({"error": message}).
 """
 
 import asyncio
@@ -44,7 +45,11 @@ async def exercise(session, calls):
         "calls": [],
     }
     for c in calls:
-        r = await session.call_tool(c["tool"], c.get("arguments", {}))
+        try:
+            r = await session.call_tool(c["tool"], c.get("arguments", {}))
+        except Exception as e:  # a protocol error (an unknown tool): its message
+            out["calls"].append({"error": str(e)})
+            continue
         out["calls"].append({"isError": bool(field(r, "is_error", "isError")), "text": text_of(r)})
     return out
 
@@ -57,7 +62,8 @@ async def run(server, calls):
         env = dict(os.environ)
         env.update(s.get("env", {}))
         target = StdioServerParameters(command=s["command"], args=s.get("args", []), env=env)
-    if hasattr(mcp, "Client"):
+    headers = server.get("headers")
+    if hasattr(mcp, "Client") and not headers:
         async with mcp.Client(target) as client:
             return await exercise(client, calls)
     # Older SDKs: a transport and a ClientSession.
@@ -65,7 +71,7 @@ async def run(server, calls):
 
     if isinstance(target, str):
         from mcp.client.streamable_http import streamablehttp_client as transport
-        ctx = transport(target)
+        ctx = transport(target, headers=headers)
     else:
         from mcp.client.stdio import stdio_client
         ctx = stdio_client(target)

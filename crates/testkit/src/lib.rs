@@ -1,5 +1,6 @@
 //! Test servers standing in for systems that tests cannot run: an OpenAI-compatible model
-//! server ([`upstream`]), SearXNG ([`searxng`]) and Home Assistant ([`home_assistant`]); and
+//! server ([`upstream`]), speech/image/rerank servers ([`media`]), Anthropic's Messages API
+//! ([`anthropic`]), SearXNG ([`searxng`]) and Home Assistant ([`home_assistant`]); and
 //! [`mcp`], a small MCP client over Streamable HTTP and stdio that shows the wire as it is;
 //! [`openwebui`], Open WebUI's recorded traffic; [`models`], real models from registry packages. They speak the real wire formats and can
 //! be told, at run time, to be slow, to fail, to compress, or to die half-way through a
@@ -7,9 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod anthropic;
 pub mod fast;
 pub mod home_assistant;
 pub mod mcp;
+pub mod media;
 pub mod models;
 pub mod openvino;
 pub mod openwebui;

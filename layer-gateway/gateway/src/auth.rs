@@ -29,6 +29,22 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may see tool server `server` on `/mcp`.
+    pub fn allows_server(&self, server: &str) -> bool {
+        match self {
+            Caller::Anonymous | Caller::Master => true,
+            Caller::Key(k) => k.allows_server(server),
+        }
+    }
+
+    /// Whether the caller may call `tool` of tool server `server` on `/mcp`.
+    pub fn allows_tool(&self, server: &str, tool: &str) -> bool {
+        match self {
+            Caller::Anonymous | Caller::Master => true,
+            Caller::Key(k) => k.allows_tool(server, tool),
+        }
+    }
+
     /// Whether the caller may use `handle`.
     pub fn allows(&self, handle: &str) -> bool {
         match self {

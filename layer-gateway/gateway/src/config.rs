@@ -95,6 +95,31 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub responses_max: u64,
 
+    /// Largest audio upload (`/v1/audio/transcriptions`, `/translations`): these bodies are
+    /// streamed to the target, not held, so they may be larger than `--body-limit`.
+    #[arg(long, default_value = "512MiB", value_parser = size)]
+    pub max_upload: u64,
+
+    /// Bytes of an upload's form fields held in memory while the gateway waits for its
+    /// `model` field (a form that sends the file first); beyond this they wait in a temporary
+    /// file.
+    #[arg(long, default_value = "1MiB", value_parser = size)]
+    pub upload_memory: u64,
+
+    /// How long `/mcp` waits for a tool server's tool list; one slower is left out of the
+    /// list for that request.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub mcp_list_timeout: Duration,
+
+    /// How long `/mcp` waits for a tool call.
+    #[arg(long, default_value = "120s", value_parser = duration)]
+    pub mcp_call_timeout: Duration,
+
+    /// A `Host` header value `/mcp` accepts besides the loopback names (the name clients use
+    /// for this machine when the gateway listens beyond loopback); repeatable.
+    #[arg(long = "mcp-host-header", value_name = "HOST")]
+    pub mcp_host_headers: Vec<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

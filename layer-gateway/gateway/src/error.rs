@@ -58,6 +58,20 @@ pub enum Error {
         /// Each refusing target and its limit, e.g. "studio-afm/base: 4000 bytes".
         limits: String,
     },
+    /// No target of the handle serves the request's API (the endpoints' `offers`).
+    #[error("`{handle}` does not offer {api} (it offers {offers})")]
+    NotOffered {
+        handle: String,
+        api: &'static str,
+        /// What its targets offer, e.g. "chat, completions, embeddings".
+        offers: String,
+    },
+    /// An upload over `--max-upload`.
+    #[error("the upload is larger than the gateway's limit of {0} bytes (--max-upload)")]
+    UploadTooLarge(u64),
+    /// A part of an upload could not be held in a temporary file.
+    #[error("an upload could not be held: {0}")]
+    Spool(String),
     #[error("no search tool `{0}`")]
     UnknownSearchTool(String),
     /// A response the caller cannot read back: never stored, expired, or another key's.
@@ -136,6 +150,17 @@ impl Error {
                 e.error.param = Some("tools".into());
                 e
             }
+            Error::NotOffered { .. } => {
+                let mut e = ApiError::invalid_value(
+                    "model_not_supported",
+                    format!(
+                        "{self}; use a handle whose endpoints offer it (`offers` in the registry)"
+                    ),
+                );
+                e.error.param = Some("model".into());
+                e
+            }
+            Error::UploadTooLarge(max) => ApiError::payload_too_large(*max),
             Error::UnknownSearchTool(t) => {
                 ApiError::not_found(format!("no search tool `{t}` is configured"))
             }
@@ -145,7 +170,7 @@ impl Error {
             Error::Overloaded => ApiError::service_unavailable(
                 "the gateway is at its concurrency limit; retry shortly",
             ),
-            Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) => {
+            Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) | Error::Spool(_) => {
                 ApiError::internal("internal error; see the gateway log")
             }
         }
@@ -166,11 +191,13 @@ impl Error {
                 Unavailable::Busy { .. } => "busy",
             },
             Error::ToolsTooLarge { .. } => "tools_too_large",
+            Error::NotOffered { .. } => "not_offered",
+            Error::UploadTooLarge(_) => "too_large",
             Error::UnknownSearchTool(_) => "unknown_search_tool",
             Error::UnknownResponse(_) => "unknown_response",
             Error::Search(_) => "search_failed",
             Error::Overloaded => "overloaded",
-            Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) => "internal",
+            Error::Db(_) | Error::UnsafeBind(_) | Error::Service(_) | Error::Spool(_) => "internal",
         }
     }
 }

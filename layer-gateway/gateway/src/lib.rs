@@ -19,6 +19,7 @@ pub mod auth;
 mod config;
 mod error;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod patience;
 pub mod priority;
@@ -30,6 +31,7 @@ pub mod routing;
 pub mod searxng;
 pub mod state;
 pub mod table;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,8 +43,8 @@ pub use config::Config;
 pub use error::Error;
 pub use state::AppState;
 
-/// The gateway's routes and their table.
-pub fn routes() -> Routes<Arc<AppState>> {
+/// The gateway's routes and their table, around its MCP endpoint (see [`mcp`]).
+pub fn routes(mcp: mcp_kit::Endpoint) -> Routes<Arc<AppState>> {
     use routes::{admin, messages, models, openai, responses, search};
     let api = Routes::new()
         .post(
@@ -70,6 +72,11 @@ pub fn routes() -> Routes<Arc<AppState>> {
             responses::retrieve,
             "A response stored with `store: true`, for the key that stored it",
         )
+        .delete(
+            "/responses/{id}",
+            responses::delete,
+            "Forget a stored response (the key that stored it)",
+        )
         .post(
             "/completions",
             openai::completions,
@@ -79,6 +86,31 @@ pub fn routes() -> Routes<Arc<AppState>> {
             "/embeddings",
             openai::embeddings,
             "OpenAI embeddings, routed by handle",
+        )
+        .post(
+            "/audio/transcriptions",
+            openai::transcriptions,
+            "Speech to text: a multipart form routed by its `model`, streamed to the target (up to --max-upload)",
+        )
+        .post(
+            "/audio/translations",
+            openai::translations,
+            "Speech to English text: a multipart form routed by its `model`, streamed to the target",
+        )
+        .post(
+            "/audio/speech",
+            openai::speech,
+            "Text to speech: the audio streamed back as the target sends it",
+        )
+        .post(
+            "/images/generations",
+            openai::images,
+            "Image generation, routed by handle",
+        )
+        .post(
+            "/rerank",
+            openai::rerank,
+            "Reranking in the Cohere/Jina shape (as llama.cpp and vLLM serve it), routed by handle",
         )
         .get(
             "/models",
@@ -107,6 +139,7 @@ pub fn routes() -> Routes<Arc<AppState>> {
         );
     Routes::new()
         .merge(api.under_v1_and_root())
+        .service("/mcp", mcp, &mcp_kit::ENDPOINT_METHODS)
         .post(
             "/admin/reload",
             admin::reload,
@@ -118,7 +151,17 @@ pub fn routes() -> Routes<Arc<AppState>> {
 
 /// The gateway's router, on `state`.
 pub fn app(state: Arc<AppState>) -> Router {
-    routes().into_router().with_state(state)
+    let opts = mcp_kit::HttpOptions {
+        host_headers: state.config.mcp_host_headers.clone(),
+        body_limit: state.config.common.body_limit,
+        cancel: state.mcp_cancel.clone(),
+        ..mcp_kit::HttpOptions::default()
+    };
+    let tools = state.clone();
+    let mcp = mcp_kit::endpoint(move || mcp::GatewayTools::new(tools.clone()), &opts).layer(
+        axum::middleware::from_fn_with_state(state.clone(), mcp::authenticate),
+    );
+    routes(mcp).into_router().with_state(state)
 }
 
 /// Checks the bind address against the key setting: without a master key, only loopback
@@ -132,6 +175,20 @@ pub fn check_bind(config: &Config) -> Result<(), Error> {
         return Err(Error::UnsafeBind(config.bind.clone()));
     }
     Ok(())
+}
+
+/// The shared body limit, and `--max-upload` for the audio uploads (streamed, not held).
+fn body_limits(config: &Config) -> service_kit::body::BodyLimits {
+    let upload = config.max_upload;
+    service_kit::body::BodyLimits {
+        default: config.common.body_limit,
+        paths: std::sync::Arc::new([
+            ("/v1/audio/transcriptions", upload),
+            ("/v1/audio/translations", upload),
+            ("/audio/transcriptions", upload),
+            ("/audio/translations", upload),
+        ]),
+    }
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains requests and flushes the log.
@@ -161,12 +218,20 @@ pub async fn serve_state(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     state.spawn_reloader();
-    let body_limit = state.config.common.body_limit;
     let drain = state.config.common.drain_timeout;
-    let router = service_kit::server::with_common_layers(app(state.clone()), body_limit).layer(
-        axum::middleware::from_fn_with_state(state.clone(), proxy::log_edge_rejections),
-    );
+    let router =
+        service_kit::server::with_body_limits(app(state.clone()), body_limits(&state.config))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                proxy::log_edge_rejections,
+            ));
     let flush = state.clone();
+    let cancel = state.mcp_cancel.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Open `/mcp` event streams end, so that the drain can finish.
+        cancel.cancel();
+    };
     let plan = service_kit::server::ShutdownPlan::new(shutdown, drain).on_shutdown(
         service_kit::server::flush_hook(move || async move {
             flush
@@ -174,7 +239,8 @@ pub async fn serve_state(
                 .shutdown(std::time::Duration::from_secs(5))
                 .await;
             flush.log.close().await;
-            tracing::info!("request log flushed");
+            flush.tool_log.close().await;
+            tracing::info!("request log and tool calls flushed");
         }),
     );
     service_kit::server::serve(listener, router, plan).await?;
@@ -186,6 +252,6 @@ service_kit::service!(
     "gateway",
     Error,
     common = common,
-    routes = routes().table().to_vec(),
+    routes = routes(mcp_kit::placeholder()).table().to_vec(),
     check = check_bind
 );

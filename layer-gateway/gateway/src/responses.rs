@@ -23,6 +23,8 @@ pub struct Asked {
     pub previous_response_id: Value,
     pub store: bool,
     pub metadata: Value,
+    /// `text` as asked (its `format`: text, json_object or json_schema).
+    pub text: Value,
     /// The conversation's input items so far (an earlier response's, then this request's),
     /// kept with the response when it is stored.
     pub items: Vec<Value>,
@@ -216,6 +218,13 @@ pub fn to_chat(req: &Value, earlier: &[Value]) -> Result<(Value, Asked), Refusal
     if !parallel {
         chat.insert("parallel_tool_calls".into(), json!(false));
     }
+    let text = match obj.get("text").filter(|v| !v.is_null()) {
+        Some(t) => t.clone(),
+        None => json!({"format": {"type": "text"}}),
+    };
+    if let Some(format) = response_format(&text["format"])? {
+        chat.insert("response_format".into(), format);
+    }
     if obj.get("stream") == Some(&Value::Bool(true)) {
         chat.insert("stream".into(), json!(true));
         chat.insert("stream_options".into(), json!({"include_usage": true}));
@@ -233,9 +242,39 @@ pub fn to_chat(req: &Value, earlier: &[Value]) -> Result<(Value, Asked), Refusal
         previous_response_id: get("previous_response_id"),
         store: obj.get("store").and_then(Value::as_bool).unwrap_or(false),
         metadata: obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        text,
         items,
     };
     Ok((Value::Object(chat), asked))
+}
+
+/// Chat's `response_format` for a Responses `text.format` (none for plain text).
+fn response_format(format: &Value) -> Result<Option<Value>, Refusal> {
+    match format["type"].as_str() {
+        None if format.is_null() => Ok(None),
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let Some(schema) = format.get("schema").filter(|s| s.is_object()) else {
+                return Err("text.format: a json_schema format needs a `schema` object".into());
+            };
+            let mut js = Map::new();
+            js.insert(
+                "name".into(),
+                format.get("name").cloned().unwrap_or(json!("response")),
+            );
+            js.insert("schema".into(), schema.clone());
+            for k in ["description", "strict"] {
+                if let Some(v) = format.get(k).filter(|v| !v.is_null()) {
+                    js.insert(k.into(), v.clone());
+                }
+            }
+            Ok(Some(json!({"type": "json_schema", "json_schema": js})))
+        }
+        _ => Err(format!(
+            "text.format: `{format}` is not text, json_object or json_schema"
+        )),
+    }
 }
 
 /// A response object: `status` with its `output` items and usage.
@@ -264,7 +303,7 @@ pub fn response(
         "previous_response_id": asked.previous_response_id,
         "store": asked.store,
         "metadata": asked.metadata,
-        "text": {"format": {"type": "text"}},
+        "text": asked.text,
         "error": null,
         "incomplete_details": null,
         "usage": null,
@@ -605,6 +644,44 @@ mod tests {
         assert_eq!(chat["tools"][0]["function"]["name"], "get_weather");
         assert!(asked.store);
         assert_eq!(asked.items.len(), 5);
+    }
+
+    #[test]
+    fn text_format_becomes_the_chat_response_format() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let (chat, asked) = to_chat(
+            &json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": true}}}),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            chat["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": true}})
+        );
+        let r = response("resp_1", 0, &asked, "completed", &[], &Value::Null);
+        assert_eq!(r["text"]["format"]["name"], "place");
+        let (chat, _) = to_chat(
+            &json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_object"}}}),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(chat["response_format"], json!({"type": "json_object"}));
+        let (chat, asked) =
+            to_chat(&json!({"model": "m", "input": "hi"}), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(chat.get("response_format").is_none());
+        assert_eq!(asked.text, json!({"format": {"type": "text"}}));
+        let e = to_chat(
+            &json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema"}}}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("schema"), "{e}");
+        let e = to_chat(
+            &json!({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("text.format"), "{e}");
     }
 
     #[test]

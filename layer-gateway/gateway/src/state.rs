@@ -28,6 +28,10 @@ pub struct AppState {
     /// Tokens used per key id, for budgets.
     spent: Mutex<HashMap<i64, u64>>,
     pub log: RequestLogWriter,
+    /// Rows of the tool calls made through `/mcp`.
+    pub tool_log: docsdb::tool_calls::ToolCallWriter,
+    /// Cancelled on shutdown: open `/mcp` event streams end so the drain can finish.
+    pub mcp_cancel: tokio_util::sync::CancellationToken,
     pub metrics: Metrics,
     clients: Mutex<HashMap<u128, reqwest::Client>>,
     /// SHA-256 of the master key, if one is configured.
@@ -58,6 +62,8 @@ impl AppState {
                 ..WriterConfig::default()
             },
         );
+        let tool_log =
+            docsdb::tool_calls::ToolCallWriter::spawn(db.clone(), WriterConfig::default());
         let state = Arc::new(AppState {
             master_hash: config.master_key.as_deref().map(docsdb::keys::hash_key),
             concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
@@ -68,6 +74,8 @@ impl AppState {
             limiter: Limiter::default(),
             spent: Mutex::new(HashMap::new()),
             log,
+            tool_log,
+            mcp_cancel: tokio_util::sync::CancellationToken::new(),
             metrics: Metrics::default(),
             clients: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),

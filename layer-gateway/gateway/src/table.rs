@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use docsdb::keys::KeyInfo;
-use docsdb::spec::{Api, OverTools, Strategy};
+use docsdb::spec::{Api, Offer, OverTools, Strategy};
 use docsdb::{Db, read};
 use serde_json::{Map, Value};
 
@@ -29,7 +29,10 @@ pub struct Target {
     pub endpoint: String,
     pub base_url: String,
     pub api: Api,
-    /// `Bearer <value of auth_env>`, read when the table was loaded.
+    /// The APIs its endpoint serves (the endpoint's `offers`, else its flavour's).
+    pub offers: Vec<Offer>,
+    /// The key from `auth_env`, read when the table was loaded: `Bearer <key>` for the
+    /// `Authorization` header, the bare key for an Anthropic endpoint's `x-api-key`.
     pub auth: Option<HeaderValue>,
     pub upstream_model: String,
     pub priority: i64,
@@ -62,6 +65,19 @@ pub struct SearchTool {
     pub auth: Option<HeaderValue>,
 }
 
+/// An MCP tool server (an endpoint of api `mcp`), for the gateway's `/mcp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolServer {
+    /// The endpoint's name.
+    pub name: String,
+    /// Its tools' prefix (`web_fetch` for `web-fetch`).
+    pub prefix: String,
+    /// Its MCP endpoint (`http://127.0.0.1:3101/mcp`).
+    pub url: String,
+    /// Its bearer token, from the endpoint's `auth_env`.
+    pub key: Option<String>,
+}
+
 /// Everything routing needs, as of one load.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -70,6 +86,8 @@ pub struct Snapshot {
     pub keys: HashMap<String, Arc<KeyInfo>>,
     /// Search tools; the first is the default of `POST /v1/search`.
     pub search: Vec<SearchTool>,
+    /// MCP tool servers, by name.
+    pub tool_servers: Vec<ToolServer>,
     /// What the DB looked like (see [`fingerprint`]).
     pub fingerprint: Vec<i64>,
 }
@@ -88,9 +106,11 @@ pub async fn fingerprint(db: &Db) -> docsdb::Result<Vec<i64>> {
     read::routing_fingerprint(db).await
 }
 
-fn bearer(auth_env: Option<&str>, what: &str) -> Option<HeaderValue> {
+/// The key in `auth_env`, as a `Bearer` value or bare.
+fn credential(auth_env: Option<&str>, what: &str, as_bearer: bool) -> Option<HeaderValue> {
     let name = auth_env?;
     match std::env::var(name) {
+        Ok(v) if !v.is_empty() && !as_bearer => HeaderValue::from_str(&v).ok(),
         Ok(v) if !v.is_empty() => HeaderValue::from_str(&format!("Bearer {v}")).ok(),
         _ => {
             tracing::warn!(%what, env = %name, "auth_env is not set; calling without a key");
@@ -112,7 +132,13 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
     // One lookup (and one warning) per endpoint, not per target.
     let auth: HashMap<&str, Option<HeaderValue>> = endpoints
         .values()
-        .map(|e| (e.name.as_str(), bearer(e.auth_env.as_deref(), &e.name)))
+        .map(|e| {
+            let as_bearer = e.api != Api::Anthropic;
+            (
+                e.name.as_str(),
+                credential(e.auth_env.as_deref(), &e.name, as_bearer),
+            )
+        })
         .collect();
     let mut handles = HashMap::new();
     for (_, h) in read::handles(&mut conn, false).await? {
@@ -133,6 +159,7 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
                 endpoint: e.name.clone(),
                 base_url: e.base_url.trim_end_matches('/').to_owned(),
                 api: e.api,
+                offers: e.serves(),
                 auth: auth.get(e.name.as_str()).cloned().flatten(),
                 upstream_model: t.model.clone(),
                 priority: t.priority,
@@ -176,10 +203,23 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
         .collect();
     // The default tool: one named `searxng`, else the first by name.
     search.sort_by_key(|t| (t.name != "searxng", t.name.clone()));
+    let mut tool_servers: Vec<ToolServer> = endpoints
+        .values()
+        .filter(|e| e.api == Api::Mcp)
+        .map(|e| ToolServer {
+            name: e.name.clone(),
+            prefix: crate::mcp::prefix_of(&e.name),
+            url: e.base_url.trim_end_matches('/').to_owned(),
+            key: credential(e.auth_env.as_deref(), &e.name, false)
+                .and_then(|v| v.to_str().ok().map(str::to_owned)),
+        })
+        .collect();
+    tool_servers.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Snapshot {
         handles,
         keys,
         search,
+        tool_servers,
         fingerprint,
     })
 }

@@ -462,6 +462,7 @@ async fn search_pages_trims_and_filters_through_searxng() {
                 base_url: sx.base_url(),
                 api: Api::Searxng,
                 auth_env: None,
+                offers: None,
             },
             EndpointSpec {
                 name: "news".into(),
@@ -469,6 +470,7 @@ async fn search_pages_trims_and_filters_through_searxng() {
                 base_url: other.base_url(),
                 api: Api::Searxng,
                 auth_env: None,
+                offers: None,
             },
         ],
         ..Default::default()

@@ -76,7 +76,24 @@ def main() -> int:
     except openai.BadRequestError as err:
         assert "web_search_preview" in err.message, f"built-in: {err}"
 
-    print("responses sdk: 9 passed, 0 failed")
+    kept = client.responses.create(model="chat", input="hi", store=True)
+    client.responses.delete(kept.id)
+    for what in ("retrieve", "delete"):
+        try:
+            getattr(client.responses, what)(kept.id)
+            raise AssertionError(f"a deleted response answered {what}")
+        except openai.NotFoundError as err:
+            assert kept.id in err.message, f"{what} after delete: {err}"
+
+    place = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    shaped = client.responses.create(
+        model="chat",
+        input="Where is the Louvre?",
+        text={"format": {"type": "json_schema", "name": "place", "schema": place, "strict": True}},
+    )
+    assert shaped.text.format.type == "json_schema" and shaped.text.format.name == "place", f"text.format: {shaped.text}"
+
+    print("responses sdk: 11 passed, 0 failed")
     return 0
 
 

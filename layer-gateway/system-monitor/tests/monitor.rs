@@ -401,6 +401,8 @@ async fn probes_alerts_and_the_api(db: Db) {
         prompt_tokens: Some(7),
         completion_tokens: Some(3),
         streamed: false,
+        request_bytes: None,
+        response_bytes: None,
         generation_ms: None,
         user: docsdb::request_log::EndUser {
             id: user.map(|u| format!("id-{u}")),
@@ -559,6 +561,8 @@ async fn view_rules(db: Db) {
                 _ => 2,
             }),
             streamed: true,
+            request_bytes: None,
+            response_bytes: None,
             generation_ms: (i % 10 != 5).then(|| i as f64 / 2.0),
             user: Default::default(),
         })
@@ -601,6 +605,8 @@ fn request(id: String, at_ms: i64, status: u16, latency_ms: f64) -> RequestLogRo
         prompt_tokens: Some(5),
         completion_tokens: Some(8),
         streamed: false,
+        request_bytes: None,
+        response_bytes: None,
         generation_ms: Some(latency_ms - 20.0).filter(|g| *g > 0.0),
         user: Default::default(),
     }
@@ -1033,6 +1039,8 @@ async fn the_page_renders_in_a_headless_browser() {
             prompt_tokens: Some(10),
             completion_tokens: Some(20),
             streamed: true,
+            request_bytes: None,
+            response_bytes: None,
             generation_ms: Some(80.0),
             user: Default::default(),
         })

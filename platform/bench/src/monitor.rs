@@ -168,6 +168,8 @@ async fn write_requests(db: &Db, rows: u64, span_ms: i64, now: i64) -> Result<()
                     prompt_tokens: Some(rng.u64(10..2000)),
                     completion_tokens: (!failed).then(|| rng.u64(1..800)),
                     streamed: i % 2 == 0,
+                    request_bytes: None,
+                    response_bytes: None,
                     generation_ms: None,
                     user: Default::default(),
                 }

@@ -302,15 +302,19 @@ pub async fn create_key(db: &Db, args: &CreateKeyArgs) -> Result<(), Error> {
     let new = keys::NewKey {
         name: args.name.clone(),
         allowed_handles: args.handles.clone(),
+        allowed_tools: args.tools.clone(),
         rpm: args.rpm,
         tpm: args.tpm,
         token_budget: args.budget,
     };
     let (info, secret) = keys::create(db, &new).await?;
     output::line(&format!(
-        "created key `{}` (handles: {}, rpm: {}, tpm: {}, budget: {})",
+        "created key `{}` (handles: {}, tools: {}, rpm: {}, tpm: {}, budget: {})",
         info.name,
         info.allowed_handles
+            .as_ref()
+            .map_or_else(|| "all".to_owned(), |h| h.join(",")),
+        info.allowed_tools
             .as_ref()
             .map_or_else(|| "all".to_owned(), |h| h.join(",")),
         opt(&info.rpm),
@@ -330,7 +334,7 @@ pub async fn list_keys(db: &Db, as_json: bool) -> Result<(), Error> {
     } else {
         table(
             &[
-                "name", "key", "handles", "rpm", "tpm", "budget", "created", "revoked",
+                "name", "key", "handles", "tools", "rpm", "tpm", "budget", "created", "revoked",
             ],
             all.iter()
                 .map(|k| {
@@ -338,6 +342,9 @@ pub async fn list_keys(db: &Db, as_json: bool) -> Result<(), Error> {
                         k.name.clone(),
                         format!("{}…", k.key_prefix),
                         k.allowed_handles
+                            .as_ref()
+                            .map_or_else(|| "all".to_owned(), |h| h.join(",")),
+                        k.allowed_tools
                             .as_ref()
                             .map_or_else(|| "all".to_owned(), |h| h.join(",")),
                         opt(&k.rpm),
@@ -409,6 +416,7 @@ pub async fn openwebui_env(db: &Db, args: &OpenWebUiEnvArgs) -> Result<(), Error
         &keys::NewKey {
             name: args.key.clone(),
             allowed_handles: None,
+            allowed_tools: None,
             rpm: None,
             tpm: None,
             token_budget: None,

@@ -342,6 +342,10 @@ pub struct CreateKeyArgs {
     /// Handles the key may use, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     pub handles: Option<Vec<String>>,
+    /// On the gateway's MCP endpoint (/mcp): tool servers (`web-fetch`) or tools
+    /// (`web-fetch/fetch`) the key may use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Option<Vec<String>>,
     /// Requests per minute.
     #[arg(long)]
     pub rpm: Option<i64>,

@@ -314,8 +314,13 @@ pub async fn up(
     let bind = |port: u16| format!("{}:{port}", o.bind_host);
     // The gateway's own rule decides, before anything is created: beyond loopback, a master
     // key or an explicit --allow-unauthenticated.
+    let host = crate::models::local_host();
+    // The `Host` names the MCP endpoints (the gateway's, the monitor's, the tools') accept
+    // beyond loopback.
+    let mcp_hosts = tool_args(o, &host.name).host_headers;
     let mut gcfg = gateway::Config::new(&db_url, &bind(o.gateway_port));
     gcfg.master_key = o.master_key.clone();
+    gcfg.mcp_host_headers = mcp_hosts.clone();
     gcfg.allow_unauthenticated = o.allow_unauthenticated;
     service_kit::Service::check(&gcfg).map_err(|e| Error::Refused {
         service: "the gateway",
@@ -326,7 +331,6 @@ pub async fn up(
         source,
     })?;
     let db = docsdb::Db::open(&db_url).await?;
-    let host = crate::models::local_host();
     // systemd hears "ready" once, when everything is (below), not from the first server.
     service_kit::server::composed();
 
@@ -346,7 +350,10 @@ pub async fn up(
         )
         .await?,
         entry(
-            system_monitor::Config::new(&db_url, &bind(o.monitor_port)),
+            system_monitor::Config {
+                mcp_host_headers: mcp_hosts,
+                ..system_monitor::Config::new(&db_url, &bind(o.monitor_port))
+            },
             &bind(o.monitor_port),
             "--monitor-port",
             About {
@@ -571,6 +578,7 @@ pub async fn up(
                 base_url: format!("http://{}{path}", e.addr),
                 api,
                 auth_env: None,
+                offers: None,
             });
         }
     }
@@ -641,6 +649,7 @@ pub async fn up(
             base_url: url.trim_end_matches('/').to_owned(),
             api: docsdb::spec::Api::Searxng,
             auth_env: None,
+            offers: None,
         });
     }
     keep_probe_settings(&db, &mut spec.services).await?;

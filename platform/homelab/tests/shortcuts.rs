@@ -44,6 +44,7 @@ async fn a_phone_asks_through_the_gateway_with_its_own_key() {
         &docsdb::keys::NewKey {
             name: "iphone".into(),
             allowed_handles: None,
+            allowed_tools: None,
             rpm: None,
             tpm: None,
             token_budget: None,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::patience::{self, Watch};
 use crate::state::AppState;
 use crate::table::Target;
+use docsdb::spec::Api;
 
 use super::Route;
 
@@ -42,12 +43,12 @@ pub(super) fn remaining(deadline: Instant, limit: Duration) -> Duration {
         .min(limit)
 }
 
-/// What one attempt sends.
+/// What one attempt sends (its body goes separately: a stream is sent once).
 pub(super) struct Sent<'a> {
     pub(super) route: Route,
     pub(super) request_id: &'a str,
     pub(super) client_headers: &'a HeaderMap,
-    pub(super) body: Bytes,
+    pub(super) content_type: &'a HeaderValue,
     pub(super) stream: bool,
     pub(super) started: Instant,
     pub(super) priority: Option<&'a HeaderValue>,
@@ -56,17 +57,25 @@ pub(super) struct Sent<'a> {
 /// The largest error body read to tell "loading" or "busy" from other failures.
 pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-pub(super) async fn attempt(state: &AppState, target: &Target, s: &Sent<'_>) -> Attempt {
+/// Anthropic's API version header, sent to Anthropic endpoints when the client sent none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+pub(super) async fn attempt(
+    state: &AppState,
+    target: &Target,
+    s: &Sent<'_>,
+    body: reqwest::Body,
+) -> Attempt {
     let t = &target.timeouts;
     let deadline = s.started + t.total;
     let mut watch = Watch::new(state, target, s.request_id, s.started);
-    let url = format!("{}{}", target.base_url, s.route.path());
+    let url = format!("{}{}", target.base_url, s.route.path(target));
     let mut req = state
         .client(t.connect)
         .post(&url)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, s.content_type.clone())
         .header("x-request-id", s.request_id)
-        .body(s.body.clone());
+        .body(body);
     if let Some(accept) = s.client_headers.get(header::ACCEPT) {
         req = req.header(header::ACCEPT, accept);
     }
@@ -75,7 +84,21 @@ pub(super) async fn attempt(state: &AppState, target: &Target, s: &Sent<'_>) -> 
     if let Some(hop) = s.client_headers.get(contract::optillm::HOP_HEADER) {
         req = req.header(contract::optillm::HOP_HEADER, hop);
     }
-    if let Some(auth) = &target.auth {
+    if target.api == Api::Anthropic {
+        if let Some(key) = &target.auth {
+            req = req.header("x-api-key", key.clone());
+        }
+        let version = s.client_headers.get("anthropic-version");
+        req = req.header(
+            "anthropic-version",
+            version
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION)),
+        );
+        if let Some(beta) = s.client_headers.get("anthropic-beta") {
+            req = req.header("anthropic-beta", beta.clone());
+        }
+    } else if let Some(auth) = &target.auth {
         req = req.header(header::AUTHORIZATION, auth.clone());
     }
     if let Some(p) = s.priority {
@@ -109,7 +132,7 @@ pub(super) async fn attempt(state: &AppState, target: &Target, s: &Sent<'_>) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut res = res;
-    if s.stream && is_sse && status.is_success() {
+    if status.is_success() && ((s.stream && is_sse) || s.route.streams_any_answer()) {
         // Wait for the first chunk before committing: until then a failure can still fall back.
         let first = match watch.wait(res.chunk()).await {
             Err(gave_up) => return Attempt::gave_up(gave_up),

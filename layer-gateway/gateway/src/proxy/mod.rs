@@ -12,9 +12,10 @@ mod record;
 mod relay;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
@@ -29,7 +30,8 @@ use crate::routing::breaker::Permit;
 use crate::routing::strategy::{self, Candidate};
 use crate::state::AppState;
 use crate::table::{Handle, Target};
-use docsdb::spec::OverTools;
+use crate::upload::Upload;
+use docsdb::spec::{Api, Offer, OverTools};
 
 use attempt::{Attempt, Sent, attempt};
 use decide::Next;
@@ -38,8 +40,8 @@ pub(crate) use record::{SearchDone, log_search};
 use relay::respond;
 
 /// The endpoints the gateway forwards. `Messages` and `Responses` (Anthropic's and OpenAI's
-/// newer APIs, translated) reach the targets as chat completions; their name keeps them
-/// apart in the request log and the metrics.
+/// newer APIs, translated) reach the targets as chat completions — `Messages` natively on an
+/// Anthropic endpoint; their name keeps them apart in the request log and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Chat,
@@ -47,6 +49,11 @@ pub enum Route {
     Embeddings,
     Messages,
     Responses,
+    Transcriptions,
+    Translations,
+    Speech,
+    Images,
+    Rerank,
 }
 
 impl Route {
@@ -57,66 +64,316 @@ impl Route {
             Route::Embeddings => "embeddings",
             Route::Messages => "messages",
             Route::Responses => "responses",
+            Route::Transcriptions => "transcriptions",
+            Route::Translations => "translations",
+            Route::Speech => "speech",
+            Route::Images => "images",
+            Route::Rerank => "rerank",
         }
     }
 
-    fn path(self) -> &'static str {
+    /// The upstream path, on `target`.
+    fn path(self, target: &Target) -> &'static str {
         match self {
+            Route::Messages if target.api == Api::Anthropic => "/messages",
             Route::Chat | Route::Messages | Route::Responses => "/chat/completions",
             Route::Completions => "/completions",
             Route::Embeddings => "/embeddings",
+            Route::Transcriptions => "/audio/transcriptions",
+            Route::Translations => "/audio/translations",
+            Route::Speech => "/audio/speech",
+            Route::Images => "/images/generations",
+            Route::Rerank => "/rerank",
         }
+    }
+
+    /// The API a target must offer to be sent this route's requests.
+    pub fn offer(self) -> Offer {
+        match self {
+            Route::Chat | Route::Messages | Route::Responses => Offer::Chat,
+            Route::Completions => Offer::Completions,
+            Route::Embeddings => Offer::Embeddings,
+            Route::Transcriptions => Offer::Transcriptions,
+            Route::Translations => Offer::Translations,
+            Route::Speech => Offer::Speech,
+            Route::Images => Offer::Images,
+            Route::Rerank => Offer::Rerank,
+        }
+    }
+
+    /// Whether `target` takes this route's requests: it offers the route's API (Messages on
+    /// an Anthropic endpoint: Anthropic Messages).
+    pub fn served_by(self, target: &Target) -> bool {
+        let needs = if self.native_messages(target) {
+            Offer::Messages
+        } else {
+            self.offer()
+        };
+        target.offers.contains(&needs)
+    }
+
+    /// Whether `target` gets the client's Anthropic request as it is.
+    pub fn native_messages(self, target: &Target) -> bool {
+        self == Route::Messages && target.api == Api::Anthropic
     }
 
     /// Whether the targets get a chat completion.
     pub fn is_chat(self) -> bool {
-        self.path() == "/chat/completions"
+        self.offer() == Offer::Chat
+    }
+
+    /// Whether answers are passed on as they come, whatever their type (speech audio).
+    fn streams_any_answer(self) -> bool {
+        self == Route::Speech
+    }
+
+    /// Whether the client's `stream: true` makes an SSE answer.
+    fn may_stream(self) -> bool {
+        !matches!(
+            self,
+            Route::Embeddings | Route::Images | Route::Rerank | Route::Speech
+        )
     }
 }
 
 /// What a target over its `max_tools_bytes` with `over_tools: drop` is sent without.
 const TOOL_MEMBERS: [&str; 3] = ["tools", "tool_choice", "parallel_tool_calls"];
 
-/// Forwards one request. `body` is the client's JSON, unparsed.
+/// What a request sends its targets.
+pub enum Payload {
+    /// A JSON body, unparsed (`model` rewritten for each target).
+    Json(Bytes),
+    /// An Anthropic Messages request: as it is to Anthropic endpoints, its chat translation
+    /// to the rest (or why it has none: built-in tools only Anthropic runs).
+    Messages {
+        native: Bytes,
+        chat: Result<Bytes, String>,
+    },
+    /// A form upload, read up to its `model`, streamed once.
+    Upload(Box<Upload>),
+}
+
+/// Marks an answer that came from an Anthropic endpoint as it is (not a chat completion).
+#[derive(Debug, Clone, Copy)]
+pub struct NativeMessages;
+
+/// A JSON body and where its members are.
+struct Json {
+    body: Bytes,
+    scanned: rewrite::Scanned,
+}
+
+impl Json {
+    fn read(body: Bytes) -> Result<Self, Error> {
+        let scanned = rewrite::scan(&body)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
+        Ok(Json { body, scanned })
+    }
+
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.scanned.get(&self.body, key)
+    }
+
+    fn rewritten(&self, edits: &Edits<'_>) -> Bytes {
+        Bytes::from(rewrite::rewrite(&self.body, &self.scanned, edits))
+    }
+}
+
+/// A payload read for routing.
+enum Sending {
+    Json(Json),
+    Messages {
+        native: Json,
+        chat: Result<Json, String>,
+    },
+    /// `None` once sent.
+    Upload {
+        upload: Option<Box<Upload>>,
+        content_type: HeaderValue,
+        read: Arc<AtomicU64>,
+        over_limit: Arc<AtomicBool>,
+    },
+}
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Sending {
+    fn read(payload: Payload) -> Result<Self, Error> {
+        Ok(match payload {
+            Payload::Json(b) => Sending::Json(Json::read(b)?),
+            Payload::Messages { native, chat } => Sending::Messages {
+                native: Json::read(native)?,
+                chat: chat.and_then(|c| Json::read(c).map_err(|e| e.to_string())),
+            },
+            Payload::Upload(u) => Sending::Upload {
+                content_type: HeaderValue::from_str(&u.content_type)
+                    .map_err(|_| Error::BadRequest("invalid Content-Type".into()))?,
+                read: u.bytes_read(),
+                over_limit: u.over_limit(),
+                upload: Some(u),
+            },
+        })
+    }
+
+    /// The JSON the gateway reads `model`, `stream`, `tools` and `messages` from; none for
+    /// an upload.
+    fn json(&self) -> Option<&Json> {
+        match self {
+            Sending::Json(j) | Sending::Messages { native: j, .. } => Some(j),
+            Sending::Upload { .. } => None,
+        }
+    }
+
+    /// Whether the stream's usage chunk goes to the client: it asked for it (the chat
+    /// translation of a Messages request always does, for its own usage events).
+    fn wants_usage(&self) -> bool {
+        let asks = |j: &Json| {
+            j.get("stream_options")
+                .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+                .is_some_and(|v| v["include_usage"] == Value::Bool(true))
+        };
+        match self {
+            Sending::Json(j) | Sending::Messages { chat: Ok(j), .. } => asks(j),
+            Sending::Messages { chat: Err(_), .. } | Sending::Upload { .. } => false,
+        }
+    }
+
+    /// Whether this request can go to `target` at all: a Messages request without a chat
+    /// translation goes only to Anthropic endpoints.
+    fn fits(&self, route: Route, target: &Target) -> bool {
+        match self {
+            Sending::Messages { chat: Err(_), .. } => route.native_messages(target),
+            _ => true,
+        }
+    }
+
+    /// Why no target fits, when the request itself is the reason.
+    fn unfit(&self) -> Option<String> {
+        match self {
+            Sending::Messages { chat: Err(why), .. } => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    fn model(&self) -> Option<String> {
+        match self {
+            Sending::Upload { upload, .. } => upload.as_ref().map(|u| u.model.clone()),
+            _ => self
+                .json()
+                .and_then(|j| j.get("model"))
+                .and_then(|v| serde_json::from_slice(v).ok()),
+        }
+    }
+
+    /// The body and its type for one attempt on `target`; `None` when an upload was already
+    /// sent.
+    fn body_for(
+        &mut self,
+        route: Route,
+        target: &Target,
+        edits: &Edits<'_>,
+    ) -> Option<(reqwest::Body, HeaderValue)> {
+        match self {
+            Sending::Json(j) => Some((j.rewritten(edits).into(), JSON.clone())),
+            Sending::Messages { native, .. } if route.native_messages(target) => {
+                let edits = Edits {
+                    include_usage: false,
+                    ..*edits
+                };
+                Some((native.rewritten(&edits).into(), JSON.clone()))
+            }
+            Sending::Messages { chat: Ok(chat), .. } => {
+                Some((chat.rewritten(edits).into(), JSON.clone()))
+            }
+            Sending::Messages { chat: Err(_), .. } => None,
+            Sending::Upload {
+                upload,
+                content_type,
+                ..
+            } => upload.take().map(|u| {
+                (
+                    u.into_body(target.upstream_model.clone()),
+                    content_type.clone(),
+                )
+            }),
+        }
+    }
+
+    /// Bytes of the client's body.
+    fn bytes(&self) -> u64 {
+        match self {
+            Sending::Json(j) => j.body.len() as u64,
+            Sending::Messages { native, .. } => native.body.len() as u64,
+            Sending::Upload { read, .. } => read.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Forwards one request.
 pub async fn forward(
     state: Arc<AppState>,
     route: Route,
     caller: Caller,
     request_id: String,
     client_headers: &HeaderMap,
-    body: Bytes,
+    payload: Payload,
 ) -> Response {
     let mut rec = Record::new(&state, route, request_id, caller);
     rec.user = crate::auth::end_user(client_headers);
     let Ok(_permit) = state.concurrency.clone().try_acquire_owned() else {
         return rec.fail(Error::Overloaded);
     };
-    let scanned = match rewrite::scan(&body) {
+    let mut sending = match Sending::read(payload) {
         Ok(s) => s,
-        Err(e) => return rec.fail(Error::BadRequest(format!("invalid JSON body: {e}"))),
+        Err(e) => return rec.fail(e),
     };
-    let model: Option<String> = scanned
-        .get(&body, "model")
-        .and_then(|v| serde_json::from_slice(v).ok());
-    let Some(model) = model.filter(|m| !m.is_empty()) else {
+    rec.request_bytes = Some(sending.bytes());
+    let Some(model) = sending.model().filter(|m| !m.is_empty()) else {
         return rec.fail(Error::BadRequest(
             "you must provide a `model` (a handle name)".into(),
         ));
     };
     rec.handle = Some(model.clone());
-    let stream =
-        route != Route::Embeddings && scanned.get(&body, "stream").is_some_and(|v| v == b"true");
+    let json = sending.json();
+    let stream = route.may_stream()
+        && json
+            .and_then(|j| j.get("stream"))
+            .is_some_and(|v| v == b"true");
     rec.streamed = stream;
-    let client_wants_usage = scanned
-        .get(&body, "stream_options")
-        .and_then(|v| serde_json::from_slice::<Value>(v).ok())
-        .is_some_and(|v| v["include_usage"] == Value::Bool(true));
+    let client_wants_usage = sending.wants_usage();
+    let tools_bytes = json.and_then(|j| j.get("tools")).map_or(0, <[u8]>::len);
 
     let table = state.table.load_full();
     let handle = match table.handles.get(&model) {
         Some(h) if rec.caller.allows(&model) => h.clone(),
         _ => return rec.fail(Error::UnknownHandle(model)),
     };
+    if !handle.targets.iter().any(|t| route.served_by(t)) {
+        let mut offers: Vec<&str> = handle
+            .targets
+            .iter()
+            .flat_map(|t| t.offers.iter().map(|o| o.as_str()))
+            .collect();
+        offers.sort_unstable();
+        offers.dedup();
+        return rec.fail(Error::NotOffered {
+            handle: handle.name.clone(),
+            api: route.offer().as_str(),
+            offers: if offers.is_empty() {
+                "nothing".into()
+            } else {
+                offers.join(", ")
+            },
+        });
+    }
+    if let Some(why) = sending.unfit()
+        && !handle
+            .targets
+            .iter()
+            .any(|t| route.served_by(t) && sending.fits(route, t))
+    {
+        return rec.fail(Error::BadRequest(why));
+    }
     if let Err(e) = admit_key(&state, &rec.caller) {
         return rec.fail(e);
     }
@@ -125,7 +382,7 @@ pub async fn forward(
             client,
             route
                 .is_chat()
-                .then(|| scanned.get(&body, "messages"))
+                .then(|| json.and_then(|j| j.get("messages")))
                 .flatten(),
         ),
         Err(e) => return rec.fail(Error::BadRequest(e)),
@@ -142,11 +399,15 @@ pub async fn forward(
         .collect();
     let order = order_targets(&handle, &states);
     let mut outcome = Outcome::default();
-    let tools_bytes = scanned.get(&body, "tools").map_or(0, <[u8]>::len);
     // Targets that would not take the request's tools, with their limits.
     let mut refused_tools: Vec<String> = Vec::new();
-    for idx in order {
+    let mut offering = 0;
+    'targets: for idx in order {
         let target = handle.targets[idx].clone();
+        if !route.served_by(&target) || !sending.fits(route, &target) {
+            continue;
+        }
+        offering += 1;
         let over_tools = target
             .max_tools_bytes
             .filter(|&max| tools_bytes > max)
@@ -177,30 +438,40 @@ pub async fn forward(
             include_usage: stream && !client_wants_usage,
             remove: if dropping { &TOOL_MEMBERS } else { &[] },
         };
-        let upstream_body = Bytes::from(rewrite::rewrite(&body, &scanned, &edits));
+        let native = route.native_messages(&target);
         rec.tools_dropped = dropping.then_some(tools_bytes);
         if dropping {
             tracing::debug!(request_id = %rec.request_id, target = %target.key, tools_bytes, "tools over the target's limit; sent without them");
         }
         let mut attempt_on_target = 0;
         loop {
+            let Some((body, content_type)) = sending.body_for(route, &target, &edits) else {
+                // An upload goes once: what failed is the answer.
+                break 'targets;
+            };
             rec.attempts += 1;
             let guard = ts.start();
             let sent = Sent {
                 route,
                 request_id: &rec.request_id,
                 client_headers,
-                body: upstream_body.clone(),
+                content_type: &content_type,
                 stream,
                 started: rec.started,
                 priority: priority.as_ref(),
             };
-            match attempt(&state, &target, &sent).await {
+            match attempt(&state, &target, &sent, body).await {
                 Attempt::Answered(up) => {
                     ts.report(true, Instant::now());
                     count_attempt(&state, &handle, &target, "ok");
                     rec.target = Some(target.clone());
-                    return respond(rec, *up, ts, guard, !client_wants_usage && stream).await;
+                    rec.request_bytes = Some(sending.bytes());
+                    let filter_usage = !client_wants_usage && stream && !native;
+                    let mut res = respond(rec, *up, ts, guard, filter_usage).await;
+                    if native {
+                        res.extensions_mut().insert(NativeMessages);
+                    }
+                    return res;
                 }
                 Attempt::Failed {
                     reason,
@@ -209,6 +480,12 @@ pub async fn forward(
                     busy,
                     loading,
                 } => {
+                    if let Sending::Upload { over_limit, .. } = &sending
+                        && over_limit.load(Ordering::Relaxed)
+                    {
+                        rec.request_bytes = Some(sending.bytes());
+                        return rec.fail(Error::UploadTooLarge(state.config.max_upload));
+                    }
                     let standing = decide::Standing {
                         loading_may_wait: patience::loading_retry(
                             rec.started,
@@ -261,9 +538,10 @@ pub async fn forward(
             }
         }
     }
+    rec.request_bytes = Some(sending.bytes());
     // Only when every target refused the tools is that the answer; a target skipped for
     // another reason (circuit open, rate limit) is unavailable, not too small.
-    if !refused_tools.is_empty() && refused_tools.len() == handle.targets.len() {
+    if !refused_tools.is_empty() && refused_tools.len() == offering {
         return rec.fail(Error::ToolsTooLarge {
             handle: handle.name.clone(),
             bytes: tools_bytes,
@@ -347,6 +625,11 @@ pub async fn log_edge_rejections(
             "/responses" => Some(Route::Responses),
             "/completions" => Some(Route::Completions),
             "/embeddings" => Some(Route::Embeddings),
+            "/audio/transcriptions" => Some(Route::Transcriptions),
+            "/audio/translations" => Some(Route::Translations),
+            "/audio/speech" => Some(Route::Speech),
+            "/images/generations" => Some(Route::Images),
+            "/rerank" => Some(Route::Rerank),
             _ => None,
         };
         if let Some(route) = route {

@@ -37,6 +37,10 @@ pub(super) struct Record {
     pub(super) user: EndUser,
     /// Bytes of tool definitions left out for the target that answered.
     pub(super) tools_dropped: Option<usize>,
+    /// The request body's size, once read (or, streamed through, once passed on).
+    pub(super) request_bytes: Option<u64>,
+    /// The answer body's size as passed to the client.
+    pub(super) response_bytes: Option<u64>,
 }
 
 impl Record {
@@ -63,6 +67,8 @@ impl Record {
             generation: None,
             user: EndUser::default(),
             tools_dropped: None,
+            request_bytes: None,
+            response_bytes: None,
         }
     }
 
@@ -154,6 +160,8 @@ impl Record {
                 .generation
                 .filter(|g| !g.is_zero() && self.completion_tokens.is_some_and(|n| n > 1))
                 .map(|g| g.as_secs_f64() * 1000.0),
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
             user: std::mem::take(&mut self.user),
         });
     }
@@ -161,7 +169,9 @@ impl Record {
     pub(super) fn fail(mut self, err: Error) -> Response {
         let status = err.to_api().status;
         self.finish(status, Some(err.kind()));
-        err.into_response()
+        let mut res = err.into_response();
+        res.extensions_mut().insert(super::Logged);
+        res
     }
 }
 
@@ -238,6 +248,8 @@ pub(crate) fn log_search(state: &AppState, s: SearchDone) {
         completion_tokens: None,
         streamed: false,
         generation_ms: None,
+        request_bytes: None,
+        response_bytes: None,
         user: s.user,
     });
 }

@@ -86,6 +86,7 @@ pub(super) async fn respond(
         rec.ttft = Some(ttft);
         ts.observe_ttft(ttft.as_micros() as u64);
         drop(guard);
+        rec.response_bytes = Some(up.first.len() as u64);
         let status = up.status.as_u16();
         let error = (status >= 400).then_some("upstream_client_error");
         rec.finish(status, error);
@@ -93,7 +94,15 @@ pub(super) async fn respond(
         res.headers_mut().extend(headers);
         return res;
     };
-    if encoded {
+    // Events are read in an SSE stream that is not compressed; other answers (speech audio)
+    // pass as they come.
+    let parse = !encoded
+        && up
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !parse {
         // Events cannot be read: the first chunk is the best time to first token there is.
         let ttft = up.first_at.duration_since(rec.started);
         rec.ttft = Some(ttft);
@@ -105,9 +114,10 @@ pub(super) async fn respond(
         rec: Some(rec),
         upstream: Box::pin(rest.bytes_stream().map(|r| r.map_err(|e| chain(&e)))),
         decoder: SseDecoder::new(),
-        filter_usage: filter_usage && !encoded,
-        parse: !encoded,
+        filter_usage: filter_usage && parse,
+        parse,
         out: VecDeque::new(),
+        sent_bytes: 0,
         done: false,
         outcome: None,
         idle,
@@ -145,21 +155,32 @@ pub(super) fn generation_of(timings: Option<&contract::engine::Timings>) -> Opti
         .map(|ms| Duration::from_secs_f64(ms / 1000.0))
 }
 
-/// Prompt and completion tokens (and timings) from a JSON body with `usage`.
+/// Prompt and completion tokens (and timings) from a JSON body with `usage` — OpenAI's
+/// `prompt_tokens`/`completion_tokens`, or the `input_tokens`/`output_tokens` of Anthropic
+/// messages, audio and image answers.
 pub(super) fn usage_of(json: &[u8]) -> Option<UsageSeen> {
     #[derive(serde::Deserialize)]
     struct WithUsage {
-        usage: Option<contract::Usage>,
+        usage: Option<Value>,
         #[serde(default)]
         timings: Option<contract::engine::Timings>,
     }
     let b = serde_json::from_slice::<WithUsage>(json).ok()?;
-    let u = b.usage?;
+    let (prompt, completion) = tokens_of(b.usage.as_ref()?);
     Some(UsageSeen {
-        prompt: Some(u.prompt_tokens),
-        completion: u.completion_tokens,
+        prompt,
+        completion,
         generation: generation_of(b.timings.as_ref()),
     })
+}
+
+/// The prompt and completion tokens of a `usage` object, in either naming.
+fn tokens_of(u: &Value) -> (Option<u64>, Option<u64>) {
+    let either = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(Value::as_u64);
+    (
+        either("prompt_tokens", "input_tokens"),
+        either("completion_tokens", "output_tokens"),
+    )
 }
 
 /// Passes an upstream SSE stream to the client and logs it when it ends — normally, on an
@@ -178,6 +199,8 @@ pub(super) struct Relay {
     /// Decode events at all (not for compressed streams).
     pub(super) parse: bool,
     pub(super) out: VecDeque<Bytes>,
+    /// Bytes passed to the client.
+    pub(super) sent_bytes: u64,
     pub(super) done: bool,
     /// `Some(error kind)` once it ended badly; `Some(None)` once it ended well.
     pub(super) outcome: Option<Option<&'static str>>,
@@ -256,11 +279,16 @@ impl Relay {
             rec.completion_tokens = rec.completion_tokens.or(Some(0));
             self.outcome = Some(Some("upstream_stream_error"));
         }
-        if let Some(u) = v.get("usage").filter(|u| !u.is_null())
+        // Anthropic's `message_start` carries it in its message.
+        let usage = v
+            .get("usage")
+            .or_else(|| v.get("message").and_then(|m| m.get("usage")));
+        if let Some(u) = usage.filter(|u| !u.is_null())
             && let Some(rec) = &mut self.rec
         {
-            rec.prompt_tokens = u["prompt_tokens"].as_u64();
-            rec.completion_tokens = u["completion_tokens"].as_u64();
+            let (prompt, completion) = tokens_of(u);
+            rec.prompt_tokens = prompt.or(rec.prompt_tokens);
+            rec.completion_tokens = completion.or(rec.completion_tokens);
             return v["choices"].as_array().is_some_and(Vec::is_empty);
         }
         false
@@ -295,6 +323,7 @@ impl Relay {
     pub(super) async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if let Some(c) = self.out.pop_front() {
+                self.sent_bytes += c.len() as u64;
                 return Some(c);
             }
             if self.done {
@@ -332,6 +361,7 @@ impl Drop for Relay {
         let Some(mut rec) = self.rec.take() else {
             return;
         };
+        rec.response_bytes = Some(self.sent_bytes);
         rec.generation = self.reported_generation.or_else(|| {
             let (first, last) = (self.first_data?, self.last_data?);
             (self.data_events >= 2).then(|| last.duration_since(first))
@@ -388,6 +418,7 @@ mod tests {
             filter_usage,
             parse: true,
             out: VecDeque::new(),
+            sent_bytes: 0,
             done: false,
             outcome: None,
             idle: Duration::from_secs(60),

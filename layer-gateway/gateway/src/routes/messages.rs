@@ -56,13 +56,13 @@ async fn as_anthropic_error(res: Response) -> Result<Response, Response> {
     Err(out)
 }
 
-/// Reads and checks a Messages request, lets `adjust` change it, translates it and routes it;
-/// the chat answer (or an Anthropic error) and the request's model and id.
+/// Reads and checks a Messages request, lets `adjust` change it, translates it and routes it
+/// (as it is to an Anthropic endpoint).
 async fn route(
     state: &Arc<AppState>,
     req: Request,
     adjust: impl FnOnce(&mut Value),
-) -> Result<(Response, String, String), Response> {
+) -> Result<Routed, Response> {
     let request_id = service_kit::request_id::of(&req);
     let headers = with_key(req.headers().clone());
     let reject = |caller, e: Error| {
@@ -99,37 +99,75 @@ async fn route(
             return Err(refusal(res).await);
         }
     };
-    let chat = match serde_json::from_slice::<Value>(&body)
-        .map_err(|e| format!("invalid JSON body: {e}"))
-        .and_then(|mut v| {
-            if v.is_object() {
-                adjust(&mut v);
-            }
-            anthropic::to_chat(&v)
-        }) {
-        Ok(c) => c,
-        Err(m) => return Err(refusal(reject(Some(caller), Error::BadRequest(m))).await),
+    let mut request = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = Error::BadRequest(format!("invalid JSON body: {e}"));
+            return Err(refusal(reject(Some(caller), e)).await);
+        }
     };
-    let model = chat["model"].as_str().unwrap_or_default().to_owned();
+    if request.is_object() {
+        adjust(&mut request);
+    }
+    let model = request["model"].as_str().unwrap_or_default().to_owned();
+    // Without a chat translation (Anthropic's built-in tools) it can still go to an
+    // Anthropic endpoint as it is.
+    let chat = anthropic::to_chat(&request).map(|c| Bytes::from(c.to_string()));
+    if let Err(m) = &chat
+        && !request.is_object()
+    {
+        return Err(refusal(reject(Some(caller), Error::BadRequest(m.clone()))).await);
+    }
+    let payload = proxy::Payload::Messages {
+        native: Bytes::from(request.to_string()),
+        chat,
+    };
     let res = proxy::forward(
         state.clone(),
         Route::Messages,
         caller,
         request_id.clone(),
         &headers,
-        Bytes::from(chat.to_string()),
+        payload,
     )
     .await;
-    let res = as_anthropic_error(res).await?;
-    Ok((res, model, request_id))
+    let native = res.extensions().get::<proxy::NativeMessages>().is_some();
+    let res = if native {
+        res
+    } else {
+        as_anthropic_error(res).await?
+    };
+    Ok(Routed {
+        res,
+        native,
+        model,
+        request_id,
+    })
+}
+
+/// A routed Messages request.
+struct Routed {
+    /// A chat answer, an Anthropic error, or (`native`) an Anthropic endpoint's own answer.
+    res: Response,
+    native: bool,
+    model: String,
+    request_id: String,
 }
 
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (res, model, request_id) = match route(&state, req, |_| {}).await {
+    let Routed {
+        res,
+        native,
+        model,
+        request_id,
+    } = match route(&state, req, |_| {}).await {
         Ok(r) => r,
         Err(e) => return e,
     };
+    if native {
+        return res;
+    }
     let id = anthropic::message_id(&request_id);
     let streamed = super::is_event_stream(&res);
     let (mut parts, body) = res.into_parts();
@@ -166,12 +204,21 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> R
             o.remove("stream");
         }
     };
-    let (res, _, _) = match route(&state, req, adjust).await {
+    let routed = match route(&state, req, adjust).await {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let chat = super::json_body(res.into_body()).await;
-    match chat["usage"]["prompt_tokens"].as_u64() {
+    if routed.native && !routed.res.status().is_success() {
+        return routed.res;
+    }
+    let answer = super::json_body(routed.res.into_body()).await;
+    let usage = &answer["usage"];
+    let counted = if routed.native {
+        usage["input_tokens"].as_u64()
+    } else {
+        usage["prompt_tokens"].as_u64()
+    };
+    match counted {
         Some(n) => anthropic_json(StatusCode::OK, &json!({"input_tokens": n})),
         None => anthropic_json(
             StatusCode::BAD_GATEWAY,

@@ -63,6 +63,20 @@ pub async fn retrieve(
     Ok(axum::Json(body).into_response())
 }
 
+/// `DELETE /v1/responses/{id}`: forgets a stored response, for the key that stored it.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Error> {
+    let caller = super::caller(&state, &headers)?;
+    if !docsdb::responses::delete(&state.db, &id, caller.log_name().as_deref()).await? {
+        return Err(Error::UnknownResponse(id));
+    }
+    let body = serde_json::json!({"id": id, "object": "response.deleted", "deleted": true});
+    Ok(axum::Json(body).into_response())
+}
+
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let request_id = service_kit::request_id::of(&req);
@@ -140,7 +154,7 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
         caller.clone(),
         request_id.clone(),
         &headers,
-        Bytes::from(chat.to_string()),
+        proxy::Payload::Json(Bytes::from(chat.to_string())),
     )
     .await;
     if !res.status().is_success() {

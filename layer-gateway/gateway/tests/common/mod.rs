@@ -101,55 +101,68 @@ impl Gateway {
     /// Request-log rows, oldest first, once there are at least `n` (they are written in the
     /// background; 5 s at most).
     pub async fn log_rows_at_least(&self, n: usize) -> Vec<Value> {
-        let mut rows = Vec::new();
-        for _ in 0..100 {
-            rows = self.log_rows().await;
-            if rows.len() >= n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        rows
+        log_rows_at_least(&self.db, n).await
     }
 
     /// Request-log rows, oldest first, as JSON objects.
     pub async fn log_rows(&self) -> Vec<Value> {
-        use sqlx::Row;
-        let rows = sqlx::query(
-            "SELECT request_id, key_name, route, handle, target, upstream_model, status, error_type, \
-             attempts, prompt_tokens, completion_tokens, streamed, ttft_ms, latency_ms, generation_ms, \
-             user_id, user_name, user_email, user_role, chat_id FROM request_log ORDER BY id",
-        )
-        .fetch_all(self.db.pool())
-        .await
-        .unwrap();
-        rows.iter()
-            .map(|r| {
-                serde_json::json!({
-                    "request_id": r.get::<String, _>("request_id"),
-                    "key_name": r.get::<Option<String>, _>("key_name"),
-                    "route": r.get::<String, _>("route"),
-                    "handle": r.get::<Option<String>, _>("handle"),
-                    "target": r.get::<Option<String>, _>("target"),
-                    "upstream_model": r.get::<Option<String>, _>("upstream_model"),
-                    "status": r.get::<i64, _>("status"),
-                    "error_type": r.get::<Option<String>, _>("error_type"),
-                    "attempts": r.get::<i64, _>("attempts"),
-                    "prompt_tokens": r.get::<Option<i64>, _>("prompt_tokens"),
-                    "completion_tokens": r.get::<Option<i64>, _>("completion_tokens"),
-                    "streamed": r.get::<i64, _>("streamed") != 0,
-                    "ttft_ms": r.get::<Option<f64>, _>("ttft_ms"),
-                    "latency_ms": r.get::<f64, _>("latency_ms"),
-                    "generation_ms": r.get::<Option<f64>, _>("generation_ms"),
-                    "user_id": r.get::<Option<String>, _>("user_id"),
-                    "user_name": r.get::<Option<String>, _>("user_name"),
-                    "user_email": r.get::<Option<String>, _>("user_email"),
-                    "user_role": r.get::<Option<String>, _>("user_role"),
-                    "chat_id": r.get::<Option<String>, _>("chat_id"),
-                })
-            })
-            .collect()
+        log_rows(&self.db).await
     }
+}
+
+/// The request-log rows in `db`, once there are at least `n` (5 s at most).
+pub async fn log_rows_at_least(db: &Db, n: usize) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = log_rows(db).await;
+        if rows.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rows
+}
+
+/// The request-log rows in `db`, oldest first, as JSON objects.
+pub async fn log_rows(db: &Db) -> Vec<Value> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT request_id, key_name, route, handle, target, upstream_model, status, error_type, \
+         attempts, prompt_tokens, completion_tokens, streamed, ttft_ms, latency_ms, generation_ms, \
+         user_id, user_name, user_email, user_role, chat_id, request_bytes, response_bytes \
+         FROM request_log ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "request_id": r.get::<String, _>("request_id"),
+                "key_name": r.get::<Option<String>, _>("key_name"),
+                "route": r.get::<String, _>("route"),
+                "handle": r.get::<Option<String>, _>("handle"),
+                "target": r.get::<Option<String>, _>("target"),
+                "upstream_model": r.get::<Option<String>, _>("upstream_model"),
+                "status": r.get::<i64, _>("status"),
+                "error_type": r.get::<Option<String>, _>("error_type"),
+                "attempts": r.get::<i64, _>("attempts"),
+                "prompt_tokens": r.get::<Option<i64>, _>("prompt_tokens"),
+                "completion_tokens": r.get::<Option<i64>, _>("completion_tokens"),
+                "streamed": r.get::<i64, _>("streamed") != 0,
+                "ttft_ms": r.get::<Option<f64>, _>("ttft_ms"),
+                "latency_ms": r.get::<f64, _>("latency_ms"),
+                "generation_ms": r.get::<Option<f64>, _>("generation_ms"),
+                "user_id": r.get::<Option<String>, _>("user_id"),
+                "user_name": r.get::<Option<String>, _>("user_name"),
+                "user_email": r.get::<Option<String>, _>("user_email"),
+                "user_role": r.get::<Option<String>, _>("user_role"),
+                "chat_id": r.get::<Option<String>, _>("chat_id"),
+                "request_bytes": r.get::<Option<i64>, _>("request_bytes"),
+                "response_bytes": r.get::<Option<i64>, _>("response_bytes"),
+            })
+        })
+        .collect()
 }
 
 /// A target on a base URL, named `name`.
@@ -264,4 +277,102 @@ pub async fn chat_and_tools() -> (
     )
     .await;
     (gw, plain, scripted)
+}
+
+/// Waits until `{url}/health` answers (10 s at most), else fails naming `what`.
+pub async fn wait_healthy(url: &str, what: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not start at {url}");
+}
+
+/// A free loopback address.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A service binary listening on `addr` (`--bind`), with `args` and `env` (and never the
+/// machine's `HOMELAB_MASTER_KEY`), once it answers `/health`; killed when dropped.
+pub async fn service(
+    program: &std::path::Path,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let child = tokio::process::Command::new(program)
+        .args(["--bind", &addr.to_string()])
+        .args(args)
+        .env_remove("HOMELAB_MASTER_KEY")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(&format!("http://{addr}"), &program.display().to_string()).await;
+    child
+}
+
+/// The gateway binary in a process of its own over a fresh SQLite DB holding `spec` (for
+/// what an in-process gateway cannot show: its own memory, its environment).
+pub struct Process {
+    pub url: String,
+    pub pid: u32,
+    pub db: Db,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Starts it with `args` and `env`, and waits until it answers `/health`.
+    pub async fn start(spec: &SystemSpec, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
+        let db = Db::open(&db_url).await.unwrap();
+        docsdb::apply::apply(&db, spec, false).await.unwrap();
+        let addr = free_addr();
+        let db_args = ["--db", db_url.as_str(), "--reload-interval", "100ms"];
+        let args: Vec<&str> = db_args.iter().chain(args).copied().collect();
+        let child = service(env!("CARGO_BIN_EXE_gateway").as_ref(), addr, &args, env).await;
+        let pid = child.id().unwrap();
+        let url = format!("http://{addr}");
+        Process {
+            url,
+            pid,
+            db,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Its peak and current resident memory, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
 }

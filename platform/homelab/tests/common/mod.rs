@@ -94,6 +94,7 @@ pub fn engine_registry(
             base_url: base_url.to_owned(),
             api: docsdb::spec::Api::Openai,
             auth_env: None,
+            offers: None,
         }],
         handles,
         ..Default::default()
