@@ -8,7 +8,7 @@
 //! list (its tools disappear, and come back when it does), not the whole list failed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -189,7 +189,7 @@ impl ServerHandler for GatewayTools {
         let wait = self.state.config.mcp_call_timeout;
         let answer = tokio::time::timeout(wait, self.client(&server).call_raw(tool, arguments))
             .await
-            .map_err(|_| format!("no answer in {}", humantime(wait)))
+            .map_err(|_| format!("no answer in {} s", wait.as_secs_f64()))
             .and_then(|r| r.map_err(|e| e.to_string()))
             .and_then(|v| {
                 serde_json::from_value::<CallToolResult>(v)
@@ -233,8 +233,4 @@ fn text_of(r: &CallToolResult) -> String {
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn humantime(d: Duration) -> String {
-    format!("{} s", d.as_secs_f64())
 }

@@ -1016,6 +1016,11 @@ pub fn banner(r: &Running) -> String {
     for (name, url) in &r.tools {
         s.push_str(&format!("  {name:<14} {url}   (MCP, Streamable HTTP)\n"));
     }
+    if !r.tools.is_empty() {
+        s.push_str(&format!(
+            "  all tools      {gw}/mcp   (MCP: every tool server's tools as SERVER__TOOL, one key)\n"
+        ));
+    }
     if let Some(v) = r.vector_db {
         s.push_str(&format!(
             "  vector store   http://{v}   (Qdrant REST API: Open WebUI's QDRANT_URI)\n"

@@ -1,7 +1,7 @@
 //! `homelab up` with the tool servers: web-fetch and web-search run and are registered (so the
 //! monitor probes them), web-search answers through the gateway's /v1/search from a SearXNG
-//! double and leaves a request-log row, and the official MCP Python SDK drives web-search over
-//! Streamable HTTP and over stdio.
+//! double and leaves a request-log row, the gateway's /mcp serves both servers' tools, and the
+//! official MCP Python SDK drives web-search over Streamable HTTP and over stdio.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -139,6 +139,29 @@ async fn up_runs_the_tools_and_search_goes_through_the_gateway() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(logged, 1, "one search row in the request log");
+
+    // The gateway's /mcp serves both servers' tools under one URL, and its calls go through.
+    let all = format!("http://{}/mcp", running.gateway);
+    assert!(banner.contains(&all), "{banner}");
+    let mut g = McpHttp::connect(&all, None).await;
+    let names: Vec<String> = g
+        .list_tools()
+        .await
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        names.contains(&"web_fetch__fetch".to_owned())
+            && names.contains(&"web_search__web_search".to_owned()),
+        "{names:?}"
+    );
+    let r = g
+        .call(
+            "web_search__web_search",
+            json!({"query": "otters", "max_results": 2}),
+        )
+        .await;
+    assert!(!is_error(&r) && text(&r).contains("(2):"), "{r}");
 
     // The monitor probes the tool servers.
     let mon = format!("http://{}", running.monitor);

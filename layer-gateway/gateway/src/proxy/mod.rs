@@ -1,6 +1,6 @@
-//! Forwarding one request: pick targets, try them in order (retrying and falling back only
-//! while nothing has reached the client), then pass the answer through — buffered for plain
-//! JSON, chunk by chunk for SSE — and log it.
+//! Forwarding one request: pick the targets that offer its API, try them in order (retrying
+//! and falling back only while nothing has reached the client), then pass the answer through
+//! — buffered for plain JSON, chunk by chunk for SSE and speech — and log it.
 //!
 //! [`forward`] is the path; [`record`] accounts for the outcome (the one place that writes
 //! request-log rows), [`attempt`] is one upstream attempt, [`decide`] says what follows a
