@@ -191,6 +191,26 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// A process's CPU time so far (user + system), in milliseconds (`/proc/PID/stat`, in the
+/// kernel's 100 Hz user ticks).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields count from the closing parenthesis.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
+}
+
+/// CPU milliseconds per 1,000 requests of `pid` over a case, from its CPU time before and
+/// after.
+fn cpu_per_1k(pid: u32, before: Option<f64>, requests: f64) -> f64 {
+    match (before, cpu_ms(pid)) {
+        (Some(b), Some(a)) if requests > 0.0 => (a - b) / requests * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
 async fn free_port() -> Result<u16, String> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -280,13 +300,14 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
         return Err("the upstream did not start".into());
     }
     let rss_idle = rss_kb(pid, "VmRSS:").unwrap_or(0);
+    let up_pid = up_child.id().ok_or("the upstream exited")?;
     println!(
         "gateway pid {pid}, idle RSS {:.1} MB; each case runs {:?}\n",
         rss_idle as f64 / 1024.0,
         args.duration
     );
     println!(
-        "{:<10} {:>4} | {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} {:>9} | {:>6} {:>9} {:>9}",
+        "{:<10} {:>4} | {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} {:>9} | {:>6} {:>9} {:>9} | {:>8} {:>8}",
         "mode",
         "conc",
         "direct r/s",
@@ -298,7 +319,9 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
         "ttfb µs",
         "ratio",
         "+p50 µs",
-        "+p99 µs"
+        "+p99 µs",
+        "gw cpu",
+        "up cpu"
     );
     let direct_url = format!("http://{upstream}/v1/chat/completions");
     let gw_url = format!("{gw}/v1/chat/completions");
@@ -320,12 +343,20 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 });
                 (stop, h)
             };
+            let (gw_cpu, up_cpu) = (cpu_ms(pid), cpu_ms(up_pid));
             let g = run_case(&client, &gw_url, "bench", stream, c, args.duration).await;
+            // CPU ms per 1,000 requests through the gateway: the gateway's own, and the
+            // upstream's for the same requests.
+            let requests = g.rps * args.duration.as_secs_f64();
+            let (gw_cpu, up_cpu) = (
+                cpu_per_1k(pid, gw_cpu, requests),
+                cpu_per_1k(up_pid, up_cpu, requests),
+            );
             sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
             peak_rss = peak_rss.max(sampler.1.await.unwrap_or(0));
             let mode = if stream { "stream" } else { "json" };
             println!(
-                "{:<10} {:>4} | {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} {:>9.0} | {:>5.0}% {:>9.0} {:>9.0}{}",
+                "{:<10} {:>4} | {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} {:>9.0} | {:>5.0}% {:>9.0} {:>9.0} | {:>8.0} {:>8.0}{}",
                 mode,
                 c,
                 d.rps,
@@ -338,6 +369,8 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 100.0 * g.rps / d.rps,
                 g.p50_us - d.p50_us,
                 g.p99_us - d.p99_us,
+                gw_cpu,
+                up_cpu,
                 if d.errors + g.errors > 0 {
                     format!("  ({} errors)", d.errors + g.errors)
                 } else {
@@ -351,6 +384,8 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 "throughput_ratio": g.rps / d.rps,
                 "added_p50_us": g.p50_us - d.p50_us,
                 "added_p99_us": g.p99_us - d.p99_us,
+                "gateway_cpu_ms_per_1k": gw_cpu,
+                "upstream_cpu_ms_per_1k": up_cpu,
             }));
         }
     }

@@ -69,10 +69,13 @@ pub(super) async fn attempt(
     let t = &target.timeouts;
     let deadline = s.started + t.total;
     let mut watch = Watch::new(state, target, s.request_id, s.started);
-    let url = format!("{}{}", target.base_url, s.route.path(target));
+    let path = s.route.path(target);
+    let Some(url) = target.url(path) else {
+        return Attempt::failed(format!("no upstream URL for {path}"), false);
+    };
     let mut req = state
         .client(t.connect)
-        .post(&url)
+        .post(url)
         .header(header::CONTENT_TYPE, s.content_type.clone())
         .header("x-request-id", s.request_id)
         .body(body);

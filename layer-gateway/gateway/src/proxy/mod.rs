@@ -8,6 +8,7 @@
 
 mod attempt;
 mod decide;
+mod frames;
 mod record;
 mod relay;
 
@@ -56,6 +57,20 @@ pub enum Route {
     Rerank,
 }
 
+/// Every upstream path a route may call (what [`Route::path`] answers), parsed per target
+/// when the table loads.
+pub const UPSTREAM_PATHS: [&str; 9] = [
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/messages",
+    "/audio/transcriptions",
+    "/audio/translations",
+    "/audio/speech",
+    "/images/generations",
+    "/rerank",
+];
+
 impl Route {
     pub fn name(self) -> &'static str {
         match self {
@@ -72,10 +87,15 @@ impl Route {
         }
     }
 
-    /// The upstream path, on `target`.
+    /// The upstream path, on `target` (one of [`UPSTREAM_PATHS`]).
     fn path(self, target: &Target) -> &'static str {
+        self.path_on(target.api)
+    }
+
+    /// The upstream path on an endpoint of flavour `api`.
+    fn path_on(self, api: Api) -> &'static str {
         match self {
-            Route::Messages if target.api == Api::Anthropic => "/messages",
+            Route::Messages if api == Api::Anthropic => "/messages",
             Route::Chat | Route::Messages | Route::Responses => "/chat/completions",
             Route::Completions => "/completions",
             Route::Embeddings => "/embeddings",
@@ -736,5 +756,33 @@ impl Drop for HandleGauge {
                 handle: self.handle.clone(),
             })
             .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTES: [Route; 10] = [
+        Route::Chat,
+        Route::Completions,
+        Route::Embeddings,
+        Route::Messages,
+        Route::Responses,
+        Route::Transcriptions,
+        Route::Translations,
+        Route::Speech,
+        Route::Images,
+        Route::Rerank,
+    ];
+
+    #[test]
+    fn every_upstream_path_is_parsed_when_the_table_loads() {
+        for route in ROUTES {
+            for api in Api::ALL {
+                let path = route.path_on(*api);
+                assert!(UPSTREAM_PATHS.contains(&path), "{route:?} on {api}: {path}");
+            }
+        }
     }
 }

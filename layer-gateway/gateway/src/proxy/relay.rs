@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use contract::sse::{SseDecoder, encode};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -19,6 +18,7 @@ use crate::routing::{InFlight, TargetState};
 use crate::table::Target;
 
 use super::attempt::{Upstream, chain, remaining};
+use super::frames;
 use super::record::Record;
 
 /// Set when the answering target was sent the request without its tool definitions (over the
@@ -113,7 +113,7 @@ pub(super) async fn respond(
     let mut relay = Relay {
         rec: Some(rec),
         upstream: Box::pin(rest.bytes_stream().map(|r| r.map_err(|e| chain(&e)))),
-        decoder: SseDecoder::new(),
+        framer: frames::Framer::new(contract::sse::DEFAULT_MAX_LINE),
         filter_usage: filter_usage && parse,
         parse,
         out: VecDeque::new(),
@@ -157,20 +157,19 @@ pub(super) fn generation_of(timings: Option<&contract::engine::Timings>) -> Opti
 
 /// Prompt and completion tokens (and timings) from a JSON body with `usage` — OpenAI's
 /// `prompt_tokens`/`completion_tokens`, or the `input_tokens`/`output_tokens` of Anthropic
-/// messages, audio and image answers.
+/// messages, audio and image answers. Only the `usage` and `timings` members are decoded:
+/// the top-level scan skips the rest (the answer's text) without building it.
 pub(super) fn usage_of(json: &[u8]) -> Option<UsageSeen> {
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<Value>,
-        #[serde(default)]
-        timings: Option<contract::engine::Timings>,
-    }
-    let b = serde_json::from_slice::<WithUsage>(json).ok()?;
-    let (prompt, completion) = tokens_of(b.usage.as_ref()?);
+    let scanned = crate::rewrite::scan(json).ok()?;
+    let usage: Value = serde_json::from_slice(scanned.get(json, "usage")?).ok()?;
+    let (prompt, completion) = tokens_of(&usage);
+    let timings = scanned
+        .get(json, "timings")
+        .and_then(|t| serde_json::from_slice::<contract::engine::Timings>(t).ok());
     Some(UsageSeen {
         prompt,
         completion,
-        generation: generation_of(b.timings.as_ref()),
+        generation: generation_of(timings.as_ref()),
     })
 }
 
@@ -193,7 +192,8 @@ pub(super) struct Relay {
     /// The rest of the upstream body; an error is its description (for the log).
     pub(super) upstream:
         std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, String>> + Send>>,
-    pub(super) decoder: SseDecoder,
+    /// The stream cut into whole events.
+    pub(super) framer: frames::Framer,
     /// We asked for usage the client did not: drop the usage-only event.
     pub(super) filter_usage: bool,
     /// Decode events at all (not for compressed streams).
@@ -221,24 +221,37 @@ impl Relay {
             self.out.push_back(chunk);
             return;
         }
-        let events = match self.decoder.push(&chunk) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.end_with_error("upstream_stream_error", &chain(&e));
-                return;
-            }
-        };
-        if !self.filter_usage {
-            self.out.push_back(chunk);
+        match self.framer.push(chunk) {
+            Ok(whole) => self.take_events(&whole),
+            Err(e) => self.end_with_error("upstream_stream_error", &chain(&e)),
         }
-        for ev in events {
-            if !ev.is_done() {
+    }
+
+    /// Passes on the whole events of `whole` (the framer's last events) as they came, but the
+    /// usage-only event the client did not ask for; reads the few that carry usage, timings
+    /// or an error.
+    fn take_events(&mut self, whole: &Bytes) {
+        let mut kept_from = 0;
+        for i in 0..self.framer.events.len() {
+            let range = self.framer.events[i].clone();
+            let event = &whole[range.clone()];
+            let kind = frames::kind(event);
+            if kind.data {
                 self.saw_data();
             }
-            let usage_only = self.note(&ev.data);
-            if self.filter_usage && !usage_only {
-                self.out.push_back(Bytes::from(encode(&ev)));
+            if !kind.worth_reading {
+                continue;
             }
+            let usage_only = frames::data_of(event).is_some_and(|d| self.note(&d));
+            if self.filter_usage && usage_only {
+                if range.start > kept_from {
+                    self.out.push_back(whole.slice(kept_from..range.start));
+                }
+                kept_from = range.end;
+            }
+        }
+        if kept_from < whole.len() {
+            self.out.push_back(whole.slice(kept_from..));
         }
     }
 
@@ -342,11 +355,12 @@ impl Relay {
                 Ok(Some(Err(e))) => self.end_with_error("upstream_stream_error", &e),
                 Ok(Some(Ok(c))) => self.take_chunk(c),
                 Ok(None) => {
-                    if self.filter_usage
-                        && let Some(ev) = self.decoder.finish()
-                        && !self.note(&ev.data)
-                    {
-                        self.out.push_back(Bytes::from(encode(&ev)));
+                    // A last event the upstream did not end with a blank line.
+                    let last = self.framer.finish();
+                    if !last.is_empty() {
+                        self.framer.events.clear();
+                        self.framer.events.push(0..last.len());
+                        self.take_events(&last);
                     }
                     self.outcome.get_or_insert(None);
                     self.done = true;
@@ -414,7 +428,7 @@ mod tests {
                 Caller::Anonymous,
             )),
             upstream: Box::pin(upstream),
-            decoder: SseDecoder::new(),
+            framer: frames::Framer::new(contract::sse::DEFAULT_MAX_LINE),
             filter_usage,
             parse: true,
             out: VecDeque::new(),
@@ -454,6 +468,23 @@ mod tests {
     const TEXT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
     const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
+
+    #[test]
+    fn usage_is_read_from_the_answer_in_either_naming() {
+        let chat = br#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {} b"}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}, "timings": {"predicted_ms": 250.0}}"#;
+        let u = usage_of(chat).unwrap();
+        assert_eq!((u.prompt, u.completion), (Some(7), Some(3)));
+        assert_eq!(u.generation, Some(Duration::from_millis(250)));
+        let messages = br#"{"type":"message","usage":{"input_tokens":12,"output_tokens":4}}"#;
+        let u = usage_of(messages).unwrap();
+        assert_eq!(
+            (u.prompt, u.completion, u.generation),
+            (Some(12), Some(4), None)
+        );
+        assert!(usage_of(br#"{"text":"no usage"}"#).is_none());
+        assert!(usage_of(b"plain text").is_none());
+    }
 
     #[tokio::test]
     async fn usage_the_client_did_not_ask_for_is_hidden_but_counted() {
