@@ -28,6 +28,8 @@ pub struct AppState {
     /// Tokens used per key id, for budgets.
     spent: Mutex<HashMap<i64, u64>>,
     pub log: RequestLogWriter,
+    /// Ids of stored responses still being written (see [`AppState::stored`]).
+    pub storing: Mutex<std::collections::HashSet<String>>,
     /// Rows of the tool calls made through `/mcp`.
     pub tool_log: docsdb::tool_calls::ToolCallWriter,
     /// Cancelled on shutdown: open `/mcp` event streams end so the drain can finish.
@@ -74,6 +76,7 @@ impl AppState {
             limiter: Limiter::default(),
             spent: Mutex::new(HashMap::new()),
             log,
+            storing: Mutex::new(std::collections::HashSet::new()),
             tool_log,
             mcp_cancel: tokio_util::sync::CancellationToken::new(),
             metrics: Metrics::default(),
@@ -170,6 +173,19 @@ impl AppState {
                 }
             }
         });
+    }
+
+    /// Waits (2 s at most) while the response `id` is still being written, so that a
+    /// client that reads, deletes or continues a response right after it was answered finds
+    /// it: responses are stored off the request path.
+    pub async fn stored(&self, id: &str) {
+        for _ in 0..200 {
+            let pending = self.storing.lock().map(|s| s.contains(id)).unwrap_or(false);
+            if !pending {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The live state of a target.

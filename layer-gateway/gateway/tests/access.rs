@@ -409,6 +409,21 @@ async fn metrics_and_health() {
         &json!({"model": "chat", "messages": []}),
     )
     .await;
+    // A stream, read to its end, and a request refused before any target.
+    let streamed = gw
+        .post(
+            "/v1/chat/completions",
+            None,
+            &json!({"model": "chat", "messages": [], "stream": true}),
+        )
+        .await;
+    assert!(streamed.text().await.unwrap().contains("[DONE]"));
+    gw.post(
+        "/v1/chat/completions",
+        None,
+        &json!({"model": "nope", "messages": []}),
+    )
+    .await;
     let c = gw.client();
     assert_eq!(
         c.get(format!("{}/health", gw.url))
@@ -436,11 +451,11 @@ async fn metrics_and_health() {
         .await
         .unwrap();
     for name in [
-        "homelab_gateway_requests_total{route=\"chat\",handle=\"chat\",status=\"200\"} 1",
+        "homelab_gateway_requests_total{route=\"chat\",handle=\"chat\",status=\"200\"} 2",
         "homelab_gateway_request_duration_seconds_bucket",
         "homelab_gateway_time_to_first_token_seconds_bucket",
-        "homelab_gateway_tokens_total{handle=\"chat\",target=\"a/m\",kind=\"prompt\"} 7",
-        "homelab_gateway_upstream_attempts_total{handle=\"chat\",target=\"a/m\",outcome=\"ok\"} 1",
+        "homelab_gateway_tokens_total{handle=\"chat\",target=\"a/m\",kind=\"prompt\"} 14",
+        "homelab_gateway_upstream_attempts_total{handle=\"chat\",target=\"a/m\",outcome=\"ok\"} 2",
         "homelab_gateway_in_flight_requests{handle=\"chat\"} 0",
         "homelab_gateway_request_log_rows_dropped_total 0",
         "homelab_gateway_circuit_state{target=\"a/m\"} 0",
@@ -448,6 +463,22 @@ async fn metrics_and_health() {
     ] {
         assert!(m.contains(name), "missing {name}:\n{m}");
     }
+    // The gateway's own time: one observation per request that reached a target (the
+    // refused one did not), and a share of the requests' whole time.
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}:\n{m}"))
+    };
+    assert_eq!(
+        value("homelab_gateway_overhead_seconds_count{route=\"chat\"}"),
+        2.0
+    );
+    let own = value("homelab_gateway_overhead_seconds_sum{route=\"chat\"}");
+    let whole =
+        value("homelab_gateway_request_duration_seconds_sum{route=\"chat\",handle=\"chat\"}");
+    assert!(own > 0.0 && own < whole, "own {own} s of {whole} s");
 }
 
 #[tokio::test]

@@ -408,6 +408,26 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
             .unwrap_or(-1)
     };
     println!("request-log rows written during the run: {rows}");
+    // The gateway's own account of its time (its overhead histogram), over the whole run.
+    if let Ok(m) = client.get(format!("{gw}/metrics")).send().await
+        && let Ok(text) = m.text().await
+    {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        if let (Some(sum), Some(count)) = (
+            value("homelab_gateway_overhead_seconds_sum{route=\"chat\"}"),
+            value("homelab_gateway_overhead_seconds_count{route=\"chat\"}"),
+        ) && count > 0.0
+        {
+            println!(
+                "gateway's own time per request (its overhead histogram): mean {:.1} µs over {count} requests",
+                sum / count * 1e6
+            );
+        }
+    }
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();

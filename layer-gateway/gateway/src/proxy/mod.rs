@@ -470,6 +470,10 @@ pub async fn forward(
                 break 'targets;
             };
             rec.attempts += 1;
+            if rec.own.is_none() {
+                // Everything before the first attempt is the gateway's own time.
+                rec.add_own(rec.started.elapsed());
+            }
             let guard = ts.start();
             let sent = Sent {
                 route,

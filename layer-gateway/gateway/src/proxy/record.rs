@@ -9,7 +9,9 @@ use docsdb::request_log::{EndUser, RequestLogRow};
 
 use crate::auth::Caller;
 use crate::error::{Error, Unavailable};
-use crate::metrics::{ErrorLabels, RequestLabels, RouteLabels, TargetLabels, TokenLabels};
+use crate::metrics::{
+    ErrorLabels, OverheadLabels, RequestLabels, RouteLabels, TargetLabels, TokenLabels,
+};
 use crate::patience::{self};
 use crate::state::AppState;
 use crate::table::Target;
@@ -41,6 +43,9 @@ pub(super) struct Record {
     pub(super) request_bytes: Option<u64>,
     /// The answer body's size as passed to the client.
     pub(super) response_bytes: Option<u64>,
+    /// The gateway's own time so far, when the request reached a target: before the first
+    /// attempt, and handling the answer (not the waits on the upstream).
+    pub(super) own: Option<Duration>,
 }
 
 impl Record {
@@ -69,7 +74,13 @@ impl Record {
             tools_dropped: None,
             request_bytes: None,
             response_bytes: None,
+            own: None,
         }
+    }
+
+    /// Adds `d` to the gateway's own time.
+    pub(super) fn add_own(&mut self, d: Duration) {
+        self.own = Some(self.own.unwrap_or_default() + d);
     }
 
     pub(super) fn finish(&mut self, status: u16, error: Option<&str>) {
@@ -89,6 +100,13 @@ impl Record {
                 handle: handle.clone(),
             })
             .observe(elapsed.as_secs_f64());
+        if let Some(own) = self.own {
+            m.overhead
+                .get_or_create(&OverheadLabels {
+                    route: self.route.name().into(),
+                })
+                .observe(own.as_secs_f64());
+        }
         if let Some(kind) = error {
             m.errors
                 .get_or_create(&ErrorLabels {

@@ -63,6 +63,7 @@ pub(super) async fn respond(
     guard: InFlight,
     filter_usage: bool,
 ) -> Response {
+    let began = Instant::now();
     let Some(target) = rec.target.clone() else {
         return rec.fail(Error::BadRequest("no target".into()));
     };
@@ -89,6 +90,7 @@ pub(super) async fn respond(
         rec.response_bytes = Some(up.first.len() as u64);
         let status = up.status.as_u16();
         let error = (status >= 400).then_some("upstream_client_error");
+        rec.add_own(began.elapsed());
         rec.finish(status, error);
         let mut res = (up.status, up.first).into_response();
         res.headers_mut().extend(headers);
@@ -110,6 +112,7 @@ pub(super) async fn respond(
     }
     let idle = target.timeouts.idle;
     let deadline = rec.started + target.timeouts.total;
+    rec.add_own(began.elapsed());
     let mut relay = Relay {
         rec: Some(rec),
         upstream: Box::pin(rest.bytes_stream().map(|r| r.map_err(|e| chain(&e)))),
@@ -129,7 +132,7 @@ pub(super) async fn respond(
         reported_generation: None,
         _guard: guard,
     };
-    relay.take_chunk(up.first);
+    relay.take_timed(up.first);
     let body = futures_util::stream::unfold(relay, |mut r| async move {
         let chunk = r.next_chunk().await?;
         Some((Ok::<_, std::io::Error>(chunk), r))
@@ -216,6 +219,15 @@ pub(super) struct Relay {
 }
 
 impl Relay {
+    /// [`Relay::take_chunk`], its time counted as the gateway's own.
+    fn take_timed(&mut self, chunk: Bytes) {
+        let began = Instant::now();
+        self.take_chunk(chunk);
+        if let Some(rec) = &mut self.rec {
+            rec.add_own(began.elapsed());
+        }
+    }
+
     pub(super) fn take_chunk(&mut self, chunk: Bytes) {
         if !self.parse {
             self.out.push_back(chunk);
@@ -353,7 +365,7 @@ impl Relay {
                     self.end_with_error("upstream_timeout", what);
                 }
                 Ok(Some(Err(e))) => self.end_with_error("upstream_stream_error", &e),
-                Ok(Some(Ok(c))) => self.take_chunk(c),
+                Ok(Some(Ok(c))) => self.take_timed(c),
                 Ok(None) => {
                     // A last event the upstream did not end with a blank line.
                     let last = self.framer.finish();

@@ -36,10 +36,16 @@ fn store(state: &Arc<AppState>, caller: &Caller, asked: &Asked, response: &Value
         items: Value::Array(items).to_string(),
         response: response.to_string(),
     };
-    let (db, keep) = (state.db.clone(), state.config.responses_max);
+    if let Ok(mut pending) = state.storing.lock() {
+        pending.insert(row.id.clone());
+    }
+    let (state, keep) = (state.clone(), state.config.responses_max);
     tokio::spawn(async move {
-        if let Err(e) = docsdb::responses::put(&db, &row, keep).await {
+        if let Err(e) = docsdb::responses::put(&state.db, &row, keep).await {
             tracing::warn!(error = %e, id = %row.id, "a stored response could not be written");
+        }
+        if let Ok(mut pending) = state.storing.lock() {
+            pending.remove(&row.id);
         }
     });
 }
@@ -51,6 +57,7 @@ pub async fn retrieve(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Error> {
     let caller = super::caller(&state, &headers)?;
+    state.stored(&id).await;
     let stored = docsdb::responses::get(
         &state.db,
         &id,
@@ -70,6 +77,7 @@ pub async fn delete(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Error> {
     let caller = super::caller(&state, &headers)?;
+    state.stored(&id).await;
     if !docsdb::responses::delete(&state.db, &id, caller.log_name().as_deref()).await? {
         return Err(Error::UnknownResponse(id));
     }
@@ -125,6 +133,7 @@ pub async fn create(State(state): State<Arc<AppState>>, req: Request) -> Respons
     };
     let mut earlier: Vec<Value> = Vec::new();
     if let Some(prev) = body.get("previous_response_id").and_then(Value::as_str) {
+        state.stored(prev).await;
         let found = docsdb::responses::get(
             &state.db,
             prev,
