@@ -52,13 +52,15 @@ impl TargetState {
         }
     }
 
-    /// Adds a time-to-first-token sample.
+    /// Adds a time-to-first-token sample: peak-weighted, the average jumps to a slower
+    /// sample at once and moves back towards faster ones by `EWMA_ALPHA` per sample, so a
+    /// target that turns slow stops being preferred on its next request.
     pub fn observe_ttft(&self, us: u64) {
         let us = us.max(1);
         let _ = self
             .ewma_ttft_us
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
+                Some(if old == 0 || us >= old {
                     us
                 } else {
                     (EWMA_ALPHA * us as f64 + (1.0 - EWMA_ALPHA) * old as f64).max(1.0) as u64
@@ -98,5 +100,30 @@ pub struct InFlight(Arc<TargetState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::breaker::BreakerConfig;
+
+    #[test]
+    fn time_to_first_token_jumps_to_a_peak_and_decays() {
+        let t = TargetState::new(BreakerConfig {
+            failures: 3,
+            cooldown: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(t.ttft_us(), None);
+        t.observe_ttft(100);
+        assert_eq!(t.ttft_us(), Some(100));
+        t.observe_ttft(1_000);
+        assert_eq!(t.ttft_us(), Some(1_000), "a slower sample counts at once");
+        t.observe_ttft(100);
+        assert_eq!(t.ttft_us(), Some(730));
+        for _ in 0..20 {
+            t.observe_ttft(100);
+        }
+        assert!(t.ttft_us().is_some_and(|v| v < 110), "{:?}", t.ttft_us());
     }
 }
