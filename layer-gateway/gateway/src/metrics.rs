@@ -1,8 +1,8 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text).
 //!
 //! Per handle and target: requests, errors, latency and time-to-first-token histograms,
-//! tokens, in-flight requests, upstream attempts by outcome; per route, the gateway's own
-//! time per request. At scrape time: request-log rows
+//! tokens, in-flight requests, upstream attempts by outcome, the gaps between a stream's
+//! tokens; per route, the gateway's own time per request. At scrape time: request-log rows
 //! written/dropped/failed and each target's circuit state.
 
 use std::fmt::Write as _;
@@ -64,7 +64,8 @@ pub struct OverheadLabels {
     pub route: String,
 }
 
-/// 10 µs to ~2.6 s: the gateway's own time per request is microseconds.
+/// 10 µs to ~2.6 s: the gateway's own time per request is microseconds, and so are the gaps
+/// between tokens that arrive together.
 fn overhead_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.0, 18))
 }
@@ -86,6 +87,8 @@ pub struct Metrics {
     pub in_flight: Family<HandleLabels, Gauge>,
     /// The gateway's own time per forwarded request: all but the waits on the upstream.
     pub overhead: Family<OverheadLabels, Histogram, fn() -> Histogram>,
+    /// The gaps between a stream's data events (tokens), per handle and target.
+    pub between_tokens: Family<TargetLabels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,6 +113,15 @@ impl Default for Metrics {
         let in_flight = Family::<HandleLabels, Gauge>::default();
         let overhead = Family::<OverheadLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             overhead_histogram as fn() -> Histogram,
+        );
+        let between_tokens =
+            Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                overhead_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "time_between_tokens_seconds",
+            "Gaps between a stream's data events as they reached the gateway",
+            between_tokens.clone(),
         );
         registry.register(
             "overhead_seconds",
@@ -157,6 +169,7 @@ impl Default for Metrics {
             tokens,
             in_flight,
             overhead,
+            between_tokens,
         }
     }
 }

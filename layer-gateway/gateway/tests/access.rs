@@ -475,6 +475,10 @@ async fn metrics_and_health() {
         value("homelab_gateway_overhead_seconds_count{route=\"chat\"}"),
         2.0
     );
+    // The stream's gaps between tokens: one fewer than its data events.
+    let gaps =
+        value("homelab_gateway_time_between_tokens_seconds_count{handle=\"chat\",target=\"a/m\"}");
+    assert!(gaps >= 2.0, "{gaps}");
     let own = value("homelab_gateway_overhead_seconds_sum{route=\"chat\"}");
     let whole =
         value("homelab_gateway_request_duration_seconds_sum{route=\"chat\",handle=\"chat\"}");

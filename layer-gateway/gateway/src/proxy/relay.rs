@@ -112,8 +112,18 @@ pub(super) async fn respond(
     }
     let idle = target.timeouts.idle;
     let deadline = rec.started + target.timeouts.total;
+    let between_tokens = rec
+        .state
+        .metrics
+        .between_tokens
+        .get_or_create(&crate::metrics::TargetLabels {
+            handle: handle.clone(),
+            target: target.key.clone(),
+        })
+        .clone();
     rec.add_own(began.elapsed());
     let mut relay = Relay {
+        between_tokens: Some(between_tokens),
         rec: Some(rec),
         upstream: Box::pin(rest.bytes_stream().map(|r| r.map_err(|e| chain(&e)))),
         framer: frames::Framer::new(contract::sse::DEFAULT_MAX_LINE),
@@ -197,6 +207,8 @@ pub(super) struct Relay {
         std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, String>> + Send>>,
     /// The stream cut into whole events.
     pub(super) framer: frames::Framer,
+    /// Where the gaps between data events go.
+    pub(super) between_tokens: Option<prometheus_client::metrics::histogram::Histogram>,
     /// We asked for usage the client did not: drop the usage-only event.
     pub(super) filter_usage: bool,
     /// Decode events at all (not for compressed streams).
@@ -278,6 +290,9 @@ impl Relay {
             self.ts.observe_ttft(ttft.as_micros() as u64);
         }
         self.first_data.get_or_insert(now);
+        if let (Some(last), Some(h)) = (self.last_data, &self.between_tokens) {
+            h.observe(now.duration_since(last).as_secs_f64());
+        }
         self.last_data = Some(now);
         self.data_events += 1;
     }
@@ -441,6 +456,7 @@ mod tests {
             )),
             upstream: Box::pin(upstream),
             framer: frames::Framer::new(contract::sse::DEFAULT_MAX_LINE),
+            between_tokens: None,
             filter_usage,
             parse: true,
             out: VecDeque::new(),
