@@ -1,7 +1,8 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text).
 //!
 //! Per handle and target: requests, errors, latency and time-to-first-token histograms,
-//! tokens, in-flight requests, upstream attempts by outcome, the gaps between a stream's
+//! tokens, in-flight requests, upstream attempts by outcome, targets skipped by reason and
+//! retries, the gaps between a stream's
 //! tokens; per route, the gateway's own time per request. At scrape time: request-log rows
 //! written/dropped/failed and each target's circuit state.
 
@@ -48,6 +49,14 @@ pub struct AttemptLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub handle: String,
+    pub target: String,
+    /// `circuit_open`, `rate_limited`, `tools` (over the target's `max_tools_bytes`).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub handle: String,
     pub target: String,
@@ -87,6 +96,10 @@ pub struct Metrics {
     pub in_flight: Family<HandleLabels, Gauge>,
     /// The gateway's own time per forwarded request: all but the waits on the upstream.
     pub overhead: Family<OverheadLabels, Histogram, fn() -> Histogram>,
+    /// Targets passed over without an attempt, by reason.
+    pub skipped: Family<SkipLabels, Counter>,
+    /// Attempts again on the same target after a failure (a refused connection).
+    pub retries: Family<TargetLabels, Counter>,
     /// The gaps between a stream's data events (tokens), per handle and target.
     pub between_tokens: Family<TargetLabels, Histogram, fn() -> Histogram>,
 }
@@ -113,6 +126,18 @@ impl Default for Metrics {
         let in_flight = Family::<HandleLabels, Gauge>::default();
         let overhead = Family::<OverheadLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             overhead_histogram as fn() -> Histogram,
+        );
+        let skipped = Family::<SkipLabels, Counter>::default();
+        let retries = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "skipped_targets",
+            "Targets passed over without an attempt, by reason (circuit_open, rate_limited, tools)",
+            skipped.clone(),
+        );
+        registry.register(
+            "retries",
+            "Attempts again on the same target after a failure",
+            retries.clone(),
         );
         let between_tokens =
             Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -169,6 +194,8 @@ impl Default for Metrics {
             tokens,
             in_flight,
             overhead,
+            skipped,
+            retries,
             between_tokens,
         }
     }

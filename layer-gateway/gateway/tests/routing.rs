@@ -216,6 +216,23 @@ async fn falls_back_in_priority_order_and_retries_refused_connections() {
     assert_eq!(res.headers()["x-homelab-attempts"], "4");
     assert_eq!(failing.hits(), 1);
     assert_eq!(ok.hits(), 1);
+    // The retry and each attempt's outcome, in the metrics.
+    let metrics = gw
+        .client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "homelab_gateway_retries_total{handle=\"chat\",target=\"dead/m\"} 1",
+        "homelab_gateway_upstream_attempts_total{handle=\"chat\",target=\"dead/m\",outcome=\"error\"} 2",
+        "homelab_gateway_upstream_attempts_total{handle=\"chat\",target=\"fail/m\",outcome=\"error\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -314,10 +331,25 @@ async fn breaker_opens_skips_the_target_and_a_probe_closes_it() {
         metrics.contains("homelab_gateway_circuit_state{target=\"flaky/m\"} 1"),
         "{metrics}"
     );
-    // Open: the flaky target is skipped, not tried.
+    // Open: the flaky target is skipped, not tried, and the skip is counted.
     let res = gw.post("/v1/chat/completions", None, &req).await;
     assert_eq!(res.headers()["x-homelab-attempts"], "1");
     assert_eq!(flaky.hits(), 2);
+    let metrics = gw
+        .client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "homelab_gateway_skipped_targets_total{handle=\"chat\",target=\"flaky/m\",reason=\"circuit_open\"} 1"
+        ),
+        "{metrics}"
+    );
     // It recovers; after the cooldown one probe goes to it and closes the breaker.
     flaky.set(Behavior::default());
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -435,12 +435,14 @@ pub async fn forward(
         if let Some((max, OverTools::Refuse)) = over_tools {
             tracing::debug!(target = %target.key, tools_bytes, max, "tools over the target's limit; skipped");
             refused_tools.push(format!("{} takes {max} bytes", target.key));
+            count_skip(&state, &handle, &target, "tools");
             continue;
         }
         let ts = states[idx].clone();
         let permit = ts.permit(Instant::now());
         if permit == Permit::Rejected {
             tracing::debug!(target = %target.key, "circuit open; skipped");
+            count_skip(&state, &handle, &target, "circuit_open");
             continue;
         }
         if state
@@ -449,6 +451,7 @@ pub async fn forward(
             .is_err()
         {
             tracing::debug!(target = %target.key, "target rate limit reached; skipped");
+            count_skip(&state, &handle, &target, "rate_limited");
             continue;
         }
         let dropping = matches!(over_tools, Some((_, OverTools::Drop)));
@@ -556,6 +559,14 @@ pub async fn forward(
                     let Next::RetrySame(backoff) = next else {
                         break;
                     };
+                    state
+                        .metrics
+                        .retries
+                        .get_or_create(&crate::metrics::TargetLabels {
+                            handle: handle.name.clone(),
+                            target: target.key.clone(),
+                        })
+                        .inc();
                     tokio::time::sleep(backoff).await;
                     attempt_on_target += 1;
                 }
@@ -725,6 +736,18 @@ fn count_attempt(state: &AppState, handle: &Handle, target: &Target, outcome: &s
             handle: handle.name.clone(),
             target: target.key.clone(),
             outcome: outcome.into(),
+        })
+        .inc();
+}
+
+fn count_skip(state: &AppState, handle: &Handle, target: &Target, reason: &str) {
+    state
+        .metrics
+        .skipped
+        .get_or_create(&crate::metrics::SkipLabels {
+            handle: handle.name.clone(),
+            target: target.key.clone(),
+            reason: reason.into(),
         })
         .inc();
 }
