@@ -448,14 +448,9 @@ impl Events {
             &[],
             &Value::Null,
         );
-        self.emit(out, json!({"type": "response.created", "response": r}));
-        let r = response(
-            &self.id,
-            self.created_at,
-            &self.asked,
-            "in_progress",
-            &[],
-            &Value::Null,
+        self.emit(
+            out,
+            json!({"type": "response.created", "response": r.clone()}),
         );
         self.emit(out, json!({"type": "response.in_progress", "response": r}));
     }

@@ -442,14 +442,7 @@ async fn metrics_and_health() {
         .await
         .unwrap();
     assert_eq!(ready["status"], "ready");
-    let m = c
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     for name in [
         "homelab_gateway_requests_total{route=\"chat\",handle=\"chat\",status=\"200\"} 2",
         "homelab_gateway_request_duration_seconds_bucket",

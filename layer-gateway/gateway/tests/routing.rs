@@ -217,15 +217,7 @@ async fn falls_back_in_priority_order_and_retries_refused_connections() {
     assert_eq!(failing.hits(), 1);
     assert_eq!(ok.hits(), 1);
     // The retry and each attempt's outcome, in the metrics.
-    let metrics = gw
-        .client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for line in [
         "homelab_gateway_retries_total{handle=\"chat\",target=\"dead/m\"} 1",
         "homelab_gateway_upstream_attempts_total{handle=\"chat\",target=\"dead/m\",outcome=\"error\"} 2",
@@ -318,15 +310,7 @@ async fn breaker_opens_skips_the_target_and_a_probe_closes_it() {
         );
     }
     assert_eq!(flaky.hits(), 2);
-    let metrics = gw
-        .client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("homelab_gateway_circuit_state{target=\"flaky/m\"} 1"),
         "{metrics}"
@@ -335,15 +319,7 @@ async fn breaker_opens_skips_the_target_and_a_probe_closes_it() {
     let res = gw.post("/v1/chat/completions", None, &req).await;
     assert_eq!(res.headers()["x-homelab-attempts"], "1");
     assert_eq!(flaky.hits(), 2);
-    let metrics = gw
-        .client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(
             "homelab_gateway_skipped_targets_total{handle=\"chat\",target=\"flaky/m\",reason=\"circuit_open\"} 1"

@@ -171,6 +171,16 @@ async fn a_port_in_use_is_named_with_the_flag_that_moves_it() {
     assert!(msg.contains("--web-fetch-port"), "{msg}");
 }
 
+/// The services `up` runs beside the gateway and the monitor, each on a free port.
+const SERVICE_PORTS: [&str; 6] = [
+    "--shortcuts-port",
+    "0",
+    "--optillm-port",
+    "0",
+    "--agents-port",
+    "0",
+];
+
 #[test]
 fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,14 +188,7 @@ fn logs_written_to_a_pipe_have_no_colour_codes_and_a_refusal_is_one_line() {
         .args(["up", "--no-engine", "--no-tools", "--no-data", "--data-dir"])
         .arg(dir.path())
         .args(["--gateway-port", "0", "--monitor-port", "0"])
-        .args([
-            "--shortcuts-port",
-            "0",
-            "--optillm-port",
-            "0",
-            "--agents-port",
-            "0",
-        ])
+        .args(SERVICE_PORTS)
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .env_remove("HOMELAB_MASTER_KEY")
@@ -239,14 +242,7 @@ fn systemd_hears_ready_once_when_everything_is() {
         .args(["up", "--no-engine", "--data-dir"])
         .arg(dir.path().join("var"))
         .args(["--gateway-port", "0", "--monitor-port", "0"])
-        .args([
-            "--shortcuts-port",
-            "0",
-            "--optillm-port",
-            "0",
-            "--agents-port",
-            "0",
-        ])
+        .args(SERVICE_PORTS)
         .args([
             "--web-fetch-port",
             "0",
@@ -297,14 +293,7 @@ fn without_pip_the_stack_runs_without_the_embedding_model_and_says_so() {
             "0",
         ])
         .args(["--vector-db-port", "0", "--memory-port", "0"])
-        .args([
-            "--shortcuts-port",
-            "0",
-            "--optillm-port",
-            "0",
-            "--agents-port",
-            "0",
-        ])
+        .args(SERVICE_PORTS)
         // No python3 to be found.
         .env("PATH", dir.path())
         .env("RUST_LOG", "warn")

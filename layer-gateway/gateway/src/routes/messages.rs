@@ -56,12 +56,12 @@ async fn as_anthropic_error(res: Response) -> Result<Response, Response> {
     Err(out)
 }
 
-/// Reads and checks a Messages request, lets `adjust` change it, translates it and routes it
-/// (as it is to an Anthropic endpoint).
+/// Reads and checks a Messages request, lets `adjust` change it (saying whether it did),
+/// translates it and routes it (as it is to an Anthropic endpoint).
 async fn route(
     state: &Arc<AppState>,
     req: Request,
-    adjust: impl FnOnce(&mut Value),
+    adjust: impl FnOnce(&mut Value) -> bool,
 ) -> Result<Routed, Response> {
     let request_id = service_kit::request_id::of(&req);
     let headers = with_key(req.headers().clone());
@@ -106,9 +106,7 @@ async fn route(
             return Err(refusal(reject(Some(caller), e)).await);
         }
     };
-    if request.is_object() {
-        adjust(&mut request);
-    }
+    let adjusted = request.is_object() && adjust(&mut request);
     let model = request["model"].as_str().unwrap_or_default().to_owned();
     // Without a chat translation (Anthropic's built-in tools) it can still go to an
     // Anthropic endpoint as it is.
@@ -118,10 +116,13 @@ async fn route(
     {
         return Err(refusal(reject(Some(caller), Error::BadRequest(m.clone()))).await);
     }
-    let payload = proxy::Payload::Messages {
-        native: Bytes::from(request.to_string()),
-        chat,
+    // The client's own bytes go to an Anthropic endpoint unless `adjust` changed them.
+    let native = if adjusted {
+        Bytes::from(request.to_string())
+    } else {
+        body
     };
+    let payload = proxy::Payload::Messages { native, chat };
     let res = proxy::forward(
         state.clone(),
         Route::Messages,
@@ -161,7 +162,7 @@ pub async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Respo
         native,
         model,
         request_id,
-    } = match route(&state, req, |_| {}).await {
+    } = match route(&state, req, |_| false).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -203,6 +204,7 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> R
         if let Some(o) = req.as_object_mut() {
             o.remove("stream");
         }
+        true
     };
     let routed = match route(&state, req, adjust).await {
         Ok(r) => r,

@@ -50,22 +50,27 @@ fn store(state: &Arc<AppState>, caller: &Caller, asked: &Asked, response: &Value
     });
 }
 
+/// The caller's key name, once a write of response `id` still under way has finished.
+async fn settled(
+    state: &Arc<AppState>,
+    headers: &axum::http::HeaderMap,
+    id: &str,
+) -> Result<Option<String>, Error> {
+    let caller = super::caller(state, headers)?;
+    state.stored(id).await;
+    Ok(caller.log_name())
+}
+
 /// `GET /v1/responses/{id}`: a stored response, for the key that stored it.
 pub async fn retrieve(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Error> {
-    let caller = super::caller(&state, &headers)?;
-    state.stored(&id).await;
-    let stored = docsdb::responses::get(
-        &state.db,
-        &id,
-        caller.log_name().as_deref(),
-        docsdb::now_ms(),
-    )
-    .await?
-    .ok_or(Error::UnknownResponse(id))?;
+    let key = settled(&state, &headers, &id).await?;
+    let stored = docsdb::responses::get(&state.db, &id, key.as_deref(), docsdb::now_ms())
+        .await?
+        .ok_or(Error::UnknownResponse(id))?;
     let body: Value = serde_json::from_str(&stored.response).unwrap_or(Value::Null);
     Ok(axum::Json(body).into_response())
 }
@@ -76,9 +81,8 @@ pub async fn delete(
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Error> {
-    let caller = super::caller(&state, &headers)?;
-    state.stored(&id).await;
-    if !docsdb::responses::delete(&state.db, &id, caller.log_name().as_deref()).await? {
+    let key = settled(&state, &headers, &id).await?;
+    if !docsdb::responses::delete(&state.db, &id, key.as_deref()).await? {
         return Err(Error::UnknownResponse(id));
     }
     let body = serde_json::json!({"id": id, "object": "response.deleted", "deleted": true});

@@ -98,6 +98,12 @@ impl Gateway {
         r.send().await.unwrap()
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = self.client().get(format!("{}/metrics", self.url)).send();
+        res.await.unwrap().text().await.unwrap()
+    }
+
     /// Request-log rows, oldest first, once there are at least `n` (they are written in the
     /// background; 5 s at most).
     pub async fn log_rows_at_least(&self, n: usize) -> Vec<Value> {
