@@ -187,6 +187,18 @@ fn validate(spec: &SystemSpec) -> Result<()> {
                 "a handle needs at least one target",
             ));
         }
+        if h.cache_ttl_ms.is_some_and(|v| v <= 0) {
+            return Err(err(
+                format!("handles[{i}].cache_ttl_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if h.context_fallback.as_deref() == Some(h.handle.as_str()) {
+            return Err(err(
+                format!("handles[{i}].context_fallback"),
+                "must name another handle",
+            ));
+        }
         for (j, t) in h.targets.iter().enumerate() {
             let at = |f: &str| format!("handles[{i}].targets[{j}].{f}");
             if t.endpoint.is_none() && t.base_url.is_none() {
@@ -211,6 +223,7 @@ fn validate(spec: &SystemSpec) -> Result<()> {
                 ("idle_timeout_ms", t.idle_timeout_ms),
                 ("rpm", t.rpm),
                 ("tpm", t.tpm),
+                ("context_length", t.context_length),
             ] {
                 if v.is_some_and(|v| v <= 0) {
                     return Err(err(at(name), "must be greater than 0"));
@@ -514,15 +527,20 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
             }
             old => {
                 let row = sqlx::query(
-                    "INSERT INTO handles (name, description, strategy, created_at_ms, \
-                     updated_at_ms) VALUES ($1, $2, $3, $4, $4) \
+                    "INSERT INTO handles (name, description, strategy, context_fallback, \
+                     cache_ttl_ms, created_at_ms, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) \
                      ON CONFLICT (name) DO UPDATE SET description = excluded.description, \
-                     strategy = excluded.strategy, updated_at_ms = excluded.updated_at_ms \
+                     strategy = excluded.strategy, \
+                     context_fallback = excluded.context_fallback, \
+                     cache_ttl_ms = excluded.cache_ttl_ms, updated_at_ms = excluded.updated_at_ms \
                      RETURNING id",
                 )
                 .bind(&h.handle)
                 .bind(&h.description)
                 .bind(h.strategy.as_str())
+                .bind(&h.context_fallback)
+                .bind(h.cache_ttl_ms)
                 .bind(now)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -548,8 +566,8 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
             sqlx::query(
                 "INSERT INTO handle_targets (handle_id, position, endpoint_id, upstream_model, \
                  priority, weight, timeout_ms, connect_timeout_ms, first_byte_timeout_ms, \
-                 idle_timeout_ms, rpm, tpm, params, max_tools_bytes, over_tools) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 idle_timeout_ms, rpm, tpm, params, max_tools_bytes, over_tools, context_length) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             )
             .bind(handle_id)
             .bind(position as i64)
@@ -566,6 +584,7 @@ async fn apply_in(conn: &mut AnyConnection, spec: &SystemSpec) -> Result<ApplyRe
             .bind(params)
             .bind(t.max_tools_bytes)
             .bind(t.over_tools.as_str())
+            .bind(t.context_length)
             .execute(&mut *conn)
             .await?;
         }

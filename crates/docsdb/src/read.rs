@@ -196,13 +196,17 @@ pub async fn handles(
     conn: &mut AnyConnection,
     self_contained: bool,
 ) -> Result<Vec<(i64, HandleSpec)>> {
-    let rows = sqlx::query("SELECT id, name, description, strategy FROM handles ORDER BY name")
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, name, description, strategy, context_fallback, cache_ttl_ms FROM handles \
+         ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let targets = sqlx::query(
         "SELECT t.handle_id, e.name AS endpoint, e.base_url, e.api, e.auth_env, t.upstream_model, \
                 t.priority, t.weight, t.timeout_ms, t.connect_timeout_ms, t.first_byte_timeout_ms, \
-                t.idle_timeout_ms, t.rpm, t.tpm, t.params, t.max_tools_bytes, t.over_tools \
+                t.idle_timeout_ms, t.rpm, t.tpm, t.params, t.max_tools_bytes, t.over_tools, \
+                t.context_length \
          FROM handle_targets t JOIN endpoints e ON e.id = t.endpoint_id \
          ORDER BY t.handle_id, t.position",
     )
@@ -238,6 +242,7 @@ pub async fn handles(
             spec.params = params;
             spec.max_tools_bytes = int(t, "max_tools_bytes")?;
             spec.over_tools = parse_enum(text(t, "over_tools")?, "over_tools")?;
+            spec.context_length = int(t, "context_length")?;
             if self_contained {
                 spec.base_url = text(t, "base_url")?;
                 spec.api = Some(parse_enum(text(t, "api")?, "api")?);
@@ -248,6 +253,8 @@ pub async fn handles(
         out.push((
             id,
             HandleSpec {
+                context_fallback: text(r, "context_fallback")?,
+                cache_ttl_ms: int(r, "cache_ttl_ms")?,
                 handle: req(text(r, "name")?, "name")?,
                 description: text(r, "description")?,
                 strategy: parse_enum(text(r, "strategy")?, "strategy")?,
@@ -327,8 +334,9 @@ pub async fn model_inventory(conn: &mut AnyConnection) -> Result<Vec<InventoryRo
         .collect()
 }
 
-/// A cheap summary of the routing tables (handles, targets, endpoints, keys): it changes
-/// whenever one of them does, so a reader reloads only then.
+/// A cheap summary of the routing tables (handles, targets, endpoints, keys, and the models
+/// whose context windows routing reads): it changes whenever one of them does, so a reader
+/// reloads only then.
 pub async fn routing_fingerprint(db: &crate::db::Db) -> Result<Vec<i64>> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM handles) AS a, \
@@ -337,11 +345,13 @@ pub async fn routing_fingerprint(db: &crate::db::Db) -> Result<Vec<i64>> {
                 (SELECT COUNT(*) FROM endpoints) AS d, \
                 (SELECT COALESCE(MAX(updated_at_ms), 0) FROM endpoints) AS e, \
                 (SELECT COUNT(*) FROM api_keys) AS f, \
-                (SELECT COALESCE(MAX(revoked_at_ms), 0) FROM api_keys) AS g",
+                (SELECT COALESCE(MAX(revoked_at_ms), 0) FROM api_keys) AS g, \
+                (SELECT COUNT(*) FROM models) AS h, \
+                (SELECT COALESCE(MAX(updated_at_ms), 0) FROM models) AS i",
     )
     .fetch_one(db.pool())
     .await?;
-    ["a", "b", "c", "d", "e", "f", "g"]
+    ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
         .iter()
         .map(|c| Ok(row.try_get::<i64, _>(*c)?))
         .collect()

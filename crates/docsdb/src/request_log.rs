@@ -22,12 +22,13 @@ impl Rows for RequestLogRow {
     }
 }
 
-/// Tokens (prompt and completion) the key `key_name` has used in requests since `since_ms`.
+/// Tokens (prompt and completion) the key `key_name` has used in requests since `since_ms`
+/// (answers from the response cache cost nothing).
 pub async fn tokens_used_by_key(db: &Db, key_name: &str, since_ms: i64) -> Result<u64> {
     use sqlx::Row;
     let used: Option<i64> = sqlx::query(
         "SELECT CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS BIGINT) AS n \
-         FROM request_log WHERE key_name = $1 AND started_at_ms >= $2",
+         FROM request_log WHERE key_name = $1 AND started_at_ms >= $2 AND NOT cache_hit",
     )
     .bind(key_name)
     .bind(since_ms)
@@ -44,7 +45,8 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
         "SELECT * FROM (SELECT id, request_id, started_at_ms, key_name, route, handle, target, \
          upstream_model, status, error_type, attempts, latency_ms, ttft_ms, prompt_tokens, \
          completion_tokens, streamed, generation_ms, user_id, user_name, user_email, user_role, \
-         chat_id, request_bytes, response_bytes FROM request_log ORDER BY id DESC LIMIT $1) \
+         chat_id, request_bytes, response_bytes, usage_source, cache_hit FROM request_log \
+         ORDER BY id DESC LIMIT $1) \
          AS newest ORDER BY id",
     )
     .bind(limit)
@@ -72,6 +74,8 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<RequestLogRow>> {
                 generation_ms: float(r, "generation_ms")?,
                 request_bytes: count(int(r, "request_bytes")?),
                 response_bytes: count(int(r, "response_bytes")?),
+                usage_source: text(r, "usage_source")?.and_then(|s| UsageSource::parse(&s)),
+                cache_hit: flag(r, "cache_hit")?.unwrap_or(false),
                 user: EndUser {
                     id: text(r, "user_id")?,
                     name: text(r, "user_name")?,
@@ -120,9 +124,42 @@ pub struct RequestLogRow {
     /// where it ended).
     #[serde(default)]
     pub response_bytes: Option<u64>,
+    /// Where the token counts came from: the backend's `usage`, or counted by the gateway
+    /// when the backend sent none (a stream the client left, a server without usage).
+    #[serde(default)]
+    pub usage_source: Option<UsageSource>,
+    /// Answered from the gateway's response cache: no backend was asked, and its tokens do
+    /// not count against a key's budget.
+    #[serde(default)]
+    pub cache_hit: bool,
     /// Who the request was for, as the client said (Open WebUI's forwarded user headers).
     #[serde(default)]
     pub user: EndUser,
+}
+
+/// Where a request-log row's token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// The backend's `usage` (or `timings`).
+    Backend,
+    /// Counted by the gateway: stream events, or about four bytes of text per token.
+    Gateway,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Backend => "backend",
+            UsageSource::Gateway => "gateway",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [UsageSource::Backend, UsageSource::Gateway]
+            .into_iter()
+            .find(|u| u.as_str() == s)
+    }
 }
 
 /// The end user and chat a client named for a request (Open WebUI sends them with
@@ -137,18 +174,19 @@ pub struct EndUser {
     pub chat_id: Option<String>,
 }
 
-/// Rows per `INSERT` statement: 23 columns × 256 rows stays far below both dialects'
+/// Rows per `INSERT` statement: 25 columns × 256 rows stays far below both dialects'
 /// bind-parameter limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
-const COLUMNS: usize = 23;
+const COLUMNS: usize = 25;
 
 /// Writes `rows` in one transaction. Either all are written or none.
 pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
     const HEAD: &str = "INSERT INTO request_log (request_id, started_at_ms, key_name, route, \
          handle, target, upstream_model, status, error_type, attempts, latency_ms, ttft_ms, \
          prompt_tokens, completion_tokens, streamed, generation_ms, user_id, user_name, \
-         user_email, user_role, chat_id, request_bytes, response_bytes) VALUES ";
+         user_email, user_role, chat_id, request_bytes, response_bytes, usage_source, \
+         cache_hit) VALUES ";
     crate::db::insert_rows(db, HEAD, COLUMNS, ROWS_PER_STATEMENT, rows, |q, r| {
         q.bind(r.request_id.clone())
             .bind(r.started_at_ms)
@@ -173,6 +211,8 @@ pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
             .bind(r.user.chat_id.clone())
             .bind(r.request_bytes.map(|b| b as i64))
             .bind(r.response_bytes.map(|b| b as i64))
+            .bind(r.usage_source.map(UsageSource::as_str))
+            .bind(r.cache_hit)
     })
     .await
 }

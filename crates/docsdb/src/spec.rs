@@ -170,6 +170,28 @@ pub struct HandleSpec {
     #[serde(default, skip_serializing_if = "is_default")]
     pub strategy: Strategy,
     pub targets: Vec<TargetSpec>,
+    /// The handle a request goes to when its prompt fits none of these targets' context
+    /// windows (a larger-context model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_fallback: Option<String>,
+    /// Keep deterministic answers (temperature 0, a `seed`, embeddings) this long and answer
+    /// identical requests from memory; none: no cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_ms: Option<i64>,
+}
+
+impl HandleSpec {
+    /// A handle with default settings.
+    pub fn new(handle: &str, targets: Vec<TargetSpec>) -> Self {
+        HandleSpec {
+            handle: handle.to_owned(),
+            description: None,
+            strategy: Strategy::default(),
+            targets,
+            context_fallback: None,
+            cache_ttl_ms: None,
+        }
+    }
 }
 
 /// One target of a handle: an endpoint and the model name to send it.
@@ -221,6 +243,10 @@ pub struct TargetSpec {
     /// What a request whose tools are larger than `max_tools_bytes` gets from this target.
     #[serde(default, skip_serializing_if = "is_default")]
     pub over_tools: OverTools,
+    /// The target's context window in tokens, where the models registry does not say (or
+    /// says more than the backend serves). A prompt clearly larger goes to the next target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<i64>,
 }
 
 impl TargetSpec {
@@ -243,6 +269,7 @@ impl TargetSpec {
             params: None,
             max_tools_bytes: None,
             over_tools: OverTools::default(),
+            context_length: None,
         }
     }
 }

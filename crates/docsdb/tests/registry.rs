@@ -416,6 +416,8 @@ fn log_row(i: usize, handle: &str, status: u16) -> docsdb::request_log::RequestL
         streamed: i.is_multiple_of(2),
         request_bytes: None,
         response_bytes: None,
+        usage_source: None,
+        cache_hit: false,
         generation_ms: Some(4.0 + i as f64),
         user: Default::default(),
     }

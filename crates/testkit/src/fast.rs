@@ -7,6 +7,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::StreamExt;
 
 const CHAT: &str = r#"{"id":"chatcmpl-fast","object":"chat.completion","created":1,"model":"fast","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":8,"total_tokens":17}}"#;
 
@@ -40,8 +41,42 @@ fn memchr_stream(body: &[u8]) -> bool {
     body.windows(13).any(|w| w == b"\"stream\":true")
 }
 
+/// A server error, as a failing backend answers (for fallbacks under load).
+async fn fail() -> Response {
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        [("content-type", "application/json")],
+        r#"{"error":{"message":"failing on purpose","type":"server_error","param":null,"code":null}}"#,
+    )
+        .into_response()
+}
+
+/// The stream of [`chat`], one event every 5 ms (a client can leave in the middle).
+async fn slow() -> Response {
+    let body = stream_body();
+    let events: Vec<Bytes> = body
+        .split_inclusive(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|lines| Bytes::from(lines.concat()))
+        .collect();
+    let stream = futures_util::stream::iter(events).then(|e| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        Ok::<_, std::io::Error>(e)
+    });
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// `/v1/...` answers fast; `/fail/v1/...` always 500; `/slow/v1/...` streams slowly.
 fn app() -> Router {
-    Router::new().route("/v1/chat/completions", post(chat))
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/fail/v1/chat/completions", post(fail))
+        .route("/slow/v1/chat/completions", post(slow))
 }
 
 /// Starts it on 127.0.0.1:0, in the background.

@@ -48,6 +48,41 @@ pub struct Behavior {
     /// Chat completion number k (from 0, counted since the last [`MockUpstream::set`])
     /// answers `turns[k]`; past the end of the script, the answer above.
     pub turns: Vec<Turn>,
+    /// Refuse chats whose `messages` hold more tokens than this (four bytes of their JSON
+    /// each) with a 400 in `context_dialect`'s words.
+    pub context_window: Option<u64>,
+    pub context_dialect: ContextDialect,
+    /// Send no `usage` (a server that reports none), whatever the client asked.
+    pub no_usage: bool,
+}
+
+/// How a server says a prompt does not fit its context, byte for byte as each sends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContextDialect {
+    /// OpenAI (and our engines): `code: context_length_exceeded`.
+    #[default]
+    OpenAi,
+    /// llama-server: `type: exceed_context_size_error` with `n_prompt_tokens`/`n_ctx`.
+    LlamaServer,
+    /// vLLM: a top-level `BadRequestError` saying "maximum context length".
+    Vllm,
+}
+
+impl ContextDialect {
+    /// The 400 body for a prompt of `prompt` tokens in a window of `window`.
+    pub fn body(self, prompt: u64, window: u64) -> Value {
+        match self {
+            ContextDialect::OpenAi => json!({"error": {
+                "message": format!("This model's maximum context length is {window} tokens. However, your messages resulted in {prompt} tokens. Please reduce the length of the messages."),
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+            ContextDialect::LlamaServer => json!({"error": {
+                "code": 400, "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error", "n_prompt_tokens": prompt, "n_ctx": window}}),
+            ContextDialect::Vllm => json!({"object": "error",
+                "message": format!("This model's maximum context length is {window} tokens. However, you requested {prompt} tokens in the messages, Please reduce the length of the messages."),
+                "type": "BadRequestError", "param": null, "code": 400}),
+        }
+    }
 }
 
 /// A scripted chat answer.
@@ -109,6 +144,9 @@ impl Default for Behavior {
             hold_after: None,
             loading_for: None,
             turns: Vec::new(),
+            context_window: None,
+            context_dialect: ContextDialect::default(),
+            no_usage: false,
         }
     }
 }
@@ -269,13 +307,21 @@ async fn chat(
     };
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("").to_owned();
+    if let Some(window) = b.context_window {
+        let prompt = (req["messages"].to_string().len() as u64).div_ceil(4);
+        if prompt > window {
+            let body = b.context_dialect.body(prompt, window);
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    }
     let k = s.chats.fetch_add(1, Ordering::SeqCst);
     if let Some(turn) = b.turns.get(k) {
         return scripted(&s.name, &model, turn, req["stream"].as_bool() == Some(true));
     }
     let tools = req["tools"].as_array().is_some_and(|t| !t.is_empty());
     if req["stream"].as_bool() == Some(true) {
-        let include_usage = req["stream_options"]["include_usage"].as_bool() == Some(true);
+        let include_usage =
+            req["stream_options"]["include_usage"].as_bool() == Some(true) && !b.no_usage;
         return stream_chat(
             s.name.clone(),
             b,
@@ -292,12 +338,15 @@ async fn chat(
     } else {
         json!({"role": "assistant", "content": parts.concat()})
     };
-    let v = json!({
+    let mut v = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
         "system_fingerprint": s.name,
         "choices": [{"index": 0, "message": message, "finish_reason": if tools { "tool_calls" } else { "stop" }}],
         "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": completion, "total_tokens": b.prompt_tokens + completion}
     });
+    if b.no_usage {
+        v.as_object_mut().map(|o| o.remove("usage"));
+    }
     json_response(&b, &v)
 }
 

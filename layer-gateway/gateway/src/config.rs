@@ -120,6 +120,19 @@ pub struct Config {
     #[arg(long = "mcp-host-header", value_name = "HOST")]
     pub mcp_host_headers: Vec<String>,
 
+    /// Memory the response cache may use (request bodies and answers together, for handles
+    /// with `cache_ttl_ms`); the least recently used answers go first.
+    #[arg(long, default_value = "64MiB", value_parser = size)]
+    pub cache_max_bytes: u64,
+
+    /// Bytes of prompt per token when judging, before sending, whether a prompt fits a
+    /// target's context window (its `context_length`, or the models registry's). Generous
+    /// on purpose: text runs about four bytes per token, so only a clearly oversized prompt
+    /// is passed to the next target; near the edge the backend's own error decides. 0 turns
+    /// the estimate off.
+    #[arg(long, default_value_t = 6)]
+    pub context_bytes_per_token: u64,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -58,6 +58,13 @@ pub enum Error {
         /// Each refusing target and its limit, e.g. "studio-afm/base: 4000 bytes".
         limits: String,
     },
+    /// The prompt fits no target of the handle (nor of its context fallbacks).
+    #[error("the prompt does not fit the context window of any target of `{handle}`: {detail}")]
+    ContextExceeded {
+        handle: String,
+        /// What was tried: each target's window and the estimate, or a backend's words.
+        detail: String,
+    },
     /// No target of the handle serves the request's API (the endpoints' `offers`).
     #[error("`{handle}` does not offer {api} (it offers {offers})")]
     NotOffered {
@@ -150,6 +157,16 @@ impl Error {
                 e.error.param = Some("tools".into());
                 e
             }
+            Error::ContextExceeded { .. } => {
+                let mut e = ApiError::invalid_value(
+                    "context_length_exceeded",
+                    format!(
+                        "{self}; shorten the conversation, or use a handle with a larger context (`context_fallback` in the registry)"
+                    ),
+                );
+                e.error.param = Some("messages".into());
+                e
+            }
             Error::NotOffered { .. } => {
                 let mut e = ApiError::invalid_value(
                     "model_not_supported",
@@ -191,6 +208,7 @@ impl Error {
                 Unavailable::Busy { .. } => "busy",
             },
             Error::ToolsTooLarge { .. } => "tools_too_large",
+            Error::ContextExceeded { .. } => "context_length_exceeded",
             Error::NotOffered { .. } => "not_offered",
             Error::UploadTooLarge(_) => "too_large",
             Error::UnknownSearchTool(_) => "unknown_search_tool",

@@ -16,6 +16,7 @@
 
 pub mod anthropic;
 pub mod auth;
+pub mod cache;
 mod config;
 mod error;
 pub mod limits;

@@ -2,9 +2,9 @@
 //!
 //! Per handle and target: requests, errors, latency and time-to-first-token histograms,
 //! tokens, in-flight requests, upstream attempts by outcome, targets skipped by reason and
-//! retries, the gaps between a stream's
-//! tokens; per route, the gateway's own time per request. At scrape time: request-log rows
-//! written/dropped/failed and each target's circuit state.
+//! retries, fallbacks by reason, the gaps between a stream's tokens; cache hits and misses per
+//! handle; per route, the gateway's own time per request. At scrape time: request-log rows
+//! written/dropped/failed, each target's circuit state and the response cache's size.
 
 use std::fmt::Write as _;
 
@@ -52,8 +52,18 @@ pub struct AttemptLabels {
 pub struct SkipLabels {
     pub handle: String,
     pub target: String,
-    /// `circuit_open`, `rate_limited`, `tools` (over the target's `max_tools_bytes`).
+    /// Skipped: `circuit_open`, `rate_limited`, `tools` (over the target's
+    /// `max_tools_bytes`), `context` (the prompt is clearly larger than its window). Left
+    /// after a failed attempt: `error`, `timeout`, `busy`, `context` (the backend said the
+    /// prompt does not fit).
     pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub handle: String,
+    /// `hit` or `miss` (a cacheable request the cache did not have).
+    pub result: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +112,10 @@ pub struct Metrics {
     pub retries: Family<TargetLabels, Counter>,
     /// The gaps between a stream's data events (tokens), per handle and target.
     pub between_tokens: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    /// Targets left for the next one after a failed attempt, by reason.
+    pub fallbacks: Family<SkipLabels, Counter>,
+    /// Cacheable requests by result.
+    pub cache: Family<CacheLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,9 +143,21 @@ impl Default for Metrics {
         );
         let skipped = Family::<SkipLabels, Counter>::default();
         let retries = Family::<TargetLabels, Counter>::default();
+        let fallbacks = Family::<SkipLabels, Counter>::default();
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Targets left for the next one after a failed attempt, by reason (error, timeout, busy, context)",
+            fallbacks.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Cacheable requests by result (hit, miss)",
+            cache.clone(),
+        );
         registry.register(
             "skipped_targets",
-            "Targets passed over without an attempt, by reason (circuit_open, rate_limited, tools)",
+            "Targets passed over without an attempt, by reason (circuit_open, rate_limited, tools, context)",
             skipped.clone(),
         );
         registry.register(
@@ -197,6 +223,8 @@ impl Default for Metrics {
             skipped,
             retries,
             between_tokens,
+            fallbacks,
+            cache,
         }
     }
 }
@@ -208,6 +236,7 @@ pub struct ScrapeExtras {
     pub log_failed: u64,
     /// (target key, breaker state 0/1/2, requests in flight)
     pub targets: Vec<(String, i64, u64)>,
+    pub cache: crate::cache::Stats,
 }
 
 impl Metrics {
@@ -264,6 +293,22 @@ impl Metrics {
                 "homelab_gateway_target_in_flight_requests{{target=\"{}\"}} {n}",
                 escape(t)
             );
+        }
+        for (name, help, v) in [
+            (
+                "cache_entries",
+                "Answers in the response cache",
+                extras.cache.entries,
+            ),
+            (
+                "cache_bytes",
+                "Memory the response cache holds (bodies and answers)",
+                extras.cache.bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP homelab_gateway_{name} {help}.");
+            let _ = writeln!(out, "# TYPE homelab_gateway_{name} gauge");
+            let _ = writeln!(out, "homelab_gateway_{name} {v}");
         }
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out

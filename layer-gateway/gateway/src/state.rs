@@ -35,6 +35,8 @@ pub struct AppState {
     /// Cancelled on shutdown: open `/mcp` event streams end so the drain can finish.
     pub mcp_cancel: tokio_util::sync::CancellationToken,
     pub metrics: Metrics,
+    /// Answers of handles with a cache TTL.
+    pub cache: crate::cache::ResponseCache,
     clients: Mutex<HashMap<u128, reqwest::Client>>,
     /// SHA-256 of the master key, if one is configured.
     pub master_hash: Option<String>,
@@ -66,6 +68,7 @@ impl AppState {
         );
         let tool_log =
             docsdb::tool_calls::ToolCallWriter::spawn(db.clone(), WriterConfig::default());
+        let cache_max = usize::try_from(config.cache_max_bytes).unwrap_or(usize::MAX);
         let state = Arc::new(AppState {
             master_hash: config.master_key.as_deref().map(docsdb::keys::hash_key),
             concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
@@ -80,6 +83,7 @@ impl AppState {
             tool_log,
             mcp_cancel: tokio_util::sync::CancellationToken::new(),
             metrics: Metrics::default(),
+            cache: crate::cache::ResponseCache::new(cache_max),
             clients: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             tasks: service_kit::tasks::Tasks::new(),
@@ -253,6 +257,7 @@ impl AppState {
             log_dropped: stats.dropped.load(Ordering::Relaxed),
             log_failed: stats.failed.load(Ordering::Relaxed),
             targets,
+            cache: self.cache.stats(),
         })
     }
 }

@@ -47,6 +47,9 @@ pub struct Target {
     /// The largest `tools` (bytes of JSON) this target is sent, and what happens above it.
     pub max_tools_bytes: Option<usize>,
     pub over_tools: OverTools,
+    /// Its context window in tokens: the target's `context_length`, else the models
+    /// registry's for its upstream model (the largest, if hosts disagree); none: unknown.
+    pub context_length: Option<u64>,
 }
 
 impl Target {
@@ -80,6 +83,10 @@ pub struct Handle {
     /// Seconds since the epoch, for `/v1/models`.
     pub created: i64,
     pub targets: Vec<Arc<Target>>,
+    /// Where a prompt that fits none of the targets goes (another handle's name).
+    pub context_fallback: Option<String>,
+    /// How long deterministic answers are kept in the response cache; none: not cached.
+    pub cache_ttl: Option<Duration>,
 }
 
 /// A SearXNG instance.
@@ -165,6 +172,17 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
             )
         })
         .collect();
+    // Context windows by model name, from the models registry.
+    let mut contexts: HashMap<String, u64> = HashMap::new();
+    for (_, m) in read::models(&mut conn).await? {
+        if let Some(c) = m.context_length.filter(|&c| c > 0) {
+            let c = c as u64;
+            contexts
+                .entry(m.model_id)
+                .and_modify(|v| *v = (*v).max(c))
+                .or_insert(c);
+        }
+    }
     let mut handles = HashMap::new();
     for (_, h) in read::handles(&mut conn, false).await? {
         let mut targets = Vec::with_capacity(h.targets.len());
@@ -209,6 +227,10 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
                 params: t.params.clone(),
                 max_tools_bytes: t.max_tools_bytes.map(|b| b.max(0) as usize),
                 over_tools: t.over_tools,
+                context_length: t
+                    .context_length
+                    .map(|c| c.max(1) as u64)
+                    .or_else(|| contexts.get(&t.model).copied()),
             }));
         }
         let handle = Handle {
@@ -217,6 +239,10 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
             description: h.description,
             strategy: h.strategy,
             targets,
+            context_fallback: h.context_fallback,
+            cache_ttl: h
+                .cache_ttl_ms
+                .map(|ms| Duration::from_millis(ms.max(1) as u64)),
         };
         handles.insert(h.handle, Arc::new(handle));
     }

@@ -403,6 +403,8 @@ async fn probes_alerts_and_the_api(db: Db) {
         streamed: false,
         request_bytes: None,
         response_bytes: None,
+        usage_source: None,
+        cache_hit: false,
         generation_ms: None,
         user: docsdb::request_log::EndUser {
             id: user.map(|u| format!("id-{u}")),
@@ -563,6 +565,8 @@ async fn view_rules(db: Db) {
             streamed: true,
             request_bytes: None,
             response_bytes: None,
+            usage_source: None,
+            cache_hit: false,
             generation_ms: (i % 10 != 5).then(|| i as f64 / 2.0),
             user: Default::default(),
         })
@@ -607,6 +611,8 @@ fn request(id: String, at_ms: i64, status: u16, latency_ms: f64) -> RequestLogRo
         streamed: false,
         request_bytes: None,
         response_bytes: None,
+        usage_source: None,
+        cache_hit: false,
         generation_ms: Some(latency_ms - 20.0).filter(|g| *g > 0.0),
         user: Default::default(),
     }
@@ -1009,6 +1015,8 @@ async fn the_page_renders_in_a_headless_browser() {
             service("silent", Layer::Data, None, None),
         ],
         handles: vec![docsdb::spec::HandleSpec {
+            context_fallback: None,
+            cache_ttl_ms: None,
             handle: "chat".into(),
             description: None,
             strategy: Default::default(),
@@ -1041,6 +1049,8 @@ async fn the_page_renders_in_a_headless_browser() {
             streamed: true,
             request_bytes: None,
             response_bytes: None,
+            usage_source: None,
+            cache_hit: false,
             generation_ms: Some(80.0),
             user: Default::default(),
         })

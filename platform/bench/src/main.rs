@@ -7,6 +7,7 @@
 //!
 //! `bench engine`: see `engine.rs`. `bench monitor`: see `monitor.rs`. `bench first-chat`:
 //! see `first_chat.rs`. `bench vector`: see `vector.rs`. `bench optillm`: see `optillm.rs`.
+//! `bench soak`: see `soak.rs`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -14,13 +15,14 @@ mod engine;
 mod first_chat;
 mod monitor;
 mod optillm;
+mod soak;
 mod vector;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use docsdb::spec::{HandleSpec, Strategy, SystemSpec, TargetSpec};
+use docsdb::spec::{HandleSpec, SystemSpec, TargetSpec};
 
 #[derive(Parser)]
 #[command(name = "bench", about = "homelab-llm benchmarks")]
@@ -49,6 +51,9 @@ enum What {
     /// OptiLLM's approaches on the local model (accuracy and wall time on generated word
     /// problems against `none`), and the proxy's own overhead per backend call.
     Optillm(optillm::OptillmArgs),
+    /// The gateway under an hour-equivalent of mixed traffic (plain, streamed, clients that
+    /// leave mid-stream, failing upstreams, cache hits, bad requests) with its memory sampled.
+    Soak(soak::SoakArgs),
     /// Serve the fast upstream on a port (the gateway benchmark runs this as its own process,
     /// so that neither path shares a process with the load generator).
     #[command(hide = true)]
@@ -218,89 +223,163 @@ async fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
-    let up_port = free_port().await?;
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut up_child = tokio::process::Command::new(&me)
-        .args(["upstream", "--port", &up_port.to_string()])
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the upstream: {e}"))?;
-    let upstream = format!("127.0.0.1:{up_port}");
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
-    let db = docsdb::Db::open(&db_url).await.map_err(|e| e.to_string())?;
-    let mut t = TargetSpec::on_endpoint("fast", "fast-model");
-    t.base_url = Some(format!("http://{upstream}/v1"));
-    let spec = SystemSpec {
-        handles: vec![HandleSpec {
-            handle: "bench".into(),
-            description: None,
-            strategy: Strategy::Priority,
-            targets: vec![t],
-        }],
-        ..Default::default()
-    };
-    docsdb::apply::apply(&db, &spec, false)
-        .await
-        .map_err(|e| e.to_string())?;
-    db.close().await;
+/// The fast upstream and a gateway in front of it, each its own process, over a fresh
+/// system-docs DB holding `handles` (targets' `base_url`s may use `{upstream}`).
+struct Stack {
+    up_child: tokio::process::Child,
+    child: tokio::process::Child,
+    pid: u32,
+    up_pid: u32,
+    /// The gateway's base URL.
+    gw: String,
+    /// The upstream's `host:port`.
+    upstream: String,
+    db_url: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
 
-    let bin = match args.gateway_bin {
-        Some(b) => b,
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("gateway"),
-    };
-    let port = free_port().await?;
-    let mut child = tokio::process::Command::new(&bin)
-        .args(["--db", &db_url, "--bind", &format!("127.0.0.1:{port}")])
-        .args(args.gateway_args.split_whitespace())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start {}: {e} (cargo build --release -p gateway)",
-                bin.display()
-            )
-        })?;
-    let pid = child.id().ok_or("gateway exited")?;
-    let gw = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut ready = false;
-    for _ in 0..100 {
-        if client
-            .get(format!("{gw}/health/ready"))
-            .send()
+impl Stack {
+    async fn start(
+        handles: Vec<HandleSpec>,
+        gateway_bin: Option<PathBuf>,
+        gateway_args: &str,
+    ) -> Result<Stack, String> {
+        let up_port = free_port().await?;
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let up_child = tokio::process::Command::new(&me)
+            .args(["upstream", "--port", &up_port.to_string()])
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the upstream: {e}"))?;
+        let upstream = format!("127.0.0.1:{up_port}");
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let db_url = format!("sqlite://{}/system-docs.db", dir.path().display());
+        let db = docsdb::Db::open(&db_url).await.map_err(|e| e.to_string())?;
+        let mut handles = handles;
+        for t in handles.iter_mut().flat_map(|h| h.targets.iter_mut()) {
+            t.base_url = t
+                .base_url
+                .as_ref()
+                .map(|u| u.replace("{upstream}", &upstream));
+        }
+        let spec = SystemSpec {
+            handles,
+            ..Default::default()
+        };
+        docsdb::apply::apply(&db, &spec, false)
             .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
+            .map_err(|e| e.to_string())?;
+        db.close().await;
+
+        let bin = match gateway_bin {
+            Some(b) => b,
+            None => me.with_file_name("gateway"),
+        };
+        let port = free_port().await?;
+        let child = tokio::process::Command::new(&bin)
+            .args(["--db", &db_url, "--bind", &format!("127.0.0.1:{port}")])
+            .args(gateway_args.split_whitespace())
+            .env("RUST_LOG", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start {}: {e} (cargo build --release -p gateway)",
+                    bin.display()
+                )
+            })?;
+        let pid = child.id().ok_or("gateway exited")?;
+        let up_pid = up_child.id().ok_or("the upstream exited")?;
+        let gw = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut ready = false;
+        for _ in 0..100 {
+            if client
+                .get(format!("{gw}/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !ready {
-        return Err("the gateway did not become ready".into());
-    }
-    let mut up_ready = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&upstream).await.is_ok() {
-            up_ready = true;
-            break;
+        if !ready {
+            return Err("the gateway did not become ready".into());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut up_ready = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&upstream).await.is_ok() {
+                up_ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !up_ready {
+            return Err("the upstream did not start".into());
+        }
+        Ok(Stack {
+            up_child,
+            child,
+            pid,
+            up_pid,
+            gw,
+            upstream,
+            db_url,
+            client,
+            _dir: dir,
+        })
     }
-    if !up_ready {
-        return Err("the upstream did not start".into());
+
+    /// Request-log rows written so far.
+    async fn log_rows(&self) -> i64 {
+        use sqlx::Row;
+        let Ok(db) = docsdb::Db::open(&self.db_url).await else {
+            return -1;
+        };
+        sqlx::query("SELECT COUNT(*) AS n FROM request_log")
+            .fetch_one(db.pool())
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .unwrap_or(-1)
     }
+
+    /// The gateway's `/metrics` text.
+    async fn metrics(&self) -> String {
+        match self.client.get(format!("{}/metrics", self.gw)).send().await {
+            Ok(m) => m.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Stops the gateway as systemd does (SIGTERM, waiting for its drain), then the upstream.
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let _ = self.up_child.kill().await;
+    }
+}
+
+async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
+    let mut t = TargetSpec::on_endpoint("fast", "fast-model");
+    t.base_url = Some("http://{upstream}/v1".into());
+    let stack = Stack::start(
+        vec![HandleSpec::new("bench", vec![t])],
+        args.gateway_bin.clone(),
+        &args.gateway_args,
+    )
+    .await?;
+    let (pid, up_pid, client) = (stack.pid, stack.up_pid, stack.client.clone());
+    let (gw, upstream) = (stack.gw.clone(), stack.upstream.clone());
     let rss_idle = rss_kb(pid, "VmRSS:").unwrap_or(0);
-    let up_pid = up_child.id().ok_or("the upstream exited")?;
     println!(
         "gateway pid {pid}, idle RSS {:.1} MB; each case runs {:?}\n",
         rss_idle as f64 / 1024.0,
@@ -398,41 +477,28 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
     );
     // The log writer flushes every 200 ms; let it catch up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rows: i64 = {
-        use sqlx::Row;
-        let db = docsdb::Db::open(&db_url).await.map_err(|e| e.to_string())?;
-        sqlx::query("SELECT COUNT(*) AS n FROM request_log")
-            .fetch_one(db.pool())
-            .await
-            .and_then(|r| r.try_get::<i64, _>("n"))
-            .unwrap_or(-1)
-    };
-    println!("request-log rows written during the run: {rows}");
+    println!(
+        "request-log rows written during the run: {}",
+        stack.log_rows().await
+    );
     // The gateway's own account of its time (its overhead histogram), over the whole run.
-    if let Ok(m) = client.get(format!("{gw}/metrics")).send().await
-        && let Ok(text) = m.text().await
+    let text = stack.metrics().await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    if let (Some(sum), Some(count)) = (
+        value("homelab_gateway_overhead_seconds_sum{route=\"chat\"}"),
+        value("homelab_gateway_overhead_seconds_count{route=\"chat\"}"),
+    ) && count > 0.0
     {
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
-        if let (Some(sum), Some(count)) = (
-            value("homelab_gateway_overhead_seconds_sum{route=\"chat\"}"),
-            value("homelab_gateway_overhead_seconds_count{route=\"chat\"}"),
-        ) && count > 0.0
-        {
-            println!(
-                "gateway's own time per request (its overhead histogram): mean {:.1} µs over {count} requests",
-                sum / count * 1e6
-            );
-        }
+        println!(
+            "gateway's own time per request (its overhead histogram): mean {:.1} µs over {count} requests",
+            sum / count * 1e6
+        );
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    let _ = up_child.kill().await;
+    stack.stop().await;
     if let Some(path) = args.json {
         let doc = serde_json::json!({"cases": results, "rss_idle_kb": rss_idle, "rss_peak_kb": peak_rss, "vm_hwm_kb": hwm});
         std::fs::write(
@@ -456,6 +522,7 @@ async fn main() -> std::process::ExitCode {
         What::FirstChat(a) => first_chat::run(a).await,
         What::Vector(a) => vector::run(a).await,
         What::Optillm(a) => optillm::run(a).await,
+        What::Soak(a) => soak::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -126,6 +126,8 @@ fn spec() -> SystemSpec {
             .collect(),
         handles: (0..HANDLES)
             .map(|i| HandleSpec {
+                context_fallback: None,
+                cache_ttl_ms: None,
                 handle: format!("handle-{i}"),
                 description: None,
                 strategy: Strategy::default(),
@@ -170,6 +172,8 @@ async fn write_requests(db: &Db, rows: u64, span_ms: i64, now: i64) -> Result<()
                     streamed: i % 2 == 0,
                     request_bytes: None,
                     response_bytes: None,
+                    usage_source: None,
+                    cache_hit: false,
                     generation_ms: None,
                     user: Default::default(),
                 }

@@ -585,6 +585,8 @@ pub async fn up(
     if let Some(model) = &model_id {
         for (name, description, params) in local_handles(model) {
             spec.handles.push(HandleSpec {
+                context_fallback: None,
+                cache_ttl_ms: None,
                 handle: name.into(),
                 description: Some(description.into()),
                 strategy: Strategy::Priority,
@@ -607,6 +609,8 @@ pub async fn up(
                 continue;
             }
             spec.handles.push(HandleSpec {
+                context_fallback: None,
+                cache_ttl_ms: None,
                 handle: (*name).into(),
                 description: Some((*description).into()),
                 strategy: Strategy::Priority,
@@ -621,6 +625,8 @@ pub async fn up(
     if model_id.is_some() {
         for (handle, description) in &agent_handles {
             spec.handles.push(HandleSpec {
+                context_fallback: None,
+                cache_ttl_ms: None,
                 handle: handle.clone(),
                 description: description.clone(),
                 strategy: Strategy::Priority,
@@ -634,6 +640,8 @@ pub async fn up(
     }
     if let Some(model) = &embedding_model_id {
         spec.handles.push(HandleSpec {
+            context_fallback: None,
+            cache_ttl_ms: None,
             handle: "embed".into(),
             description: Some(
                 "embeddings (all-MiniLM-L6-v2, 384 dimensions) from the local engine: Open WebUI's RAG embedding model, the memory service's".into(),

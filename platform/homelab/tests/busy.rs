@@ -45,6 +45,8 @@ async fn engine(queue: usize) -> String {
 /// A handle on the endpoint `engine`, with its own timeouts.
 fn handle(name: &str, first_byte_ms: i64, total_ms: Option<i64>) -> HandleSpec {
     HandleSpec {
+        context_fallback: None,
+        cache_ttl_ms: None,
         handle: name.into(),
         description: None,
         strategy: Strategy::Priority,

@@ -49,7 +49,7 @@ fn ex(name: &str) -> String {
 /// The whole operator flow; `db` is a SQLite or Postgres URL.
 fn operator_flow(db: &str, dir: &Path) {
     let out = ok(db, &["db", "migrate"]);
-    assert!(out.contains("up to date (schema version 10)"), "{out}");
+    assert!(out.contains("up to date (schema version 11)"), "{out}");
 
     let out = ok(db, &["registry", "import", &ex("system.yaml")]);
     assert!(out.contains("read as system.yaml"), "{out}");

@@ -32,6 +32,8 @@ async fn a_phone_asks_through_the_gateway_with_its_own_key() {
     let spec = common::engine_registry(
         &up.base_url(),
         vec![HandleSpec {
+            context_fallback: None,
+            cache_ttl_ms: None,
             handle: "default".into(),
             description: None,
             strategy: Strategy::Priority,

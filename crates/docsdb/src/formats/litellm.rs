@@ -169,6 +169,8 @@ pub fn convert(text: &str, file: &str) -> Result<(SystemSpec, Vec<String>), Inpu
             h.targets.push(target);
         } else {
             spec.handles.push(HandleSpec {
+                context_fallback: None,
+                cache_ttl_ms: None,
                 handle: name.to_owned(),
                 description: Some("imported from a LiteLLM config".into()),
                 strategy,

@@ -34,6 +34,9 @@ pub(super) enum Attempt {
         busy: bool,
         /// The backend is loading its model.
         loading: bool,
+        /// The backend said the prompt does not fit its context (its words): not the
+        /// target's failure, the next target may be larger.
+        context: Option<String>,
     },
 }
 
@@ -118,6 +121,7 @@ pub(super) async fn attempt(
                 timeout: e.is_timeout(),
                 busy: false,
                 loading: false,
+                context: None,
             };
         }
         Ok(Ok(r)) => r,
@@ -176,6 +180,17 @@ pub(super) async fn attempt(
             Ok(c) => c,
         };
     }
+    if super::context::is_context_error(status.as_u16(), &buf) {
+        let said = super::context::message_of(&buf);
+        return Attempt::Failed {
+            reason: format!("the prompt does not fit the target's context ({status}: {said})"),
+            retry_same: false,
+            timeout: false,
+            busy: false,
+            loading: false,
+            context: Some(said),
+        };
+    }
     Attempt::Answered(Box::new(Upstream {
         status,
         headers,
@@ -211,6 +226,7 @@ pub(super) async fn unavailable(mut res: reqwest::Response, idle: Duration) -> A
         timeout: false,
         busy,
         loading,
+        context: None,
     }
 }
 
@@ -223,6 +239,7 @@ impl Attempt {
             timeout,
             busy: false,
             loading: false,
+            context: None,
         }
     }
 
@@ -234,6 +251,7 @@ impl Attempt {
             timeout: true,
             busy: g.was_queued,
             loading: false,
+            context: None,
         }
     }
 }

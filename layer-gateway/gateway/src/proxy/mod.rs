@@ -7,6 +7,7 @@
 //! failed attempt (a pure function), [`relay`] passes the answer on.
 
 mod attempt;
+mod context;
 mod decide;
 mod frames;
 mod record;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -142,6 +144,11 @@ impl Route {
         self.offer() == Offer::Chat
     }
 
+    /// Whether requests carry prompt tokens (and the log counts tokens).
+    fn uses_tokens(self) -> bool {
+        self.is_chat() || matches!(self, Route::Completions | Route::Embeddings)
+    }
+
     /// Whether answers are passed on as they come, whatever their type (speech audio).
     fn streams_any_answer(self) -> bool {
         self == Route::Speech
@@ -155,6 +162,10 @@ impl Route {
         )
     }
 }
+
+/// Names the handle that answered when a prompt too large for the requested one went to its
+/// `context_fallback`.
+pub const CONTEXT_FALLBACK_HEADER: &str = "x-homelab-context-fallback";
 
 /// What a target over its `max_tools_bytes` with `over_tools: drop` is sent without.
 const TOOL_MEMBERS: [&str; 3] = ["tools", "tool_choice", "parallel_tool_calls"];
@@ -362,6 +373,17 @@ pub async fn forward(
     rec.streamed = stream;
     let client_wants_usage = sending.wants_usage();
     let tools_bytes = json.and_then(|j| j.get("tools")).map_or(0, <[u8]>::len);
+    if route.uses_tokens()
+        && let Some(j) = json
+    {
+        rec.prompt_bytes = Some(
+            context::PROMPT_MEMBERS
+                .iter()
+                .filter_map(|m| j.get(m))
+                .map(context::prompt_bytes)
+                .sum(),
+        );
+    }
 
     let table = state.table.load_full();
     let handle = match table.handles.get(&model) {
@@ -408,167 +430,264 @@ pub async fn forward(
         Err(e) => return rec.fail(Error::BadRequest(e)),
     };
     let priority = priority.map(|p| p.header_value());
+    if let Some(ttl) = handle.cache_ttl
+        && let Some(key) = cache_key(route, &handle, &sending, stream)
+    {
+        let (read, store) = crate::cache::client_allows(client_headers.get(CACHE_CONTROL));
+        let hit = read
+            .then(|| state.cache.get(&key, Instant::now()))
+            .flatten();
+        state
+            .metrics
+            .cache
+            .get_or_create(&crate::metrics::CacheLabels {
+                handle: handle.name.clone(),
+                result: if hit.is_some() { "hit" } else { "miss" }.into(),
+            })
+            .inc();
+        if let Some(hit) = hit {
+            rec.request_bytes = Some(sending.bytes());
+            return relay::cached(rec, hit);
+        }
+        if store {
+            rec.cache_slot = Some((key, ttl));
+        }
+    }
     let _in_flight = HandleGauge::new(&state, &handle.name);
 
-    // Try targets in strategy order.
-    // Each target's live state, looked up once per request.
-    let states: Vec<Arc<TargetState>> = handle
-        .targets
-        .iter()
-        .map(|t| state.target_state(&t.key))
-        .collect();
-    let order = order_targets(&handle, &states);
+    // The handle's own targets first; when the prompt fits none of them, its declared
+    // larger-context fallback's (and so on, each handle once).
+    let per_token = state.config.context_bytes_per_token;
+    // Embedding servers hold each input, not the batch, to the window (and cut it).
+    let estimate_bytes = rec
+        .prompt_bytes
+        .filter(|_| per_token > 0 && route != Route::Embeddings);
+    // A target sent the request without its tools does not hold them.
+    let tools_prompt = json
+        .and_then(|j| j.get("tools"))
+        .map_or(0, context::prompt_bytes);
+    let mut chain: Vec<Arc<Handle>> = vec![handle.clone()];
     let mut outcome = Outcome::default();
     // Targets that would not take the request's tools, with their limits.
     let mut refused_tools: Vec<String> = Vec::new();
+    // Targets passed over because the prompt does not fit, and why.
+    let mut too_small: Vec<String> = Vec::new();
     let mut offering = 0;
-    'targets: for idx in order {
-        let target = handle.targets[idx].clone();
-        if !route.served_by(&target) || !sending.fits(route, &target) {
-            continue;
-        }
-        offering += 1;
-        let over_tools = target
-            .max_tools_bytes
-            .filter(|&max| tools_bytes > max)
-            .map(|max| (max, target.over_tools));
-        if let Some((max, OverTools::Refuse)) = over_tools {
-            tracing::debug!(target = %target.key, tools_bytes, max, "tools over the target's limit; skipped");
-            refused_tools.push(format!("{} takes {max} bytes", target.key));
-            count_skip(&state, &handle, &target, "tools");
-            continue;
-        }
-        let ts = states[idx].clone();
-        let permit = ts.permit(Instant::now());
-        if permit == Permit::Rejected {
-            tracing::debug!(target = %target.key, "circuit open; skipped");
-            count_skip(&state, &handle, &target, "circuit_open");
-            continue;
-        }
-        if state
-            .limiter
-            .admit(&target.key, target.rpm, target.tpm, docsdb::now_ms() / 1000)
-            .is_err()
-        {
-            tracing::debug!(target = %target.key, "target rate limit reached; skipped");
-            count_skip(&state, &handle, &target, "rate_limited");
-            continue;
-        }
-        let dropping = matches!(over_tools, Some((_, OverTools::Drop)));
-        let edits = Edits {
-            model: Some(&target.upstream_model),
-            defaults: target.params.as_ref(),
-            include_usage: stream && !client_wants_usage,
-            remove: if dropping { &TOOL_MEMBERS } else { &[] },
-        };
-        let native = route.native_messages(&target);
-        rec.tools_dropped = dropping.then_some(tools_bytes);
-        if dropping {
-            tracing::debug!(request_id = %rec.request_id, target = %target.key, tools_bytes, "tools over the target's limit; sent without them");
-        }
-        let mut attempt_on_target = 0;
-        loop {
-            let Some((body, content_type)) = sending.body_for(route, &target, &edits) else {
-                // An upload goes once: what failed is the answer.
-                break 'targets;
-            };
-            rec.attempts += 1;
-            if rec.own.is_none() {
-                // Everything before the first attempt is the gateway's own time.
-                rec.add_own(rec.started.elapsed());
+    let mut next_handle = 0;
+    'handles: while let Some(current) = chain.get(next_handle).cloned() {
+        next_handle += 1;
+        let small_before = too_small.len();
+        // Each target's live state, looked up once per request.
+        let states: Vec<Arc<TargetState>> = current
+            .targets
+            .iter()
+            .map(|t| state.target_state(&t.key))
+            .collect();
+        let order = order_targets(&current, &states);
+        for idx in order {
+            let target = current.targets[idx].clone();
+            if !route.served_by(&target) || !sending.fits(route, &target) {
+                continue;
             }
-            let guard = ts.start();
-            let sent = Sent {
-                route,
-                request_id: &rec.request_id,
-                client_headers,
-                content_type: &content_type,
-                stream,
-                started: rec.started,
-                priority: priority.as_ref(),
-            };
-            match attempt(&state, &target, &sent, body).await {
-                Attempt::Answered(up) => {
-                    ts.report(true, Instant::now());
-                    count_attempt(&state, &handle, &target, "ok");
-                    rec.target = Some(target.clone());
-                    rec.request_bytes = Some(sending.bytes());
-                    let filter_usage = !client_wants_usage && stream && !native;
-                    let mut res = respond(rec, *up, ts, guard, filter_usage).await;
-                    if native {
-                        res.extensions_mut().insert(NativeMessages);
-                    }
-                    return res;
+            offering += 1;
+            let over_tools = target
+                .max_tools_bytes
+                .filter(|&max| tools_bytes > max)
+                .map(|max| (max, target.over_tools));
+            let dropping = matches!(over_tools, Some((_, OverTools::Drop)));
+            if let (Some(window), Some(bytes)) = (target.context_length, estimate_bytes) {
+                let bytes = if dropping {
+                    bytes.saturating_sub(tools_prompt)
+                } else {
+                    bytes
+                };
+                let est = context::tokens(bytes, per_token);
+                if est > window {
+                    tracing::debug!(target = %target.key, estimate = est, window, "the prompt is larger than the target's context; skipped");
+                    too_small.push(format!(
+                        "{} holds {window} tokens, the prompt is about {est}",
+                        target.key
+                    ));
+                    count_skip(&state, &current, &target, "context");
+                    continue;
                 }
-                Attempt::Failed {
-                    reason,
-                    retry_same,
-                    timeout,
-                    busy,
-                    loading,
-                } => {
-                    if let Sending::Upload { over_limit, .. } = &sending
-                        && over_limit.load(Ordering::Relaxed)
-                    {
+            }
+            if let Some((max, OverTools::Refuse)) = over_tools {
+                tracing::debug!(target = %target.key, tools_bytes, max, "tools over the target's limit; skipped");
+                refused_tools.push(format!("{} takes {max} bytes", target.key));
+                count_skip(&state, &current, &target, "tools");
+                continue;
+            }
+            let ts = states[idx].clone();
+            let permit = ts.permit(Instant::now());
+            if permit == Permit::Rejected {
+                tracing::debug!(target = %target.key, "circuit open; skipped");
+                count_skip(&state, &current, &target, "circuit_open");
+                continue;
+            }
+            if state
+                .limiter
+                .admit(&target.key, target.rpm, target.tpm, docsdb::now_ms() / 1000)
+                .is_err()
+            {
+                tracing::debug!(target = %target.key, "target rate limit reached; skipped");
+                count_skip(&state, &current, &target, "rate_limited");
+                continue;
+            }
+            let edits = Edits {
+                model: Some(&target.upstream_model),
+                defaults: target.params.as_ref(),
+                include_usage: stream && !client_wants_usage,
+                remove: if dropping { &TOOL_MEMBERS } else { &[] },
+            };
+            let native = route.native_messages(&target);
+            rec.tools_dropped = dropping.then_some(tools_bytes);
+            if dropping {
+                tracing::debug!(request_id = %rec.request_id, target = %target.key, tools_bytes, "tools over the target's limit; sent without them");
+            }
+            let mut attempt_on_target = 0;
+            loop {
+                let Some((body, content_type)) = sending.body_for(route, &target, &edits) else {
+                    // An upload goes once: what failed is the answer.
+                    break 'handles;
+                };
+                rec.attempts += 1;
+                if rec.own.is_none() {
+                    // Everything before the first attempt is the gateway's own time.
+                    rec.add_own(rec.started.elapsed());
+                }
+                let guard = ts.start();
+                let sent = Sent {
+                    route,
+                    request_id: &rec.request_id,
+                    client_headers,
+                    content_type: &content_type,
+                    stream,
+                    started: rec.started,
+                    priority: priority.as_ref(),
+                };
+                match attempt(&state, &target, &sent, body).await {
+                    Attempt::Answered(up) => {
+                        ts.report(true, Instant::now());
+                        count_attempt(&state, &current, &target, "ok");
+                        rec.target = Some(target.clone());
                         rec.request_bytes = Some(sending.bytes());
-                        return rec.fail(Error::UploadTooLarge(state.config.max_upload));
+                        let filter_usage = !client_wants_usage && stream && !native;
+                        let mut res = respond(rec, *up, ts, guard, filter_usage).await;
+                        if native {
+                            res.extensions_mut().insert(NativeMessages);
+                        }
+                        if current.name != handle.name
+                            && let Ok(v) = HeaderValue::from_str(&current.name)
+                        {
+                            res.headers_mut().insert(CONTEXT_FALLBACK_HEADER, v);
+                        }
+                        return res;
                     }
-                    let standing = decide::Standing {
-                        loading_may_wait: patience::loading_retry(
-                            rec.started,
-                            Instant::now(),
-                            state.config.loading_wait,
-                            rec.started + target.timeouts.total,
-                        )
-                        .is_some(),
-                        retries_done: attempt_on_target,
-                        retries: state.config.retries,
-                        probe: permit == Permit::Probe,
-                    };
-                    let next = decide::after_failure(
-                        decide::Failure {
-                            retry_same,
-                            loading,
-                        },
-                        standing,
-                    );
-                    if next == Next::WaitForLoading {
-                        // Starting, not failing: no breaker report, no attempt counted.
-                        rec.attempts -= 1;
-                        outcome.loading = true;
-                        drop(guard);
-                        tracing::debug!(request_id = %rec.request_id, target = %target.key, "the model is loading; waiting");
-                        tokio::time::sleep(patience::LOADING_POLL).await;
-                        continue;
+                    Attempt::Failed {
+                        reason,
+                        retry_same,
+                        timeout,
+                        busy,
+                        loading,
+                        context,
+                    } => {
+                        if let Sending::Upload { over_limit, .. } = &sending
+                            && over_limit.load(Ordering::Relaxed)
+                        {
+                            rec.request_bytes = Some(sending.bytes());
+                            return rec.fail(Error::UploadTooLarge(state.config.max_upload));
+                        }
+                        if let Some(said) = context {
+                            // The request's size, not the target's failure: no breaker report.
+                            drop(guard);
+                            count_attempt(&state, &current, &target, "context_exceeded");
+                            count_fallback(&state, &current, &target, "context");
+                            tracing::info!(request_id = %rec.request_id, target = %target.key, %said, "the prompt does not fit the target's context; next target");
+                            too_small.push(format!("{}: {said}", target.key));
+                            rec.target = Some(target.clone());
+                            break;
+                        }
+                        let standing = decide::Standing {
+                            loading_may_wait: patience::loading_retry(
+                                rec.started,
+                                Instant::now(),
+                                state.config.loading_wait,
+                                rec.started + target.timeouts.total,
+                            )
+                            .is_some(),
+                            retries_done: attempt_on_target,
+                            retries: state.config.retries,
+                            probe: permit == Permit::Probe,
+                        };
+                        let next = decide::after_failure(
+                            decide::Failure {
+                                retry_same,
+                                loading,
+                            },
+                            standing,
+                        );
+                        if next == Next::WaitForLoading {
+                            // Starting, not failing: no breaker report, no attempt counted.
+                            rec.attempts -= 1;
+                            outcome.loading = true;
+                            drop(guard);
+                            tracing::debug!(request_id = %rec.request_id, target = %target.key, "the model is loading; waiting");
+                            tokio::time::sleep(patience::LOADING_POLL).await;
+                            continue;
+                        }
+                        ts.report(false, Instant::now());
+                        count_attempt(
+                            &state,
+                            &current,
+                            &target,
+                            if timeout { "timeout" } else { "error" },
+                        );
+                        outcome.any_tried = true;
+                        outcome.timed_out &= timeout;
+                        outcome.loading &= loading;
+                        if busy {
+                            outcome.busy = Some(target.clone());
+                        }
+                        tracing::warn!(request_id = %rec.request_id, handle = %current.name, target = %target.key, %reason, "attempt failed");
+                        rec.target = Some(target.clone());
+                        let Next::RetrySame(backoff) = next else {
+                            let why = if busy {
+                                "busy"
+                            } else if timeout {
+                                "timeout"
+                            } else {
+                                "error"
+                            };
+                            count_fallback(&state, &current, &target, why);
+                            break;
+                        };
+                        state
+                            .metrics
+                            .retries
+                            .get_or_create(&crate::metrics::TargetLabels {
+                                handle: current.name.clone(),
+                                target: target.key.clone(),
+                            })
+                            .inc();
+                        tokio::time::sleep(backoff).await;
+                        attempt_on_target += 1;
                     }
-                    ts.report(false, Instant::now());
-                    count_attempt(
-                        &state,
-                        &handle,
-                        &target,
-                        if timeout { "timeout" } else { "error" },
-                    );
-                    outcome.any_tried = true;
-                    outcome.timed_out &= timeout;
-                    outcome.loading &= loading;
-                    if busy {
-                        outcome.busy = Some(target.clone());
-                    }
-                    tracing::warn!(request_id = %rec.request_id, handle = %handle.name, target = %target.key, %reason, "attempt failed");
-                    rec.target = Some(target.clone());
-                    let Next::RetrySame(backoff) = next else {
-                        break;
-                    };
-                    state
-                        .metrics
-                        .retries
-                        .get_or_create(&crate::metrics::TargetLabels {
-                            handle: handle.name.clone(),
-                            target: target.key.clone(),
-                        })
-                        .inc();
-                    tokio::time::sleep(backoff).await;
-                    attempt_on_target += 1;
+                }
+            }
+        }
+        // Too large for this handle: on to its larger-context fallback, once per handle.
+        if too_small.len() > small_before
+            && let Some(name) = current.context_fallback.as_deref()
+            && !chain.iter().any(|h| h.name == name)
+        {
+            match table.handles.get(name) {
+                Some(h) => {
+                    tracing::debug!(request_id = %rec.request_id, from = %current.name, to = %name, "the prompt fits no target; context fallback");
+                    chain.push(h.clone());
+                }
+                None => {
+                    tracing::warn!(handle = %current.name, context_fallback = %name, "context_fallback names no handle");
                 }
             }
         }
@@ -581,6 +700,13 @@ pub async fn forward(
             handle: handle.name.clone(),
             bytes: tools_bytes,
             limits: refused_tools.join(", "),
+        });
+    }
+    // Likewise, a prompt too large for every target is the client's to shorten.
+    if !too_small.is_empty() && too_small.len() == offering {
+        return rec.fail(Error::ContextExceeded {
+            handle: handle.name.clone(),
+            detail: too_small.join("; "),
         });
     }
     let why = outcome.why(&state).await;
@@ -713,6 +839,31 @@ pub(crate) fn admit_key(state: &AppState, caller: &Caller) -> Result<(), Error> 
         })
 }
 
+/// The cache key of a request whose answer is deterministic (embeddings; a chat or
+/// completion with `temperature: 0` or a `seed`) and not streamed; none for the rest.
+fn cache_key(
+    route: Route,
+    handle: &Handle,
+    sending: &Sending,
+    stream: bool,
+) -> Option<crate::cache::Key> {
+    let Sending::Json(j) = sending else {
+        return None;
+    };
+    let deterministic = match route {
+        Route::Embeddings => true,
+        Route::Chat | Route::Completions => {
+            crate::cache::deterministic(j.get("temperature"), j.get("seed"))
+        }
+        _ => false,
+    };
+    (deterministic && !stream).then(|| crate::cache::Key {
+        route: route.name(),
+        handle: Arc::from(handle.name.as_str()),
+        body: j.body.clone(),
+    })
+}
+
 fn order_targets(handle: &Handle, states: &[Arc<TargetState>]) -> Vec<usize> {
     let cands: Vec<Candidate> = handle
         .targets
@@ -741,9 +892,23 @@ fn count_attempt(state: &AppState, handle: &Handle, target: &Target, outcome: &s
 }
 
 fn count_skip(state: &AppState, handle: &Handle, target: &Target, reason: &str) {
-    state
-        .metrics
-        .skipped
+    count_reason(&state.metrics.skipped, handle, target, reason);
+}
+
+fn count_fallback(state: &AppState, handle: &Handle, target: &Target, reason: &str) {
+    count_reason(&state.metrics.fallbacks, handle, target, reason);
+}
+
+fn count_reason(
+    family: &prometheus_client::metrics::family::Family<
+        crate::metrics::SkipLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    handle: &Handle,
+    target: &Target,
+    reason: &str,
+) {
+    family
         .get_or_create(&crate::metrics::SkipLabels {
             handle: handle.name.clone(),
             target: target.key.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response};
-use docsdb::request_log::{EndUser, RequestLogRow};
+use docsdb::request_log::{EndUser, RequestLogRow, UsageSource};
 
 use crate::auth::Caller;
 use crate::error::{Error, Unavailable};
@@ -46,6 +46,14 @@ pub(super) struct Record {
     /// The gateway's own time so far, when the request reached a target: before the first
     /// attempt, and handling the answer (not the waits on the upstream).
     pub(super) own: Option<Duration>,
+    /// Bytes of prompt in the request (see [`super::context`]), for routes that use tokens.
+    pub(super) prompt_bytes: Option<u64>,
+    /// Where the token counts came from (set when the gateway counted them).
+    pub(super) usage_source: Option<UsageSource>,
+    /// Answered from the response cache.
+    pub(super) cache_hit: bool,
+    /// Where a 200 answer is kept, and for how long (a cacheable request that missed).
+    pub(super) cache_slot: Option<(crate::cache::Key, Duration)>,
 }
 
 impl Record {
@@ -75,6 +83,10 @@ impl Record {
             request_bytes: None,
             response_bytes: None,
             own: None,
+            prompt_bytes: None,
+            usage_source: None,
+            cache_hit: false,
+            cache_slot: None,
         }
     }
 
@@ -83,7 +95,29 @@ impl Record {
         self.own = Some(self.own.unwrap_or_default() + d);
     }
 
+    /// Counts the tokens the backend did not report: the prompt at about four bytes per
+    /// token, and `completion` as estimated by the caller.
+    pub(super) fn count_usage(&mut self, completion: Option<u64>) {
+        if self.prompt_tokens.is_some() || self.completion_tokens.is_some() {
+            return;
+        }
+        let Some(bytes) = self.prompt_bytes else {
+            return;
+        };
+        self.prompt_tokens = Some(super::context::tokens(
+            bytes,
+            super::context::COUNTING_BYTES_PER_TOKEN,
+        ));
+        self.completion_tokens = completion;
+        self.usage_source = Some(UsageSource::Gateway);
+    }
+
     pub(super) fn finish(&mut self, status: u16, error: Option<&str>) {
+        if self.usage_source.is_none()
+            && (self.prompt_tokens.is_some() || self.completion_tokens.is_some())
+        {
+            self.usage_source = Some(UsageSource::Backend);
+        }
         let handle = self.handle.clone().unwrap_or_default();
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();
@@ -116,7 +150,7 @@ impl Record {
                 })
                 .inc();
         }
-        if let Some(t) = &self.target {
+        if let Some(t) = self.target.as_ref().filter(|_| !self.cache_hit) {
             if let Some(ttft) = self.ttft {
                 m.ttft
                     .get_or_create(&TargetLabels {
@@ -140,7 +174,12 @@ impl Record {
                 }
             }
         }
-        let tokens = self.prompt_tokens.unwrap_or(0) + self.completion_tokens.unwrap_or(0);
+        // A cached answer cost no backend anything: it counts against no limit or budget.
+        let tokens = if self.cache_hit {
+            0
+        } else {
+            self.prompt_tokens.unwrap_or(0) + self.completion_tokens.unwrap_or(0)
+        };
         // Only subjects with a token limit keep a window.
         if let Caller::Key(k) = &self.caller {
             if k.tpm.is_some() {
@@ -180,6 +219,8 @@ impl Record {
                 .map(|g| g.as_secs_f64() * 1000.0),
             request_bytes: self.request_bytes,
             response_bytes: self.response_bytes,
+            usage_source: self.usage_source,
+            cache_hit: self.cache_hit,
             user: std::mem::take(&mut self.user),
         });
     }
@@ -268,6 +309,8 @@ pub(crate) fn log_search(state: &AppState, s: SearchDone) {
         generation_ms: None,
         request_bytes: None,
         response_bytes: None,
+        usage_source: None,
+        cache_hit: false,
         user: s.user,
     });
 }

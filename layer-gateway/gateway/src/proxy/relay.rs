@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use docsdb::request_log::UsageSource;
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -75,7 +76,8 @@ pub(super) async fn respond(
     let encoded = up.headers.contains_key(header::CONTENT_ENCODING);
     let Some(rest) = up.rest else {
         let mut ttft = up.first_at.duration_since(rec.started);
-        if !encoded && let Some(u) = usage_of(&up.first) {
+        let usage = if encoded { None } else { usage_of(&up.first) };
+        if let Some(u) = &usage {
             rec.prompt_tokens = u.prompt;
             rec.completion_tokens = u.completion;
             // With the backend's timings, the first token came before its generation time.
@@ -84,12 +86,34 @@ pub(super) async fn respond(
                 ttft = ttft.saturating_sub(g);
             }
         }
+        let status = up.status.as_u16();
+        if usage.is_none() && status == 200 && !encoded {
+            rec.count_usage(answer_tokens(&up.first));
+        }
         rec.ttft = Some(ttft);
         ts.observe_ttft(ttft.as_micros() as u64);
         drop(guard);
         rec.response_bytes = Some(up.first.len() as u64);
-        let status = up.status.as_u16();
         let error = (status >= 400).then_some("upstream_client_error");
+        if let Some((key, ttl)) = rec.cache_slot.take() {
+            if status == 200 && !encoded {
+                rec.state.cache.put(
+                    key,
+                    crate::cache::Answer {
+                        body: up.first.clone(),
+                        content_type: up.headers.get(header::CONTENT_TYPE).cloned(),
+                        content_encoding: up.headers.get(header::CONTENT_ENCODING).cloned(),
+                        target: target.clone(),
+                        prompt_tokens: rec.prompt_tokens,
+                        completion_tokens: rec.completion_tokens,
+                        usage_source: rec.usage_source.or(usage.map(|_| UsageSource::Backend)),
+                        stored: Instant::now(),
+                    },
+                    ttl,
+                );
+            }
+            headers.insert(crate::cache::HEADER, HeaderValue::from_static("miss"));
+        }
         rec.add_own(began.elapsed());
         rec.finish(status, error);
         let mut res = (up.status, up.first).into_response();
@@ -193,6 +217,50 @@ fn tokens_of(u: &Value) -> (Option<u64>, Option<u64>) {
         either("prompt_tokens", "input_tokens"),
         either("completion_tokens", "output_tokens"),
     )
+}
+
+/// Answers from the response cache, and logs it as such.
+pub(super) fn cached(mut rec: Record, hit: crate::cache::Answer) -> Response {
+    let handle = rec.handle.clone().unwrap_or_default();
+    let mut headers = response_headers(&HeaderMap::new(), &hit.target, &handle, 0);
+    for (name, v) in [
+        (header::CONTENT_TYPE, &hit.content_type),
+        (header::CONTENT_ENCODING, &hit.content_encoding),
+    ] {
+        if let Some(v) = v {
+            headers.insert(name, v.clone());
+        }
+    }
+    headers.insert(crate::cache::HEADER, HeaderValue::from_static("hit"));
+    headers.insert(
+        header::AGE,
+        HeaderValue::from(hit.stored.elapsed().as_secs()),
+    );
+    rec.cache_hit = true;
+    rec.target = Some(hit.target);
+    rec.prompt_tokens = hit.prompt_tokens;
+    rec.completion_tokens = hit.completion_tokens;
+    rec.usage_source = hit.usage_source;
+    rec.response_bytes = Some(hit.body.len() as u64);
+    rec.ttft = Some(rec.started.elapsed());
+    rec.add_own(rec.started.elapsed());
+    rec.finish(200, None);
+    let mut res = (axum::http::StatusCode::OK, hit.body).into_response();
+    res.headers_mut().extend(headers);
+    res
+}
+
+/// The completion tokens of a plain answer that reports none: its `choices` (or Anthropic's
+/// `content`) at about four bytes per token; none for answers without text (embeddings).
+fn answer_tokens(body: &[u8]) -> Option<u64> {
+    let scanned = crate::rewrite::scan(body).ok()?;
+    let text = scanned
+        .get(body, "choices")
+        .or_else(|| scanned.get(body, "content"))?;
+    Some(super::context::tokens(
+        super::context::prompt_bytes(text),
+        super::context::COUNTING_BYTES_PER_TOKEN,
+    ))
 }
 
 /// Passes an upstream SSE stream to the client and logs it when it ends — normally, on an
@@ -403,6 +471,11 @@ impl Drop for Relay {
             return;
         };
         rec.response_bytes = Some(self.sent_bytes);
+        if self.parse {
+            // No usage came (a backend that sends none, a client that left): each data event
+            // (`[DONE]` is not one) is about a token.
+            rec.count_usage(Some(self.data_events));
+        }
         rec.generation = self.reported_generation.or_else(|| {
             let (first, last) = (self.first_data?, self.last_data?);
             (self.data_events >= 2).then(|| last.duration_since(first))

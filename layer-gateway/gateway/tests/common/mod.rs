@@ -135,8 +135,8 @@ pub async fn log_rows(db: &Db) -> Vec<Value> {
     let rows = sqlx::query(
         "SELECT request_id, key_name, route, handle, target, upstream_model, status, error_type, \
          attempts, prompt_tokens, completion_tokens, streamed, ttft_ms, latency_ms, generation_ms, \
-         user_id, user_name, user_email, user_role, chat_id, request_bytes, response_bytes \
-         FROM request_log ORDER BY id",
+         user_id, user_name, user_email, user_role, chat_id, request_bytes, response_bytes, \
+         usage_source, cache_hit FROM request_log ORDER BY id",
     )
     .fetch_all(db.pool())
     .await
@@ -166,6 +166,8 @@ pub async fn log_rows(db: &Db) -> Vec<Value> {
                 "chat_id": r.get::<Option<String>, _>("chat_id"),
                 "request_bytes": r.get::<Option<i64>, _>("request_bytes"),
                 "response_bytes": r.get::<Option<i64>, _>("response_bytes"),
+                "usage_source": r.get::<Option<String>, _>("usage_source"),
+                "cache_hit": r.get::<i64, _>("cache_hit") != 0,
             })
         })
         .collect()
@@ -181,10 +183,9 @@ pub fn target(name: &str, base_url: &str, model: &str) -> TargetSpec {
 /// A handle with these targets.
 pub fn handle(name: &str, strategy: Strategy, targets: Vec<TargetSpec>) -> HandleSpec {
     HandleSpec {
-        handle: name.into(),
         description: Some(format!("{name} handle")),
         strategy,
-        targets,
+        ..HandleSpec::new(name, targets)
     }
 }
 

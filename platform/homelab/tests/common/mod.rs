@@ -105,6 +105,8 @@ pub fn engine_registry(
 #[allow(dead_code)]
 pub fn handle(name: &str, endpoint: &str, model: &str) -> docsdb::spec::HandleSpec {
     docsdb::spec::HandleSpec {
+        context_fallback: None,
+        cache_ttl_ms: None,
         handle: name.into(),
         description: None,
         strategy: docsdb::spec::Strategy::Priority,
