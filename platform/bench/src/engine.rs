@@ -251,12 +251,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
             .collect();
         let doc = serde_json::json!({"model": a.model, "tokens": a.tokens, "threads": threads,
             "rows": rows, "not_measured": skipped});
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&doc).unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
-        println!("wrote {}", path.display());
+        crate::write_json(&path, &doc)?;
     }
     Ok(())
 }

@@ -71,15 +71,22 @@ struct GatewayArgs {
     /// Concurrencies to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
+    #[command(flatten)]
+    gateway: GatewayProcess,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Which gateway a benchmark starts, and how.
+#[derive(clap::Args)]
+struct GatewayProcess {
     /// The gateway binary (default: beside this one).
     #[arg(long)]
     gateway_bin: Option<PathBuf>,
     /// Extra flags for the gateway (space-separated), e.g. `--log-queue 1`.
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     gateway_args: String,
-    /// Also write the results here as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -216,6 +223,14 @@ fn cpu_per_1k(pid: u32, before: Option<f64>, requests: f64) -> f64 {
     }
 }
 
+/// Writes a benchmark's figures as pretty JSON, and says where.
+fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> Result<(), String> {
+    std::fs::write(path, serde_json::to_string_pretty(doc).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 async fn free_port() -> Result<u16, String> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -240,11 +255,8 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(
-        handles: Vec<HandleSpec>,
-        gateway_bin: Option<PathBuf>,
-        gateway_args: &str,
-    ) -> Result<Stack, String> {
+    async fn start(handles: Vec<HandleSpec>, gateway: &GatewayProcess) -> Result<Stack, String> {
+        let (gateway_bin, gateway_args) = (gateway.gateway_bin.clone(), &gateway.gateway_args);
         let up_port = free_port().await?;
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         let up_child = tokio::process::Command::new(&me)
@@ -371,12 +383,7 @@ impl Stack {
 async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
     let mut t = TargetSpec::on_endpoint("fast", "fast-model");
     t.base_url = Some("http://{upstream}/v1".into());
-    let stack = Stack::start(
-        vec![HandleSpec::new("bench", vec![t])],
-        args.gateway_bin.clone(),
-        &args.gateway_args,
-    )
-    .await?;
+    let stack = Stack::start(vec![HandleSpec::new("bench", vec![t])], &args.gateway).await?;
     let (pid, up_pid, client) = (stack.pid, stack.up_pid, stack.client.clone());
     let (gw, upstream) = (stack.gw.clone(), stack.upstream.clone());
     let rss_idle = rss_kb(pid, "VmRSS:").unwrap_or(0);
@@ -501,12 +508,7 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
     stack.stop().await;
     if let Some(path) = args.json {
         let doc = serde_json::json!({"cases": results, "rss_idle_kb": rss_idle, "rss_peak_kb": peak_rss, "vm_hwm_kb": hwm});
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&doc).unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
-        println!("wrote {}", path.display());
+        crate::write_json(&path, &doc)?;
     }
     Ok(())
 }

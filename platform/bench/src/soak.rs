@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use docsdb::spec::{HandleSpec, Strategy, TargetSpec};
 
-use crate::{Stack, cpu_ms, rss_kb};
+use crate::{GatewayProcess, Stack, cpu_ms, rss_kb};
 
 #[derive(clap::Args)]
 pub struct SoakArgs {
@@ -27,12 +27,8 @@ pub struct SoakArgs {
     /// Clients at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// The gateway binary (default: beside this one).
-    #[arg(long)]
-    gateway_bin: Option<PathBuf>,
-    /// Extra flags for the gateway (space-separated).
-    #[arg(long, allow_hyphen_values = true, default_value = "")]
-    gateway_args: String,
+    #[command(flatten)]
+    gateway: GatewayProcess,
     /// Also write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -119,7 +115,7 @@ fn handles() -> Vec<HandleSpec> {
 }
 
 pub async fn run(args: SoakArgs) -> Result<(), String> {
-    let stack = Stack::start(handles(), args.gateway_bin.clone(), &args.gateway_args).await?;
+    let stack = Stack::start(handles(), &args.gateway).await?;
     let pid = stack.pid;
     let url = format!("{}/v1/chat/completions", stack.gw);
     let rss_idle = rss_kb(pid, "VmRSS:").unwrap_or(0);
@@ -272,12 +268,7 @@ pub async fn run(args: SoakArgs) -> Result<(), String> {
             "log_rows": rows,
             "samples": samples,
         });
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&doc).unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
-        println!("wrote {}", path.display());
+        crate::write_json(&path, &doc)?;
     }
     Ok(())
 }
