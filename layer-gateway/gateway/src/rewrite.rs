@@ -28,10 +28,15 @@ pub struct Scanned {
 impl Scanned {
     /// The raw bytes of the value of `key`.
     pub fn get<'a>(&self, body: &'a [u8], key: &str) -> Option<&'a [u8]> {
+        self.range(key).map(|r| &body[r])
+    }
+
+    /// Where the value of `key` is in the body.
+    pub fn range(&self, key: &str) -> Option<Range<usize>> {
         self.members
             .iter()
             .find(|m| m.key == key)
-            .map(|m| &body[m.value.clone()])
+            .map(|m| m.value.clone())
     }
 }
 

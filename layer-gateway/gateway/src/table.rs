@@ -161,11 +161,13 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
         .map(|(_, e)| (e.name.clone(), e))
         .collect();
     let created = read::handle_created_at(&mut conn).await?;
-    // One lookup (and one warning) per endpoint, not per target.
+    // One lookup (and one warning) per endpoint, not per target: bare for an Anthropic
+    // endpoint's `x-api-key` and an MCP server (its client adds `Bearer`), `Bearer <key>`
+    // for the rest.
     let auth: HashMap<&str, Option<HeaderValue>> = endpoints
         .values()
         .map(|e| {
-            let as_bearer = e.api != Api::Anthropic;
+            let as_bearer = !matches!(e.api, Api::Anthropic | Api::Mcp);
             (
                 e.name.as_str(),
                 credential(e.auth_env.as_deref(), &e.name, as_bearer),
@@ -270,8 +272,9 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
             name: e.name.clone(),
             prefix: crate::mcp::prefix_of(&e.name),
             url: e.base_url.trim_end_matches('/').to_owned(),
-            key: credential(e.auth_env.as_deref(), &e.name, false)
-                .and_then(|v| v.to_str().ok().map(str::to_owned)),
+            key: auth
+                .get(e.name.as_str())
+                .and_then(|v| v.as_ref()?.to_str().ok().map(str::to_owned)),
         })
         .collect();
     tool_servers.sort_by(|a, b| a.name.cmp(&b.name));

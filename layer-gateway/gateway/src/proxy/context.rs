@@ -9,19 +9,49 @@
 //! prompt is clearly too large; near the edge the backend's own error decides) to skip
 //! targets, and by four to count tokens a backend did not report.
 
+use std::ops::Range;
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use memchr::memmem::Finder;
 
-/// The members whose bytes become prompt tokens.
-pub(super) const PROMPT_MEMBERS: [&str; 6] = [
-    "messages",
-    "prompt",
-    "input",
-    "system",
-    "tools",
-    "instructions",
-];
+use crate::rewrite::Scanned;
+
+/// The members whose bytes become prompt tokens, but the tools.
+const TEXT_MEMBERS: [&str; 5] = ["messages", "prompt", "input", "system", "instructions"];
+
+/// A request's prompt members, measured only when asked (most requests never are: their
+/// backend reports usage and no target of theirs declares a window), and then once.
+pub(super) struct Prompt {
+    body: Bytes,
+    text: [Option<Range<usize>>; TEXT_MEMBERS.len()],
+    tools: Option<Range<usize>>,
+    /// Prompt bytes without the tools, and of the tools.
+    measured: Option<(u64, u64)>,
+}
+
+impl Prompt {
+    /// Where the prompt members of a JSON body are.
+    pub(super) fn of(body: &Bytes, scanned: &Scanned) -> Self {
+        Prompt {
+            body: body.clone(),
+            text: TEXT_MEMBERS.map(|m| scanned.range(m)),
+            tools: scanned.range("tools"),
+            measured: None,
+        }
+    }
+
+    /// Bytes of prompt, with the tools or without them (a target sent the request without
+    /// its tools does not hold them).
+    pub(super) fn bytes(&mut self, with_tools: bool) -> u64 {
+        let (text, tools) = *self.measured.get_or_insert_with(|| {
+            let of =
+                |r: &Option<Range<usize>>| r.clone().map_or(0, |r| prompt_bytes(&self.body[r]));
+            (self.text.iter().map(of).sum(), of(&self.tools))
+        });
+        if with_tools { text + tools } else { text }
+    }
+}
 
 /// About four bytes of text per token: the gateway's own count, where a backend reports none.
 pub(super) const COUNTING_BYTES_PER_TOKEN: u64 = 4;
@@ -116,6 +146,19 @@ mod tests {
         assert_eq!(prompt_bytes(br#""\u4e2d""#), 5);
         assert_eq!(tokens(9, 4), 3);
         assert_eq!(tokens(0, 0), 0);
+    }
+
+    #[test]
+    fn a_prompt_is_measured_with_or_without_its_tools() {
+        let body = Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"hello"}],"tools":[{"type":"function"}],"temperature":0}"#,
+        );
+        let scanned = crate::rewrite::scan(&body).unwrap();
+        let mut p = Prompt::of(&body, &scanned);
+        let messages = br#"[{"role":"user","content":"hello"}]"#.len() as u64;
+        let tools = br#"[{"type":"function"}]"#.len() as u64;
+        assert_eq!(p.bytes(false), messages);
+        assert_eq!(p.bytes(true), messages + tools);
     }
 
     #[test]

@@ -376,13 +376,7 @@ pub async fn forward(
     if route.uses_tokens()
         && let Some(j) = json
     {
-        rec.prompt_bytes = Some(
-            context::PROMPT_MEMBERS
-                .iter()
-                .filter_map(|m| j.get(m))
-                .map(context::prompt_bytes)
-                .sum(),
-        );
+        rec.prompt = Some(context::Prompt::of(&j.body, &j.scanned));
     }
 
     let table = state.table.load_full();
@@ -457,15 +451,8 @@ pub async fn forward(
 
     // The handle's own targets first; when the prompt fits none of them, its declared
     // larger-context fallback's (and so on, each handle once).
-    let per_token = state.config.context_bytes_per_token;
     // Embedding servers hold each input, not the batch, to the window (and cut it).
-    let estimate_bytes = rec
-        .prompt_bytes
-        .filter(|_| per_token > 0 && route != Route::Embeddings);
-    // A target sent the request without its tools does not hold them.
-    let tools_prompt = json
-        .and_then(|j| j.get("tools"))
-        .map_or(0, context::prompt_bytes);
+    let estimate = route != Route::Embeddings && state.config.context_bytes_per_token > 0;
     let mut chain: Vec<Arc<Handle>> = vec![handle.clone()];
     let mut outcome = Outcome::default();
     // Targets that would not take the request's tools, with their limits.
@@ -490,50 +477,27 @@ pub async fn forward(
                 continue;
             }
             offering += 1;
-            let over_tools = target
-                .max_tools_bytes
-                .filter(|&max| tools_bytes > max)
-                .map(|max| (max, target.over_tools));
-            let dropping = matches!(over_tools, Some((_, OverTools::Drop)));
-            if let (Some(window), Some(bytes)) = (target.context_length, estimate_bytes) {
-                let bytes = if dropping {
-                    bytes.saturating_sub(tools_prompt)
-                } else {
-                    bytes
-                };
-                let est = context::tokens(bytes, per_token);
-                if est > window {
-                    tracing::debug!(target = %target.key, estimate = est, window, "the prompt is larger than the target's context; skipped");
-                    too_small.push(format!(
-                        "{} holds {window} tokens, the prompt is about {est}",
-                        target.key
-                    ));
-                    count_skip(&state, &current, &target, "context");
+            let ts = states[idx].clone();
+            let screened = Screen {
+                state: &state,
+                target: &target,
+                ts: &ts,
+                tools_bytes,
+                prompt: rec.prompt.as_mut().filter(|_| estimate),
+            }
+            .run();
+            let Admitted { permit, dropping } = match screened {
+                Ok(a) => a,
+                Err(pass) => {
+                    count_skip(&state, &current, &target, pass.reason());
+                    match pass {
+                        Pass::Context(why) => too_small.push(why),
+                        Pass::Tools(why) => refused_tools.push(why),
+                        Pass::CircuitOpen | Pass::RateLimited => {}
+                    }
                     continue;
                 }
-            }
-            if let Some((max, OverTools::Refuse)) = over_tools {
-                tracing::debug!(target = %target.key, tools_bytes, max, "tools over the target's limit; skipped");
-                refused_tools.push(format!("{} takes {max} bytes", target.key));
-                count_skip(&state, &current, &target, "tools");
-                continue;
-            }
-            let ts = states[idx].clone();
-            let permit = ts.permit(Instant::now());
-            if permit == Permit::Rejected {
-                tracing::debug!(target = %target.key, "circuit open; skipped");
-                count_skip(&state, &current, &target, "circuit_open");
-                continue;
-            }
-            if state
-                .limiter
-                .admit(&target.key, target.rpm, target.tpm, docsdb::now_ms() / 1000)
-                .is_err()
-            {
-                tracing::debug!(target = %target.key, "target rate limit reached; skipped");
-                count_skip(&state, &current, &target, "rate_limited");
-                continue;
-            }
+            };
             let edits = Edits {
                 model: Some(&target.upstream_model),
                 defaults: target.params.as_ref(),
@@ -662,14 +626,7 @@ pub async fn forward(
                             count_fallback(&state, &current, &target, why);
                             break;
                         };
-                        state
-                            .metrics
-                            .retries
-                            .get_or_create(&crate::metrics::TargetLabels {
-                                handle: current.name.clone(),
-                                target: target.key.clone(),
-                            })
-                            .inc();
+                        count_retry(&state, &current, &target);
                         tokio::time::sleep(backoff).await;
                         attempt_on_target += 1;
                     }
@@ -839,6 +796,93 @@ pub(crate) fn admit_key(state: &AppState, caller: &Caller) -> Result<(), Error> 
         })
 }
 
+/// Why a target is passed over before any attempt.
+enum Pass {
+    /// The prompt is clearly larger than its window: why, for the client.
+    Context(String),
+    /// Its `max_tools_bytes` under `over_tools: refuse`: its limit, for the client.
+    Tools(String),
+    CircuitOpen,
+    RateLimited,
+}
+
+impl Pass {
+    /// The reason in `homelab_gateway_skipped_targets_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Pass::Context(_) => "context",
+            Pass::Tools(_) => "tools",
+            Pass::CircuitOpen => "circuit_open",
+            Pass::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// A target that takes the request: its breaker's say, and whether it gets the request
+/// without its tools.
+struct Admitted {
+    permit: Permit,
+    dropping: bool,
+}
+
+/// What decides whether a target is tried: the prompt against its window (when estimated),
+/// the tools against its limit, its breaker, its rate limit — in that order, so that a
+/// target the request cannot fit takes no breaker probe and no rate-limit slot.
+struct Screen<'a> {
+    state: &'a AppState,
+    target: &'a Target,
+    ts: &'a TargetState,
+    tools_bytes: usize,
+    /// The request's prompt, when it is to be measured against windows.
+    prompt: Option<&'a mut context::Prompt>,
+}
+
+impl Screen<'_> {
+    fn run(self) -> Result<Admitted, Pass> {
+        let Screen {
+            state,
+            target,
+            ts,
+            tools_bytes,
+            prompt,
+        } = self;
+        let over_tools = target
+            .max_tools_bytes
+            .filter(|&max| tools_bytes > max)
+            .map(|max| (max, target.over_tools));
+        let dropping = matches!(over_tools, Some((_, OverTools::Drop)));
+        if let (Some(window), Some(prompt)) = (target.context_length, prompt) {
+            let per_token = state.config.context_bytes_per_token;
+            let est = context::tokens(prompt.bytes(!dropping), per_token);
+            if est > window {
+                tracing::debug!(target = %target.key, estimate = est, window, "the prompt is larger than the target's context; skipped");
+                return Err(Pass::Context(format!(
+                    "{} holds {window} tokens, the prompt is about {est}",
+                    target.key
+                )));
+            }
+        }
+        if let Some((max, OverTools::Refuse)) = over_tools {
+            tracing::debug!(target = %target.key, tools_bytes, max, "tools over the target's limit; skipped");
+            return Err(Pass::Tools(format!("{} takes {max} bytes", target.key)));
+        }
+        let permit = ts.permit(Instant::now());
+        if permit == Permit::Rejected {
+            tracing::debug!(target = %target.key, "circuit open; skipped");
+            return Err(Pass::CircuitOpen);
+        }
+        if state
+            .limiter
+            .admit(&target.key, target.rpm, target.tpm, docsdb::now_ms() / 1000)
+            .is_err()
+        {
+            tracing::debug!(target = %target.key, "target rate limit reached; skipped");
+            return Err(Pass::RateLimited);
+        }
+        Ok(Admitted { permit, dropping })
+    }
+}
+
 /// The cache key of a request whose answer is deterministic (embeddings; a chat or
 /// completion with `temperature: 0` or a `seed`) and not streamed; none for the rest.
 fn cache_key(
@@ -893,6 +937,17 @@ fn count_attempt(state: &AppState, handle: &Handle, target: &Target, outcome: &s
 
 fn count_skip(state: &AppState, handle: &Handle, target: &Target, reason: &str) {
     count_reason(&state.metrics.skipped, handle, target, reason);
+}
+
+fn count_retry(state: &AppState, handle: &Handle, target: &Target) {
+    state
+        .metrics
+        .retries
+        .get_or_create(&crate::metrics::TargetLabels {
+            handle: handle.name.clone(),
+            target: target.key.clone(),
+        })
+        .inc();
 }
 
 fn count_fallback(state: &AppState, handle: &Handle, target: &Target, reason: &str) {

@@ -46,10 +46,10 @@ pub(super) struct Record {
     /// The gateway's own time so far, when the request reached a target: before the first
     /// attempt, and handling the answer (not the waits on the upstream).
     pub(super) own: Option<Duration>,
-    /// Bytes of prompt in the request (see [`super::context`]), for routes that use tokens.
-    pub(super) prompt_bytes: Option<u64>,
-    /// Where the token counts came from (set when the gateway counted them).
-    pub(super) usage_source: Option<UsageSource>,
+    /// The request's prompt members, for routes that use tokens.
+    pub(super) prompt: Option<super::context::Prompt>,
+    /// The gateway counted the tokens (the backend reported none).
+    pub(super) counted: bool,
     /// Answered from the response cache.
     pub(super) cache_hit: bool,
     /// Where a 200 answer is kept, and for how long (a cacheable request that missed).
@@ -83,8 +83,8 @@ impl Record {
             request_bytes: None,
             response_bytes: None,
             own: None,
-            prompt_bytes: None,
-            usage_source: None,
+            prompt: None,
+            counted: false,
             cache_hit: false,
             cache_slot: None,
         }
@@ -95,29 +95,37 @@ impl Record {
         self.own = Some(self.own.unwrap_or_default() + d);
     }
 
-    /// Counts the tokens the backend did not report: the prompt at about four bytes per
-    /// token, and `completion` as estimated by the caller.
+    /// Counts the tokens the backend did not report: the prompt (as sent: without the tools
+    /// if they were dropped) at about four bytes per token, and `completion` as estimated by
+    /// the caller.
     pub(super) fn count_usage(&mut self, completion: Option<u64>) {
         if self.prompt_tokens.is_some() || self.completion_tokens.is_some() {
             return;
         }
-        let Some(bytes) = self.prompt_bytes else {
+        let with_tools = self.tools_dropped.is_none();
+        let Some(prompt) = &mut self.prompt else {
             return;
         };
         self.prompt_tokens = Some(super::context::tokens(
-            bytes,
+            prompt.bytes(with_tools),
             super::context::COUNTING_BYTES_PER_TOKEN,
         ));
         self.completion_tokens = completion;
-        self.usage_source = Some(UsageSource::Gateway);
+        self.counted = true;
+    }
+
+    /// Where the token counts came from; none when there are none.
+    pub(super) fn usage_source(&self) -> Option<UsageSource> {
+        if self.counted {
+            Some(UsageSource::Gateway)
+        } else if self.prompt_tokens.is_some() || self.completion_tokens.is_some() {
+            Some(UsageSource::Backend)
+        } else {
+            None
+        }
     }
 
     pub(super) fn finish(&mut self, status: u16, error: Option<&str>) {
-        if self.usage_source.is_none()
-            && (self.prompt_tokens.is_some() || self.completion_tokens.is_some())
-        {
-            self.usage_source = Some(UsageSource::Backend);
-        }
         let handle = self.handle.clone().unwrap_or_default();
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();
@@ -219,7 +227,7 @@ impl Record {
                 .map(|g| g.as_secs_f64() * 1000.0),
             request_bytes: self.request_bytes,
             response_bytes: self.response_bytes,
-            usage_source: self.usage_source,
+            usage_source: self.usage_source(),
             cache_hit: self.cache_hit,
             user: std::mem::take(&mut self.user),
         });

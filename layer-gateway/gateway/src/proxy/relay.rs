@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::rewrite::Scanned;
 use crate::routing::{InFlight, TargetState};
 use crate::table::Target;
 
@@ -76,7 +77,13 @@ pub(super) async fn respond(
     let encoded = up.headers.contains_key(header::CONTENT_ENCODING);
     let Some(rest) = up.rest else {
         let mut ttft = up.first_at.duration_since(rec.started);
-        let usage = if encoded { None } else { usage_of(&up.first) };
+        // The answer's members, found once for its usage and, without one, its size.
+        let scanned = if encoded {
+            None
+        } else {
+            crate::rewrite::scan(&up.first).ok()
+        };
+        let usage = scanned.as_ref().and_then(|sc| usage_of(&up.first, sc));
         if let Some(u) = &usage {
             rec.prompt_tokens = u.prompt;
             rec.completion_tokens = u.completion;
@@ -87,8 +94,11 @@ pub(super) async fn respond(
             }
         }
         let status = up.status.as_u16();
-        if usage.is_none() && status == 200 && !encoded {
-            rec.count_usage(answer_tokens(&up.first));
+        if let Some(sc) = scanned
+            .as_ref()
+            .filter(|_| usage.is_none() && status == 200)
+        {
+            rec.count_usage(answer_tokens(&up.first, sc));
         }
         rec.ttft = Some(ttft);
         ts.observe_ttft(ttft.as_micros() as u64);
@@ -106,7 +116,7 @@ pub(super) async fn respond(
                         target: target.clone(),
                         prompt_tokens: rec.prompt_tokens,
                         completion_tokens: rec.completion_tokens,
-                        usage_source: rec.usage_source.or(usage.map(|_| UsageSource::Backend)),
+                        usage_source: rec.usage_source(),
                         stored: Instant::now(),
                     },
                     ttl,
@@ -196,8 +206,7 @@ pub(super) fn generation_of(timings: Option<&contract::engine::Timings>) -> Opti
 /// `prompt_tokens`/`completion_tokens`, or the `input_tokens`/`output_tokens` of Anthropic
 /// messages, audio and image answers. Only the `usage` and `timings` members are decoded:
 /// the top-level scan skips the rest (the answer's text) without building it.
-pub(super) fn usage_of(json: &[u8]) -> Option<UsageSeen> {
-    let scanned = crate::rewrite::scan(json).ok()?;
+pub(super) fn usage_of(json: &[u8], scanned: &Scanned) -> Option<UsageSeen> {
     let usage: Value = serde_json::from_slice(scanned.get(json, "usage")?).ok()?;
     let (prompt, completion) = tokens_of(&usage);
     let timings = scanned
@@ -240,7 +249,7 @@ pub(super) fn cached(mut rec: Record, hit: crate::cache::Answer) -> Response {
     rec.target = Some(hit.target);
     rec.prompt_tokens = hit.prompt_tokens;
     rec.completion_tokens = hit.completion_tokens;
-    rec.usage_source = hit.usage_source;
+    rec.counted = hit.usage_source == Some(UsageSource::Gateway);
     rec.response_bytes = Some(hit.body.len() as u64);
     rec.ttft = Some(rec.started.elapsed());
     rec.add_own(rec.started.elapsed());
@@ -252,8 +261,7 @@ pub(super) fn cached(mut rec: Record, hit: crate::cache::Answer) -> Response {
 
 /// The completion tokens of a plain answer that reports none: its `choices` (or Anthropic's
 /// `content`) at about four bytes per token; none for answers without text (embeddings).
-fn answer_tokens(body: &[u8]) -> Option<u64> {
-    let scanned = crate::rewrite::scan(body).ok()?;
+fn answer_tokens(body: &[u8], scanned: &Scanned) -> Option<u64> {
     let text = scanned
         .get(body, "choices")
         .or_else(|| scanned.get(body, "content"))?;
@@ -569,6 +577,10 @@ mod tests {
     const TEXT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
     const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
+
+    fn usage_of(json: &[u8]) -> Option<UsageSeen> {
+        super::usage_of(json, &crate::rewrite::scan(json).ok()?)
+    }
 
     #[test]
     fn usage_is_read_from_the_answer_in_either_naming() {
