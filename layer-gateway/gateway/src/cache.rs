@@ -191,6 +191,7 @@ mod tests {
             endpoint: "e".into(),
             base_url: "http://127.0.0.1:1".into(),
             urls: Vec::new(),
+            origin: None,
             api: docsdb::spec::Api::Openai,
             offers: Vec::new(),
             auth: None,

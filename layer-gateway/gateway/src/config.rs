@@ -133,6 +133,31 @@ pub struct Config {
     #[arg(long, default_value_t = 6)]
     pub context_bytes_per_token: u64,
 
+    /// Idle keep-alive connections kept per plain-HTTP upstream (host and port).
+    #[arg(long, default_value_t = 256)]
+    pub upstream_idle_connections: usize,
+
+    /// How long an idle keep-alive connection to an upstream is kept.
+    #[arg(long, default_value = "90s", value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+
+    /// Export OpenTelemetry traces (a span per request, one per upstream attempt; built with
+    /// the `otlp` feature) to this OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (JSON
+    /// encoding; `/v1/traces` is added). Off when unset.
+    #[cfg(feature = "otlp")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Spans that may wait for export; beyond this they are dropped and counted.
+    #[cfg(feature = "otlp")]
+    #[arg(long, default_value_t = 8192)]
+    pub otlp_queue: usize,
+
+    /// Spans per export at most (a batch also goes after a second).
+    #[cfg(feature = "otlp")]
+    #[arg(long, default_value_t = 512)]
+    pub otlp_batch: usize,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -19,9 +19,12 @@ pub mod auth;
 pub mod cache;
 mod config;
 mod error;
+pub mod h1;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod patience;
 pub mod priority;
 pub mod proxy;
@@ -240,6 +243,10 @@ pub async fn serve_state(
                 .shutdown(std::time::Duration::from_secs(5))
                 .await;
             flush.log.close().await;
+            #[cfg(feature = "otlp")]
+            if let Some(e) = &flush.otlp {
+                e.flush(std::time::Duration::from_secs(5)).await;
+            }
             flush.tool_log.close().await;
             tracing::info!("request log and tool calls flushed");
         }),

@@ -7,6 +7,7 @@
 //! written/dropped/failed, each target's circuit state and the response cache's size.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,72 +16,75 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+// Label values that repeat on every request are shared, not copied: a handle's or target's
+// name is an `Arc<str>` from the routing table, the rest are static words or numbers.
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
-    pub handle: String,
-    pub status: String,
+    pub route: &'static str,
+    pub handle: Arc<str>,
+    pub status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    pub route: String,
-    pub handle: String,
-    pub kind: String,
+    pub route: &'static str,
+    pub handle: Arc<str>,
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
-    pub handle: String,
+    pub route: &'static str,
+    pub handle: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
-    pub handle: String,
-    pub target: String,
+    pub handle: Arc<str>,
+    pub target: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
-    pub handle: String,
-    pub target: String,
-    pub outcome: String,
+    pub handle: Arc<str>,
+    pub target: Arc<str>,
+    pub outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SkipLabels {
-    pub handle: String,
-    pub target: String,
+    pub handle: Arc<str>,
+    pub target: Arc<str>,
     /// Skipped: `circuit_open`, `rate_limited`, `tools` (over the target's
     /// `max_tools_bytes`), `context` (the prompt is clearly larger than its window). Left
     /// after a failed attempt: `error`, `timeout`, `busy`, `context` (the backend said the
     /// prompt does not fit).
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
-    pub handle: String,
+    pub handle: Arc<str>,
     /// `hit` or `miss` (a cacheable request the cache did not have).
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub handle: String,
-    pub target: String,
-    pub kind: String,
+    pub handle: Arc<str>,
+    pub target: Arc<str>,
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandleLabels {
-    pub handle: String,
+    pub handle: Arc<str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OverheadLabels {
-    pub route: String,
+    pub route: &'static str,
 }
 
 /// 10 µs to ~2.6 s: the gateway's own time per request is microseconds, and so are the gaps
@@ -237,6 +241,8 @@ pub struct ScrapeExtras {
     /// (target key, breaker state 0/1/2, requests in flight)
     pub targets: Vec<(String, i64, u64)>,
     pub cache: crate::cache::Stats,
+    /// Trace spans exported, dropped (queue full) and failed (collector), when exporting.
+    pub spans: Option<[u64; 3]>,
 }
 
 impl Metrics {
@@ -309,6 +315,23 @@ impl Metrics {
             let _ = writeln!(out, "# HELP homelab_gateway_{name} {help}.");
             let _ = writeln!(out, "# TYPE homelab_gateway_{name} gauge");
             let _ = writeln!(out, "homelab_gateway_{name} {v}");
+        }
+        if let Some([exported, dropped, failed]) = extras.spans {
+            let _ = writeln!(
+                out,
+                "# HELP homelab_gateway_trace_spans Trace spans by result (exported, dropped: the queue was full, failed: the collector did not take them)."
+            );
+            let _ = writeln!(out, "# TYPE homelab_gateway_trace_spans counter");
+            for (result, n) in [
+                ("exported", exported),
+                ("dropped", dropped),
+                ("failed", failed),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "homelab_gateway_trace_spans_total{{result=\"{result}\"}} {n}"
+                );
+            }
         }
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out

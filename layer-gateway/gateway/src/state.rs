@@ -38,6 +38,11 @@ pub struct AppState {
     /// Answers of handles with a cache TTL.
     pub cache: crate::cache::ResponseCache,
     clients: Mutex<HashMap<u128, reqwest::Client>>,
+    /// Where traces go, when `--otlp-endpoint` is set.
+    #[cfg(feature = "otlp")]
+    pub otlp: Option<crate::otlp::Exporter>,
+    /// Keep-alive connections to plain-HTTP upstreams (the lean client's).
+    pub h1: Arc<crate::h1::Pool>,
     /// SHA-256 of the master key, if one is configured.
     pub master_hash: Option<String>,
     pub concurrency: Arc<Semaphore>,
@@ -69,7 +74,25 @@ impl AppState {
         let tool_log =
             docsdb::tool_calls::ToolCallWriter::spawn(db.clone(), WriterConfig::default());
         let cache_max = usize::try_from(config.cache_max_bytes).unwrap_or(usize::MAX);
+        let h1 = Arc::new(crate::h1::Pool::new(
+            config.upstream_idle_connections,
+            config.upstream_idle_timeout,
+        ));
+        #[cfg(feature = "otlp")]
+        let otlp = config.otlp_endpoint.as_ref().map(|endpoint| {
+            tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+            crate::otlp::Exporter::spawn(
+                &crate::otlp::Settings {
+                    endpoint: endpoint.clone(),
+                    queue: config.otlp_queue,
+                    batch: config.otlp_batch,
+                },
+                env!("CARGO_PKG_VERSION"),
+            )
+        });
         let state = Arc::new(AppState {
+            #[cfg(feature = "otlp")]
+            otlp,
             master_hash: config.master_key.as_deref().map(docsdb::keys::hash_key),
             concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             config,
@@ -77,6 +100,7 @@ impl AppState {
             table: ArcSwap::from_pointee(Snapshot::default()),
             targets: Mutex::new(HashMap::new()),
             limiter: Limiter::default(),
+            h1,
             spent: Mutex::new(HashMap::new()),
             log,
             storing: Mutex::new(std::collections::HashSet::new()),
@@ -258,6 +282,21 @@ impl AppState {
             log_failed: stats.failed.load(Ordering::Relaxed),
             targets,
             cache: self.cache.stats(),
+            spans: self.span_stats(),
         })
+    }
+
+    /// Spans exported, dropped and failed, when traces are exported.
+    fn span_stats(&self) -> Option<[u64; 3]> {
+        #[cfg(feature = "otlp")]
+        if let Some(e) = &self.otlp {
+            let s = &e.stats;
+            return Some([
+                s.exported.load(Ordering::Relaxed),
+                s.dropped.load(Ordering::Relaxed),
+                s.failed.load(Ordering::Relaxed),
+            ]);
+        }
+        None
     }
 }

@@ -25,12 +25,14 @@ pub struct Timeouts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// `endpoint/upstream-model`: identifies the target's live state across reloads.
-    pub key: String,
+    pub key: Arc<str>,
     pub endpoint: String,
     pub base_url: String,
     /// `base_url` joined to each upstream path the gateway calls, parsed once at load (a
     /// URL parsed per request was a measurable share of the gateway's CPU).
     pub urls: Vec<(&'static str, reqwest::Url)>,
+    /// A plain-HTTP upstream's origin, for the lean client; none: the general client.
+    pub origin: Option<Arc<crate::h1::Origin>>,
     pub api: Api,
     /// The APIs its endpoint serves (the endpoint's `offers`, else its flavour's).
     pub offers: Vec<Offer>,
@@ -77,7 +79,7 @@ fn upstream_urls(base_url: &str) -> Result<Vec<(&'static str, reqwest::Url)>, St
 /// A routing handle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handle {
-    pub name: String,
+    pub name: Arc<str>,
     pub description: Option<String>,
     pub strategy: Strategy,
     /// Seconds since the epoch, for `/v1/models`.
@@ -186,6 +188,8 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
         }
     }
     let mut handles = HashMap::new();
+    // Plain-HTTP upstreams go by the lean client unless a proxy is configured for them.
+    let lean = crate::h1::usable(|v| std::env::var(v).ok());
     for (_, h) in read::handles(&mut conn, false).await? {
         let mut targets = Vec::with_capacity(h.targets.len());
         for t in &h.targets {
@@ -208,9 +212,12 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
                 }
             };
             targets.push(Arc::new(Target {
-                key: format!("{}/{}", e.name, t.model),
+                key: Arc::from(format!("{}/{}", e.name, t.model)),
                 endpoint: e.name.clone(),
                 base_url,
+                origin: lean
+                    .then(|| crate::h1::Origin::of(&urls).map(Arc::new))
+                    .flatten(),
                 urls,
                 api: e.api,
                 offers: e.serves(),
@@ -237,7 +244,7 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
         }
         let handle = Handle {
             created: created.get(&h.handle).copied().unwrap_or(0) / 1000,
-            name: h.handle.clone(),
+            name: Arc::from(h.handle.as_str()),
             description: h.description,
             strategy: h.strategy,
             targets,

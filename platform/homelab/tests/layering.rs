@@ -67,6 +67,11 @@ fn violations(packages: &[Package]) -> Vec<String> {
     for p in packages {
         let here = floor(&p.dir);
         for (name, dir) in &p.deps {
+            // A package's dev-dependency on itself turns its optional features on in its
+            // tests: no layer crossed.
+            if dir == &p.dir {
+                continue;
+            }
             let there = floor(dir);
             let ok = match here.as_str() {
                 "crates" => there == "crates",
@@ -124,7 +129,13 @@ fn the_rules_catch_each_shortcut() {
     let tree = [
         pkg("contract", "crates/contract", false, &[]),
         pkg("llm-engine", "layer-inference/llm-engine", false, &[]),
-        pkg("gateway", "layer-gateway/gateway", true, &[]),
+        // Its tests turning its own features on.
+        pkg(
+            "gateway",
+            "layer-gateway/gateway",
+            true,
+            &[("gateway", "layer-gateway/gateway")],
+        ),
         // crates/ reaching up, a service using another layer's library, a service using a
         // service of its own layer: each one line.
         pkg(

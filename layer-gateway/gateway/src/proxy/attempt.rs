@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use bytes::Bytes;
 
+use crate::h1::Failure;
 use crate::patience::{self, Watch};
 use crate::state::AppState;
 use crate::table::Target;
@@ -20,7 +21,7 @@ pub(super) struct Upstream {
     /// Non-streamed: the whole body. Streamed: the first chunk.
     pub(super) first: Bytes,
     /// Streamed: the rest.
-    pub(super) rest: Option<reqwest::Response>,
+    pub(super) rest: Option<Answer>,
     pub(super) first_at: Instant,
 }
 
@@ -55,7 +56,13 @@ pub(super) struct Sent<'a> {
     pub(super) stream: bool,
     pub(super) started: Instant,
     pub(super) priority: Option<&'a HeaderValue>,
+    /// The W3C trace context the backend is sent.
+    pub(super) traceparent: Option<&'a HeaderValue>,
 }
+
+/// The W3C trace context headers.
+pub const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// The largest error body read to tell "loading" or "busy" from other failures.
 pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -67,58 +74,20 @@ pub(super) async fn attempt(
     state: &AppState,
     target: &Target,
     s: &Sent<'_>,
-    body: reqwest::Body,
+    body: Outgoing,
 ) -> Attempt {
     let t = &target.timeouts;
     let deadline = s.started + t.total;
     let mut watch = Watch::new(state, target, s.request_id, s.started);
-    let path = s.route.path(target);
-    let Some(url) = target.url(path) else {
-        return Attempt::failed(format!("no upstream URL for {path}"), false);
-    };
-    let mut req = state
-        .client(t.connect)
-        .post(url)
-        .header(header::CONTENT_TYPE, s.content_type.clone())
-        .header("x-request-id", s.request_id)
-        .body(body);
-    if let Some(accept) = s.client_headers.get(header::ACCEPT) {
-        req = req.header(header::ACCEPT, accept);
-    }
-    // The OptiLLM proxy's mark on its own calls goes on, so that a handle routed back to it
-    // is refused there instead of looping.
-    if let Some(hop) = s.client_headers.get(contract::optillm::HOP_HEADER) {
-        req = req.header(contract::optillm::HOP_HEADER, hop);
-    }
-    if target.api == Api::Anthropic {
-        if let Some(key) = &target.auth {
-            req = req.header("x-api-key", key.clone());
-        }
-        let version = s.client_headers.get("anthropic-version");
-        req = req.header(
-            "anthropic-version",
-            version
-                .cloned()
-                .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION)),
-        );
-        if let Some(beta) = s.client_headers.get("anthropic-beta") {
-            req = req.header("anthropic-beta", beta.clone());
-        }
-    } else if let Some(auth) = &target.auth {
-        req = req.header(header::AUTHORIZATION, auth.clone());
-    }
-    if let Some(p) = s.priority {
-        req = req.header(contract::engine::PRIORITY_HEADER, p.clone());
-    }
-    let res = match watch.wait(req.send()).await {
+    let mut res = match send(state, target, s, body, &mut watch).await {
         Err(gave_up) => return Attempt::gave_up(gave_up),
         Ok(Err(e)) => {
             // A refused connection (a restarting backend) is worth another try on the same
             // target; anything else moves on to the next one.
             return Attempt::Failed {
-                reason: format!("request failed: {}", chain(&e)),
-                retry_same: e.is_connect(),
-                timeout: e.is_timeout(),
+                reason: format!("request failed: {}", e.message),
+                retry_same: e.connect,
+                timeout: e.timeout,
                 busy: false,
                 loading: false,
                 context: None,
@@ -133,21 +102,17 @@ pub(super) async fn attempt(
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         return Attempt::failed(format!("upstream answered {status}"), false);
     }
-    let headers = res.headers().clone();
+    let headers = res.take_headers();
     let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut res = res;
     if status.is_success() && ((s.stream && is_sse) || s.route.streams_any_answer()) {
         // Wait for the first chunk before committing: until then a failure can still fall back.
         let first = match watch.wait(res.chunk()).await {
             Err(gave_up) => return Attempt::gave_up(gave_up),
             Ok(Err(e)) => {
-                return Attempt::failed(
-                    format!("waiting for the first stream chunk: {}", chain(&e)),
-                    false,
-                );
+                return Attempt::failed(format!("waiting for the first stream chunk: {e}"), false);
             }
             Ok(Ok(None)) => return Attempt::failed("stream ended before its first chunk", false),
             Ok(Ok(Some(c))) => c,
@@ -162,24 +127,34 @@ pub(super) async fn attempt(
     }
     // Non-streamed: read it all, within the limits.
     let max = state.config.max_response;
-    let mut buf = Vec::new();
     let first = match watch.wait(res.chunk()).await {
         Err(gave_up) => return Attempt::gave_up(gave_up),
-        Ok(Err(e)) => return Attempt::failed(format!("reading the answer: {}", chain(&e)), false),
+        Ok(Err(e)) => return Attempt::failed(format!("reading the answer: {e}"), false),
         Ok(Ok(c)) => c,
     };
     let first_at = Instant::now();
+    // An answer that came in one piece is kept as it came; only a longer one is copied.
+    let mut whole = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
     let mut next = first;
     while let Some(c) = next {
-        if buf.len() + c.len() > max as usize {
+        let so_far = joined.as_ref().map_or(whole.len(), Vec::len);
+        if so_far + c.len() > max as usize {
             return Attempt::failed(format!("the answer is larger than {max} bytes"), false);
         }
-        buf.extend_from_slice(&c);
+        if so_far == 0 {
+            whole = c;
+        } else {
+            joined
+                .get_or_insert_with(|| whole.to_vec())
+                .extend_from_slice(&c);
+        }
         next = match read_chunk(&mut res, remaining(deadline, t.idle), "reading the answer").await {
             Err(failed) => return failed,
             Ok(c) => c,
         };
     }
+    let buf = joined.map_or(whole, Bytes::from);
     if super::context::is_context_error(status.as_u16(), &buf) {
         let said = super::context::message_of(&buf);
         return Attempt::Failed {
@@ -194,15 +169,58 @@ pub(super) async fn attempt(
     Attempt::Answered(Box::new(Upstream {
         status,
         headers,
-        first: Bytes::from(buf),
+        first: buf,
         rest: None,
         first_at,
     }))
 }
 
+/// Sends the request and waits for the answer's head: by the lean client to a plain-HTTP
+/// upstream, else by the general one.
+async fn send(
+    state: &AppState,
+    target: &Target,
+    s: &Sent<'_>,
+    body: Outgoing,
+    watch: &mut Watch<'_>,
+) -> Result<Result<Answer, Failure>, patience::GaveUp> {
+    let path = s.route.path(target);
+    let headers = request_headers(target, s);
+    let connect = target.timeouts.connect;
+    match (&target.origin, body) {
+        (Some(origin), Outgoing::Bytes(bytes)) => {
+            let send = state.h1.send(origin, path, &headers, bytes, connect);
+            Ok(watch.wait(send).await?.map(Answer::Lean))
+        }
+        (_, body) => {
+            let Some(url) = target.url(path) else {
+                return Ok(Err(Failure::protocol(format!(
+                    "no upstream URL for {path}"
+                ))));
+            };
+            let mut req = state.client(connect).post(url).body(match body {
+                Outgoing::Bytes(b) => reqwest::Body::from(b),
+                Outgoing::Stream(b) => b,
+            });
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            Ok(watch
+                .wait(req.send())
+                .await?
+                .map(Answer::General)
+                .map_err(|e| Failure {
+                    connect: e.is_connect(),
+                    timeout: e.is_timeout(),
+                    message: chain(&e),
+                }))
+        }
+    }
+}
+
 /// A 503: loading (llama-server's "Loading model"), busy (our engines' `server_busy`), or
 /// down.
-pub(super) async fn unavailable(mut res: reqwest::Response, idle: Duration) -> Attempt {
+pub(super) async fn unavailable(mut res: Answer, idle: Duration) -> Attempt {
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_LIMIT {
         match tokio::time::timeout(idle.min(Duration::from_secs(5)), res.chunk()).await {
@@ -258,15 +276,116 @@ impl Attempt {
 
 /// The next body chunk within `wait`; a timeout or a read error is a failed attempt.
 pub(super) async fn read_chunk(
-    res: &mut reqwest::Response,
+    res: &mut Answer,
     wait: Duration,
     what: &str,
 ) -> Result<Option<Bytes>, Attempt> {
     match tokio::time::timeout(wait, res.chunk()).await {
         Err(_) => Err(Attempt::failed(format!("{what}: timed out"), true)),
-        Ok(Err(e)) => Err(Attempt::failed(format!("{what}: {}", chain(&e)), false)),
+        Ok(Err(e)) => Err(Attempt::failed(format!("{what}: {e}"), false)),
         Ok(Ok(c)) => Ok(c),
     }
+}
+
+/// What an attempt sends: a JSON body (by the lean client to a plain-HTTP upstream), or an
+/// upload streamed once.
+pub(super) enum Outgoing {
+    Bytes(Bytes),
+    Stream(reqwest::Body),
+}
+
+/// An upstream answer, from either client.
+pub(super) enum Answer {
+    /// The lean HTTP/1.1 client's (plain-HTTP upstreams).
+    Lean(crate::h1::Response),
+    /// The general client's (TLS, uploads, a proxy).
+    General(reqwest::Response),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::Lean(r) => r.status,
+            Answer::General(r) => r.status(),
+        }
+    }
+
+    fn take_headers(&mut self) -> HeaderMap {
+        match self {
+            Answer::Lean(r) => std::mem::take(&mut r.headers),
+            Answer::General(r) => std::mem::take(r.headers_mut()),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end; an error is its description.
+    pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match self {
+            Answer::Lean(r) => r.chunk().await.map_err(|e| e.message),
+            Answer::General(r) => r.chunk().await.map_err(|e| chain(&e)),
+        }
+    }
+
+    /// The rest of the body as a stream.
+    pub(super) fn into_stream(
+        self,
+    ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, String>> + Send>> {
+        Box::pin(futures_util::stream::unfold(self, |mut a| async move {
+            match a.chunk().await {
+                Ok(Some(c)) => Some((Ok(c), a)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), a)),
+            }
+        }))
+    }
+}
+
+/// The headers an attempt sends besides its body's length (and the lean client's `host`).
+fn request_headers(target: &Target, s: &Sent<'_>) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = Vec::with_capacity(8);
+    h.push((header::CONTENT_TYPE, s.content_type.clone()));
+    if let Ok(id) = HeaderValue::from_str(s.request_id) {
+        h.push((HeaderName::from_static("x-request-id"), id));
+    }
+    if let Some(accept) = s.client_headers.get(header::ACCEPT) {
+        h.push((header::ACCEPT, accept.clone()));
+    }
+    // The OptiLLM proxy's mark on its own calls goes on, so that a handle routed back to it
+    // is refused there instead of looping.
+    if let Some(hop) = s.client_headers.get(contract::optillm::HOP_HEADER) {
+        h.push((
+            HeaderName::from_static(contract::optillm::HOP_HEADER),
+            hop.clone(),
+        ));
+    }
+    if target.api == Api::Anthropic {
+        if let Some(key) = &target.auth {
+            h.push((HeaderName::from_static("x-api-key"), key.clone()));
+        }
+        let version = s
+            .client_headers
+            .get("anthropic-version")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION));
+        h.push((HeaderName::from_static("anthropic-version"), version));
+        if let Some(beta) = s.client_headers.get("anthropic-beta") {
+            h.push((HeaderName::from_static("anthropic-beta"), beta.clone()));
+        }
+    } else if let Some(auth) = &target.auth {
+        h.push((header::AUTHORIZATION, auth.clone()));
+    }
+    if let Some(tp) = s.traceparent {
+        h.push((HeaderName::from_static(TRACEPARENT), tp.clone()));
+        if let Some(ts) = s.client_headers.get(TRACESTATE) {
+            h.push((HeaderName::from_static(TRACESTATE), ts.clone()));
+        }
+    }
+    if let Some(p) = s.priority {
+        h.push((
+            HeaderName::from_static(contract::engine::PRIORITY_HEADER),
+            p.clone(),
+        ));
+    }
+    h
 }
 
 /// An error with its causes: reqwest's own message hides why a request failed.

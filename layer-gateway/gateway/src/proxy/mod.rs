@@ -36,7 +36,8 @@ use crate::table::{Handle, Target};
 use crate::upload::Upload;
 use docsdb::spec::{Api, Offer, OverTools};
 
-use attempt::{Attempt, Sent, attempt};
+pub use attempt::TRACEPARENT;
+use attempt::{Attempt, Outgoing, Sent, attempt};
 use decide::Next;
 use record::{Outcome, Record};
 pub(crate) use record::{SearchDone, log_search};
@@ -303,18 +304,19 @@ impl Sending {
         route: Route,
         target: &Target,
         edits: &Edits<'_>,
-    ) -> Option<(reqwest::Body, HeaderValue)> {
+    ) -> Option<(Outgoing, HeaderValue)> {
+        let bytes = |b: Bytes| Outgoing::Bytes(b);
         match self {
-            Sending::Json(j) => Some((j.rewritten(edits).into(), JSON.clone())),
+            Sending::Json(j) => Some((bytes(j.rewritten(edits)), JSON.clone())),
             Sending::Messages { native, .. } if route.native_messages(target) => {
                 let edits = Edits {
                     include_usage: false,
                     ..*edits
                 };
-                Some((native.rewritten(&edits).into(), JSON.clone()))
+                Some((bytes(native.rewritten(&edits)), JSON.clone()))
             }
             Sending::Messages { chat: Ok(chat), .. } => {
-                Some((chat.rewritten(edits).into(), JSON.clone()))
+                Some((bytes(chat.rewritten(edits)), JSON.clone()))
             }
             Sending::Messages { chat: Err(_), .. } => None,
             Sending::Upload {
@@ -323,7 +325,7 @@ impl Sending {
                 ..
             } => upload.take().map(|u| {
                 (
-                    u.into_body(target.upstream_model.clone()),
+                    Outgoing::Stream(u.into_body(target.upstream_model.clone())),
                     content_type.clone(),
                 )
             }),
@@ -351,6 +353,7 @@ pub async fn forward(
 ) -> Response {
     let mut rec = Record::new(&state, route, request_id, caller);
     rec.user = crate::auth::end_user(client_headers);
+    rec.start_trace(client_headers);
     let Ok(_permit) = state.concurrency.clone().try_acquire_owned() else {
         return rec.fail(Error::Overloaded);
     };
@@ -364,7 +367,6 @@ pub async fn forward(
             "you must provide a `model` (a handle name)".into(),
         ));
     };
-    rec.handle = Some(model.clone());
     let json = sending.json();
     let stream = route.may_stream()
         && json
@@ -381,8 +383,14 @@ pub async fn forward(
 
     let table = state.table.load_full();
     let handle = match table.handles.get(&model) {
-        Some(h) if rec.caller.allows(&model) => h.clone(),
-        _ => return rec.fail(Error::UnknownHandle(model)),
+        Some(h) if rec.caller.allows(&model) => {
+            rec.handle = Some(h.name.clone());
+            h.clone()
+        }
+        _ => {
+            rec.handle = Some(Arc::from(model.as_str()));
+            return rec.fail(Error::UnknownHandle(model));
+        }
     };
     if !handle.targets.iter().any(|t| route.served_by(t)) {
         let mut offers: Vec<&str> = handle
@@ -393,7 +401,7 @@ pub async fn forward(
         offers.sort_unstable();
         offers.dedup();
         return rec.fail(Error::NotOffered {
-            handle: handle.name.clone(),
+            handle: handle.name.to_string(),
             api: route.offer().as_str(),
             offers: if offers.is_empty() {
                 "nothing".into()
@@ -436,7 +444,7 @@ pub async fn forward(
             .cache
             .get_or_create(&crate::metrics::CacheLabels {
                 handle: handle.name.clone(),
-                result: if hit.is_some() { "hit" } else { "miss" }.into(),
+                result: if hit.is_some() { "hit" } else { "miss" },
             })
             .inc();
         if let Some(hit) = hit {
@@ -521,6 +529,7 @@ pub async fn forward(
                     rec.add_own(rec.started.elapsed());
                 }
                 let guard = ts.start();
+                let traced = rec.attempt_trace(client_headers);
                 let sent = Sent {
                     route,
                     request_id: &rec.request_id,
@@ -529,9 +538,11 @@ pub async fn forward(
                     stream,
                     started: rec.started,
                     priority: priority.as_ref(),
+                    traceparent: traced.traceparent.as_ref(),
                 };
                 match attempt(&state, &target, &sent, body).await {
                     Attempt::Answered(up) => {
+                        rec.attempt_traced(traced, &target, "ok", Some(up.status.as_u16()), None);
                         ts.report(true, Instant::now());
                         count_attempt(&state, &current, &target, "ok");
                         rec.target = Some(target.clone());
@@ -556,6 +567,16 @@ pub async fn forward(
                         loading,
                         context,
                     } => {
+                        let traced_as = if context.is_some() {
+                            "context_exceeded"
+                        } else if loading {
+                            "loading"
+                        } else if timeout {
+                            "timeout"
+                        } else {
+                            "error"
+                        };
+                        rec.attempt_traced(traced, &target, traced_as, None, Some(&reason));
                         if let Sending::Upload { over_limit, .. } = &sending
                             && over_limit.load(Ordering::Relaxed)
                         {
@@ -636,7 +657,7 @@ pub async fn forward(
         // Too large for this handle: on to its larger-context fallback, once per handle.
         if too_small.len() > small_before
             && let Some(name) = current.context_fallback.as_deref()
-            && !chain.iter().any(|h| h.name == name)
+            && !chain.iter().any(|h| &*h.name == name)
         {
             match table.handles.get(name) {
                 Some(h) => {
@@ -654,7 +675,7 @@ pub async fn forward(
     // another reason (circuit open, rate limit) is unavailable, not too small.
     if !refused_tools.is_empty() && refused_tools.len() == offering {
         return rec.fail(Error::ToolsTooLarge {
-            handle: handle.name.clone(),
+            handle: handle.name.to_string(),
             bytes: tools_bytes,
             limits: refused_tools.join(", "),
         });
@@ -662,14 +683,14 @@ pub async fn forward(
     // Likewise, a prompt too large for every target is the client's to shorten.
     if !too_small.is_empty() && too_small.len() == offering {
         return rec.fail(Error::ContextExceeded {
-            handle: handle.name.clone(),
+            handle: handle.name.to_string(),
             detail: too_small.join("; "),
         });
     }
     let why = outcome.why(&state).await;
     let attempts = rec.attempts;
     rec.fail(Error::AllTargetsFailed {
-        handle: handle.name.clone(),
+        handle: handle.name.to_string(),
         attempts,
         why,
     })
@@ -903,7 +924,7 @@ fn cache_key(
     };
     (deterministic && !stream).then(|| crate::cache::Key {
         route: route.name(),
-        handle: Arc::from(handle.name.as_str()),
+        handle: handle.name.clone(),
         body: j.body.clone(),
     })
 }
@@ -923,19 +944,19 @@ fn order_targets(handle: &Handle, states: &[Arc<TargetState>]) -> Vec<usize> {
     strategy::order(handle.strategy, &cands, fastrand::f64)
 }
 
-fn count_attempt(state: &AppState, handle: &Handle, target: &Target, outcome: &str) {
+fn count_attempt(state: &AppState, handle: &Handle, target: &Target, outcome: &'static str) {
     state
         .metrics
         .attempts
         .get_or_create(&AttemptLabels {
             handle: handle.name.clone(),
             target: target.key.clone(),
-            outcome: outcome.into(),
+            outcome,
         })
         .inc();
 }
 
-fn count_skip(state: &AppState, handle: &Handle, target: &Target, reason: &str) {
+fn count_skip(state: &AppState, handle: &Handle, target: &Target, reason: &'static str) {
     count_reason(&state.metrics.skipped, handle, target, reason);
 }
 
@@ -950,7 +971,7 @@ fn count_retry(state: &AppState, handle: &Handle, target: &Target) {
         .inc();
 }
 
-fn count_fallback(state: &AppState, handle: &Handle, target: &Target, reason: &str) {
+fn count_fallback(state: &AppState, handle: &Handle, target: &Target, reason: &'static str) {
     count_reason(&state.metrics.fallbacks, handle, target, reason);
 }
 
@@ -961,13 +982,13 @@ fn count_reason(
     >,
     handle: &Handle,
     target: &Target,
-    reason: &str,
+    reason: &'static str,
 ) {
     family
         .get_or_create(&crate::metrics::SkipLabels {
             handle: handle.name.clone(),
             target: target.key.clone(),
-            reason: reason.into(),
+            reason,
         })
         .inc();
 }
@@ -975,21 +996,21 @@ fn count_reason(
 /// Counts the request in the per-handle in-flight gauge while alive.
 struct HandleGauge {
     state: Arc<AppState>,
-    handle: String,
+    handle: Arc<str>,
 }
 
 impl HandleGauge {
-    fn new(state: &Arc<AppState>, handle: &str) -> Self {
+    fn new(state: &Arc<AppState>, handle: &Arc<str>) -> Self {
         state
             .metrics
             .in_flight
             .get_or_create(&HandleLabels {
-                handle: handle.into(),
+                handle: handle.clone(),
             })
             .inc();
         HandleGauge {
             state: state.clone(),
-            handle: handle.into(),
+            handle: handle.clone(),
         }
     }
 }

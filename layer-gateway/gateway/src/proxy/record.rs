@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use docsdb::request_log::{EndUser, RequestLogRow, UsageSource};
 
@@ -17,6 +18,7 @@ use crate::state::AppState;
 use crate::table::Target;
 
 use super::Route;
+use super::TRACEPARENT;
 
 /// What one request did, for the log and the metrics.
 pub(super) struct Record {
@@ -26,7 +28,7 @@ pub(super) struct Record {
     pub(super) started: Instant,
     pub(super) started_ms: i64,
     pub(super) caller: Caller,
-    pub(super) handle: Option<String>,
+    pub(super) handle: Option<Arc<str>>,
     pub(super) target: Option<Arc<Target>>,
     pub(super) attempts: u32,
     pub(super) streamed: bool,
@@ -54,6 +56,17 @@ pub(super) struct Record {
     pub(super) cache_hit: bool,
     /// Where a 200 answer is kept, and for how long (a cacheable request that missed).
     pub(super) cache_slot: Option<(crate::cache::Key, Duration)>,
+    /// The request's trace, when traces are exported and the client's allows.
+    #[cfg(feature = "otlp")]
+    pub(super) trace: Option<crate::otlp::RequestTrace>,
+}
+
+/// One attempt's part in the trace: the `traceparent` its backend is sent — its own span's
+/// when the gateway traces, else the client's as it came — and, when tracing, its span.
+pub(super) struct AttemptTrace {
+    pub(super) traceparent: Option<HeaderValue>,
+    #[cfg(feature = "otlp")]
+    open: Option<crate::otlp::Open>,
 }
 
 impl Record {
@@ -87,7 +100,107 @@ impl Record {
             counted: false,
             cache_hit: false,
             cache_slot: None,
+            #[cfg(feature = "otlp")]
+            trace: None,
         }
+    }
+
+    /// Starts the request's trace (when traces are exported).
+    pub(super) fn start_trace(&mut self, client_headers: &HeaderMap) {
+        #[cfg(feature = "otlp")]
+        if self.state.otlp.is_some() {
+            self.trace = crate::otlp::RequestTrace::start(client_headers);
+        }
+        #[cfg(not(feature = "otlp"))]
+        let _ = client_headers;
+    }
+
+    /// An attempt begins.
+    pub(super) fn attempt_trace(&self, client_headers: &HeaderMap) -> AttemptTrace {
+        #[cfg(feature = "otlp")]
+        if let Some(t) = &self.trace {
+            let open = t.open();
+            return AttemptTrace {
+                traceparent: Some(open.header.clone()),
+                open: Some(open),
+            };
+        }
+        AttemptTrace {
+            traceparent: client_headers.get(TRACEPARENT).cloned(),
+            #[cfg(feature = "otlp")]
+            open: None,
+        }
+    }
+
+    /// An attempt ended: answered with `status`, or failed for `failure` (`outcome` names
+    /// which).
+    pub(super) fn attempt_traced(
+        &mut self,
+        at: AttemptTrace,
+        target: &Target,
+        outcome: &'static str,
+        status: Option<u16>,
+        failure: Option<&str>,
+    ) {
+        #[cfg(feature = "otlp")]
+        if let (Some(trace), Some(open)) = (&mut self.trace, at.open) {
+            use crate::otlp::Attr;
+            let mut attrs = vec![
+                ("gen_ai.operation.name", Attr::Str(self.route.name().into())),
+                (
+                    "gen_ai.request.model",
+                    Attr::Str(target.upstream_model.clone()),
+                ),
+                ("homelab.target", Attr::Str(target.key.to_string())),
+                ("server.address", Attr::Str(target.base_url.clone())),
+                ("homelab.outcome", Attr::Str(outcome.into())),
+            ];
+            if let Some(s) = status {
+                attrs.push(("http.response.status_code", Attr::Int(i64::from(s))));
+            }
+            let name = format!("{} {}", self.route.name(), target.upstream_model);
+            trace.close(open, name, attrs, failure.map(str::to_owned));
+        }
+        #[cfg(not(feature = "otlp"))]
+        let _ = (at, target, outcome, status, failure);
+    }
+
+    /// Sends the request's spans.
+    #[cfg(feature = "otlp")]
+    fn export_trace(&mut self, status: u16, error: Option<&'static str>) {
+        use crate::otlp::Attr;
+        let (Some(trace), Some(exporter)) = (self.trace.take(), &self.state.otlp) else {
+            return;
+        };
+        let handle = self.handle.as_deref().unwrap_or_default();
+        let mut attrs = vec![
+            ("gen_ai.operation.name", Attr::Str(self.route.name().into())),
+            ("gen_ai.request.model", Attr::Str(handle.into())),
+            ("homelab.request_id", Attr::Str(self.request_id.clone())),
+            ("http.response.status_code", Attr::Int(i64::from(status))),
+            ("homelab.attempts", Attr::Int(i64::from(self.attempts))),
+            ("homelab.streamed", Attr::Bool(self.streamed)),
+            ("homelab.cache_hit", Attr::Bool(self.cache_hit)),
+        ];
+        if let Some(t) = &self.target {
+            attrs.push(("homelab.target", Attr::Str(t.key.to_string())));
+            attrs.push(("gen_ai.response.model", Attr::Str(t.upstream_model.clone())));
+        }
+        for (key, n) in [
+            ("gen_ai.usage.input_tokens", self.prompt_tokens),
+            ("gen_ai.usage.output_tokens", self.completion_tokens),
+        ] {
+            if let Some(n) = n {
+                attrs.push((key, Attr::Int(i64::try_from(n).unwrap_or(i64::MAX))));
+            }
+        }
+        if let Some(kind) = error {
+            attrs.push(("error.type", Attr::Str(kind.into())));
+        }
+        // A server span fails on a 5xx; a 4xx is the client's (its `error.type` says why).
+        let failed = error.filter(|_| status >= 500).map(str::to_owned);
+        let name = format!("{} {handle}", self.route.name());
+        exporter.export(trace.finish(name, attrs, failed));
     }
 
     /// Adds `d` to the gateway's own time.
@@ -125,36 +238,38 @@ impl Record {
         }
     }
 
-    pub(super) fn finish(&mut self, status: u16, error: Option<&str>) {
+    pub(super) fn finish(&mut self, status: u16, error: Option<&'static str>) {
+        #[cfg(feature = "otlp")]
+        self.export_trace(status, error);
         let handle = self.handle.clone().unwrap_or_default();
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();
         m.requests
             .get_or_create(&RequestLabels {
-                route: self.route.name().into(),
+                route: self.route.name(),
                 handle: handle.clone(),
-                status: status.to_string(),
+                status,
             })
             .inc();
         m.duration
             .get_or_create(&RouteLabels {
-                route: self.route.name().into(),
+                route: self.route.name(),
                 handle: handle.clone(),
             })
             .observe(elapsed.as_secs_f64());
         if let Some(own) = self.own {
             m.overhead
                 .get_or_create(&OverheadLabels {
-                    route: self.route.name().into(),
+                    route: self.route.name(),
                 })
                 .observe(own.as_secs_f64());
         }
         if let Some(kind) = error {
             m.errors
                 .get_or_create(&ErrorLabels {
-                    route: self.route.name().into(),
+                    route: self.route.name(),
                     handle: handle.clone(),
-                    kind: kind.into(),
+                    kind,
                 })
                 .inc();
         }
@@ -176,7 +291,7 @@ impl Record {
                         .get_or_create(&TokenLabels {
                             handle: handle.clone(),
                             target: t.key.clone(),
-                            kind: kind.into(),
+                            kind,
                         })
                         .inc_by(n);
                 }
@@ -209,7 +324,7 @@ impl Record {
             started_at_ms: self.started_ms,
             key_name: self.caller.log_name(),
             route: self.route.name().into(),
-            handle: self.handle.clone(),
+            handle: self.handle.as_deref().map(str::to_owned),
             target: self.target.as_ref().map(|t| t.endpoint.clone()),
             upstream_model: self.target.as_ref().map(|t| t.upstream_model.clone()),
             status,

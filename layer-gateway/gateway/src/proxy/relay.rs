@@ -159,7 +159,7 @@ pub(super) async fn respond(
     let mut relay = Relay {
         between_tokens: Some(between_tokens),
         rec: Some(rec),
-        upstream: Box::pin(rest.bytes_stream().map(|r| r.map_err(|e| chain(&e)))),
+        upstream: rest.into_stream(),
         framer: frames::Framer::new(contract::sse::DEFAULT_MAX_LINE),
         filter_usage: filter_usage && parse,
         parse,

@@ -11,7 +11,7 @@ use crate::state::AppState;
 use crate::table::Handle;
 
 fn entry(h: &Handle) -> Model {
-    let mut m = Model::new(h.name.clone(), h.created, "homelab");
+    let mut m = Model::new(h.name.to_string(), h.created, "homelab");
     if let Some(d) = &h.description {
         m.extra.insert("description".into(), d.clone().into());
     }
