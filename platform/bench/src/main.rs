@@ -15,6 +15,7 @@ mod engine;
 mod first_chat;
 mod monitor;
 mod optillm;
+mod peers;
 mod soak;
 mod vector;
 
@@ -73,6 +74,13 @@ struct GatewayArgs {
     concurrency: Vec<usize>,
     #[command(flatten)]
     gateway: GatewayProcess,
+    /// Drive the cases with wrk (an external load generator) instead of the built-in one
+    /// (no time-to-first-byte column then).
+    #[arg(long)]
+    wrk: bool,
+    /// Also measure nginx as a reverse proxy in front of the same upstream: a peer.
+    #[arg(long)]
+    nginx: bool,
     /// Also write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -106,20 +114,23 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64
 }
 
-async fn run_case(
-    client: &reqwest::Client,
-    url: &str,
-    model: &str,
-    stream: bool,
-    conc: usize,
-    dur: Duration,
-) -> Stats {
-    let body = serde_json::json!({
+/// The chat request every case sends.
+fn chat_body(model: &str, stream: bool) -> String {
+    serde_json::json!({
         "model": model,
         "stream": stream,
         "messages": [{"role": "user", "content": "Say hello"}],
     })
-    .to_string();
+    .to_string()
+}
+
+async fn run_case(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    conc: usize,
+    dur: Duration,
+) -> Stats {
     // Warm the connections up first.
     let warm_until = Instant::now() + Duration::from_millis(300);
     let deadline = warm_until + dur;
@@ -127,7 +138,7 @@ async fn run_case(
     for _ in 0..conc {
         let client = client.clone();
         let url = url.to_owned();
-        let body = body.clone();
+        let body = body.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut ttfb = Vec::new();
@@ -386,6 +397,22 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
     let stack = Stack::start(vec![HandleSpec::new("bench", vec![t])], &args.gateway).await?;
     let (pid, up_pid, client) = (stack.pid, stack.up_pid, stack.client.clone());
     let (gw, upstream) = (stack.gw.clone(), stack.upstream.clone());
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let wrk = match args.wrk {
+        true => Some(peers::Wrk::new(dir.path())?),
+        false => None,
+    };
+    let nginx = match args.nginx {
+        true => Some(peers::Nginx::start(dir.path(), &upstream).await?),
+        false => None,
+    };
+    let measure = async |url: &str, stream: bool, c: usize| -> Result<Stats, String> {
+        let body = chat_body("bench", stream);
+        match &wrk {
+            Some(w) => w.run(url, &body, c, args.duration).await,
+            None => Ok(run_case(&client, url, &body, c, args.duration).await),
+        }
+    };
     let rss_idle = rss_kb(pid, "VmRSS:").unwrap_or(0);
     println!(
         "gateway pid {pid}, idle RSS {:.1} MB; each case runs {:?}\n",
@@ -409,13 +436,19 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
         "gw cpu",
         "up cpu"
     );
+    if nginx.is_some() {
+        println!(
+            "{:>24} nginx r/s, its ratio to direct, its CPU ms per 1,000",
+            "|"
+        );
+    }
     let direct_url = format!("http://{upstream}/v1/chat/completions");
     let gw_url = format!("{gw}/v1/chat/completions");
     let mut results = Vec::new();
     let mut peak_rss = rss_idle;
     for stream in [false, true] {
         for &c in &args.concurrency {
-            let d = run_case(&client, &direct_url, "bench", stream, c, args.duration).await;
+            let d = measure(&direct_url, stream, c).await?;
             let sampler = {
                 let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let s2 = stop.clone();
@@ -430,7 +463,7 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 (stop, h)
             };
             let (gw_cpu, up_cpu) = (cpu_ms(pid), cpu_ms(up_pid));
-            let g = run_case(&client, &gw_url, "bench", stream, c, args.duration).await;
+            let g = measure(&gw_url, stream, c).await?;
             // CPU ms per 1,000 requests through the gateway: the gateway's own, and the
             // upstream's for the same requests.
             let requests = g.rps * args.duration.as_secs_f64();
@@ -440,9 +473,23 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
             );
             sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
             peak_rss = peak_rss.max(sampler.1.await.unwrap_or(0));
+            let peer = match &nginx {
+                Some(n) => {
+                    let before = n.cpu_ms();
+                    let p = measure(&format!("{}/v1/chat/completions", n.url), stream, c).await?;
+                    let cpu = match (before, n.cpu_ms()) {
+                        (Some(b), Some(a)) if p.rps > 0.0 => {
+                            (a - b) / (p.rps * args.duration.as_secs_f64()) * 1000.0
+                        }
+                        _ => f64::NAN,
+                    };
+                    Some((p, cpu))
+                }
+                None => None,
+            };
             let mode = if stream { "stream" } else { "json" };
             println!(
-                "{:<10} {:>4} | {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} {:>9.0} | {:>5.0}% {:>9.0} {:>9.0} | {:>8.0} {:>8.0}{}",
+                "{:<10} {:>4} | {:>10.0} {:>9.0} {:>9.0} | {:>10.0} {:>9.0} {:>9.0} {:>9.0} | {:>5.0}% {:>9.0} {:>9.0} | {:>8.0} {:>8.0}{}{}",
                 mode,
                 c,
                 d.rps,
@@ -457,6 +504,15 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 g.p99_us - d.p99_us,
                 gw_cpu,
                 up_cpu,
+                match &peer {
+                    Some((p, cpu)) => format!(
+                        " | {:>10.0} {:>5.0}% {:>8.0}",
+                        p.rps,
+                        100.0 * p.rps / d.rps,
+                        cpu
+                    ),
+                    None => String::new(),
+                },
                 if d.errors + g.errors > 0 {
                     format!("  ({} errors)", d.errors + g.errors)
                 } else {
@@ -472,6 +528,10 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
                 "added_p99_us": g.p99_us - d.p99_us,
                 "gateway_cpu_ms_per_1k": gw_cpu,
                 "upstream_cpu_ms_per_1k": up_cpu,
+                "nginx": peer.map(|(p, cpu)| serde_json::json!({
+                    "rps": p.rps, "p50_us": p.p50_us, "p99_us": p.p99_us, "errors": p.errors,
+                    "throughput_ratio": p.rps / d.rps, "cpu_ms_per_1k": cpu,
+                })),
             }));
         }
     }
@@ -506,8 +566,11 @@ async fn bench_gateway(args: GatewayArgs) -> Result<(), String> {
         );
     }
     stack.stop().await;
+    if let Some(n) = nginx {
+        n.stop().await;
+    }
     if let Some(path) = args.json {
-        let doc = serde_json::json!({"cases": results, "rss_idle_kb": rss_idle, "rss_peak_kb": peak_rss, "vm_hwm_kb": hwm});
+        let doc = serde_json::json!({"load": if args.wrk { "wrk" } else { "built-in" }, "cases": results, "rss_idle_kb": rss_idle, "rss_peak_kb": peak_rss, "vm_hwm_kb": hwm});
         crate::write_json(&path, &doc)?;
     }
     Ok(())

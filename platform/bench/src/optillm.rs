@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{free_port, run_case};
+use crate::{chat_body, free_port, run_case};
 
 #[derive(clap::Args)]
 pub struct OptillmArgs {
@@ -302,7 +302,7 @@ async fn overhead(a: &OptillmArgs) -> Result<Value, String> {
         "{:<24} {:>10} {:>10} {:>12} {:>16}",
         "path", "req/s", "p50 µs", "+p50 µs", "proxy CPU/req µs"
     );
-    let base = run_case(&client, &direct, "bench", false, 1, a.duration).await;
+    let base = run_case(&client, &direct, &chat_body("bench", false), 1, a.duration).await;
     println!(
         "{:<24} {:>10.0} {:>10.0} {:>12} {:>16}",
         "direct", base.rps, base.p50_us, "", ""
@@ -313,7 +313,7 @@ async fn overhead(a: &OptillmArgs) -> Result<Value, String> {
         ("proxy, re2 (1 call)", "re2-bench"),
     ] {
         let before = cpu(pid).unwrap_or_default();
-        let s = run_case(&client, &through, model, false, 1, a.duration).await;
+        let s = run_case(&client, &through, &chat_body(model, false), 1, a.duration).await;
         let used = cpu(pid).unwrap_or_default().saturating_sub(before);
         let requests = s.rps * a.duration.as_secs_f64();
         let per = used.as_secs_f64() * 1e6 / requests.max(1.0);
