@@ -10,7 +10,8 @@
 //! off the request path; `/metrics` exposes the rest ([`metrics`]). A backend that is
 //! loading its model, or still working through its queue, is waited for rather than given up
 //! on ([`patience`]); Open WebUI's background tasks go to it with a background priority
-//! ([`priority`]).
+//! ([`priority`]). Plain-HTTP upstreams are reached by a lean HTTP/1.1 client ([`h1`]);
+//! with the `otlp` feature, requests and their attempts can be exported as traces (`otlp`).
 //!
 //! Start reading at [`app`] and [`proxy::forward`].
 

@@ -247,15 +247,21 @@ async fn metric_reaches(gw: &Gateway, line: &str) {
     panic!("no {line} in\n{}", gw.metrics().await);
 }
 
-#[tokio::test]
-async fn without_export_the_clients_trace_context_reaches_the_backend_as_it_came() {
+/// A gateway exporting to `endpoint` (if any), with one upstream behind handle `plain`.
+async fn plain_gateway(endpoint: Option<String>) -> (MockUpstream, Gateway) {
     let up = MockUpstream::start("up").await;
     let system = spec(vec![handle(
         "plain",
         Strategy::Priority,
         vec![target("up", &up.base_url(), "m")],
     )]);
-    let gw = Gateway::start(system, |c| c.otlp_endpoint = None).await;
+    let gw = Gateway::start(system, move |c| c.otlp_endpoint = endpoint).await;
+    (up, gw)
+}
+
+#[tokio::test]
+async fn without_export_the_clients_trace_context_reaches_the_backend_as_it_came() {
+    let (up, gw) = plain_gateway(None).await;
     let tp = format!("00-{TRACE}-{PARENT}-01");
     let res = gw
         .client()
@@ -273,14 +279,7 @@ async fn without_export_the_clients_trace_context_reaches_the_backend_as_it_came
 
 #[tokio::test]
 async fn spans_a_collector_does_not_take_are_counted_as_failed() {
-    let up = MockUpstream::start("up").await;
-    let system = spec(vec![handle(
-        "plain",
-        Strategy::Priority,
-        vec![target("up", &up.base_url(), "m")],
-    )]);
-    let dead = common::dead_port_url().await;
-    let gw = Gateway::start(system, move |c| c.otlp_endpoint = Some(dead)).await;
+    let (_up, gw) = plain_gateway(Some(common::dead_port_url().await)).await;
     let res = gw.post("/v1/chat/completions", None, &chat("plain")).await;
     assert_eq!(
         res.status(),
