@@ -501,13 +501,10 @@ impl Response {
                     return Ok(None);
                 }
                 Framing::Length(left) => {
-                    if conn.buf.is_empty() {
-                        need(conn, "the connection closed before the answer's end").await?;
-                    }
-                    let n = (conn.buf.len() as u64).min(left);
-                    let piece = conn.buf.split_to(n as usize).freeze();
-                    self.framing = Framing::Length(left - n);
-                    if left == n {
+                    let (piece, left) =
+                        take(conn, left, "the connection closed before the answer's end").await?;
+                    self.framing = Framing::Length(left);
+                    if left == 0 {
                         self.finish();
                     }
                     return Ok(Some(piece));
@@ -527,15 +524,12 @@ impl Response {
                     return Ok(Some(conn.buf.split().freeze()));
                 }
                 Framing::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() {
-                        need(conn, "the connection closed inside a chunk").await?;
-                    }
-                    let n = (conn.buf.len() as u64).min(left);
-                    let piece = conn.buf.split_to(n as usize).freeze();
-                    self.framing = Framing::Chunked(if left == n {
+                    let (piece, left) =
+                        take(conn, left, "the connection closed inside a chunk").await?;
+                    self.framing = Framing::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
-                        Chunk::Data(left - n)
+                        Chunk::Data(left)
                     });
                     return Ok(Some(piece));
                 }
@@ -578,6 +572,16 @@ impl Response {
             }
         }
     }
+}
+
+/// Up to `left` bytes of the body as they were read (reading more if none are), and how many
+/// are left after them; fails with `what` at the end of the connection.
+async fn take(conn: &mut Conn, left: u64, what: &str) -> Result<(Bytes, u64), Failure> {
+    if conn.buf.is_empty() {
+        need(conn, what).await?;
+    }
+    let n = (conn.buf.len() as u64).min(left);
+    Ok((conn.buf.split_to(n as usize).freeze(), left - n))
 }
 
 /// Reads more, or fails with `what` at the end of the connection.

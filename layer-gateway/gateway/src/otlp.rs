@@ -47,7 +47,13 @@ fn now_ns() -> u64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -296,12 +302,6 @@ pub struct Exporter {
     queued: Arc<AtomicU64>,
     queue: u64,
     pub stats: Arc<Stats>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Msg")
-    }
 }
 
 impl Exporter {
