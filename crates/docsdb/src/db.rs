@@ -78,7 +78,7 @@ pub(crate) async fn insert_rows<R>(
     cols: usize,
     per_statement: usize,
     rows: &[R],
-    bind: impl for<'q> Fn(AnyQuery<'q>, &R) -> AnyQuery<'q>,
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q R) -> AnyQuery<'q>,
 ) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);

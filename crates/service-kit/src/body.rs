@@ -1,19 +1,17 @@
 //! Request bodies: the size limit, and extractors that answer bad bodies in OpenAI shape.
 //!
-//! [`limit`] rejects a body whose `Content-Length` is over the limit before reading it, and
-//! caps bodies without a length (chunked) while they are read, so neither way can make a
-//! service buffer more than the limit. [`JsonBody`] and [`RawJson`] turn every way a body can
+//! The edge ([`crate::edge`]) rejects a body whose `Content-Length` is over the limit before
+//! reading it, and caps bodies without a length (chunked) while they are read, so neither way
+//! can make a service buffer more than the limit. [`JsonBody`] and [`RawJson`] turn every way a body can
 //! be wrong into an OpenAI error: wrong content type and malformed JSON → 400, too large →
 //! 413.
 
 use axum::extract::{FromRequest, Request};
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use contract::ApiError;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError};
 use serde::de::DeserializeOwned;
 
 /// The configured limit, in the request extensions (so extractors can name it).
@@ -47,29 +45,7 @@ impl BodyLimits {
     }
 }
 
-/// The middleware: `axum::middleware::from_fn_with_state(BodyLimits::new(n), body::limit)`.
-pub async fn limit(
-    axum::extract::State(limits): axum::extract::State<BodyLimits>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let max = limits.of(req.uri().path());
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return ApiError::payload_too_large(max).into_response();
-    }
-    req.extensions_mut().insert(BodyLimit(max));
-    let (parts, body) = req.into_parts();
-    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    next.run(Request::from_parts(parts, axum::body::Body::new(limited)))
-        .await
-}
-
-/// Whether reading a body failed because it went over the [`limit`].
+/// Whether reading a body failed because it went over the limit ([`crate::edge`]).
 pub fn over_limit(e: &axum::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<LengthLimitError>())
@@ -100,13 +76,14 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+    let ends_with = |suffix: &[u8]| {
+        mime.len() >= suffix.len() && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    mime.eq_ignore_ascii_case(b"application/json")
+        || (mime.len() >= 12
+            && mime[..12].eq_ignore_ascii_case(b"application/")
+            && ends_with(b"+json"))
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -159,5 +136,42 @@ impl<S: Send + Sync> FromRequest<S> for RawJson {
         require_json(req.headers())?;
         let bytes = read_bytes(req).await?;
         Ok(RawJson(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(ct: &str) -> bool {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = ct.parse() {
+            h.insert(CONTENT_TYPE, v);
+        }
+        is_json(&h)
+    }
+
+    #[test]
+    fn json_content_types() {
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;x=1",
+            "application/vnd.api+json",
+            "APPLICATION/PROBLEM+JSON",
+        ] {
+            assert!(typed(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "text/x+json",
+            "application/",
+            "+json",
+        ] {
+            assert!(!typed(no), "{no}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
     }
 }

@@ -7,6 +7,7 @@
 //! - [`telemetry`]: `tracing` set-up, text or JSON.
 //! - [`health`]: `GET /health` (alive) and `GET /health/ready` (dependencies OK).
 //! - [`routes`]: a router built together with the table of its routes (for the spec).
+//! - [`edge`]: the request id and the body limit, one service around the whole router.
 //! - [`request_id`]: `x-request-id` taken from the client or generated, echoed back, and
 //!   put on the request's tracing span.
 //! - [`body`]: the body-size limit (413 in OpenAI shape) and JSON body extractors whose
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod edge;
 mod error;
 pub mod health;
 pub mod request_id;

@@ -6,10 +6,7 @@
 //! upstream headers and the request log, so an unbounded or binary one is replaced.
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
-use tracing::Instrument;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header name.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,12 +25,35 @@ impl RequestId {
     }
 }
 
-/// The id [`layer`] settled on for `req` (a fresh one if the layer did not run).
+/// The id the edge ([`crate::edge`]) settled on for `req` (a fresh one if it did not run).
 pub fn of(req: &Request) -> String {
     req.extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(generate)
+}
+
+/// As [`of`], taking the id out of the request's extensions rather than copying it.
+pub fn take(req: &mut Request) -> String {
+    req.extensions_mut()
+        .remove::<RequestId>()
+        .map(|r| r.0)
+        .unwrap_or_else(generate)
+}
+
+/// The request's id: the client's `x-request-id` when it is sane, else a fresh one; and the
+/// header value that carries it.
+pub fn settle(headers: &HeaderMap) -> (String, HeaderValue) {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
+        && let Ok(s) = v.to_str()
+        && is_valid(s)
+    {
+        return (s.to_owned(), v.clone());
+    }
+    let id = generate();
+    // A generated id is 32 hex digits, always a valid header value.
+    let value = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"));
+    (id, value)
 }
 
 /// A fresh id: a UUIDv7, so ids sort by time. Its random bits come from a fast thread-local
@@ -44,42 +64,17 @@ pub fn generate() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let random: [u8; 10] = std::array::from_fn(|_| fastrand::u8(..));
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
     uuid::Builder::from_unix_timestamp_millis(millis, &random)
         .into_uuid()
         .simple()
-        .to_string()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 /// Whether a client-supplied id is acceptable.
 pub fn is_valid(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
-/// The middleware (use with `axum::middleware::from_fn`).
-pub async fn layer(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| is_valid(s))
-        .map(str::to_owned)
-        .unwrap_or_else(generate);
-    // Downstream code (and the upstream request) sees the id we settled on.
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %req.method(),
-        path = %req.uri().path(),
-    );
-    let mut res = next.run(req).instrument(span).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
-    res
 }
 
 #[cfg(test)]

@@ -33,6 +33,11 @@ pub struct Route {
 pub struct Routes<S = ()> {
     router: Router<S>,
     table: Vec<Route>,
+    /// Each path's method router, kept so that [`Routes::under_v1_and_root`] can add every
+    /// route at both paths (one flat router, no nesting per request).
+    methods: Vec<(String, MethodRouter<S>)>,
+    /// A service was added at a path ([`Routes::service`]): the routes can only be nested.
+    services: bool,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
@@ -46,6 +51,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         Self {
             router: Router::new(),
             table: Vec::new(),
+            methods: Vec::new(),
+            services: false,
         }
     }
 
@@ -88,7 +95,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         route: MethodRouter<S>,
         what: &'static str,
     ) -> Self {
-        self.router = self.router.route(path, route);
+        self.router = self.router.route(path, route.clone());
+        self.methods.push((path.to_owned(), route));
         self.table.push(Route {
             method,
             path: path.to_owned(),
@@ -112,6 +120,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         T::Future: Send + 'static,
     {
         self.router = self.router.nest_service(path, service);
+        self.services = true;
         self.table
             .extend(methods.iter().map(|&(method, what)| Route {
                 method,
@@ -124,9 +133,24 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
     /// These routes under `/v1` and at the root, as OpenAI clients call both.
     pub fn under_v1_and_root(mut self) -> Self {
-        self.router = Router::new()
-            .nest("/v1", self.router.clone())
-            .merge(self.router);
+        if self.services {
+            self.router = Router::new()
+                .nest("/v1", self.router.clone())
+                .merge(self.router);
+        } else {
+            // Each route at both paths: matched in one lookup, with no prefix stripped and
+            // no nested router cloned per request.
+            let mut router = Router::new();
+            let mut methods = Vec::with_capacity(self.methods.len() * 2);
+            for (path, route) in self.methods {
+                let v1 = format!("/v1{path}");
+                router = router.route(&v1, route.clone()).route(&path, route.clone());
+                methods.push((v1, route.clone()));
+                methods.push((path, route));
+            }
+            self.router = router;
+            self.methods = methods;
+        }
         for r in &mut self.table {
             r.path = format!("/v1{}", r.path);
             r.also_without_v1 = true;
@@ -138,6 +162,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     pub fn merge(mut self, other: Routes<S>) -> Self {
         self.router = self.router.merge(other.router);
         self.table.extend(other.table);
+        self.methods.extend(other.methods);
+        self.services |= other.services;
         self
     }
 

@@ -6,7 +6,6 @@
 //! timeout does.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -16,9 +15,9 @@ use axum::serve::ListenerExt;
 use contract::ApiError;
 use tokio::net::TcpListener;
 
-use crate::body::{self, BodyLimits};
+use crate::body::BodyLimits;
+use crate::edge::{Edge, OnRefusal};
 use crate::error::Error;
-use crate::request_id;
 
 /// Binds `addr`. Every accepted socket gets `TCP_NODELAY`, so small SSE chunks are not held
 /// back ~40 ms by Nagle's algorithm waiting for delayed ACKs.
@@ -37,16 +36,20 @@ pub fn with_common_layers(router: Router, body_limit: u64) -> Router {
 
 /// As [`with_common_layers`], with larger body limits on some paths.
 pub fn with_body_limits(router: Router, limits: BodyLimits) -> Router {
-    router
+    with_edge(router, limits, None)
+}
+
+/// As [`with_body_limits`], telling `on_refusal` of each request refused before routing.
+pub fn with_edge(router: Router, limits: BodyLimits, on_refusal: Option<OnRefusal>) -> Router {
+    let router = router
         .fallback(|| async {
             ApiError::not_found("no such path; see the service README for its endpoints")
                 .into_response()
         })
         .method_not_allowed_fallback(|| async {
             ApiError::method_not_allowed("this method is not allowed on this path").into_response()
-        })
-        .layer(axum::middleware::from_fn_with_state(limits, body::limit))
-        .layer(axum::middleware::from_fn(request_id::layer))
+        });
+    Router::new().fallback_service(Edge::new(router, limits, on_refusal))
 }
 
 /// A hook run after the server has drained, before [`serve`] returns.
@@ -97,11 +100,7 @@ pub async fn serve(listener: TcpListener, app: Router, plan: ShutdownPlan) -> Re
         }
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     tracing::info!(addr = ?addr, "listening");
     if !COMPOSED.load(std::sync::atomic::Ordering::Relaxed) {

@@ -189,6 +189,7 @@ mod tests {
         Arc::new(Target {
             key: "e/m".into(),
             endpoint: "e".into(),
+            endpoint_header: None,
             base_url: "http://127.0.0.1:1".into(),
             urls: Vec::new(),
             origin: None,

@@ -218,15 +218,13 @@ impl Pool {
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(body.len().to_string().as_bytes());
-        head.extend_from_slice(b"\r\n\r\n");
-        let head = head.freeze();
+        let _ = std::fmt::Write::write_fmt(&mut head, format_args!("{}\r\n\r\n", body.len()));
         loop {
             let (mut conn, reused) = match self.take(origin) {
                 Some(c) => (c, true),
                 None => (Conn::open(origin, connect_timeout).await?, false),
             };
-            let mut out = head.clone().chain(body.clone());
+            let mut out = Buf::chain(&head[..], &body[..]);
             if let Err(e) = conn.io.write_all_buf(&mut out).await {
                 if reused {
                     continue;

@@ -224,12 +224,12 @@ pub async fn serve_state(
 ) -> Result<(), Error> {
     state.spawn_reloader();
     let drain = state.config.common.drain_timeout;
-    let router =
-        service_kit::server::with_body_limits(app(state.clone()), body_limits(&state.config))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                proxy::log_edge_rejections,
-            ));
+    let logs = state.clone();
+    let router = service_kit::server::with_edge(
+        app(state.clone()),
+        body_limits(&state.config),
+        Some(Arc::new(move |refused| proxy::log_refusal(&logs, refused))),
+    );
     let flush = state.clone();
     let cancel = state.mcp_cancel.clone();
     let shutdown = async move {

@@ -11,11 +11,25 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// One top-level member: its key and the byte range of its value.
+/// One top-level member: where its key and its value are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
-    pub key: String,
+    /// The key as written, quotes included.
+    pub raw_key: Range<usize>,
+    /// The key decoded, only when it is written with escapes (else it is the text between
+    /// the quotes, and nothing is built for it).
+    escaped: Option<String>,
     pub value: Range<usize>,
+}
+
+impl Member {
+    /// Whether this member's key is `key`.
+    pub fn is(&self, body: &[u8], key: &str) -> bool {
+        match &self.escaped {
+            Some(k) => k == key,
+            None => body.get(self.raw_key.start + 1..self.raw_key.end - 1) == Some(key.as_bytes()),
+        }
+    }
 }
 
 /// The top-level members of a JSON object, and the offset of its closing brace.
@@ -28,15 +42,16 @@ pub struct Scanned {
 impl Scanned {
     /// The raw bytes of the value of `key`.
     pub fn get<'a>(&self, body: &'a [u8], key: &str) -> Option<&'a [u8]> {
-        self.range(key).map(|r| &body[r])
+        self.range(body, key).map(|r| &body[r])
     }
 
     /// Where the value of `key` is in the body.
-    pub fn range(&self, key: &str) -> Option<Range<usize>> {
-        self.members
-            .iter()
-            .find(|m| m.key == key)
-            .map(|m| m.value.clone())
+    pub fn range(&self, body: &[u8], key: &str) -> Option<Range<usize>> {
+        self.member(body, key).map(|m| m.value.clone())
+    }
+
+    fn member(&self, body: &[u8], key: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.is(body, key))
     }
 }
 
@@ -57,6 +72,24 @@ fn read_at<'a, T: Deserialize<'a>>(b: &'a [u8], i: usize) -> Result<(T, usize), 
     }
 }
 
+/// Reads the key whose opening quote is at `i`: where it is, and its decoded text when it
+/// has escapes. A key without escapes (nearly every key) is only checked, not built.
+fn read_key(b: &[u8], i: usize) -> Result<(Range<usize>, Option<String>), String> {
+    let inside = &b[i + 1..];
+    let stop = inside
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+    if let Some(n) = stop
+        && inside[n] == b'"'
+    {
+        std::str::from_utf8(&inside[..n])
+            .map_err(|_| format!("invalid UTF-8 in the key at byte {i}"))?;
+        return Ok((i..i + n + 2, None));
+    }
+    let (key, end): (String, usize) = read_at(b, i)?;
+    Ok((i..end, Some(key)))
+}
+
 /// Finds the top-level members of the object in `body`. Errors describe malformed JSON.
 pub fn scan(body: &[u8]) -> Result<Scanned, String> {
     let mut i = skip_ws(body, 0);
@@ -72,15 +105,16 @@ pub fn scan(body: &[u8]) -> Result<Scanned, String> {
             Some(b'"') => {}
             _ => return Err(format!("expected a key at byte {i}")),
         }
-        let (key, after_key): (String, usize) = read_at(body, i)?;
-        i = skip_ws(body, after_key);
+        let (raw_key, escaped) = read_key(body, i)?;
+        i = skip_ws(body, raw_key.end);
         if body.get(i) != Some(&b':') {
             return Err(format!("expected `:` at byte {i}"));
         }
         let start = skip_ws(body, i + 1);
         let (_, end): (&RawValue, usize) = read_at(body, start)?;
         members.push(Member {
-            key,
+            raw_key,
+            escaped,
             value: start..end,
         });
         i = skip_ws(body, end);
@@ -112,7 +146,7 @@ pub struct Edits<'a> {
 
 /// Applies `edits` to `body`, whose members are `scanned`.
 pub fn rewrite(body: &[u8], scanned: &Scanned, edits: &Edits<'_>) -> Vec<u8> {
-    let find = |k: &str| scanned.members.iter().find(|m| m.key == k);
+    let find = |k: &str| scanned.member(body, k);
     // Values replaced in place, and members appended before the closing brace.
     let mut replace: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
     let mut append: Vec<(String, Vec<u8>)> = Vec::new();
@@ -151,7 +185,7 @@ pub fn rewrite(body: &[u8], scanned: &Scanned, edits: &Edits<'_>) -> Vec<u8> {
     if scanned
         .members
         .iter()
-        .any(|m| edits.remove.contains(&m.key.as_str()))
+        .any(|m| edits.remove.iter().any(|k| m.is(body, k)))
     {
         return rewrite_kept(body, scanned, replace, append, edits.remove);
     }
@@ -199,15 +233,15 @@ fn rewrite_kept(
         out.extend_from_slice(value);
     };
     for m in &scanned.members {
-        if remove.contains(&m.key.as_str()) {
+        if remove.iter().any(|k| m.is(body, k)) {
             continue;
         }
-        let key = serde_json::to_vec(&m.key).unwrap_or_default();
+        let key = &body[m.raw_key.clone()];
         let value = replace
             .iter()
             .find(|(r, _)| *r == m.value)
             .map_or(&body[m.value.clone()], |(_, v)| v.as_slice());
-        member(&mut out, &key, value);
+        member(&mut out, key, value);
     }
     for (k, v) in &append {
         member(&mut out, &serde_json::to_vec(k).unwrap_or_default(), v);
@@ -280,6 +314,27 @@ mod tests {
             out,
             r#"{"model":"m","stream_options":{"x":1,"include_usage":true},"stream":true}"#
         );
+    }
+
+    #[test]
+    fn keys_with_escapes_are_decoded_and_kept_as_written() {
+        let body = r#"{"mo\u0064el":"h","tools":[],"x\"y":1}"#;
+        let s = scan(body.as_bytes()).unwrap();
+        assert_eq!(s.get(body.as_bytes(), "model"), Some(&b"\"h\""[..]));
+        assert_eq!(s.get(body.as_bytes(), "x\"y"), Some(&b"1"[..]));
+        assert_eq!(s.get(body.as_bytes(), "mo\\u0064el"), None);
+        let out = edit(
+            body,
+            &Edits {
+                model: Some("up"),
+                remove: &["tools"],
+                ..Default::default()
+            },
+        );
+        assert_eq!(out, r#"{"mo\u0064el":"up","x\"y":1}"#);
+        // A control character or broken UTF-8 in a key is malformed JSON.
+        assert!(scan(b"{\"a\tb\":1}").is_err());
+        assert!(scan(b"{\"a\xff\":1}").is_err());
     }
 
     #[test]

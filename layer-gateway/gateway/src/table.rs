@@ -27,6 +27,8 @@ pub struct Target {
     /// `endpoint/upstream-model`: identifies the target's live state across reloads.
     pub key: Arc<str>,
     pub endpoint: String,
+    /// `endpoint` as the `x-homelab-target` answer header, built once at load.
+    pub endpoint_header: Option<HeaderValue>,
     pub base_url: String,
     /// `base_url` joined to each upstream path the gateway calls, parsed once at load (a
     /// URL parsed per request was a measurable share of the gateway's CPU).
@@ -214,6 +216,7 @@ pub async fn load(db: &Db, defaults: Timeouts) -> docsdb::Result<Snapshot> {
             targets.push(Arc::new(Target {
                 key: Arc::from(format!("{}/{}", e.name, t.model)),
                 endpoint: e.name.clone(),
+                endpoint_header: HeaderValue::from_str(&e.name).ok(),
                 base_url,
                 origin: lean
                     .then(|| crate::h1::Origin::of(&urls).map(Arc::new))

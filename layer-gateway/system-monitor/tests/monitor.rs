@@ -1150,7 +1150,9 @@ async fn the_stack_doctor_tools_over_mcp() {
     )
     .await
     .unwrap();
-    let mon = Monitor::start(db, |_| {}).await;
+    // Probes a second apart: the MCP client takes seconds to start, and the details must
+    // still show the last good probe among the last ten when it asks.
+    let mon = Monitor::start(db, |c| c.probe_interval = Duration::from_secs(1)).await;
     mon.wait_status("echo", "up").await;
     echo.stop();
     mon.wait_status("echo", "down").await;

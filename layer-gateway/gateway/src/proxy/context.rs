@@ -35,8 +35,8 @@ impl Prompt {
     pub(super) fn of(body: &Bytes, scanned: &Scanned) -> Self {
         Prompt {
             body: body.clone(),
-            text: TEXT_MEMBERS.map(|m| scanned.range(m)),
-            tools: scanned.range("tools"),
+            text: TEXT_MEMBERS.map(|m| scanned.range(body, m)),
+            tools: scanned.range(body, "tools"),
             measured: None,
         }
     }

@@ -739,49 +739,37 @@ pub fn reject_api(
             "bad_request"
         }),
     );
-    let mut res = api.into_response();
-    res.extensions_mut().insert(Logged);
-    res
+    api.into_response()
 }
 
-/// Marks a response whose request is already in the log.
-#[derive(Debug, Clone, Copy)]
-struct Logged;
-
-/// Logs requests the shared layers refused before routing (a body over the size limit is
-/// refused from its `Content-Length`, unread), so that every client request has its row.
-pub async fn log_edge_rejections(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = req.uri().path().trim_start_matches("/v1").to_owned();
-    let res = next.run(req).await;
-    if res.status() == StatusCode::PAYLOAD_TOO_LARGE && res.extensions().get::<Logged>().is_none() {
-        let route = match path.as_str() {
-            "/chat/completions" => Some(Route::Chat),
-            "/messages" | "/messages/count_tokens" => Some(Route::Messages),
-            "/responses" => Some(Route::Responses),
-            "/completions" => Some(Route::Completions),
-            "/embeddings" => Some(Route::Embeddings),
-            "/audio/transcriptions" => Some(Route::Transcriptions),
-            "/audio/translations" => Some(Route::Translations),
-            "/audio/speech" => Some(Route::Speech),
-            "/images/generations" => Some(Route::Images),
-            "/rerank" => Some(Route::Rerank),
-            _ => None,
-        };
-        if let Some(route) = route {
-            let rid = res
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            Record::new(&state, route, rid, Caller::Anonymous).finish(413, Some("too_large"));
-        }
-    }
-    res
+/// Logs a request the edge refused before routing (a body over the size limit is refused
+/// from its `Content-Length`, unread), so that every client request has its row.
+pub fn log_refusal(state: &Arc<AppState>, refused: &service_kit::edge::Refusal<'_>) {
+    let route = match refused.path.strip_prefix("/v1").unwrap_or(refused.path) {
+        "/chat/completions" => Route::Chat,
+        "/messages" | "/messages/count_tokens" => Route::Messages,
+        "/responses" => Route::Responses,
+        "/completions" => Route::Completions,
+        "/embeddings" => Route::Embeddings,
+        "/audio/transcriptions" => Route::Transcriptions,
+        "/audio/translations" => Route::Translations,
+        "/audio/speech" => Route::Speech,
+        "/images/generations" => Route::Images,
+        "/rerank" => Route::Rerank,
+        _ => return,
+    };
+    let kind = if refused.status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "bad_request"
+    };
+    Record::new(
+        state,
+        route,
+        refused.request_id.to_owned(),
+        Caller::Anonymous,
+    )
+    .finish(refused.status.as_u16(), Some(kind));
 }
 
 /// Applies a key's budget and rate limits, counting the request.

@@ -351,9 +351,7 @@ impl Record {
     pub(super) fn fail(mut self, err: Error) -> Response {
         let status = err.to_api().status;
         self.finish(status, Some(err.kind()));
-        let mut res = err.into_response();
-        res.extensions_mut().insert(super::Logged);
-        res
+        err.into_response()
     }
 }
 

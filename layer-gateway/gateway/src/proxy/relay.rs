@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
 use bytes::Bytes;
 use docsdb::request_log::UsageSource;
 use futures_util::StreamExt;
@@ -27,15 +27,20 @@ use super::record::Record;
 /// target's `max_tools_bytes`): how many bytes of `tools` were left out.
 pub const TOOLS_DROPPED_HEADER: &str = "x-homelab-tools-dropped";
 
-/// Copies the headers that describe the body (and the engine's count of cut embedding
-/// inputs).
+// Named once: a name given as text is copied into each answer's map.
+static HANDLE_HEADER: HeaderName = HeaderName::from_static("x-homelab-handle");
+static TARGET_HEADER: HeaderName = HeaderName::from_static("x-homelab-target");
+static ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-homelab-attempts");
+
+/// The answer's headers: those that describe the body (and the engine's count of cut
+/// embedding inputs), and which handle, target and attempt answered.
 pub(super) fn response_headers(
     up: &HeaderMap,
     target: &Target,
     handle: &str,
     attempts: u32,
 ) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    let mut h = HeaderMap::with_capacity(10);
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_ENCODING,
@@ -49,13 +54,32 @@ pub(super) fn response_headers(
         h.insert(contract::engine::TRUNCATED_INPUTS_HEADER, v.clone());
     }
     if let Ok(v) = HeaderValue::from_str(handle) {
-        h.insert("x-homelab-handle", v);
+        h.insert(HANDLE_HEADER.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&target.endpoint) {
-        h.insert("x-homelab-target", v);
+    if let Some(v) = &target.endpoint_header {
+        h.insert(TARGET_HEADER.clone(), v.clone());
     }
-    h.insert("x-homelab-attempts", HeaderValue::from(attempts));
+    const FEW: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
+    let attempts = FEW.get(attempts as usize).map_or_else(
+        || HeaderValue::from(attempts),
+        |n| HeaderValue::from_static(n),
+    );
+    h.insert(ATTEMPTS_HEADER.clone(), attempts);
     h
+}
+
+/// An answer with `headers` as they are (typed as bytes when they name no type).
+fn answer(status: StatusCode, body: Body, mut headers: HeaderMap) -> Response {
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
 }
 
 pub(super) async fn respond(
@@ -126,8 +150,7 @@ pub(super) async fn respond(
         }
         rec.add_own(began.elapsed());
         rec.finish(status, error);
-        let mut res = (up.status, up.first).into_response();
-        res.headers_mut().extend(headers);
+        let res = answer(up.status, Body::from(up.first), headers);
         return res;
     };
     // Events are read in an SSE stream that is not compressed; other answers (speech audio)
@@ -181,9 +204,7 @@ pub(super) async fn respond(
         let chunk = r.next_chunk().await?;
         Some((Ok::<_, std::io::Error>(chunk), r))
     });
-    let mut res = (up.status, Body::from_stream(body)).into_response();
-    res.headers_mut().extend(headers);
-    res
+    answer(up.status, Body::from_stream(body), headers)
 }
 
 /// What an answer says about its size and speed.
@@ -207,8 +228,8 @@ pub(super) fn generation_of(timings: Option<&contract::engine::Timings>) -> Opti
 /// messages, audio and image answers. Only the `usage` and `timings` members are decoded:
 /// the top-level scan skips the rest (the answer's text) without building it.
 pub(super) fn usage_of(json: &[u8], scanned: &Scanned) -> Option<UsageSeen> {
-    let usage: Value = serde_json::from_slice(scanned.get(json, "usage")?).ok()?;
-    let (prompt, completion) = tokens_of(&usage);
+    let usage: Counts = serde_json::from_slice(scanned.get(json, "usage")?).ok()?;
+    let (prompt, completion) = usage.tokens();
     let timings = scanned
         .get(json, "timings")
         .and_then(|t| serde_json::from_slice::<contract::engine::Timings>(t).ok());
@@ -217,6 +238,29 @@ pub(super) fn usage_of(json: &[u8], scanned: &Scanned) -> Option<UsageSeen> {
         completion,
         generation: generation_of(timings.as_ref()),
     })
+}
+
+/// The counts of a `usage` object, in either naming, read without building the object (its
+/// other members are skipped). A count that is not a whole number is no count.
+#[derive(serde::Deserialize)]
+struct Counts {
+    prompt_tokens: Option<Value>,
+    input_tokens: Option<Value>,
+    completion_tokens: Option<Value>,
+    output_tokens: Option<Value>,
+}
+
+impl Counts {
+    fn tokens(&self) -> (Option<u64>, Option<u64>) {
+        // A member that is `null` is read as absent.
+        let either = |a: &Option<Value>, b: &Option<Value>| {
+            a.as_ref().or(b.as_ref()).and_then(Value::as_u64)
+        };
+        (
+            either(&self.prompt_tokens, &self.input_tokens),
+            either(&self.completion_tokens, &self.output_tokens),
+        )
+    }
 }
 
 /// The prompt and completion tokens of a `usage` object, in either naming.
@@ -254,9 +298,7 @@ pub(super) fn cached(mut rec: Record, hit: crate::cache::Answer) -> Response {
     rec.ttft = Some(rec.started.elapsed());
     rec.add_own(rec.started.elapsed());
     rec.finish(200, None);
-    let mut res = (axum::http::StatusCode::OK, hit.body).into_response();
-    res.headers_mut().extend(headers);
-    res
+    answer(StatusCode::OK, Body::from(hit.body), headers)
 }
 
 /// The completion tokens of a plain answer that reports none: its `choices` (or Anthropic's

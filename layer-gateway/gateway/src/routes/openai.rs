@@ -45,8 +45,8 @@ pub async fn translations(State(state): State<Arc<AppState>>, req: Request) -> R
 }
 
 /// An audio form: read up to its `model`, then streamed to the target.
-async fn upload(state: Arc<AppState>, route: Route, req: Request) -> Response {
-    let request_id = service_kit::request_id::of(&req);
+async fn upload(state: Arc<AppState>, route: Route, mut req: Request) -> Response {
+    let request_id = service_kit::request_id::take(&mut req);
     let caller = match super::caller(&state, req.headers()) {
         Ok(c) => c,
         Err(e) => return proxy::reject(&state, route, request_id, None, req.headers(), e),
@@ -67,8 +67,8 @@ async fn upload(state: Arc<AppState>, route: Route, req: Request) -> Response {
     }
 }
 
-async fn handle(state: Arc<AppState>, route: Route, req: Request) -> Response {
-    let request_id = service_kit::request_id::of(&req);
+async fn handle(state: Arc<AppState>, route: Route, mut req: Request) -> Response {
+    let request_id = service_kit::request_id::take(&mut req);
     let caller = match super::caller(&state, req.headers()) {
         Ok(c) => c,
         Err(e) => return proxy::reject(&state, route, request_id, None, req.headers(), e),
