@@ -188,7 +188,8 @@ pub async fn insert_batch(db: &Db, rows: &[RequestLogRow]) -> Result<u64> {
          user_email, user_role, chat_id, request_bytes, response_bytes, usage_source, \
          cache_hit) VALUES ";
     crate::db::insert_rows(db, HEAD, COLUMNS, ROWS_PER_STATEMENT, rows, |q, r| {
-        // Text is bound borrowed from the rows: nothing is copied before SQLite copies it.
+        // Texts are bound borrowed from the rows (sqlx still copies them once for its SQLite
+        // worker thread, and SQLite once more).
         q.bind(r.request_id.as_str())
             .bind(r.started_at_ms)
             .bind(r.key_name.as_deref())
