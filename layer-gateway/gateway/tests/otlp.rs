@@ -138,20 +138,9 @@ async fn a_request_and_its_attempts_are_spans_of_the_clients_trace() {
     );
     assert!(attr(server, "gen_ai.usage.input_tokens")["intValue"].is_string());
     assert_eq!(server["status"]["code"], 0);
-    let start = |s: &Value| {
-        s["startTimeUnixNano"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let end = |s: &Value| {
-        s["endTimeUnixNano"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let nanos = |s: &Value, key: &str| s[key].as_str().unwrap().parse::<u64>().unwrap();
+    let start = |s: &Value| nanos(s, "startTimeUnixNano");
+    let end = |s: &Value| nanos(s, "endTimeUnixNano");
     let mut attempts: Vec<&Value> = spans.iter().filter(|s| s["kind"] == 3).collect();
     attempts.sort_by_key(|s| start(s));
     assert_eq!(attempts.len(), 2);
