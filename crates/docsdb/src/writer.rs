@@ -4,13 +4,19 @@
 //! [`BatchWriter::log`] either queues the row at once or drops it and counts the drop; the
 //! task writes what is queued in batches (one transaction each, one retry), and
 //! [`BatchWriter::close`] writes everything still queued before it returns.
+//!
+//! Once a batch has begun, the task sleeps until the flush interval ends or the senders
+//! tell it a whole batch waits (counting the rows it already holds), then takes the rows
+//! at once: queuing a row wakes
+//! nothing (no task scheduled, no timer set per row), so the hot path pays one atomic
+//! queue operation per row.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::db::Db;
 use crate::error::Result;
@@ -55,8 +61,11 @@ pub struct WriterStats {
     pub failed: AtomicU64,
 }
 
+// A row travels unboxed: the channel's slots are allocated in blocks and reused, so a
+// large slot costs no allocation per row where a box would.
+#[allow(clippy::large_enum_variant)]
 enum Msg<R> {
-    Row(Box<R>),
+    Row(R),
     Close(oneshot::Sender<()>),
 }
 
@@ -64,11 +73,23 @@ enum Msg<R> {
 #[derive(Debug)]
 pub struct BatchWriter<R: Rows> {
     tx: mpsc::Sender<Msg<R>>,
+    signal: Arc<Signal>,
+    batch_size: usize,
     closed: AtomicBool,
     stats: Arc<WriterStats>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The writer's death has been reported.
     reported: AtomicBool,
+}
+
+/// What the senders and the task share besides the channel.
+#[derive(Debug, Default)]
+struct Signal {
+    /// Told when a whole batch waits, or a close: the task's wait ends early.
+    ready: Notify,
+    /// Rows accepted and not yet taken into a write (queued, or held by the task for the
+    /// batch it is gathering).
+    pending: AtomicUsize,
 }
 
 impl<R> std::fmt::Debug for Msg<R> {
@@ -82,9 +103,13 @@ impl<R: Rows> BatchWriter<R> {
     pub fn spawn(db: Db, config: WriterConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
-        let task = tokio::spawn(run(db, config, rx, stats.clone()));
+        let signal = Arc::new(Signal::default());
+        let batch_size = config.batch_size.max(1);
+        let task = tokio::spawn(run(db, config, rx, signal.clone(), stats.clone()));
         BatchWriter {
             tx,
+            signal,
+            batch_size,
             closed: AtomicBool::new(false),
             stats,
             task: std::sync::Mutex::new(Some(task)),
@@ -115,9 +140,17 @@ impl<R: Rows> BatchWriter<R> {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        match self.tx.try_send(Msg::Row(Box::new(row))) {
-            Ok(()) => true,
+        // Counted before it is sent, so the task never takes a row it has not been told of.
+        let pending = self.signal.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.tx.try_send(Msg::Row(row)) {
+            Ok(()) => {
+                if pending >= self.batch_size {
+                    self.signal.ready.notify_one();
+                }
+                true
+            }
             Err(e) => {
+                self.signal.pending.fetch_sub(1, Ordering::AcqRel);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 if matches!(e, mpsc::error::TrySendError::Closed(_)) {
                     self.report_death("its queue is closed");
@@ -139,7 +172,9 @@ impl<R: Rows> BatchWriter<R> {
             return true;
         }
         let (done_tx, done_rx) = oneshot::channel();
-        let flushed = self.tx.send(Msg::Close(done_tx)).await.is_ok() && done_rx.await.is_ok();
+        let sent = self.tx.send(Msg::Close(done_tx)).await.is_ok();
+        self.signal.ready.notify_one();
+        let flushed = sent && done_rx.await.is_ok();
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         let ended = match task {
             Some(t) => t.await.map_err(|e| e.to_string()),
@@ -163,37 +198,39 @@ async fn run<R: Rows>(
     db: Db,
     cfg: WriterConfig,
     mut rx: mpsc::Receiver<Msg<R>>,
+    signal: Arc<Signal>,
     stats: Arc<WriterStats>,
 ) {
-    let mut batch: Vec<R> = Vec::with_capacity(cfg.batch_size);
+    let size = cfg.batch_size.max(1);
+    let mut batch: Vec<R> = Vec::with_capacity(size);
     loop {
-        let mut close = None;
-        match rx.recv().await {
+        let mut close = match rx.recv().await {
             None => break,
-            Some(Msg::Close(done)) => close = Some(done),
-            Some(Msg::Row(r)) => batch.push(*r),
-        }
+            Some(Msg::Close(done)) => Some(done),
+            Some(Msg::Row(r)) => {
+                batch.push(r);
+                None
+            }
+        };
         if close.is_none() {
-            let deadline = tokio::time::Instant::now() + cfg.flush_interval;
-            while batch.len() < cfg.batch_size {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Msg::Row(r))) => batch.push(*r),
-                    Ok(Some(Msg::Close(done))) => {
-                        close = Some(done);
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            // Take what is queued already; if that is not a batch, wait once for the
+            // interval's end or the senders' word, then take what came meanwhile.
+            close = take_queued(&mut rx, &mut batch, size);
+            if close.is_none() && batch.len() < size {
+                let deadline = tokio::time::Instant::now() + cfg.flush_interval;
+                let _ = tokio::time::timeout_at(deadline, signal.ready.notified()).await;
+                close = take_queued(&mut rx, &mut batch, size);
             }
         }
         if close.is_some() {
             // Rows queued before the close message are all in the channel ahead of it, so
             // nothing is left behind; drain anything that raced in as well.
             while let Ok(Msg::Row(r)) = rx.try_recv() {
-                batch.push(*r);
+                batch.push(r);
             }
         }
-        for chunk in batch.chunks(cfg.batch_size.max(1)) {
+        signal.pending.fetch_sub(batch.len(), Ordering::AcqRel);
+        for chunk in batch.chunks(size) {
             write(&db, chunk, &stats).await;
         }
         batch.clear();
@@ -202,6 +239,23 @@ async fn run<R: Rows>(
             return;
         }
     }
+}
+
+/// Moves queued rows into `batch` until it holds `size` or the queue is empty, without
+/// waiting; the close request if one came.
+fn take_queued<R>(
+    rx: &mut mpsc::Receiver<Msg<R>>,
+    batch: &mut Vec<R>,
+    size: usize,
+) -> Option<oneshot::Sender<()>> {
+    while batch.len() < size {
+        match rx.try_recv() {
+            Ok(Msg::Row(r)) => batch.push(r),
+            Ok(Msg::Close(done)) => return Some(done),
+            Err(_) => break,
+        }
+    }
+    None
 }
 
 async fn write<R: Rows>(db: &Db, rows: &[R], stats: &WriterStats) {

@@ -60,6 +60,7 @@ on_both!(
     keys_are_hashed_limited_and_revocable,
     request_log_batches_feed_the_views,
     request_log_writer_flushes_on_close_and_counts_drops,
+    request_log_writer_writes_a_whole_batch_without_waiting_for_the_interval,
     health_checks_feed_status_and_uptime,
     model_inventory_orders_by_footprint_with_headroom,
     residency_shows_what_is_loaded_and_what_is_free,
@@ -561,6 +562,44 @@ async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
         !w.log(log_row(0, "chat", 200)),
         "a closed writer refuses rows"
     );
+}
+
+async fn request_log_writer_writes_a_whole_batch_without_waiting_for_the_interval(db: Db) {
+    use docsdb::request_log::{RequestLogWriter, WriterConfig};
+    use std::sync::atomic::Ordering;
+    let cfg = WriterConfig {
+        capacity: 64,
+        batch_size: 16,
+        flush_interval: std::time::Duration::from_secs(3_600),
+    };
+    let w = RequestLogWriter::spawn(db.clone(), cfg);
+    // A row short of a batch waits for the interval (an hour): nothing is written.
+    for i in 0..15 {
+        assert!(w.log(log_row(i, "chat", 200)));
+    }
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(count(&db, "request_log").await, 0);
+    // The sixteenth makes a batch: the senders say so and the writer writes it now.
+    assert!(w.log(log_row(15, "chat", 200)));
+    let mut written = 0;
+    for _ in 0..500 {
+        written = w.stats().written.load(Ordering::Relaxed);
+        if written == 16 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        written, 16,
+        "a whole batch is written before the interval ends"
+    );
+    assert_eq!(count(&db, "request_log").await, 16);
+    // The next row waits again, and close() writes it.
+    assert!(w.log(log_row(16, "chat", 200)));
+    assert!(w.close().await);
+    assert_eq!(count(&db, "request_log").await, 17);
 }
 
 fn tool_row(request: &str, tool: &str, ok: bool, age_ms: i64) -> docsdb::tool_calls::ToolCallRow {

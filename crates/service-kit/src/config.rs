@@ -29,6 +29,12 @@ pub struct CommonArgs {
     /// How long shutdown waits for in-flight requests before cutting them off.
     #[arg(long, env = "HOMELAB_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
+
+    /// Threads that run the service's requests when it runs as its own binary (default: one
+    /// per core). One keeps a service that shares its cores with an inference engine to a
+    /// single core, at less CPU per request.
+    #[arg(long, env = "HOMELAB_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 impl Default for CommonArgs {
@@ -37,6 +43,7 @@ impl Default for CommonArgs {
             log_format: LogFormat::Text,
             body_limit: 32 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
+            worker_threads: None,
         }
     }
 }
@@ -72,5 +79,11 @@ mod tests {
             .common;
         assert_eq!((c.body_limit, c.log_format), (1 << 20, LogFormat::Json));
         assert!(Cli::try_parse_from(["x", "--body-limit", "lots"]).is_err());
+        assert_eq!(c.worker_threads, None);
+        let c = Cli::try_parse_from(["x", "--worker-threads", "1"])
+            .unwrap()
+            .common;
+        assert_eq!(c.worker_threads, Some(1));
+        assert!(Cli::try_parse_from(["x", "--worker-threads", "0"]).is_err());
     }
 }

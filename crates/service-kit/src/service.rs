@@ -58,10 +58,11 @@ pub fn run_with<S: Service>(config: S) -> ExitCode {
     if let Err(e) = crate::telemetry::init(config.common().log_format) {
         eprintln!("{e}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.common().worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "{} cannot start its runtime", S::NAME);

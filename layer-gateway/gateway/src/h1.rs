@@ -184,7 +184,13 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let list = idle.entry(conn.authority.clone()).or_default();
+        // The key is copied only the first time an origin's connection comes back.
+        if !idle.contains_key(&conn.authority) {
+            idle.insert(conn.authority.clone(), Vec::new());
+        }
+        let Some(list) = idle.get_mut(&conn.authority) else {
+            return;
+        };
         // The oldest are at the front: drop those past their time, and one if full.
         let stale = list
             .iter()
