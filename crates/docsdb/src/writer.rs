@@ -6,10 +6,9 @@
 //! [`BatchWriter::close`] writes everything still queued before it returns.
 //!
 //! Once a batch has begun, the task sleeps until the flush interval ends or the senders
-//! tell it a whole batch waits (counting the rows it already holds), then takes the rows
-//! at once: queuing a row wakes
-//! nothing (no task scheduled, no timer set per row), so the hot path pays one atomic
-//! queue operation per row.
+//! tell it a whole batch waits (counting the rows it already holds; a batch is never more
+//! than the queue holds), then takes the rows at once: queuing a row wakes nothing (no task
+//! scheduled, no timer set per row), it costs the queue's own operation and one counter.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,7 +73,9 @@ enum Msg<R> {
 pub struct BatchWriter<R: Rows> {
     tx: mpsc::Sender<Msg<R>>,
     signal: Arc<Signal>,
-    batch_size: usize,
+    /// Rows waiting that make the senders wake the task: a batch, or the whole queue if
+    /// that is smaller.
+    wake_at: usize,
     closed: AtomicBool,
     stats: Arc<WriterStats>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -104,12 +105,12 @@ impl<R: Rows> BatchWriter<R> {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let signal = Arc::new(Signal::default());
-        let batch_size = config.batch_size.max(1);
+        let wake_at = config.batch_size.min(config.capacity).max(1);
         let task = tokio::spawn(run(db, config, rx, signal.clone(), stats.clone()));
         BatchWriter {
             tx,
             signal,
-            batch_size,
+            wake_at,
             closed: AtomicBool::new(false),
             stats,
             task: std::sync::Mutex::new(Some(task)),
@@ -144,7 +145,7 @@ impl<R: Rows> BatchWriter<R> {
         let pending = self.signal.pending.fetch_add(1, Ordering::AcqRel) + 1;
         match self.tx.try_send(Msg::Row(row)) {
             Ok(()) => {
-                if pending >= self.batch_size {
+                if pending >= self.wake_at {
                     self.signal.ready.notify_one();
                 }
                 true

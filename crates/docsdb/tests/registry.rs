@@ -540,15 +540,19 @@ async fn request_log_records_who_each_request_was_for(db: Db) {
     );
 }
 
-async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
-    use docsdb::request_log::{RequestLogWriter, WriterConfig};
-    use std::sync::atomic::Ordering;
-    let cfg = WriterConfig {
+/// A request-log writer of 64 queued rows and batches of 16, flushing after `interval`.
+fn small_writer(db: &Db, interval: std::time::Duration) -> docsdb::request_log::RequestLogWriter {
+    let cfg = docsdb::request_log::WriterConfig {
         capacity: 64,
         batch_size: 16,
-        flush_interval: std::time::Duration::from_secs(60),
+        flush_interval: interval,
     };
-    let w = RequestLogWriter::spawn(db.clone(), cfg);
+    docsdb::request_log::RequestLogWriter::spawn(db.clone(), cfg)
+}
+
+async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
+    use std::sync::atomic::Ordering;
+    let w = small_writer(&db, std::time::Duration::from_secs(60));
     // The test runtime has one thread: the writer task cannot run until we yield, so exactly
     // `capacity` rows fit and the rest are dropped and counted.
     let accepted = (0..100).filter(|i| w.log(log_row(*i, "chat", 200))).count();
@@ -565,14 +569,8 @@ async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
 }
 
 async fn request_log_writer_writes_a_whole_batch_without_waiting_for_the_interval(db: Db) {
-    use docsdb::request_log::{RequestLogWriter, WriterConfig};
     use std::sync::atomic::Ordering;
-    let cfg = WriterConfig {
-        capacity: 64,
-        batch_size: 16,
-        flush_interval: std::time::Duration::from_secs(3_600),
-    };
-    let w = RequestLogWriter::spawn(db.clone(), cfg);
+    let w = small_writer(&db, std::time::Duration::from_secs(3_600));
     // A row short of a batch waits for the interval (an hour): nothing is written.
     for i in 0..15 {
         assert!(w.log(log_row(i, "chat", 200)));
@@ -600,6 +598,35 @@ async fn request_log_writer_writes_a_whole_batch_without_waiting_for_the_interva
     assert!(w.log(log_row(16, "chat", 200)));
     assert!(w.close().await);
     assert_eq!(count(&db, "request_log").await, 17);
+
+    // A queue smaller than a batch: a full queue wakes the writer, so rows keep flowing
+    // rather than being dropped for the interval.
+    let cfg = docsdb::request_log::WriterConfig {
+        capacity: 4,
+        batch_size: 16,
+        flush_interval: std::time::Duration::from_secs(3_600),
+    };
+    let w = docsdb::request_log::RequestLogWriter::spawn(db.clone(), cfg);
+    let mut accepted = 0;
+    for i in 0..40 {
+        accepted += usize::from(w.log(log_row(100 + i, "chat", 200)));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut written = 0;
+    for _ in 0..500 {
+        written = w.stats().written.load(Ordering::Relaxed);
+        if written >= 36 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(accepted > 4, "only {accepted} of 40 rows were taken");
+    assert!(
+        written as usize + 4 >= accepted,
+        "{written} of {accepted} rows written while the interval is an hour"
+    );
+    assert!(w.close().await);
+    assert_eq!(count(&db, "request_log").await, 17 + accepted as i64);
 }
 
 fn tool_row(request: &str, tool: &str, ok: bool, age_ms: i64) -> docsdb::tool_calls::ToolCallRow {
