@@ -540,19 +540,36 @@ async fn request_log_records_who_each_request_was_for(db: Db) {
     );
 }
 
-/// A request-log writer of 64 queued rows and batches of 16, flushing after `interval`.
-fn small_writer(db: &Db, interval: std::time::Duration) -> docsdb::request_log::RequestLogWriter {
+/// A request-log writer of `capacity` queued rows and batches of 16, flushing after
+/// `interval`.
+fn small_writer(
+    db: &Db,
+    capacity: usize,
+    interval: std::time::Duration,
+) -> docsdb::request_log::RequestLogWriter {
     let cfg = docsdb::request_log::WriterConfig {
-        capacity: 64,
+        capacity,
         batch_size: 16,
         flush_interval: interval,
     };
     docsdb::request_log::RequestLogWriter::spawn(db.clone(), cfg)
 }
 
+/// The rows `w` has written once it has written `at_least`, or after ten seconds.
+async fn written_once(w: &docsdb::request_log::RequestLogWriter, at_least: u64) -> u64 {
+    let written = || w.stats().written.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..500 {
+        if written() >= at_least {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    written()
+}
+
 async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
     use std::sync::atomic::Ordering;
-    let w = small_writer(&db, std::time::Duration::from_secs(60));
+    let w = small_writer(&db, 64, std::time::Duration::from_secs(60));
     // The test runtime has one thread: the writer task cannot run until we yield, so exactly
     // `capacity` rows fit and the rest are dropped and counted.
     let accepted = (0..100).filter(|i| w.log(log_row(*i, "chat", 200))).count();
@@ -569,8 +586,8 @@ async fn request_log_writer_flushes_on_close_and_counts_drops(db: Db) {
 }
 
 async fn request_log_writer_writes_a_whole_batch_without_waiting_for_the_interval(db: Db) {
-    use std::sync::atomic::Ordering;
-    let w = small_writer(&db, std::time::Duration::from_secs(3_600));
+    let hour = std::time::Duration::from_secs(3_600);
+    let w = small_writer(&db, 64, hour);
     // A row short of a batch waits for the interval (an hour): nothing is written.
     for i in 0..15 {
         assert!(w.log(log_row(i, "chat", 200)));
@@ -581,14 +598,7 @@ async fn request_log_writer_writes_a_whole_batch_without_waiting_for_the_interva
     assert_eq!(count(&db, "request_log").await, 0);
     // The sixteenth makes a batch: the senders say so and the writer writes it now.
     assert!(w.log(log_row(15, "chat", 200)));
-    let mut written = 0;
-    for _ in 0..500 {
-        written = w.stats().written.load(Ordering::Relaxed);
-        if written == 16 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let written = written_once(&w, 16).await;
     assert_eq!(
         written, 16,
         "a whole batch is written before the interval ends"
@@ -601,25 +611,13 @@ async fn request_log_writer_writes_a_whole_batch_without_waiting_for_the_interva
 
     // A queue smaller than a batch: a full queue wakes the writer, so rows keep flowing
     // rather than being dropped for the interval.
-    let cfg = docsdb::request_log::WriterConfig {
-        capacity: 4,
-        batch_size: 16,
-        flush_interval: std::time::Duration::from_secs(3_600),
-    };
-    let w = docsdb::request_log::RequestLogWriter::spawn(db.clone(), cfg);
+    let w = small_writer(&db, 4, hour);
     let mut accepted = 0;
     for i in 0..40 {
         accepted += usize::from(w.log(log_row(100 + i, "chat", 200)));
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let mut written = 0;
-    for _ in 0..500 {
-        written = w.stats().written.load(Ordering::Relaxed);
-        if written >= 36 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let written = written_once(&w, 36).await;
     assert!(accepted > 4, "only {accepted} of 40 rows were taken");
     assert!(
         written as usize + 4 >= accepted,
