@@ -31,6 +31,9 @@ pub struct Timings {
     pub queue_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked_ms: Option<f64>,
+    /// Prompt tokens whose KV came from the prefix cache (not read again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_n: Option<u64>,
 }
 
 /// Where one request is in an engine.

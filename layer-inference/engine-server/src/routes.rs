@@ -360,7 +360,10 @@ fn engine_api_error(e: &Engine, err: EngineError) -> ApiError {
         )
         .with_param("messages"),
         EngineError::EmptyPrompt => ApiError::bad_request("the prompt is empty"),
-        EngineError::QueueFull(_) | EngineError::Shed(_) | EngineError::QueueTimeout(_) => {
+        EngineError::QueueFull(_)
+        | EngineError::Shed(_)
+        | EngineError::QueueTimeout(_)
+        | EngineError::KvFull => {
             ApiError::server_busy(format!(
                 "the engine is busy ({}): {err}; retry shortly",
                 queue_state(e).describe()
@@ -374,7 +377,10 @@ fn engine_api_error(e: &Engine, err: EngineError) -> ApiError {
 fn engine_error(e: &Engine, err: EngineError) -> Response {
     let busy = matches!(
         err,
-        EngineError::QueueFull(_) | EngineError::Shed(_) | EngineError::QueueTimeout(_)
+        EngineError::QueueFull(_)
+            | EngineError::Shed(_)
+            | EngineError::QueueTimeout(_)
+            | EngineError::KvFull
     );
     let mut res = engine_api_error(e, err).into_response();
     if busy {
@@ -502,7 +508,8 @@ enum Kind {
     Text,
 }
 
-fn timings_json(t: &llm_engine::Timings, prompt_n: usize, predicted_n: usize) -> Value {
+fn timings_json(t: &llm_engine::Timings, d: &Done) -> Value {
+    let (prompt_n, predicted_n) = (d.prompt_tokens, d.completion_tokens);
     let per_second = (t.predicted_ms > 0.0 && predicted_n > 1)
         .then(|| predicted_n as f64 / (t.predicted_ms / 1000.0));
     serde_json::to_value(Timings {
@@ -513,12 +520,48 @@ fn timings_json(t: &llm_engine::Timings, prompt_n: usize, predicted_n: usize) ->
         predicted_per_second: per_second,
         queue_ms: Some(t.queue_ms),
         parked_ms: Some(t.parked_ms),
+        cache_n: Some(d.cached_tokens as u64),
     })
     .unwrap_or(Value::Null)
 }
 
-fn usage_json(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+/// What the engine said at the end of a generation.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    finish: llm_engine::Finish,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    cached_tokens: usize,
+    timings: llm_engine::Timings,
+}
+
+impl Done {
+    fn of(ev: Event) -> Option<Done> {
+        match ev {
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+                cached_tokens,
+                timings,
+            } => Some(Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+                cached_tokens,
+                timings,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// OpenAI's `usage`, with the prompt tokens served from the prefix cache as OpenAI reports
+/// cached tokens.
+fn usage_json(d: &Done) -> Value {
+    let (p, c) = (d.prompt_tokens, d.completion_tokens);
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": d.cached_tokens}})
 }
 
 async fn run(
@@ -554,24 +597,20 @@ async fn run(
             match x {
                 Event::Queued { .. } => {}
                 Event::Text(t) => text.push_str(&t),
-                Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                    timings,
-                } => done = Some((finish, prompt_tokens, completion_tokens, timings)),
+                ev @ Event::Done { .. } => done = Done::of(ev),
             }
             ev = rx.recv().await;
         }
-        let Some((finish, pt, ct, timings)) = done else {
+        let Some(d) = done else {
             // It waited, then failed (the queue's longest wait, a generation error).
             return match err_rx.await {
                 Ok(Err(err)) => engine_error(&e, err),
                 _ => ApiError::internal("generation ended without an answer").into_response(),
             };
         };
-        let usage = usage_json(pt, ct);
-        let timings = timings_json(&timings, pt, ct);
+        let usage = usage_json(&d);
+        let timings = timings_json(&d.timings, &d);
+        let finish = d.finish;
         let body = match kind {
             Kind::Chat { tools } => {
                 let (content, calls) = if tools {
@@ -704,10 +743,10 @@ impl Frames {
         self.frame(&v)
     }
 
-    fn usage(&self, prompt: usize, completion: usize) -> Bytes {
+    fn usage(&self, d: &Done) -> Bytes {
         let mut v = self.chunk(Value::Null);
         v["choices"] = json!([]);
-        v["usage"] = usage_json(prompt, completion);
+        v["usage"] = usage_json(d);
         self.frame(&v)
     }
 }
@@ -767,17 +806,13 @@ impl SseState {
                     }
                     self.out.push_back(self.frames.piece(&t));
                 }
-                Some(Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                    timings,
-                }) => {
+                Some(ev @ Event::Done { .. }) => {
+                    let Some(d) = Done::of(ev) else { continue };
                     if !self.started {
                         self.started = true;
                         self.out.extend(self.frames.role());
                     }
-                    let mut finish = finish.as_str();
+                    let mut finish = d.finish.as_str();
                     if let Some(c) = self.calls.take() {
                         let (rest, calls) = c.finish();
                         if !rest.is_empty() {
@@ -788,11 +823,10 @@ impl SseState {
                             finish = "tool_calls";
                         }
                     }
-                    let t = timings_json(&timings, prompt_tokens, completion_tokens);
+                    let t = timings_json(&d.timings, &d);
                     self.out.push_back(self.frames.end(finish, t));
                     if self.frames.usage {
-                        self.out
-                            .push_back(self.frames.usage(prompt_tokens, completion_tokens));
+                        self.out.push_back(self.frames.usage(&d));
                     }
                     self.out
                         .push_back(Bytes::from_static(contract::sse::DONE_FRAME));
@@ -837,7 +871,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
          # TYPE homelab_engine_time_to_first_token_seconds summary\nhomelab_engine_time_to_first_token_seconds_sum {}\nhomelab_engine_time_to_first_token_seconds_count {}\n\
          # TYPE homelab_engine_queue_depth gauge\nhomelab_engine_queue_depth {}\n\
          # TYPE homelab_engine_parked_sequences gauge\nhomelab_engine_parked_sequences {}\n\
-         # TYPE homelab_engine_busy_sequences gauge\nhomelab_engine_busy_sequences {}\n",
+         # TYPE homelab_engine_busy_sequences gauge\nhomelab_engine_busy_sequences {}\n\
+         # HELP homelab_engine_prefix_cache_lookups_total Requests that looked for a cached prompt prefix.\n\
+         # TYPE homelab_engine_prefix_cache_lookups_total counter\nhomelab_engine_prefix_cache_lookups_total {}\n\
+         # HELP homelab_engine_prefix_cache_hits_total Requests that started from a cached prefix.\n\
+         # TYPE homelab_engine_prefix_cache_hits_total counter\nhomelab_engine_prefix_cache_hits_total {}\n\
+         # HELP homelab_engine_prefix_cache_tokens_reused_total Prompt tokens not read again thanks to the cache.\n\
+         # TYPE homelab_engine_prefix_cache_tokens_reused_total counter\nhomelab_engine_prefix_cache_tokens_reused_total {}\n\
+         # TYPE homelab_engine_prefix_cache_bytes gauge\nhomelab_engine_prefix_cache_bytes {}\n\
+         # TYPE homelab_engine_prefix_cache_budget_bytes gauge\nhomelab_engine_prefix_cache_budget_bytes {}\n\
+         # TYPE homelab_engine_prefix_cache_entries gauge\nhomelab_engine_prefix_cache_entries {}\n\
+         # HELP homelab_engine_batch_steps_total Forward passes (each runs every active sequence).\n\
+         # TYPE homelab_engine_batch_steps_total counter\nhomelab_engine_batch_steps_total {}\n\
+         # HELP homelab_engine_batch_tokens_total Tokens fed by those passes (their mean is the batch size).\n\
+         # TYPE homelab_engine_batch_tokens_total counter\nhomelab_engine_batch_tokens_total {}\n",
         get(&s.requests),
         get(&s.prompt_tokens),
         get(&s.prefill_us) as f64 / 1e6,
@@ -851,6 +898,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         q.waiting,
         q.parked,
         q.running,
+        get(&s.prefix_lookups),
+        get(&s.prefix_hits),
+        get(&s.prefix_tokens_reused),
+        get(&s.prefix_bytes),
+        e.prefix_cache_bytes,
+        get(&s.prefix_entries),
+        get(&s.steps),
+        get(&s.step_tokens),
     );
     let mut text = text;
     if let Some(x) = state.embeddings() {

@@ -1,39 +1,28 @@
 //! Generation: a loaded model, the priority queue in front of a fixed number of parallel
-//! sequences ([`crate::queue`]), and the token loop (sampling, stop tokens and strings,
-//! limits) on a blocking thread.
+//! sequences ([`crate::queue`]), and the step loop ([`crate::step`]) that runs them all in one
+//! forward pass per step, on a thread of its own, reusing cached prompt prefixes.
 //!
-//! Each sequence clones the model's weights handle (the weights are shared; each clone has
-//! its own KV cache). A request waits for a free sequence, best priority first; a sequence
-//! asked to yield to a better request parks between two tokens or prefill chunks and resumes
-//! later with its cache intact. When the receiver of a request's events is dropped (the
-//! client went away), its loop stops at the next token and frees the sequence.
+//! A request waits for a free sequence, best priority first; a sequence asked to yield to a
+//! better request parks between two steps and resumes later with its KV intact. When the
+//! receiver of a request's events is dropped (the client went away), its sequence ends at the
+//! next step, and what it read stays in the prefix cache.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::EngineError;
 use crate::gguf::GgufInfo;
-use crate::queue::{Priority, Queue, QueueSnapshot, RequestState, Resumed, Slot};
-use crate::sampling::{DRY_BREAKERS, Sampler, SamplerDefaults, SamplerRequest};
+use crate::queue::{Priority, Queue, QueueSnapshot, RequestState};
+use crate::runner::Runner;
+use crate::sampling::{SamplerDefaults, SamplerRequest};
+use crate::step::{Job, Shared, Stepper};
 use crate::template::{CHATML, ChatTemplate, TemplateMessage};
 use crate::tokenizer::GgufTokenizer;
-
-/// Prompt tokens fed at once: between two chunks a sequence can yield to a better request.
-/// candle reads a prompt token by token anyway (about as fast as it generates), so small
-/// chunks cost it nothing; llama.cpp and OpenVINO gain from larger batches.
-fn prefill_chunk(backend: Backend) -> usize {
-    match backend {
-        Backend::Candle => 16,
-        Backend::LlamaCpp | Backend::OpenVino => 128,
-    }
-}
 
 /// Which library computes the logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,6 +97,9 @@ pub struct EngineConfig {
     /// The OpenVINO inference precision (`f32`, `bf16`, `f16`); the device's default (bf16 on
     /// CPUs that have it) when `None`.
     pub precision: Option<String>,
+    /// Memory for the KV of ended sequences kept for prefix reuse, in MiB (`None`: a
+    /// sixteenth of the machine's memory, between 256 MiB and 4 GiB; 0: none kept).
+    pub prefix_cache_mb: Option<usize>,
 }
 
 impl EngineConfig {
@@ -131,6 +123,7 @@ impl EngineConfig {
             threads: 0,
             device: "CPU".into(),
             precision: None,
+            prefix_cache_mb: None,
         }
     }
 }
@@ -199,6 +192,8 @@ pub enum Event {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens whose KV came from the prefix cache instead of being read.
+        cached_tokens: usize,
         timings: Timings,
     },
 }
@@ -215,43 +210,31 @@ pub struct Stats {
     /// Sum of times from a sequence's start to its first token, and how many.
     pub ttft_us: AtomicU64,
     pub ttft_count: AtomicU64,
+    /// Requests that looked for a cached prefix, those that found one, and the prompt tokens
+    /// it saved reading.
+    pub prefix_lookups: AtomicU64,
+    pub prefix_hits: AtomicU64,
+    pub prefix_tokens_reused: AtomicU64,
+    /// Bytes and sequences the prefix cache holds now.
+    pub prefix_bytes: AtomicU64,
+    pub prefix_entries: AtomicU64,
+    /// Forward passes, and the tokens they fed (their mean is the batch size).
+    pub steps: AtomicU64,
+    pub step_tokens: AtomicU64,
 }
 
-enum Weights {
-    Candle(Box<ModelWeights>),
-    #[cfg(feature = "llama-cpp")]
-    Llama(crate::llama::LlamaWeights),
-    #[cfg(feature = "openvino")]
-    OpenVino(crate::openvino::OvWeights),
-}
-
-/// One sequence's model state (its KV cache).
-enum Session<'a> {
-    Candle(Box<ModelWeights>),
-    #[cfg(feature = "llama-cpp")]
-    Llama(crate::llama::LlamaSession<'a>),
-    #[cfg(feature = "openvino")]
-    OpenVino(crate::openvino::OvSession),
-    #[allow(dead_code)]
-    Unused(std::marker::PhantomData<&'a ()>),
-}
-
-impl Session<'_> {
-    /// Feeds `tokens` from position `start`; the logits after the last one.
-    fn feed(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, EngineError> {
-        let logits = match self {
-            Session::Candle(m) => {
-                let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-                m.forward(&input, start)?.squeeze(0)?
-            }
-            #[cfg(feature = "llama-cpp")]
-            Session::Llama(l) => l.feed(tokens, start)?,
-            #[cfg(feature = "openvino")]
-            Session::OpenVino(o) => o.feed(tokens, start)?,
-            Session::Unused(_) => return Err(EngineError::Generate("no backend".into())),
-        };
-        Ok(logits.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-    }
+/// The prefix cache's budget when none is configured: a sixteenth of the machine's memory,
+/// between 256 MiB and 4 GiB.
+pub fn default_prefix_cache_mb() -> usize {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
+        .unwrap_or(8 << 20);
+    (total_kb / 1024 / 16).clamp(256, 4096)
 }
 
 /// A loaded model, ready to serve.
@@ -264,14 +247,13 @@ pub struct Engine {
     pub sampler_defaults: SamplerDefaults,
     /// New tokens for a request that does not say (`None`: up to the context).
     pub default_max_tokens: Option<u32>,
-    weights: Weights,
-    tokenizer: GgufTokenizer,
-    /// Tokens that end a repeat for DRY: found in the vocabulary on the first request that
-    /// turns DRY on (a pass over every token, not paid at start-up or without DRY).
-    dry_breakers: std::sync::OnceLock<Arc<[u32]>>,
+    /// Bytes the prefix cache may hold.
+    pub prefix_cache_bytes: usize,
+    shared: Arc<Shared>,
     template: ChatTemplate,
     queue: Arc<Queue>,
-    pub stats: Stats,
+    jobs: std::sync::mpsc::Sender<Job>,
+    pub stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -283,7 +265,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Loads the model (blocking: run it on a blocking thread).
+    /// Loads the model (blocking: run it on a blocking thread) and starts its step loop.
     pub fn load(cfg: &EngineConfig) -> Result<Engine, EngineError> {
         // An OpenVINO IR takes its tokenizer and chat template from the GGUF beside it.
         #[cfg(feature = "openvino")]
@@ -305,55 +287,38 @@ impl Engine {
                 tokenizer.stop_ids.push(id);
             }
         }
-        let weights = match cfg.backend {
-            Backend::Candle => Weights::Candle(Box::new(
-                ModelWeights::from_gguf(ct, &mut file, &Device::Cpu)
-                    .map_err(|e| EngineError::Load(e.to_string()))?,
-            )),
-            #[cfg(feature = "llama-cpp")]
-            Backend::LlamaCpp => Weights::Llama(crate::llama::LlamaWeights::load(
-                &cfg.model_path,
-                cfg.threads,
-            )?),
-            #[cfg(not(feature = "llama-cpp"))]
-            Backend::LlamaCpp => {
-                return Err(EngineError::Load(
-                    "this build has no llama.cpp backend; rebuild with `--features llama-cpp`"
-                        .into(),
-                ));
-            }
-            #[cfg(feature = "openvino")]
-            Backend::OpenVino => Weights::OpenVino(crate::openvino::OvWeights::load(
-                &cfg.model_path,
-                &cfg.device,
-                cfg.precision.as_deref(),
-            )?),
-            #[cfg(not(feature = "openvino"))]
-            Backend::OpenVino => {
-                return Err(EngineError::Load(
-                    "this build has no OpenVINO backend; rebuild with `--features openvino`".into(),
-                ));
-            }
-        };
         let model_ctx = info.context_length().unwrap_or(2048) as usize;
         let context = if cfg.context == 0 {
             model_ctx.min(4096)
         } else {
             cfg.context.min(model_ctx)
         };
+        let stats = Arc::new(Stats::default());
+        let prefix_cache_bytes = cfg.prefix_cache_mb.unwrap_or_else(default_prefix_cache_mb) << 20;
+        let sampler_defaults = SamplerDefaults::from_gguf(&info);
+        let shared = Arc::new(Shared {
+            tokenizer,
+            sampler_defaults: sampler_defaults.clone(),
+            dry_breakers: std::sync::OnceLock::new(),
+            context,
+            default_max_tokens: cfg.default_max_tokens,
+            stats: stats.clone(),
+            cache_budget: prefix_cache_bytes,
+        });
+        let jobs = start_loop(cfg, &ct, &mut file, context, shared.clone())?;
         Ok(Engine {
             model_id: cfg.served_model_id(),
-            sampler_defaults: SamplerDefaults::from_gguf(&info),
+            sampler_defaults,
             default_max_tokens: cfg.default_max_tokens,
+            prefix_cache_bytes,
             info,
             context,
             backend: cfg.backend,
-            weights,
-            dry_breakers: std::sync::OnceLock::new(),
-            tokenizer,
+            shared,
             template,
             queue: Queue::new(cfg.parallel, cfg.queue, cfg.max_queue_wait),
-            stats: Stats::default(),
+            jobs,
+            stats,
         })
     }
 
@@ -380,7 +345,7 @@ impl Engine {
 
     /// The token ids that end generation (end of text and every end-of-turn token).
     pub fn stop_ids(&self) -> &[u32] {
-        &self.tokenizer.stop_ids
+        &self.shared.tokenizer.stop_ids
     }
 
     /// The prompt's tokens.
@@ -388,12 +353,12 @@ impl Engine {
         let text = match input {
             Input::Chat(m) => self.template.render(
                 m,
-                self.tokenizer.bos.as_deref(),
-                self.tokenizer.eos.as_deref(),
+                self.shared.tokenizer.bos.as_deref(),
+                self.shared.tokenizer.eos.as_deref(),
             )?,
             Input::Text(t) => t.clone(),
         };
-        self.tokenizer.encode(&text)
+        self.shared.tokenizer.encode(&text)
     }
 
     /// Generates for `input`, sending events to `tx` until `Done` (or until `tx` is closed).
@@ -432,149 +397,123 @@ impl Engine {
         let Some(slot) = slot else {
             return Ok(()); // the client left while waiting
         };
-        let queued = queued_at.elapsed();
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.run(&prompt, &params, &tx, &slot, queued))
+        let (done, finished) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                prompt,
+                params,
+                tx,
+                slot,
+                queued: queued_at.elapsed(),
+                done,
+            })
+            .map_err(|_| EngineError::Generate("the engine's step loop has stopped".into()))?;
+        finished
             .await
-            .map_err(|e| EngineError::Generate(e.to_string()))?
+            .map_err(|_| EngineError::Generate("the engine's step loop has stopped".into()))?
     }
+}
 
-    fn run(
-        &self,
-        prompt: &[u32],
-        p: &Params,
-        tx: &mpsc::Sender<Event>,
-        slot: &Slot,
-        queued: Duration,
-    ) -> Result<(), EngineError> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let t0 = Instant::now();
-        let mut parked = Duration::ZERO;
-        let cancelled = || tx.is_closed();
-        // Parks the sequence while a better request runs; false if the client left.
-        let go_on = |parked: &mut Duration| {
-            if !slot.should_yield() {
-                return true;
+/// Starts the step loop on its own thread, with the backend `cfg` names; returns where to
+/// send it requests.
+fn start_loop(
+    cfg: &EngineConfig,
+    ct: &gguf_file::Content,
+    file: &mut std::fs::File,
+    context: usize,
+    shared: Arc<Shared>,
+) -> Result<std::sync::mpsc::Sender<Job>, EngineError> {
+    let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+    let (ready_tx, ready) = std::sync::mpsc::sync_channel::<Result<(), EngineError>>(1);
+    let thread = std::thread::Builder::new().name("engine-step".into());
+    // Runs the loop on `runner`, once it is built on the loop's thread.
+    fn go<R: Runner>(
+        runner: Result<R, EngineError>,
+        shared: Arc<Shared>,
+        rx: std::sync::mpsc::Receiver<Job>,
+        ready: &std::sync::mpsc::SyncSender<Result<(), EngineError>>,
+    ) {
+        match runner {
+            Ok(r) => {
+                let _ = ready.send(Ok(()));
+                Stepper::new(r, shared).run(rx);
             }
-            let t = Instant::now();
-            let r = slot.yield_if_asked(cancelled);
-            *parked += t.elapsed();
-            r == Resumed::Go
-        };
-        let mut model = match &self.weights {
-            Weights::Candle(w) => Session::Candle(Box::new((**w).clone())),
-            #[cfg(feature = "llama-cpp")]
-            Weights::Llama(w) => Session::Llama(w.session(self.context)?),
-            #[cfg(feature = "openvino")]
-            Weights::OpenVino(w) => Session::OpenVino(w.session()?),
-        };
-        let seed = p.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-        let settings = self.sampler_defaults.resolve(&p.sampling);
-        let mut sampler = Sampler::new(
-            settings,
-            seed,
-            &self.tokenizer.stop_ids,
-            if settings.dry_multiplier > 0.0 {
-                self.dry_breakers
-                    .get_or_init(|| self.tokenizer.ids_containing(DRY_BREAKERS).into())
-                    .clone()
-            } else {
-                Arc::from([])
-            },
-        );
-        let room = self.context - prompt.len();
-        let max_new = p
-            .max_tokens
-            .or(self.default_max_tokens)
-            .map_or(room, |m| (m as usize).min(room));
-        // The prompt in chunks, so that a better request waits at most one chunk.
-        let mut logits = Vec::new();
-        let chunk_len = prefill_chunk(self.backend);
-        for (i, chunk) in prompt.chunks(chunk_len).enumerate() {
-            if i > 0 && !go_on(&mut parked) {
-                return Ok(());
-            }
-            logits = model.feed(chunk, i * chunk_len)?;
-        }
-        let mut generated: Vec<u32> = Vec::new();
-        let mut next = sampler.sample(&logits, &generated);
-        let prompt_time = t0.elapsed().saturating_sub(parked);
-        self.stats
-            .prefill_us
-            .fetch_add(prompt_time.as_micros() as u64, Ordering::Relaxed);
-        self.stats
-            .ttft_us
-            .fetch_add(prompt_time.as_micros() as u64, Ordering::Relaxed);
-        self.stats.ttft_count.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .prompt_tokens
-            .fetch_add(prompt.len() as u64, Ordering::Relaxed);
-        let t1 = Instant::now();
-        let parked_before = parked;
-        let mut text = TextStream::new(&p.stop);
-        let mut finish = Finish::Length;
-        let mut cancelled_now = false;
-        for i in 0..max_new {
-            if self.tokenizer.stop_ids.contains(&next) {
-                finish = Finish::Stop;
-                break;
-            }
-            generated.push(next);
-            slot.set_tokens(generated.len() as u64);
-            let decoded = self.tokenizer.decode(&generated)?;
-            let (piece, hit_stop) = text.push(&decoded);
-            if !piece.is_empty() && tx.blocking_send(Event::Text(piece)).is_err() {
-                cancelled_now = true;
-                break;
-            }
-            if hit_stop {
-                finish = Finish::Stop;
-                break;
-            }
-            if i + 1 == max_new {
-                break;
-            }
-            if tx.is_closed() || !go_on(&mut parked) {
-                cancelled_now = true;
-                break;
-            }
-            let logits = model.feed(&[next], prompt.len() + i)?;
-            next = sampler.sample(&logits, &generated);
-        }
-        let decode_time = t1.elapsed().saturating_sub(parked - parked_before);
-        self.stats
-            .decode_us
-            .fetch_add(decode_time.as_micros() as u64, Ordering::Relaxed);
-        self.stats
-            .completion_tokens
-            .fetch_add(generated.len() as u64, Ordering::Relaxed);
-        if cancelled_now {
-            return Ok(());
-        }
-        if finish == Finish::Length || !text.stopped {
-            let rest = text.flush();
-            if !rest.is_empty() {
-                let _ = tx.blocking_send(Event::Text(rest));
+            Err(e) => {
+                let _ = ready.send(Err(e));
             }
         }
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let _ = tx.blocking_send(Event::Done {
-            finish,
-            prompt_tokens: prompt.len(),
-            completion_tokens: generated.len(),
-            timings: Timings {
-                queue_ms: ms(queued),
-                prompt_ms: ms(prompt_time),
-                predicted_ms: ms(decode_time),
-                parked_ms: ms(parked),
-            },
-        });
-        Ok(())
     }
+    let spawned = match cfg.backend {
+        Backend::Candle => {
+            let model = crate::cpu::model::Model::load(ct, file, context)?;
+            thread.spawn(move || {
+                go(
+                    Ok(crate::cpu::runner::CpuRunner::new(model)),
+                    shared,
+                    rx,
+                    &ready_tx,
+                )
+            })
+        }
+        #[cfg(feature = "llama-cpp")]
+        Backend::LlamaCpp => {
+            let weights = crate::llama::LlamaWeights::load(&cfg.model_path, cfg.threads)?;
+            let (parallel, cache) = (cfg.parallel.max(1), shared.cache_budget);
+            thread.spawn(move || {
+                let runner = weights.runner(context, parallel, cache);
+                go(runner, shared, rx, &ready_tx)
+            })
+        }
+        #[cfg(not(feature = "llama-cpp"))]
+        Backend::LlamaCpp => {
+            return Err(EngineError::Load(
+                "this build has no llama.cpp backend; rebuild with `--features llama-cpp`".into(),
+            ));
+        }
+        #[cfg(feature = "openvino")]
+        Backend::OpenVino => {
+            let weights = crate::openvino::OvWeights::load(
+                &cfg.model_path,
+                &cfg.device,
+                cfg.precision.as_deref(),
+            )?;
+            let bytes_per_token = ct_kv_bytes_per_token(ct);
+            thread.spawn(move || go(Ok(weights.runner(bytes_per_token)), shared, rx, &ready_tx))
+        }
+        #[cfg(not(feature = "openvino"))]
+        Backend::OpenVino => {
+            return Err(EngineError::Load(
+                "this build has no OpenVINO backend; rebuild with `--features openvino`".into(),
+            ));
+        }
+    };
+    spawned.map_err(|e| EngineError::Load(format!("cannot start the step loop: {e}")))?;
+    ready
+        .recv()
+        .map_err(|_| EngineError::Load("the step loop did not start".into()))??;
+    Ok(jobs)
+}
+
+/// Bytes of f16 KV per token of the model described by `ct` (for backends that do not say).
+#[cfg(feature = "openvino")]
+fn ct_kv_bytes_per_token(ct: &gguf_file::Content) -> usize {
+    let arch = ct
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_default();
+    let u = |k: &str| {
+        ct.metadata
+            .get(&format!("{arch}.{k}"))
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(0) as usize
+    };
+    let heads = u("attention.head_count").max(1);
+    let kv = match u("attention.head_count_kv") {
+        0 => heads,
+        n => n,
+    };
+    2 * u("block_count") * kv * (u("embedding_length") / heads) * 2
 }
 
 fn file_stem(p: &Path) -> String {

@@ -30,6 +30,9 @@ pub enum EngineError {
     QueueTimeout(std::time::Duration),
     #[error("generation failed: {0}")]
     Generate(String),
+    /// The backend's KV has no room left for another sequence or token.
+    #[error("the KV cache is full")]
+    KvFull,
 }
 
 impl From<candle_core::Error> for EngineError {

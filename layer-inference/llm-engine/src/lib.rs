@@ -10,9 +10,15 @@
 //! - [`queue`]: the priority queue in front of the sequences, and yielding to better requests.
 //! - [`embed`]: sentence embeddings (BERT in sentence-transformers' layout) on candle, batched
 //!   on one worker thread.
-//! - [`engine`]: loading (candle, pure Rust; llama.cpp with the `llama-cpp` feature), and
-//!   the token loop with sampling, seeds, stop tokens and strings, and limits.
+//! - [`cpu`]: the pure-Rust backend (`candle`): quantised kernels, KV blocks, the batched
+//!   transformer.
+//! - [`engine`]: loading (candle; llama.cpp with the `llama-cpp` feature; OpenVINO with
+//!   `openvino`) and requests in and events out.
+//! - `step`: the loop that runs every sequence in one forward pass per step, with sampling,
+//!   stop tokens and strings, limits, and the prefix cache (`prefix`) behind a backend's
+//!   `runner`.
 
+pub mod cpu;
 pub mod embed;
 pub mod engine;
 mod error;
@@ -22,14 +28,17 @@ pub mod ir;
 mod llama;
 #[cfg(feature = "openvino")]
 pub mod openvino;
+mod prefix;
 pub mod queue;
+mod runner;
 pub mod sampling;
+mod step;
 pub mod template;
 pub mod tokenizer;
 
 pub use engine::{
     Backend, Engine, EngineConfig, Event, Finish, HAS_LLAMA_CPP, HAS_OPENVINO, Input, Params,
-    Timings, use_openvino_library,
+    Timings, default_prefix_cache_mb, use_openvino_library,
 };
 pub use error::EngineError;
 pub use queue::{Priority, QueueSnapshot, RequestState};

@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::{Device, Tensor};
 use openvino::{CompiledModel, Core, DeviceType, ElementType, InferRequest, RwPropertyKey, Shape};
 
 use crate::error::EngineError;
+use crate::runner::{Feed, Runner};
 
 /// The environment variable naming the OpenVINO C library (a file, or a folder holding it).
 pub const LIB_ENV: &str = "OPENVINO_LIB_PATH";
@@ -122,6 +122,16 @@ impl OvWeights {
         })
     }
 
+    /// The step loop's view of this model; `bytes_per_token` estimates what a cached
+    /// sequence's state holds.
+    pub fn runner(self, bytes_per_token: usize) -> OvRunner {
+        OvRunner {
+            weights: self,
+            bytes_per_token,
+            cached_tokens: 0,
+        }
+    }
+
     /// A fresh sequence (empty state).
     pub fn session(&self) -> Result<OvSession, EngineError> {
         let mut compiled = self
@@ -164,7 +174,7 @@ fn i64_tensor(dims: &[i64], fill: impl Fn(usize) -> i64) -> Result<openvino::Ten
 
 impl OvSession {
     /// Feeds `tokens` from position `start`; the last position's logits.
-    pub fn feed(&mut self, tokens: &[u32], start: usize) -> Result<Tensor, EngineError> {
+    pub fn feed(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, EngineError> {
         let n = tokens.len() as i64;
         let start = start as i64;
         let ids = i64_tensor(&[1, n], |i| i64::from(tokens[i]))?;
@@ -199,7 +209,80 @@ impl OvSession {
         if vocab == 0 || data.len() < vocab {
             return Err(gen_err(format!("unexpected logits shape {dims:?}")));
         }
-        let last = &data[data.len() - vocab..];
-        Ok(Tensor::from_slice(last, vocab, &Device::Cpu)?)
+        Ok(data[data.len() - vocab..].to_vec())
+    }
+}
+
+/// A sequence: an infer request and the positions its state holds.
+pub struct OvSeq {
+    session: OvSession,
+    len: usize,
+}
+
+/// OpenVINO as the step loop drives it. Each sequence is its own infer request, run one
+/// after the other in a step (the IR takes one sequence per call). Its state cannot be read
+/// or cut through OpenVINO's C API, so a cached sequence is reused only by a request that
+/// continues it exactly (the next turn of a chat whose answer it generated), and is then
+/// taken out of the cache.
+pub struct OvRunner {
+    weights: OvWeights,
+    bytes_per_token: usize,
+    cached_tokens: usize,
+}
+
+/// Prompt tokens fed per step.
+const CHUNK: usize = 128;
+
+impl Runner for OvRunner {
+    type Seq = OvSeq;
+
+    fn new_seq(&mut self) -> Result<OvSeq, EngineError> {
+        Ok(OvSeq {
+            session: self.weights.session()?,
+            len: 0,
+        })
+    }
+
+    fn share(&mut self, _src: &OvSeq, _n: usize) -> Result<Option<OvSeq>, EngineError> {
+        Ok(None)
+    }
+
+    fn adopt(&mut self, src: OvSeq, n: usize) -> Result<OvSeq, OvSeq> {
+        if n == src.len {
+            self.cached_tokens = self.cached_tokens.saturating_sub(src.len);
+            Ok(src)
+        } else {
+            Err(src)
+        }
+    }
+
+    fn forward(&mut self, feeds: &mut [Feed<'_, OvSeq>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut out = Vec::new();
+        for f in feeds.iter_mut() {
+            let logits = f.seq.session.feed(f.tokens, f.seq.len)?;
+            f.seq.len += f.tokens.len();
+            if f.logits {
+                out.push(logits);
+            }
+        }
+        Ok(out)
+    }
+
+    fn to_cache(&mut self, seq: &mut OvSeq) {
+        self.cached_tokens += seq.len;
+    }
+
+    fn evict(&mut self, seq: OvSeq) {
+        self.cached_tokens = self.cached_tokens.saturating_sub(seq.len);
+    }
+
+    fn discard(&mut self, _seq: OvSeq) {}
+
+    fn cached_bytes(&self) -> usize {
+        self.cached_tokens * self.bytes_per_token
+    }
+
+    fn chunk(&self) -> usize {
+        CHUNK
     }
 }

@@ -434,44 +434,79 @@ impl Slot {
         self.ticket.tokens.store(n, Ordering::Relaxed);
     }
 
+    /// The request's place in the order (priority, then arrival).
+    pub fn key(&self) -> Key {
+        self.ticket.key
+    }
+
+    /// Parks this sequence if a better request waits for it (without blocking): it goes
+    /// back into the queue at its place, keeping its KV, and the returned [`Parked`] says
+    /// when it may resume. `None`: not asked to yield, or the better request left meanwhile.
+    pub fn park(&self) -> Option<Parked> {
+        if !self.should_yield() {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let mut st = self.queue.lock();
+        self.ticket.yield_now.store(false, Ordering::Release);
+        let seq = self.ticket.key.seq;
+        let me = self.ticket.key;
+        // Still worth it? (The better request may have left meanwhile.)
+        if !st
+            .waiting
+            .iter()
+            .any(|w| w.ticket.key.priority < me.priority)
+        {
+            return None;
+        }
+        st.running.retain(|r| r.ticket.key.seq != seq);
+        st.waiting.push(Waiting {
+            ticket: self.ticket.clone(),
+            since: Instant::now(),
+            wake: Wake::Parked(tx),
+        });
+        self.queue.rebalance(&mut st);
+        Some(Parked { rx })
+    }
+
+    /// Gives the sequence up while it is parked (its client left).
+    pub fn abandon(&self) {
+        self.queue.leave(self.ticket.key.seq);
+    }
+
     /// Parks this sequence until it may resume, if a better request waits (blocking: call
     /// it from the generation thread). `cancelled` is checked while parked.
     pub fn yield_if_asked(&self, cancelled: impl Fn() -> bool) -> Resumed {
-        if !self.should_yield() {
+        let Some(parked) = self.park() else {
             return Resumed::Go;
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        {
-            let mut st = self.queue.lock();
-            self.ticket.yield_now.store(false, Ordering::Release);
-            let seq = self.ticket.key.seq;
-            let me = self.ticket.key;
-            // Still worth it? (The better request may have left meanwhile.)
-            if !st
-                .waiting
-                .iter()
-                .any(|w| w.ticket.key.priority < me.priority)
-            {
-                return Resumed::Go;
-            }
-            st.running.retain(|r| r.ticket.key.seq != seq);
-            st.waiting.push(Waiting {
-                ticket: self.ticket.clone(),
-                since: Instant::now(),
-                wake: Wake::Parked(tx),
-            });
-            self.queue.rebalance(&mut st);
-        }
+        };
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            match parked.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(()) => return Resumed::Go,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancelled() => {
-                    self.queue.leave(self.ticket.key.seq);
+                    self.abandon();
                     return Resumed::Cancelled;
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Resumed::Cancelled,
             }
+        }
+    }
+}
+
+/// A parked sequence's wait for its turn.
+#[derive(Debug)]
+pub struct Parked {
+    rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl Parked {
+    /// Whether it may resume now (`None`: not yet).
+    pub fn poll(&self) -> Option<Resumed> {
+        match self.rx.try_recv() {
+            Ok(()) => Some(Resumed::Go),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Resumed::Cancelled),
         }
     }
 }

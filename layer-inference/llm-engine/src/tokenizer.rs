@@ -3,7 +3,12 @@
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::EngineError;
 
@@ -22,6 +27,34 @@ const END_OF_TURN_NAMES: &[&str] = &[
     "<EOT>",
     "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
 ];
+
+/// How text is split into words before BPE, as llama.cpp does for the file's
+/// `tokenizer.ggml.pre`: Qwen2's and Llama 3's regexes (digits one at a time or up to three),
+/// SmolLM's (digits one at a time, then GPT-2's), else GPT-2's.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, EngineError> {
+    let byte_level = |regex| ByteLevel::new(false, true, regex);
+    let split = |re: &str| {
+        Split::new(
+            SplitPattern::Regex(re.to_owned()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))
+    };
+    Ok(match pre {
+        "qwen2" | "deepseek-r1-qwen" => {
+            Sequence::new(vec![split(QWEN2_SPLIT)?.into(), byte_level(false).into()]).into()
+        }
+        "llama-bpe" | "llama3" => {
+            Sequence::new(vec![split(LLAMA3_SPLIT)?.into(), byte_level(false).into()]).into()
+        }
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into(),
+        _ => byte_level(true).into(),
+    })
+}
 
 /// The tokenizer and the ids that end a turn.
 pub struct GgufTokenizer {
@@ -85,9 +118,12 @@ impl GgufTokenizer {
             .build()
             .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))?;
         let mut tk = Tokenizer::new(bpe);
-        tk.with_pre_tokenizer(Some(
-            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
-        ));
+        let pre = ct
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        tk.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
         tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
         // Control tokens (type 3) are matched whole in text, as chat templates write them.
         let specials: Vec<AddedToken> = tokens

@@ -135,14 +135,15 @@ async fn a_prompt_over_the_context_is_refused_with_the_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
     let e = engine(1, 0);
-    // Hold the only sequence with a long generation whose receiver we keep but do not read.
+    // Hold the only sequence with a long generation (this raw prompt runs to the limit on the
+    // fixture) whose receiver we keep but do not read.
     let (tx, rx) = mpsc::channel(1);
     let e2 = e.clone();
     let long = tokio::spawn(async move {
         e2.generate(
-            chat("a"),
+            Input::Text("hello".into()),
             Params {
-                max_tokens: Some(400),
+                max_tokens: Some(480),
                 sampling: SamplerRequest::greedy(),
                 ..Default::default()
             },
@@ -151,6 +152,10 @@ async fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
         .await
     });
     while e.busy() == 0 {
+        assert!(
+            !long.is_finished(),
+            "the long request ended before it was seen"
+        );
         tokio::task::yield_now().await;
     }
     let (tx2, _rx2) = mpsc::channel(4);
@@ -221,6 +226,16 @@ fn without_the_feature_llama_cpp_is_a_clear_error() {
 }
 
 /// Generates greedily with a priority and id; returns the events in order.
+fn params(max_tokens: u32, priority: Priority, id: &str) -> Params {
+    Params {
+        max_tokens: Some(max_tokens),
+        sampling: SamplerRequest::greedy(),
+        priority,
+        request_id: Some(id.into()),
+        ..Default::default()
+    }
+}
+
 async fn events(
     e: Arc<Engine>,
     input: Input,
@@ -229,13 +244,7 @@ async fn events(
     id: &str,
 ) -> Vec<Event> {
     let (tx, mut rx) = mpsc::channel(1024);
-    let p = Params {
-        max_tokens: Some(max_tokens),
-        sampling: SamplerRequest::greedy(),
-        priority,
-        request_id: Some(id.into()),
-        ..Default::default()
-    };
+    let p = params(max_tokens, priority, id);
     let task = tokio::spawn(async move { e.generate(input, p, tx).await });
     let mut out = Vec::new();
     while let Some(ev) = rx.recv().await {
@@ -286,6 +295,10 @@ async fn a_chat_runs_before_background_work_which_resumes_unchanged() {
         {
             break;
         }
+        assert!(
+            !bg.is_finished(),
+            "the background request ended before it was seen"
+        );
         tokio::task::yield_now().await;
     }
     let chat_events = events(e.clone(), chat("b"), 5, Priority::INTERACTIVE, "chat").await;
@@ -310,6 +323,68 @@ async fn a_chat_runs_before_background_work_which_resumes_unchanged() {
     assert_eq!(e.busy(), 0);
     assert_eq!(e.waiting(), 0);
     assert!(e.request_state("bg").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_room_for_both_background_work_pauses_while_a_chat_runs() {
+    let e = engine(4, 4);
+    let long = || Input::Text("hello".into());
+    let alone = events(e.clone(), long(), 400, Priority::BACKGROUND, "ref").await;
+    let bg = tokio::spawn(events(e.clone(), long(), 400, Priority::BACKGROUND, "bg"));
+    let generated = |e: &Arc<Engine>| match e.request_state("bg") {
+        Some(RequestState::Generating { tokens, .. }) => tokens,
+        _ => 0,
+    };
+    while generated(&e) == 0 {
+        assert!(
+            !bg.is_finished(),
+            "the background request ended before it was seen"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The chat gets a sequence at once (no queue, no parking) and runs alone: the
+    // background sequence, still holding its place, generates nothing meanwhile.
+    let chat_task = tokio::spawn(events(
+        e.clone(),
+        long(),
+        480,
+        Priority::INTERACTIVE,
+        "chat",
+    ));
+    let chat_tokens = |e: &Arc<Engine>| match e.request_state("chat") {
+        Some(RequestState::Generating { tokens, .. }) => Some(tokens),
+        _ => None,
+    };
+    while chat_tokens(&e).is_none_or(|t| t < 2) {
+        assert!(
+            !chat_task.is_finished(),
+            "the chat ended before it was seen"
+        );
+        tokio::task::yield_now().await;
+    }
+    let before = generated(&e);
+    while chat_tokens(&e).is_some_and(|t| t < 100) {
+        tokio::task::yield_now().await;
+    }
+    let after = generated(&e);
+    assert!(
+        chat_tokens(&e).is_some(),
+        "the chat ended before it could be watched"
+    );
+    assert_eq!(before, after, "background work went on during the chat");
+    let chat_events = chat_task.await.unwrap();
+    assert!(
+        !matches!(chat_events.first(), Some(Event::Queued { .. })),
+        "{:?}",
+        chat_events.first()
+    );
+    assert_eq!(timings_of(&chat_events).parked_ms, 0.0);
+    let bg_events = bg.await.unwrap();
+    assert_eq!(
+        text_of(&bg_events),
+        text_of(&alone),
+        "it went on where it was"
+    );
 }
 
 #[tokio::test]

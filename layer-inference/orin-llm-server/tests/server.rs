@@ -142,6 +142,8 @@ async fn state_of(url: &str, id: &str) -> (u16, Value) {
 async fn a_busy_engine_says_so_and_serves_the_chat_first() {
     let url = start_with(fixture(), |c| {
         c.engine.sse_keepalive = Duration::from_millis(100);
+        // One sequence, so that the second request has to wait.
+        c.engine.parallel = 1;
     })
     .await;
     ready(&url).await;
@@ -551,4 +553,81 @@ async fn registers_the_host_and_an_estimate_on_an_empty_registry() {
     if cfg!(target_os = "linux") {
         assert!(row.host_memory_bytes.unwrap() > footprint);
     }
+}
+
+/// A metric's value in the `/metrics` text.
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_prefix_is_read_once_and_reported_as_cached_tokens() {
+    let url = start(fixture()).await;
+    ready(&url).await;
+    let system = "You are a careful assistant. Answer every question with one short sentence.";
+    let ask = |q: &str, stream: bool| {
+        json!({"model": "m", "max_tokens": 4, "temperature": 0, "stream": stream,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]})
+    };
+    let first: Value = post(&url, "/v1/chat/completions", &ask("Hi?", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        first["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{first}"
+    );
+    assert_eq!(first["timings"]["cache_n"], 0);
+    // Another question after the same system prompt: the prompt up to the question is
+    // reused, and OpenAI's usage says how much (plain and streamed).
+    let second: Value = post(&url, "/v1/chat/completions", &ask("What now?", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(cached >= 15 && cached < prompt, "{second}");
+    assert_eq!(second["timings"]["cache_n"], cached);
+    let res = post(&url, "/v1/chat/completions", &ask("What now?", true)).await;
+    let text = res.text().await.unwrap();
+    let usage: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap()["usage"]
+        .clone();
+    assert_eq!(usage["prompt_tokens"], prompt);
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"],
+        prompt - 1,
+        "the same prompt again: all but its last token ({usage})"
+    );
+    assert_eq!(
+        metric(&url, "homelab_engine_prefix_cache_lookups_total").await,
+        3.0
+    );
+    assert_eq!(
+        metric(&url, "homelab_engine_prefix_cache_hits_total").await,
+        2.0
+    );
+    assert_eq!(
+        metric(&url, "homelab_engine_prefix_cache_tokens_reused_total").await,
+        (cached + prompt - 1) as f64
+    );
+    assert!(metric(&url, "homelab_engine_prefix_cache_bytes").await > 0.0);
+    assert!(metric(&url, "homelab_engine_prefix_cache_budget_bytes").await > 0.0);
 }

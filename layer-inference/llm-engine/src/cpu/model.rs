@@ -1,0 +1,621 @@
+//! The transformer of the CPU backend: GGUF `llama` (Llama, SmolLM, Mistral) and `qwen2`
+//! models, run as one forward pass over a batch of sequences.
+//!
+//! A batch is any mix of sequences, each feeding some tokens at its own position (one for a
+//! decoding sequence, a chunk for one being prefilled): the matrix products take every token
+//! of the batch at once (each weight read once), the attention runs per sequence over its own
+//! KV blocks ([`super::kv`]). Each token's arithmetic is the same whatever else is in the
+//! batch and whether its prefix was cached or just computed, so batching and prefix reuse
+//! change no token.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::Ordering;
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::Content;
+
+use super::kv::{BLOCK, BlockId, KvPool, SeqKv};
+use super::matmul::{Weight, dot_f32, parallel};
+use super::quant::{Format, Q8Rows};
+use super::simd::as_atomic;
+use crate::error::EngineError;
+
+/// The architectures this backend runs (`general.architecture`).
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// Query tokens of one sequence handled together in the attention (each KV block is
+/// converted once for them).
+const TILE: usize = 16;
+
+/// Which pairs of a head's values RoPE rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rope {
+    /// Neighbours (2i, 2i+1): llama-family GGUF files.
+    Norm,
+    /// Halves (i, i + d/2): Qwen2.
+    Neox,
+}
+
+/// The model's shape, from the file's metadata.
+#[derive(Debug, Clone)]
+pub struct Hparams {
+    pub arch: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    pub vocab: usize,
+    rope: Rope,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    o: Weight,
+    ffn_norm: Vec<f32>,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+/// A loaded model.
+pub struct Model {
+    pub hp: Hparams,
+    embed: Weight,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// `None`: the output shares the embedding's weights.
+    output: Option<Weight>,
+    /// cos and sin of every (position, pair), `max_pos × head_dim / 2`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    max_pos: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("hp", &self.hp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sequence's part of a forward pass: `tokens` fed at its next positions.
+pub struct Feed<'a> {
+    pub seq: &'a mut SeqKv,
+    pub tokens: &'a [u32],
+    /// Whether the logits after its last token are wanted.
+    pub logits: bool,
+}
+
+fn load_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Load(e.to_string())
+}
+
+struct Reader<'a, R> {
+    ct: &'a Content,
+    file: &'a mut R,
+}
+
+impl<R: Read + Seek> Reader<'_, R> {
+    fn meta_u(&self, key: &str) -> Option<usize> {
+        self.ct
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
+            .map(|v| v as usize)
+    }
+
+    fn meta_f(&self, key: &str) -> Option<f32> {
+        self.ct.metadata.get(key).and_then(|v| {
+            v.to_f32()
+                .ok()
+                .or_else(|| v.to_f64().ok().map(|x| x as f32))
+        })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.ct.tensor_infos.contains_key(name)
+    }
+
+    /// A 1-D tensor (norms, biases) as floats.
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+        let info = self
+            .ct
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| load_err(format!("the file has no tensor `{name}`")))?;
+        let v = info
+            .read(self.file, self.ct.tensor_data_offset, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if v.len() != len {
+            return Err(load_err(format!(
+                "`{name}` has {} values, not {len}",
+                v.len()
+            )));
+        }
+        Ok(v)
+    }
+
+    /// A matrix of `rows` outputs of `k` inputs: its blocks as stored when the kernels take
+    /// its format, else dequantised to floats.
+    fn matrix(&mut self, name: &str, rows: usize, k: usize) -> Result<Weight, EngineError> {
+        let info = self
+            .ct
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| load_err(format!("the file has no tensor `{name}`")))?;
+        let dims = info.shape.dims();
+        if dims != [rows, k] {
+            return Err(load_err(format!(
+                "`{name}` is {dims:?}, expected [{rows}, {k}]"
+            )));
+        }
+        match Format::of(info.ggml_dtype) {
+            Some(format) if k.is_multiple_of(format.block_values()) => {
+                let mut data = vec![0u8; rows * format.row_bytes(k)];
+                self.file
+                    .seek(SeekFrom::Start(self.ct.tensor_data_offset + info.offset))
+                    .and_then(|_| self.file.read_exact(&mut data))
+                    .map_err(|e| load_err(format!("reading `{name}`: {e}")))?;
+                Ok(Weight::Quant {
+                    format,
+                    rows,
+                    k,
+                    data,
+                })
+            }
+            _ => {
+                let data = info
+                    .read(self.file, self.ct.tensor_data_offset, &Device::Cpu)?
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                Ok(Weight::Dense { rows, k, data })
+            }
+        }
+    }
+}
+
+impl Model {
+    /// Reads the model from a GGUF file, with RoPE tables for `max_pos` positions.
+    pub fn load<R: Read + Seek>(
+        ct: &Content,
+        file: &mut R,
+        max_pos: usize,
+    ) -> Result<Model, EngineError> {
+        let mut r = Reader { ct, file };
+        let arch = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if !ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(EngineError::Load(format!(
+                "the candle backend runs {} models; this file's architecture is `{arch}`",
+                ARCHITECTURES.join(" and ")
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        if r.meta_u(&key("expert_count")).unwrap_or(0) > 0 {
+            return Err(load_err(format!(
+                "this `{arch}` file is a mixture of experts, which the candle backend does not run"
+            )));
+        }
+        let need = |v: Option<usize>, k: &str| {
+            v.filter(|v| *v > 0)
+                .ok_or_else(|| load_err(format!("the file has no `{arch}.{k}`")))
+        };
+        let layers = need(r.meta_u(&key("block_count")), "block_count")?;
+        let hidden = need(r.meta_u(&key("embedding_length")), "embedding_length")?;
+        let heads = need(
+            r.meta_u(&key("attention.head_count")),
+            "attention.head_count",
+        )?;
+        let kv_heads = r.meta_u(&key("attention.head_count_kv")).unwrap_or(heads);
+        let head_dim = r
+            .meta_u(&key("attention.key_length"))
+            .unwrap_or(hidden / heads);
+        let ffn = need(r.meta_u(&key("feed_forward_length")), "feed_forward_length")?;
+        let rope_dims = r.meta_u(&key("rope.dimension_count")).unwrap_or(head_dim);
+        if kv_heads == 0
+            || !heads.is_multiple_of(kv_heads)
+            || rope_dims != head_dim
+            || !head_dim.is_multiple_of(2)
+        {
+            return Err(load_err(format!(
+                "unsupported attention shape: {heads} heads, {kv_heads} KV heads, head size {head_dim}, RoPE over {rope_dims}"
+            )));
+        }
+        let eps = r
+            .meta_f(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5);
+        let theta = r.meta_f(&key("rope.freq_base")).unwrap_or(10_000.0);
+        let linear = match ct
+            .metadata
+            .get(&key("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok().cloned())
+            .as_deref()
+        {
+            Some("linear") => r.meta_f(&key("rope.scaling.factor")).unwrap_or(1.0),
+            _ => 1.0,
+        };
+        let embed_info = ct
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| load_err("the file has no tensor `token_embd.weight`"))?;
+        let vocab = embed_info.shape.dims().first().copied().unwrap_or(0);
+        let embed = r.matrix("token_embd.weight", vocab, hidden)?;
+        let freq_factors = if r.has("rope_freqs.weight") {
+            Some(r.vector("rope_freqs.weight", head_dim / 2)?)
+        } else {
+            None
+        };
+        let mut ls = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let n = |t: &str| format!("blk.{i}.{t}");
+            let bias =
+                |r: &mut Reader<'_, R>, t: &str, len| -> Result<Option<Vec<f32>>, EngineError> {
+                    let name = n(t);
+                    if r.has(&name) {
+                        r.vector(&name, len).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
+            ls.push(Layer {
+                attn_norm: r.vector(&n("attn_norm.weight"), hidden)?,
+                q: r.matrix(&n("attn_q.weight"), heads * head_dim, hidden)?,
+                k: r.matrix(&n("attn_k.weight"), kv_heads * head_dim, hidden)?,
+                v: r.matrix(&n("attn_v.weight"), kv_heads * head_dim, hidden)?,
+                q_bias: bias(&mut r, "attn_q.bias", heads * head_dim)?,
+                k_bias: bias(&mut r, "attn_k.bias", kv_heads * head_dim)?,
+                v_bias: bias(&mut r, "attn_v.bias", kv_heads * head_dim)?,
+                o: r.matrix(&n("attn_output.weight"), hidden, heads * head_dim)?,
+                ffn_norm: r.vector(&n("ffn_norm.weight"), hidden)?,
+                gate: r.matrix(&n("ffn_gate.weight"), ffn, hidden)?,
+                up: r.matrix(&n("ffn_up.weight"), ffn, hidden)?,
+                down: r.matrix(&n("ffn_down.weight"), hidden, ffn)?,
+            });
+        }
+        let norm = r.vector("output_norm.weight", hidden)?;
+        let output = if r.has("output.weight") {
+            Some(r.matrix("output.weight", vocab, hidden)?)
+        } else {
+            None
+        };
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; max_pos * half];
+        let mut sin = vec![0f32; max_pos * half];
+        for p in 0..max_pos {
+            for i in 0..half {
+                let mut freq = 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32);
+                if let Some(f) = &freq_factors {
+                    freq /= f[i];
+                }
+                let a = p as f32 / linear * freq;
+                cos[p * half + i] = a.cos();
+                sin[p * half + i] = a.sin();
+            }
+        }
+        Ok(Model {
+            hp: Hparams {
+                rope: if arch == "qwen2" {
+                    Rope::Neox
+                } else {
+                    Rope::Norm
+                },
+                arch,
+                layers,
+                hidden,
+                heads,
+                kv_heads,
+                head_dim,
+                eps,
+                vocab,
+            },
+            embed,
+            layers: ls,
+            norm,
+            output,
+            cos,
+            sin,
+            max_pos,
+        })
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_pool(&self) -> KvPool {
+        KvPool::new(self.hp.layers, self.hp.kv_heads, self.hp.head_dim)
+    }
+
+    /// Bytes of weights held.
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|w| w.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        l + self.embed.bytes() + self.output.as_ref().map_or(0, Weight::bytes)
+    }
+
+    fn rms_norm(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        let h = self.hp.hidden;
+        for (x, out) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            let scale = 1.0 / (dot_f32(x, x) / h as f32 + self.hp.eps).sqrt();
+            for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
+                *o = x * scale * w;
+            }
+        }
+    }
+
+    fn rope(&self, x: &mut [f32], heads: usize, positions: &[usize]) {
+        let hd = self.hp.head_dim;
+        let half = hd / 2;
+        for (row, &p) in x.chunks_exact_mut(heads * hd).zip(positions) {
+            let (cos, sin) = (&self.cos[p * half..], &self.sin[p * half..]);
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = match self.hp.rope {
+                        Rope::Norm => (2 * i, 2 * i + 1),
+                        Rope::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+
+    /// Runs `feeds` through the model: their KV is written and their lengths advance. Returns
+    /// the logits after the last token of each feed that wants them, in feed order.
+    pub fn forward(
+        &self,
+        pool: &mut KvPool,
+        feeds: &mut [Feed<'_>],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let hp = &self.hp;
+        let (h, hd) = (hp.hidden, hp.head_dim);
+        let (qw, kvw) = (hp.heads * hd, hp.kv_heads * hd);
+        // Each token's row, sequence and position.
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(feeds.len());
+        for f in feeds.iter_mut() {
+            if f.seq.len + f.tokens.len() > self.max_pos {
+                return Err(EngineError::Generate(format!(
+                    "position {} is past the context of {}",
+                    f.seq.len + f.tokens.len(),
+                    self.max_pos
+                )));
+            }
+            spans.push((positions.len(), f.tokens.len(), f.seq.len));
+            positions.extend(f.seq.len..f.seq.len + f.tokens.len());
+            pool.grow(f.seq, f.tokens.len());
+        }
+        let t = positions.len();
+        let mut x = vec![0f32; t * h];
+        let mut row = 0;
+        for f in feeds.iter() {
+            for &id in f.tokens {
+                if id as usize >= hp.vocab {
+                    return Err(EngineError::Generate(format!(
+                        "token {id} is outside the vocabulary of {}",
+                        hp.vocab
+                    )));
+                }
+                self.embed
+                    .row_f32(id as usize, &mut x[row * h..(row + 1) * h]);
+                row += 1;
+            }
+        }
+        let mut xn = vec![0f32; t * h];
+        let mut xq = Q8Rows::default();
+        let (mut q, mut k, mut v) = (vec![0f32; t * qw], vec![0f32; t * kvw], vec![0f32; t * kvw]);
+        let mut att = vec![0f32; t * qw];
+        let mut tmp = vec![0f32; t * h];
+        let ffn = self.layers.first().map_or(0, |l| l.gate.rows());
+        let (mut g, mut u) = (vec![0f32; t * ffn], vec![0f32; t * ffn]);
+        let tables: Vec<Vec<BlockId>> = feeds.iter().map(|f| f.seq.blocks.clone()).collect();
+        for (li, l) in self.layers.iter().enumerate() {
+            self.rms_norm(&x, &l.attn_norm, &mut xn);
+            quantize_for(&mut xq, &xn, h, &[&l.q, &l.k, &l.v]);
+            l.q.matmul(&xn, &xq, &mut q);
+            l.k.matmul(&xn, &xq, &mut k);
+            l.v.matmul(&xn, &xq, &mut v);
+            add_bias(&mut q, l.q_bias.as_deref());
+            add_bias(&mut k, l.k_bias.as_deref());
+            add_bias(&mut v, l.v_bias.as_deref());
+            self.rope(&mut q, hp.heads, &positions);
+            self.rope(&mut k, hp.kv_heads, &positions);
+            for (fi, &(r0, n, p0)) in spans.iter().enumerate() {
+                for i in 0..n {
+                    let r = r0 + i;
+                    pool.write(
+                        &tables[fi],
+                        li,
+                        p0 + i,
+                        &k[r * kvw..(r + 1) * kvw],
+                        &v[r * kvw..(r + 1) * kvw],
+                    );
+                }
+            }
+            self.attention(pool, li, &q, &spans, &tables, &mut att);
+            quantize_for(&mut xq, &att, qw, &[&l.o]);
+            l.o.matmul(&att, &xq, &mut tmp);
+            add(&mut x, &tmp);
+            self.rms_norm(&x, &l.ffn_norm, &mut xn);
+            quantize_for(&mut xq, &xn, h, &[&l.gate, &l.up]);
+            l.gate.matmul(&xn, &xq, &mut g);
+            l.up.matmul(&xn, &xq, &mut u);
+            for (g, u) in g.iter_mut().zip(&u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            quantize_for(&mut xq, &g, ffn, &[&l.down]);
+            l.down.matmul(&g, &xq, &mut tmp);
+            add(&mut x, &tmp);
+        }
+        for (f, &(_, n, _)) in feeds.iter_mut().zip(&spans) {
+            f.seq.len += n;
+        }
+        // The logits of the last token of each feed that wants them, in one product.
+        let wanted: Vec<usize> = feeds
+            .iter()
+            .zip(&spans)
+            .filter(|(f, _)| f.logits)
+            .map(|(_, &(r0, n, _))| r0 + n - 1)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut last = Vec::with_capacity(wanted.len() * h);
+        for r in &wanted {
+            last.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        self.rms_norm(&last, &self.norm, &mut normed);
+        let out = self.output.as_ref().unwrap_or(&self.embed);
+        quantize_for(&mut xq, &normed, h, &[out]);
+        let vocab = out.rows();
+        let mut logits = vec![0f32; wanted.len() * vocab];
+        out.matmul(&normed, &xq, &mut logits);
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Causal attention of every query row over its sequence's KV blocks, into `out`.
+    fn attention(
+        &self,
+        pool: &KvPool,
+        layer: usize,
+        q: &[f32],
+        spans: &[(usize, usize, usize)],
+        tables: &[Vec<BlockId>],
+        out: &mut [f32],
+    ) {
+        let hp = &self.hp;
+        let hd = hp.head_dim;
+        let group = hp.heads / hp.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Work items: (feed, KV head, first row of a tile of that feed's rows).
+        let mut items = Vec::new();
+        for (fi, &(_, n, _)) in spans.iter().enumerate() {
+            for kvh in 0..hp.kv_heads {
+                for t0 in (0..n).step_by(TILE) {
+                    items.push((fi, kvh, t0));
+                }
+            }
+        }
+        let out = as_atomic(out);
+        let qw = hp.heads * hd;
+        parallel(items.len(), |it| {
+            let (fi, kvh, t0) = items[it];
+            let (r0, n, p0) = spans[fi];
+            let rows = t0..n.min(t0 + TILE);
+            let tile = rows.len();
+            let last_pos = p0 + rows.end - 1;
+            let mut kbuf = vec![0f32; BLOCK * hd];
+            let mut vbuf = vec![0f32; BLOCK * hd];
+            let mut acc = vec![0f32; tile * group * hd];
+            let mut m = vec![f32::NEG_INFINITY; tile * group];
+            let mut s = vec![0f32; tile * group];
+            let mut scores = [0f32; BLOCK];
+            for (b, &id) in tables[fi].iter().enumerate().take(last_pos / BLOCK + 1) {
+                let start = b * BLOCK;
+                let valid = BLOCK.min(last_pos + 1 - start);
+                to_f32(
+                    &pool.part(id, layer, 0, kvh)[..valid * hd],
+                    &mut kbuf[..valid * hd],
+                );
+                to_f32(
+                    &pool.part(id, layer, 1, kvh)[..valid * hd],
+                    &mut vbuf[..valid * hd],
+                );
+                for (i, r) in rows.clone().enumerate() {
+                    let pos = p0 + r;
+                    if pos < start {
+                        continue;
+                    }
+                    let n_keys = BLOCK.min(pos + 1 - start);
+                    for j in 0..group {
+                        let head = kvh * group + j;
+                        let qrow = &q[(r0 + r) * qw + head * hd..(r0 + r) * qw + (head + 1) * hd];
+                        let mut bmax = f32::NEG_INFINITY;
+                        for (key, sc) in scores.iter_mut().enumerate().take(n_keys) {
+                            *sc = dot_f32(qrow, &kbuf[key * hd..(key + 1) * hd]) * scale;
+                            bmax = bmax.max(*sc);
+                        }
+                        let st = i * group + j;
+                        let new_m = m[st].max(bmax);
+                        let corr = (m[st] - new_m).exp();
+                        let a = &mut acc[st * hd..(st + 1) * hd];
+                        if corr != 1.0 {
+                            s[st] *= corr;
+                            a.iter_mut().for_each(|x| *x *= corr);
+                        }
+                        for (key, &sc) in scores.iter().enumerate().take(n_keys) {
+                            let e = (sc - new_m).exp();
+                            s[st] += e;
+                            for (x, vv) in a.iter_mut().zip(&vbuf[key * hd..(key + 1) * hd]) {
+                                *x += e * vv;
+                            }
+                        }
+                        m[st] = new_m;
+                    }
+                }
+            }
+            for (i, r) in rows.enumerate() {
+                for j in 0..group {
+                    let head = kvh * group + j;
+                    let st = i * group + j;
+                    let inv = 1.0 / s[st];
+                    let o = (r0 + r) * qw + head * hd;
+                    for d in 0..hd {
+                        out[o + d].store((acc[st * hd + d] * inv).to_bits(), Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn to_f32(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
+}
+
+/// Quantises `x` into `xq` if any of `ws` needs it.
+fn quantize_for(xq: &mut Q8Rows, x: &[f32], k: usize, ws: &[&Weight]) {
+    if ws.iter().any(|w| w.is_quantized()) {
+        xq.quantize(x, k);
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (x, b) in row.iter_mut().zip(b) {
+                *x += b;
+            }
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+}
