@@ -133,6 +133,21 @@ pub struct Config {
     #[arg(long, default_value_t = 6)]
     pub context_bytes_per_token: u64,
 
+    /// Conversations whose serving target is remembered, so that their next turns go back
+    /// to the engine that holds their prefix (when a handle has targets of equal standing);
+    /// 0 turns prefix affinity off.
+    #[arg(long, default_value_t = 10_000)]
+    pub prefix_affinity_conversations: usize,
+
+    /// How long a conversation's target is remembered after its last turn.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub prefix_affinity_ttl: Duration,
+
+    /// Requests in flight at which a conversation's target counts as saturated: its next
+    /// turn goes where the strategy says instead.
+    #[arg(long, default_value_t = 4)]
+    pub prefix_affinity_max_in_flight: u64,
+
     /// Idle keep-alive connections kept per plain-HTTP upstream (host and port).
     #[arg(long, default_value_t = 256)]
     pub upstream_idle_connections: usize,

@@ -71,6 +71,14 @@ pub struct CacheLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AffinityLabels {
+    pub handle: Arc<str>,
+    /// `kept` (back to the conversation's target), `moved` (it stands lower or is
+    /// saturated), `new` (a conversation not seen before).
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub handle: Arc<str>,
     pub target: Arc<str>,
@@ -120,6 +128,8 @@ pub struct Metrics {
     pub fallbacks: Family<SkipLabels, Counter>,
     /// Cacheable requests by result.
     pub cache: Family<CacheLabels, Counter>,
+    /// Requests of handles with several targets, by what prefix affinity did.
+    pub affinity: Family<AffinityLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,6 +159,12 @@ impl Default for Metrics {
         let retries = Family::<TargetLabels, Counter>::default();
         let fallbacks = Family::<SkipLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
+        let affinity = Family::<AffinityLabels, Counter>::default();
+        registry.register(
+            "prefix_affinity",
+            "Requests of handles with several targets, by what prefix affinity did (kept, moved, new)",
+            affinity.clone(),
+        );
         registry.register(
             "fallbacks",
             "Targets left for the next one after a failed attempt, by reason (error, timeout, busy, context)",
@@ -229,6 +245,7 @@ impl Default for Metrics {
             between_tokens,
             fallbacks,
             cache,
+            affinity,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Answers of handles with a cache TTL.
     pub cache: crate::cache::ResponseCache,
+    /// Which target served each recent conversation.
+    pub affinity: crate::routing::affinity::Affinity,
     clients: Mutex<HashMap<u128, reqwest::Client>>,
     /// Where traces go, when `--otlp-endpoint` is set.
     #[cfg(feature = "otlp")]
@@ -74,6 +76,10 @@ impl AppState {
         let tool_log =
             docsdb::tool_calls::ToolCallWriter::spawn(db.clone(), WriterConfig::default());
         let cache_max = usize::try_from(config.cache_max_bytes).unwrap_or(usize::MAX);
+        let affinity = crate::routing::affinity::Affinity::new(
+            config.prefix_affinity_conversations,
+            config.prefix_affinity_ttl,
+        );
         let h1 = Arc::new(crate::h1::Pool::new(
             config.upstream_idle_connections,
             config.upstream_idle_timeout,
@@ -108,6 +114,7 @@ impl AppState {
             mcp_cancel: tokio_util::sync::CancellationToken::new(),
             metrics: Metrics::default(),
             cache: crate::cache::ResponseCache::new(cache_max),
+            affinity,
             clients: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             tasks: service_kit::tasks::Tasks::new(),

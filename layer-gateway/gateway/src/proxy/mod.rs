@@ -29,6 +29,7 @@ use crate::metrics::{AttemptLabels, HandleLabels};
 use crate::patience::{self};
 use crate::rewrite::{self, Edits};
 use crate::routing::TargetState;
+use crate::routing::affinity;
 use crate::routing::breaker::Permit;
 use crate::routing::strategy::{self, Candidate};
 use crate::state::AppState;
@@ -469,6 +470,12 @@ pub async fn forward(
     let mut too_small: Vec<String> = Vec::new();
     let mut offering = 0;
     let mut next_handle = 0;
+    // The conversation this request continues, when its turns could go to several targets.
+    let conversation = (state.affinity.enabled()
+        && handle.targets.len() > 1
+        && (route.is_chat() || route == Route::Completions))
+        .then(|| json.and_then(|j| affinity::key(&handle.name, |f| j.get(f))))
+        .flatten();
     'handles: while let Some(current) = chain.get(next_handle).cloned() {
         next_handle += 1;
         let small_before = too_small.len();
@@ -478,7 +485,10 @@ pub async fn forward(
             .iter()
             .map(|t| state.target_state(&t.key))
             .collect();
-        let order = order_targets(&current, &states);
+        let mut order = order_targets(&current, &states);
+        if let Some(k) = conversation {
+            prefer_conversation_target(&state, &current, &states, &mut order, k);
+        }
         for idx in order {
             let target = current.targets[idx].clone();
             if !route.served_by(&target) || !sending.fits(route, &target) {
@@ -543,6 +553,9 @@ pub async fn forward(
                 match attempt(&state, &target, &sent, body).await {
                     Attempt::Answered(up) => {
                         rec.attempt_traced(traced, &target, "ok", Some(up.status.as_u16()), None);
+                        if let Some(k) = conversation {
+                            state.affinity.set(k, target.key.clone(), Instant::now());
+                        }
                         ts.report(true, Instant::now());
                         count_attempt(&state, &current, &target, "ok");
                         rec.target = Some(target.clone());
@@ -915,6 +928,38 @@ fn cache_key(
         handle: handle.name.clone(),
         body: j.body.clone(),
     })
+}
+
+/// Puts the target that served the conversation's previous turn first, where it stands as
+/// well as the strategy's choice and is not saturated ([`affinity`]), and counts what it did.
+fn prefer_conversation_target(
+    state: &AppState,
+    handle: &Handle,
+    states: &[Arc<TargetState>],
+    order: &mut Vec<usize>,
+    conversation: u64,
+) {
+    let remembered = state
+        .affinity
+        .get(conversation, Instant::now())
+        .and_then(|t| handle.targets.iter().position(|x| x.key == t));
+    let priority: Vec<i64> = handle.targets.iter().map(|t| t.priority).collect();
+    let in_flight: Vec<u64> = states.iter().map(|s| s.in_flight()).collect();
+    let outcome = affinity::apply(
+        order,
+        remembered,
+        &priority,
+        &in_flight,
+        state.config.prefix_affinity_max_in_flight,
+    );
+    state
+        .metrics
+        .affinity
+        .get_or_create(&crate::metrics::AffinityLabels {
+            handle: handle.name.clone(),
+            outcome: outcome.as_str(),
+        })
+        .inc();
 }
 
 fn order_targets(handle: &Handle, states: &[Arc<TargetState>]) -> Vec<usize> {

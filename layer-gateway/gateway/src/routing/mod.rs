@@ -1,6 +1,8 @@
-//! Choosing targets: the order to try them in ([`strategy`]), whether a target may be tried
-//! now ([`breaker`]), and the live numbers both use ([`TargetState`]).
+//! Choosing targets: the order to try them in ([`strategy`]), a conversation's turns back to
+//! the target that holds its prefix ([`affinity`]), whether a target may be tried now
+//! ([`breaker`]), and the live numbers they use ([`TargetState`]).
 
+pub mod affinity;
 pub mod breaker;
 pub mod strategy;
 
