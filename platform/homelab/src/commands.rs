@@ -497,6 +497,9 @@ pub async fn pull_model(db: &Db, args: &PullArgs) -> Result<(), Error> {
         bytes(i64::try_from(p.info.file_size).ok()),
     ));
     output::line(&format!("sha256 {}", p.sha256));
+    if let Some(k) = crate::models::KNOWN.iter().find(|k| k.name == p.model_id) {
+        output::line(&format!("source: {}", k.provenance));
+    }
     Ok(())
 }
 

@@ -202,7 +202,8 @@ pub struct UpArgs {
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Fetch a model into the cache and register it: `smollm2-135m` (the default chat
-    /// model), `minilm-l6` (the embedding model), a GGUF file, or an HTTP(S) URL of one.
+    /// model), `qwen2.5-coder-0.5b` (a model that calls tools), `minilm-l6` (the embedding
+    /// model), a GGUF file, or an HTTP(S) URL of one.
     Pull(PullArgs),
     /// Registered models, largest memory footprint first, with each host's memory.
     List {
@@ -213,7 +214,7 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// `smollm2-135m`, `minilm-l6`, a path, or a URL.
+    /// `smollm2-135m`, `qwen2.5-coder-0.5b`, `minilm-l6`, a path, or a URL.
     pub source: String,
     /// The model cache.
     #[arg(long, env = "HOMELAB_MODELS", default_value = "./var/models")]

