@@ -36,9 +36,12 @@ struct Cli {
 enum What {
     /// The gateway against direct-to-upstream.
     Gateway(GatewayArgs),
-    /// The engine's backends and llama.cpp's own server: time to first token and tokens/s
-    /// at several concurrencies, over HTTP.
+    /// The engine's backends and llama.cpp's own C++ server: a short chat, ten turns of one
+    /// chat, a long prompt cold and again, four clients, an agent loop; over HTTP.
     Engine(engine::EngineArgs),
+    /// Build llama.cpp's `llama-server` (the anchor of `bench engine`) from the llama.cpp
+    /// sources inside the `llama-cpp-python` sdist on PyPI.
+    EngineAnchor(engine::AnchorArgs),
     /// `homelab up` on the default model as a new user meets it: the README's curl, and
     /// Open WebUI's chat turn (a chat and its background tasks) against the chat alone.
     FirstChat(first_chat::FirstChatArgs),
@@ -583,6 +586,7 @@ async fn main() -> std::process::ExitCode {
         What::Gateway(a) => bench_gateway(a).await,
         What::Upstream { port } => testkit::fast::serve(port).await,
         What::Engine(a) => engine::run(a).await,
+        What::EngineAnchor(a) => engine::anchor(a).await,
         What::Monitor(a) => monitor::run(a).await,
         What::FirstChat(a) => first_chat::run(a).await,
         What::Vector(a) => vector::run(a).await,
