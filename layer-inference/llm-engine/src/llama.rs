@@ -91,6 +91,9 @@ impl LlamaWeights {
             .with_n_ubatch(n_batch)
             .with_n_seq_max(n_seq as u32)
             .with_kv_unified(true)
+            // Flash attention skips the cells of other sequences (masked out) instead of
+            // multiplying by them: with every sequence and the cache in one KV, that is most.
+            .with_flash_attention_policy(1)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads);
         let ctx = {

@@ -134,6 +134,16 @@ impl GgufTokenizer {
             .collect();
         tk.add_special_tokens(specials)
             .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))?;
+        // User-defined tokens (type 4: Qwen2.5's `<tool_call>` and `</tool_call>`) are matched
+        // whole too, as llama.cpp does, but are text: an answer's `<tool_call>` comes back.
+        let user_defined: Vec<AddedToken> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| types.get(*i) == Some(&4))
+            .map(|(_, t)| AddedToken::from(t.clone(), false))
+            .collect();
+        tk.add_tokens(user_defined)
+            .map_err(|e| EngineError::Load(format!("tokenizer: {e}")))?;
         let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
         let eos_id = u32_of(ct, "tokenizer.ggml.eos_token_id");
         let mut stop_ids: Vec<u32> = [
