@@ -441,7 +441,7 @@ async fn chat(
         Input::Chat(messages),
         p,
         Kind::Chat {
-            tools: tools.is_some(),
+            tools: tools.as_ref().map(|(t, _)| tool_calls::names(t)),
         },
         req.is_stream(),
         req.wants_stream_usage(),
@@ -499,11 +499,12 @@ async fn completions(
     .await
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, PartialEq)]
 enum Kind {
-    /// `tools`: the request offered tools, so `<tool_call>` blocks in the answer are calls.
+    /// `tools`: the names of the tools the request offered, so that `<tool_call>` blocks
+    /// (or an answer that is nothing but a call of one of them) are calls.
     Chat {
-        tools: bool,
+        tools: Option<Vec<String>>,
     },
     Text,
 }
@@ -613,8 +614,8 @@ async fn run(
         let finish = d.finish;
         let body = match kind {
             Kind::Chat { tools } => {
-                let (content, calls) = if tools {
-                    tool_calls::split(&text)
+                let (content, calls) = if let Some(names) = tools {
+                    tool_calls::split(&text, &names)
                 } else {
                     (text, Vec::new())
                 };
@@ -639,8 +640,12 @@ async fn run(
         };
         return axum::Json(body).into_response();
     }
+    let calls = match &kind {
+        Kind::Chat { tools: Some(names) } => Some(tool_calls::Stream::new(names.clone())),
+        _ => None,
+    };
     let frames = Frames {
-        id: id(if matches!(kind, Kind::Chat { .. }) {
+        id: id(if matches!(&kind, Kind::Chat { .. }) {
             "chatcmpl"
         } else {
             "cmpl"
@@ -651,7 +656,7 @@ async fn run(
         usage: stream_usage,
     };
     let sse = SseState {
-        calls: matches!(kind, Kind::Chat { tools: true }).then(tool_calls::Stream::default),
+        calls,
         rx,
         pending: Some(first),
         err_rx: Some(err_rx),

@@ -39,10 +39,44 @@ pub fn offered(req: &ChatCompletionRequest) -> Option<(Vec<&Tool>, Option<String
     Some((tools, must))
 }
 
-/// The system prompt's tool block.
+/// JSON as Python's `json.dumps` writes it (`", "` and `": "`), which is how the models
+/// trained on this format (Qwen2.5's template renders tools with `tojson`) saw it.
+fn python_json(v: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    match serde::Serialize::serialize(v, &mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => v.to_string(),
+    }
+}
+
+/// The system prompt's tool block, as Qwen2.5's template writes it.
 fn tools_block(tools: &[&Tool], must: Option<&str>) -> String {
     let mut out = String::from(
-        "You may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>",
     );
     for t in tools {
         if let Some(f) = &t.function {
@@ -55,7 +89,7 @@ fn tools_block(tools: &[&Tool], must: Option<&str>) -> String {
                 .clone()
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
             out.push('\n');
-            out.push_str(&json!({"type": "function", "function": def}).to_string());
+            out.push_str(&python_json(&json!({"type": "function", "function": def})));
         }
     }
     out.push_str("\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>");
@@ -102,7 +136,9 @@ pub fn template_messages(
             }
             content.push_str(OPEN);
             content.push('\n');
-            content.push_str(&json!({"name": c.function.name, "arguments": arguments}).to_string());
+            content.push_str(&python_json(
+                &json!({"name": c.function.name, "arguments": arguments}),
+            ));
             content.push('\n');
             content.push_str(CLOSE);
         }
@@ -174,33 +210,113 @@ fn parse_blocks(text: &str) -> Option<Vec<Call>> {
     (!calls.is_empty()).then_some(calls)
 }
 
+/// The names of the offered tools.
+pub fn names(tools: &[&Tool]) -> Vec<String> {
+    tools
+        .iter()
+        .filter_map(|t| t.function.as_ref().map(|f| f.name.clone()))
+        .collect()
+}
+
+/// An answer that is nothing but calls written without the tags — a JSON object (or a list,
+/// or one object per line, or either in a ```json fence) with the `name` of an offered tool
+/// and its `arguments` — as small models often answer (Qwen2.5-Coder-0.5B writes its calls
+/// in a fence); `None` for anything else.
+fn bare_calls(text: &str, names: &[String]) -> Option<Vec<Call>> {
+    let mut t = text.trim();
+    if let Some(rest) = t.strip_prefix("```") {
+        let rest = rest.strip_prefix("json").unwrap_or(rest);
+        t = rest.strip_suffix("```")?.trim();
+    }
+    if !(t.starts_with('{') || t.starts_with('[')) {
+        return None;
+    }
+    let mut items = Vec::new();
+    for v in serde_json::Deserializer::from_str(t).into_iter::<Value>() {
+        match v.ok()? {
+            Value::Array(a) => items.extend(a),
+            one => items.push(one),
+        }
+    }
+    let calls = items
+        .iter()
+        .map(|item| {
+            let name = item["name"]
+                .as_str()
+                .filter(|n| names.iter().any(|x| x == n))?;
+            let args = match &item["arguments"] {
+                Value::Null => item.get("parameters").filter(|p| p.is_object())?,
+                a => a,
+            };
+            let arguments = match args {
+                Value::String(s) => s.clone(),
+                Value::Object(_) => args.to_string(),
+                _ => return None,
+            };
+            Some(Call {
+                name: name.to_owned(),
+                arguments,
+            })
+        })
+        .collect::<Option<Vec<Call>>>()?;
+    (!calls.is_empty()).then_some(calls)
+}
+
 /// An answer split into its text (before the first call) and its calls; with no call
-/// that parses, all of it is text.
-pub fn split(text: &str) -> (String, Vec<Call>) {
+/// that parses, all of it is text. `names`: the offered tools.
+pub fn split(text: &str, names: &[String]) -> (String, Vec<Call>) {
     match text.find(OPEN) {
         Some(i) => match parse_blocks(&text[i..]) {
             Some(calls) => (text[..i].trim_end().to_owned(), calls),
             None => (text.to_owned(), Vec::new()),
         },
-        None => (text.to_owned(), Vec::new()),
+        None => match bare_calls(text, names) {
+            Some(calls) => (String::new(), calls),
+            None => (text.to_owned(), Vec::new()),
+        },
     }
 }
 
 /// Streamed text with calls held back: what may be sent now goes out at once, a possible
 /// start of `<tool_call>` waits for the next piece, and from the first call on everything
-/// is kept for [`Stream::finish`].
+/// is kept for [`Stream::finish`]; an answer that opens like a bare JSON call (`{`, `[`,
+/// a ```json fence) is kept whole, to be told apart at the end.
 #[derive(Debug, Default)]
 pub struct Stream {
     held: String,
     in_call: bool,
+    /// Text went out already: the answer is not a bare call.
+    released: bool,
+    names: Vec<String>,
 }
 
 impl Stream {
+    /// A stream of an answer to a request that offered the tools `names`.
+    pub fn new(names: Vec<String>) -> Self {
+        Stream {
+            names,
+            ..Stream::default()
+        }
+    }
+
     /// The part of `piece` that can be sent now.
     pub fn push(&mut self, piece: &str) -> String {
         self.held.push_str(piece);
         if self.in_call {
             return String::new();
+        }
+        if !self.released {
+            let t = self.held.trim_start();
+            let fence = "```json";
+            if t.is_empty()
+                || fence.starts_with(t)
+                || t.starts_with(fence)
+                || t.starts_with('{')
+                || t.starts_with('[')
+            {
+                return String::new();
+            }
+            self.released = true;
         }
         if let Some(i) = self.held.find(OPEN) {
             self.in_call = true;
@@ -226,6 +342,11 @@ impl Stream {
     /// At the end: the text still held back, and the calls.
     pub fn finish(self) -> (String, Vec<Call>) {
         if !self.in_call {
+            if !self.released
+                && let Some(calls) = bare_calls(&self.held, &self.names)
+            {
+                return (String::new(), calls);
+            }
             return (self.held, Vec::new());
         }
         match parse_blocks(&self.held) {
@@ -264,16 +385,17 @@ mod tests {
         let m = template_messages(&r.messages, Some((&t, must.as_deref())));
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].role, "system");
+        // Laid out as Qwen2.5's template lays it out, JSON as Python writes it.
         assert!(
             m[0].content
-                .starts_with("Be brief.\n\nYou may call one or more functions")
+                .starts_with("Be brief.\n\n# Tools\n\nYou may call one or more functions")
         );
         assert!(m[0].content.contains(
-            r#"{"type":"function","function":{"name":"fetch","description":"Reads a page","parameters":"#
+            r#"{"type": "function", "function": {"name": "fetch", "description": "Reads a page", "parameters": "#
         ));
         assert_eq!(
             m[2].content,
-            "<tool_call>\n{\"name\":\"fetch\",\"arguments\":{\"url\":\"http://a/b\"}}\n</tool_call>"
+            "<tool_call>\n{\"name\": \"fetch\", \"arguments\": {\"url\": \"http://a/b\"}}\n</tool_call>"
         );
         assert_eq!(m[3].role, "user");
         assert_eq!(
@@ -300,8 +422,14 @@ mod tests {
         assert!(m[0].content.ends_with("You must call the function fetch."));
     }
 
+    fn offered_names() -> Vec<String> {
+        ["fetch", "a", "b", "c"].map(String::from).to_vec()
+    }
+
     #[test]
     fn calls_are_read_from_blocks_objects_or_lists() {
+        let names = offered_names();
+        let split = |t: &str| split(t, &names);
         let (text, calls) = split(
             "Let me look.\n<tool_call>\n{\"name\": \"fetch\", \"arguments\": {\"url\": \"http://a\"}}\n</tool_call>",
         );
@@ -325,14 +453,54 @@ mod tests {
             "<tool_call>{\"name\": \"fetch\", \"argu",
             "<tool_call>{\"arguments\": {}}</tool_call>",
             "no calls here",
+            // Bare JSON that is not a call of an offered tool stays text.
+            "{\"name\": \"unknown\", \"arguments\": {}}",
+            "```json\n{\"answer\": 42}\n```",
+            "{\"name\": \"fetch\", \"arguments\": {}} and then some words",
         ] {
             assert_eq!(split(bad), (bad.to_owned(), Vec::new()), "{bad}");
         }
     }
 
     #[test]
+    fn an_answer_that_is_only_a_call_is_a_call_without_the_tags() {
+        let names = offered_names();
+        for answer in [
+            "{\"name\": \"fetch\", \"arguments\": {\"url\": \"http://a\"}}",
+            "```json\n{\n  \"name\": \"fetch\",\n  \"arguments\": {\"url\": \"http://a\"}\n}\n```",
+            "  [{\"name\": \"fetch\", \"parameters\": {\"url\": \"http://a\"}}]\n",
+        ] {
+            let (text, calls) = split(answer, &names);
+            assert_eq!(text, "", "{answer}");
+            assert_eq!(calls.len(), 1, "{answer}");
+            assert_eq!(calls[0].name, "fetch");
+            assert_eq!(calls[0].arguments, r#"{"url":"http://a"}"#);
+        }
+        // One object per line: every call.
+        let (_, two) = split(
+            "{\"name\": \"a\", \"arguments\": {}}\n{\"name\": \"b\", \"arguments\": {}}",
+            &names,
+        );
+        assert_eq!(two.len(), 2);
+        // Streamed: held back whole, then a call; a fence of another language goes out.
+        let mut s = Stream::new(names.clone());
+        assert_eq!(s.push("```js"), "");
+        assert_eq!(
+            s.push("on\n{\"name\": \"fetch\", \"arguments\": {}}\n```"),
+            ""
+        );
+        let (rest, calls) = s.finish();
+        assert_eq!((rest.as_str(), calls.len()), ("", 1));
+        let mut s = Stream::new(names.clone());
+        assert_eq!(s.push("```py"), "```py");
+        let mut s = Stream::new(names);
+        assert_eq!(s.push("{\"not\": \"a call\"}"), "");
+        assert_eq!(s.finish(), ("{\"not\": \"a call\"}".to_owned(), Vec::new()));
+    }
+
+    #[test]
     fn a_stream_holds_back_only_what_may_be_a_call() {
-        let mut s = Stream::default();
+        let mut s = Stream::new(offered_names());
         let mut sent = String::new();
         for piece in [
             "Hello <",
