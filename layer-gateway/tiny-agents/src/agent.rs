@@ -1,10 +1,13 @@
 //! The loop, as tiny-agents runs it: each turn is one streamed chat completion offered the
-//! exit tools (`task_complete`, `ask_question`) and the MCP tools; tool-call deltas are merged
+//! MCP tools and the exit tools (`task_complete`, `ask_question`); tool-call deltas are merged
 //! by index; the calls run one after the other and each answer is a tool message with the
 //! original's wording; a text answer ends the run (after a tool round the model gets one
 //! more turn, abandoned when its first chunk calls no tool).
 //!
-//! Unlike the original, a run is bounded — every turn counts towards `max_turns`, tool calls
+//! Unlike the original, the exit tools come after the MCP tools, not before: a small model
+//! reads the first tools of a list as what to do (Qwen2.5-Coder-0.5B, asked to read a page
+//! with the fetch tool, answered with a `task_complete` call written as text when the exit
+//! tools came first, and called `fetch` when they came last). And a run is bounded — every turn counts towards `max_turns`, tool calls
 //! towards `max_tool_calls`, and the whole run has a deadline — and every `tool_call_id` is
 //! answered, also when an exit tool, a limit or Ctrl-C ends the run beside other calls, so
 //! the history stays acceptable to strict backends.
@@ -36,7 +39,8 @@ on the outcomes of the previous function calls. DO NOT do this entire process
 by making function calls only, as this can impair your ability to solve the
 problem and think insightfully.";
 
-/// The tools that end a run: `(name, description)`, offered first in every turn.
+/// The tools that end a run: `(name, description)`, offered after the MCP tools in every
+/// turn.
 pub const EXIT_TOOLS: [(&str, &str); 2] = [
     (
         "task_complete",
@@ -552,18 +556,18 @@ fn not_run(stop: &Stop) -> String {
     )
 }
 
-/// The exit tools, then the MCP tools, in OpenAI's `tools` shape.
+/// The MCP tools, then the exit tools, in OpenAI's `tools` shape.
 pub fn offered_tools(tools: &[Tool]) -> Vec<Value> {
-    EXIT_TOOLS
+    tools
         .iter()
-        .map(|(name, description)| {
+        .map(Tool::openai)
+        .chain(EXIT_TOOLS.iter().map(|(name, description)| {
             json!({"type": "function", "function": {
                 "name": name,
                 "description": description,
                 "parameters": {"type": "object", "properties": {}},
             }})
-        })
-        .chain(tools.iter().map(Tool::openai))
+        }))
         .collect()
 }
 

@@ -53,7 +53,7 @@ async fn a_run_calls_a_tool_then_answers() {
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(&names[..2], ["task_complete", "ask_question"]);
+    assert_eq!(&names[names.len() - 2..], ["task_complete", "ask_question"]);
     assert!(
         names.contains(&"echo") && names.contains(&"slow"),
         "{names:?}"
@@ -423,7 +423,7 @@ async fn servers_over_sse_and_streamable_http() {
         assert_eq!(outcome.stop, Stop::Answered, "{kind}");
         let bodies = chats(&up);
         assert_eq!(tool_messages(&bodies[1])[0]["content"], "42", "{kind}");
-        // allowed_tools: only those two are offered (after the exit tools).
+        // allowed_tools: only those two are offered (before the exit tools).
         let names: Vec<&str> = bodies[0]["tools"]
             .as_array()
             .unwrap()
@@ -432,7 +432,7 @@ async fn servers_over_sse_and_streamable_http() {
             .collect();
         assert_eq!(
             names,
-            ["task_complete", "ask_question", "echo", "add"],
+            ["echo", "add", "task_complete", "ask_question"],
             "{kind}"
         );
         // The handshake named the server and the revision it settled on.
