@@ -16,6 +16,7 @@ pub mod media;
 pub mod models;
 pub mod openvino;
 pub mod openwebui;
+pub mod python;
 pub mod searxng;
 pub mod upstream;
 

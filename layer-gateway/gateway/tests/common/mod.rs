@@ -213,24 +213,9 @@ pub async fn dead_port_url() -> String {
     format!("http://{addr}/v1")
 }
 
-/// Whether `python3` can import `module` (a client SDK the test drives the gateway with).
-/// Under `CI=true` its absence is a failure, since `.ci/run` installs it; elsewhere the caller
-/// skips, with a note.
-#[allow(clippy::print_stderr)]
+/// Whether `python3` can import `module` (see [`testkit::python::has_module`]).
 pub fn python_module(module: &str) -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!(
-                "CI=true but python3 with the {module} package is missing (pip install {module})"
-            );
-        }
-        eprintln!("note: python3 -c 'import {module}' failed; skipping the SDK test");
-    }
-    ok
+    testkit::python::has_module(module)
 }
 
 /// Runs `tests/SCRIPT` with `args`; what it printed, once it succeeded.
