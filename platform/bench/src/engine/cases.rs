@@ -41,10 +41,11 @@ pub async fn chat(client: &reqwest::Client, url: &str, mut body: Value) -> Resul
     let t0 = Instant::now();
     let mut res = client
         .post(url)
+        .header("connection", "close")
         .json(&body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{e:?}"))?;
     if !res.status().is_success() {
         let s = res.status();
         return Err(format!(
@@ -77,7 +78,8 @@ pub async fn chat(client: &reqwest::Client, url: &str, mut body: Value) -> Resul
             }
         }
     }
-    let first = first.ok_or("no tokens")?;
+    // An empty answer (the model ended its turn at once) is timed to its end.
+    let first = first.unwrap_or_else(Instant::now);
     turn.ttft = first - t0;
     turn.decode = last - first;
     if turn.completion_tokens == 0 {
@@ -239,14 +241,19 @@ fn tools() -> Value {
 
 /// Five steps of an agent with ~800 tokens of tools: each step's answer. Each step resends
 /// the history with a scripted tool call and its result appended, as an agent loop does.
+/// The tools are written into the system prompt (in the Hermes format), not sent as
+/// `tools`, so that every server reads the same prompt whatever its template knows of tools.
 pub async fn agent(c: &reqwest::Client, url: &str, nonce: &str) -> Result<Vec<Turn>, String> {
+    let defs: Vec<String> = tools()
+        .as_array()
+        .map(|a| a.iter().map(Value::to_string).collect())
+        .unwrap_or_default();
+    let system = format!(
+        "Session {nonce}. You are a research assistant. Use the tools to find facts, then answer briefly.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags.",
+        defs.join("\n")
+    );
     let mut messages = vec![
-        msg(
-            "system",
-            &format!(
-                "Session {nonce}. You are a research assistant. Use the tools to find facts, then answer briefly."
-            ),
-        ),
+        msg("system", &system),
         msg(
             "user",
             "Find out when the Eiffel Tower was built and how tall it is.",
@@ -254,20 +261,21 @@ pub async fn agent(c: &reqwest::Client, url: &str, nonce: &str) -> Result<Vec<Tu
     ];
     let mut out = Vec::new();
     for step in 0..5 {
-        let t = chat(
-            c,
-            url,
-            json!({"max_tokens": 24, "messages": messages, "tools": tools()}),
-        )
-        .await?;
+        let t = chat(c, url, json!({"max_tokens": 24, "messages": messages})).await?;
         out.push(t);
-        let id = format!("call_{step}");
         let (name, args, result) = match step % 2 {
             0 => ("web_search", json!({"query": format!("Eiffel Tower facts {step}")}), format!("1. Eiffel Tower - Wikipedia: wrought-iron lattice tower in Paris, built 1887 to 1889 for the World's Fair, {} metres tall including antennas. 2. Official site: visits, tickets and history.", 300 + step)),
             _ => ("fetch", json!({"url": format!("https://example.org/eiffel/{step}")}), "# Eiffel Tower\nThe tower was built from 1887 to 1889 by Gustave Eiffel's company. It is 330 metres tall since a new antenna was added.".to_owned()),
         };
-        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}}]}));
-        messages.push(json!({"role": "tool", "tool_call_id": id, "content": result}));
+        let call = json!({"name": name, "arguments": args});
+        messages.push(msg(
+            "assistant",
+            &format!("<tool_call>\n{call}\n</tool_call>"),
+        ));
+        messages.push(msg(
+            "user",
+            &format!("<tool_response>\n{result}\n</tool_response>"),
+        ));
     }
     Ok(out)
 }

@@ -117,11 +117,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Every case on the server at `url`.
 async fn measure(c: &reqwest::Client, url: &str, a: &EngineArgs) -> Result<Row, String> {
     let nonce = format!("{:08x}", fastrand::u32(..));
-    let short = cases::short(c, url, &nonce, a.rounds).await?;
-    let turns = cases::turns(c, url, &nonce).await?;
-    let (cold, again) = cases::long(c, url, &nonce).await?;
-    let agent = cases::agent(c, url, &nonce).await?;
-    let (all, wall) = cases::clients(c, url, &nonce, a.parallel, a.rounds).await?;
+    let case = |name: &'static str| move |e: String| format!("{name}: {e}");
+    let short = cases::short(c, url, &nonce, a.rounds)
+        .await
+        .map_err(case("short chat"))?;
+    let turns = cases::turns(c, url, &nonce)
+        .await
+        .map_err(case("ten turns"))?;
+    let (cold, again) = cases::long(c, url, &nonce)
+        .await
+        .map_err(case("long prompt"))?;
+    let agent = cases::agent(c, url, &nonce).await.map_err(case("agent"))?;
+    let (all, wall) = cases::clients(c, url, &nonce, a.parallel, a.rounds)
+        .await
+        .map_err(case("four clients"))?;
     let generated: u64 = all.iter().map(|t| t.completion_tokens).sum();
     Ok(Row {
         short_ttft_ms: median(short.iter().map(cases::Turn::ttft_ms).collect()),
@@ -209,7 +218,8 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
             continue;
         }
         let port = crate::free_port().await?;
-        let mut child = match servers::spawn(server, &launch, port) {
+        let log = ir_dir.path().join(format!("{}.log", server.label()));
+        let mut child = match servers::spawn(server, &launch, port, &log) {
             Ok(ch) => ch,
             Err(e) => {
                 skipped.push(format!("{}: {e}", server.label()));
@@ -217,7 +227,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
             }
         };
         let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        if let Err(e) = servers::wait_ready(&client, &url, &mut child, a.load_timeout).await {
+        if let Err(e) = servers::wait_ready(&client, &url, &mut child, &log, a.load_timeout).await {
             let _ = child.kill().await;
             skipped.push(format!("{}: {e}", server.label()));
             continue;
@@ -233,7 +243,13 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
                 print_row(server.label(), &row);
                 rows.push((server, row));
             }
-            Err(e) => skipped.push(format!("{}: {e}", server.label())),
+            Err(e) => {
+                // What the server said last, if it stopped.
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                let said = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
+                skipped.push(format!("{}: {e} (its log ends: {said})", server.label()));
+            }
         }
     }
     print_against_anchor(&rows);

@@ -46,8 +46,14 @@ pub struct Launch {
     pub llama_server: PathBuf,
 }
 
-/// Starts `server` on `port`.
-pub fn spawn(server: Contender, l: &Launch, port: u16) -> Result<tokio::process::Child, String> {
+/// Starts `server` on `port`, its stderr into `log` (a file: a pipe nobody reads would
+/// stop a chatty server once it fills, and closing it would kill the server).
+pub fn spawn(
+    server: Contender,
+    l: &Launch,
+    port: u16,
+    log: &Path,
+) -> Result<tokio::process::Child, String> {
     let model = l.model.display().to_string();
     let ours = |bin: &Path, model: &str| {
         let mut cmd = tokio::process::Command::new(bin);
@@ -97,8 +103,9 @@ pub fn spawn(server: Contender, l: &Launch, port: u16) -> Result<tokio::process:
             (cmd, l.llama_server.clone())
         }
     };
+    let stderr = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr)
         .kill_on_drop(true);
     cmd.spawn().map_err(|e| match server {
         Contender::LlamaServer => format!(
@@ -113,11 +120,12 @@ pub fn spawn(server: Contender, l: &Launch, port: u16) -> Result<tokio::process:
 }
 
 /// Waits until a one-token chat succeeds (which also warms the server up), or the process
-/// exits (its last stderr line is the reason), or the timeout passes.
+/// exits (the last line of its `log` is the reason), or the timeout passes.
 pub async fn wait_ready(
     client: &reqwest::Client,
     url: &str,
     child: &mut tokio::process::Child,
+    log: &Path,
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -125,11 +133,7 @@ pub async fn wait_ready(
         "messages": [{"role": "user", "content": "Hi"}]});
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = e.read_to_string(&mut err).await;
-            }
+            let err = std::fs::read_to_string(log).unwrap_or_default();
             let last = err
                 .lines()
                 .rev()
@@ -139,8 +143,6 @@ pub async fn wait_ready(
         }
         if let Ok(r) = client.post(url).json(&body).send().await {
             if r.status().is_success() {
-                // Stop reading stderr from here on: an unread pipe must not fill up and block.
-                drop(child.stderr.take());
                 return Ok(());
             }
             let text = r.text().await.unwrap_or_default();
