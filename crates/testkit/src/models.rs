@@ -117,7 +117,9 @@ pub fn smollm2() -> Option<PathBuf> {
 pub fn qwen_coder() -> Option<PathBuf> {
     // One join at a time in this process: a second would read parts the first removes.
     static JOINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = JOINING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = JOINING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = cache().join("qwen2.5-coder-0.5b.gguf");
     if std::fs::metadata(&out).is_ok_and(|m| m.len() == QWEN_CODER_SIZE) {
         return Some(out);

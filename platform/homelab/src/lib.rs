@@ -133,7 +133,8 @@ pub struct UpArgs {
     pub engine_port: u16,
     #[arg(long, default_value_t = 4001)]
     pub monitor_port: u16,
-    /// Serve this GGUF file instead of the default model.
+    /// Serve this GGUF file, or a model of the catalogue (`qwen2.5-coder-0.5b`: one that
+    /// calls tools), instead of the default model.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
     /// Run without the local engine (only the gateway over the registry).

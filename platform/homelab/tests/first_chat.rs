@@ -2,8 +2,10 @@
 //! candle, pulled from its PyPI package), a request sent before the model has loaded, the
 //! README's "Try it" curl exactly as written, then one chat turn of Open WebUI 0.12.4's
 //! traffic as it sends it — the chat and its title, follow-up and tags tasks at once — and
-//! a second chat right after. Every request must be answered, every answer must end its turn
-//! (`stop`, not `length`), and the chats must be served before the background tasks. The
+//! a second chat right after, then ten turns of one chat, each resending the history, which
+//! the engine must read from its prefix cache. Every request must be answered, every answer
+//! must end its turn (`stop`, not `length`), and the chats must be served before the
+//! background tasks. The
 //! README's agent example and the web researcher asked to read a local page run the agent
 //! loop on the same small model and the real web-fetch: the test holds the loop to its
 //! bounds and its logging, and reports what the model chose to do.
@@ -98,6 +100,26 @@ async fn run_included(cmd: &str) -> (String, String, String) {
     let (head, body) = said.split_once("\r\n\r\n").unwrap_or(("", &said));
     let (head, body) = (head.to_owned(), body.to_owned());
     (said, head, body)
+}
+
+/// The engine's prefix-cache counters: prompt tokens reused, prompt tokens in all, hits.
+async fn engine_cache_counters(engine: &str) -> (f64, f64, f64) {
+    let text = reqwest::get(format!("{engine}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    (
+        get("homelab_engine_prefix_cache_tokens_reused_total"),
+        get("homelab_engine_prompt_tokens_total"),
+        get("homelab_engine_prefix_cache_hits_total"),
+    )
 }
 
 fn squash(s: &str) -> String {
@@ -375,7 +397,43 @@ async fn open_webui_first_chat_on_the_default_model() {
         }
     }
 
-    // 4. Figures a person can trust: every request logged, and the handle's rate measured.
+    // 4. Ten turns of one chat as Open WebUI sends them (each turn resends the history): the
+    // engine reads each turn's history from its prefix cache, not again.
+    let engine = format!("http://{}", running.engine.unwrap());
+    let (reused0, prompt0, hits0) = engine_cache_counters(&engine).await;
+    let mut chat = bodies[CHAT].clone();
+    let mut history = vec![json!({"role": "system", "content": "You are a helpful assistant."})];
+    for q in [
+        "What is the capital of France?",
+        "And of Germany?",
+        "Which of the two cities is bigger?",
+        "Tell me one fact about it.",
+        "What river runs through it?",
+        "Name a famous museum there.",
+        "What language do they speak?",
+        "What is a typical dish?",
+        "How old is the city?",
+        "Thanks. Summarise what we said.",
+    ] {
+        history.push(json!({"role": "user", "content": q}));
+        chat["messages"] = json!(history);
+        let a = send(&gateway, chat.clone()).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        history.push(json!({"role": "assistant", "content": a.text}));
+    }
+    let (reused, prompt, hits) = engine_cache_counters(&engine).await;
+    let (reused, prompt, hits) = (reused - reused0, prompt - prompt0, hits - hits0);
+    eprintln!("note: ten turns: {prompt} prompt tokens, {reused} from the cache, {hits} hits");
+    assert!(
+        hits >= 9.0,
+        "turns 2 to 10 start from the cache: {hits} hits"
+    );
+    assert!(
+        reused >= prompt / 2.0,
+        "most of the ten turns' {prompt} prompt tokens come from the cache: {reused}"
+    );
+
+    // 5. Figures a person can trust: every request logged, and the handle's rate measured.
     stop_tx.send(()).unwrap();
     task.await.unwrap();
     let db = docsdb::Db::open(&running.db_url).await.unwrap();
@@ -444,7 +502,7 @@ async fn open_webui_first_chat_on_the_default_model() {
     );
     assert_eq!(
         local.requests_24h - approach_calls - agent_calls,
-        7,
+        17,
         "{local:?}"
     );
     // The engine serves one choice per call: the proxy's one ask with `n` is refused (400,
