@@ -7,8 +7,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::quant::{Format, Q8Rows, dequantize_row};
-use super::simd::{as_atomic, dot as qdot};
+use super::quant::{Format, Q8Row, Q8Rows, dequantize_row};
+use super::simd::{as_atomic, dot as qdot, tile_rows};
 
 /// Weight rows handed to a thread at a time.
 const ROWS_PER_ITEM: usize = 16;
@@ -30,6 +30,61 @@ pub enum Weight {
         k: usize,
         data: Vec<f32>,
     },
+}
+
+/// A quantised matrix's rows, for the kernels.
+struct QuantRows<'a> {
+    format: Format,
+    data: &'a [u8],
+    row_bytes: usize,
+    /// Rows in all (the outputs' stride).
+    n: usize,
+}
+
+impl QuantRows<'_> {
+    fn row(&self, j: usize) -> &[u8] {
+        &self.data[j * self.row_bytes..(j + 1) * self.row_bytes]
+    }
+
+    /// `rows` times the `C` activation rows from token `t0`, into `out`: as many weight rows
+    /// at a time as the kernels take, then one at a time.
+    fn times<const C: usize>(
+        &self,
+        rows: std::ops::Range<usize>,
+        a: [Q8Row<'_>; C],
+        t0: usize,
+        out: &[std::sync::atomic::AtomicU32],
+    ) {
+        let store = |j: usize, r: &[f32; C]| {
+            for (i, v) in r.iter().enumerate() {
+                out[(t0 + i) * self.n + j].store(v.to_bits(), Ordering::Relaxed);
+            }
+        };
+        // One token (a decode step) runs faster one weight row at a time.
+        let four = tile_rows() == 4 && C > 1;
+        let mut j = rows.start;
+        while j < rows.end {
+            if four && j + 4 <= rows.end {
+                let w = [
+                    self.row(j),
+                    self.row(j + 1),
+                    self.row(j + 2),
+                    self.row(j + 3),
+                ];
+                let mut r = [[0f32; C]; 4];
+                qdot(self.format, &w, &a, &mut r);
+                for (i, r) in r.iter().enumerate() {
+                    store(j + i, r);
+                }
+                j += 4;
+            } else {
+                let mut r = [[0f32; C]; 1];
+                qdot(self.format, &[self.row(j)], &a, &mut r);
+                store(j, &r[0]);
+                j += 1;
+            }
+        }
+    }
 }
 
 /// Runs `f` on every item in `0..n`, spread over the engine's threads.
@@ -106,28 +161,34 @@ impl Weight {
         match self {
             Weight::Quant { format, data, .. } => {
                 debug_assert_eq!(xq.rows, m);
-                let rb = format.row_bytes(k);
+                let q = QuantRows {
+                    format: *format,
+                    data,
+                    row_bytes: format.row_bytes(k),
+                    n,
+                };
                 parallel(items, |item| {
                     let rows = item * ROWS_PER_ITEM..n.min((item + 1) * ROWS_PER_ITEM);
+                    // Four tokens at a time, then what is left.
                     let mut t = 0;
-                    while t + 4 <= m {
-                        let a = [xq.row(t), xq.row(t + 1), xq.row(t + 2), xq.row(t + 3)];
-                        for j in rows.clone() {
-                            let mut r = [0f32; 4];
-                            qdot(*format, &data[j * rb..(j + 1) * rb], &a, &mut r);
-                            for (i, v) in r.iter().enumerate() {
-                                out[(t + i) * n + j].store(v.to_bits(), Ordering::Relaxed);
-                            }
+                    while t < m {
+                        match m - t {
+                            1 => q.times::<1>(rows.clone(), [xq.row(t)], t, out),
+                            2 => q.times::<2>(rows.clone(), [xq.row(t), xq.row(t + 1)], t, out),
+                            3 => q.times::<3>(
+                                rows.clone(),
+                                [xq.row(t), xq.row(t + 1), xq.row(t + 2)],
+                                t,
+                                out,
+                            ),
+                            _ => q.times::<4>(
+                                rows.clone(),
+                                [xq.row(t), xq.row(t + 1), xq.row(t + 2), xq.row(t + 3)],
+                                t,
+                                out,
+                            ),
                         }
                         t += 4;
-                    }
-                    for t in t..m {
-                        let a = [xq.row(t)];
-                        for j in rows.clone() {
-                            let mut r = [0f32; 1];
-                            qdot(*format, &data[j * rb..(j + 1) * rb], &a, &mut r);
-                            out[t * n + j].store(r[0].to_bits(), Ordering::Relaxed);
-                        }
                     }
                 });
             }

@@ -7,7 +7,7 @@ use half::f16;
 
 use super::matmul::{Weight, dot_f32};
 use super::quant::{Format, Q8Rows, dequantize_row, dot_scalar};
-use super::simd::dot;
+use super::simd::{Level, dot, dot_at, level};
 
 const FORMATS: &[(Format, GgmlDType)] = &[
     (Format::Q4_0, GgmlDType::Q4_0),
@@ -94,8 +94,9 @@ fn quantised_dots_match_the_float_dot_and_simd_matches_scalar() {
             let mut wf = vec![0f32; k];
             dequantize_row(f, w, &mut wf);
             let a = [xq.row(0), xq.row(1), xq.row(2), xq.row(3)];
-            let mut four = [0f32; 4];
-            dot(f, w, &a, &mut four);
+            let mut four = [[0f32; 4]; 1];
+            dot(f, &[w], &a, &mut four);
+            let four = four[0];
             for t in 0..4 {
                 // The float dot of the dequantised row with the dequantised activations.
                 let row = xq.row(t);
@@ -115,10 +116,10 @@ fn quantised_dots_match_the_float_dot_and_simd_matches_scalar() {
                     four[t]
                 );
                 // One row at a time gives the very same bits as four at once.
-                let mut one = [0f32; 1];
-                dot(f, w, &[row], &mut one);
+                let mut one = [[0f32; 1]; 1];
+                dot(f, &[w], &[row], &mut one);
                 assert_eq!(
-                    one[0].to_bits(),
+                    one[0][0].to_bits(),
                     four[t].to_bits(),
                     "{f:?}: batch changed a result"
                 );
@@ -164,4 +165,41 @@ fn a_matrix_product_gives_each_token_the_same_bits_in_any_batch() {
     let mut y = vec![0f32; 2];
     dense.matmul(&[1.0, 1.0, 1.0, 1.0], &Q8Rows::default(), &mut y);
     assert_eq!(y, [10.0, 1.5]);
+}
+
+#[test]
+fn every_tile_shape_and_instruction_set_gives_the_same_bits() {
+    let mut rng = fastrand::Rng::with_seed(5);
+    let levels: Vec<Level> = [Level::Avx2, Level::Avx512Vnni]
+        .into_iter()
+        .filter(|l| *l == Level::Avx2 || level() == Level::Avx512Vnni)
+        .collect();
+    for &(f, _) in FORMATS {
+        let k = 512;
+        let rb = f.row_bytes(k);
+        let data = random_rows(f, 4, k, &mut rng);
+        let w: [&[u8]; 4] = std::array::from_fn(|r| &data[r * rb..(r + 1) * rb]);
+        let x = random_act(3 * k, &mut rng);
+        let mut xq = Q8Rows::default();
+        xq.quantize(&x, k);
+        let a = [xq.row(0), xq.row(1), xq.row(2)];
+        let mut reference = [[0f32; 3]; 4];
+        dot_at(levels[0], f, &w, &a, &mut reference);
+        for &l in &levels {
+            let mut tile = [[0f32; 3]; 4];
+            dot_at(l, f, &w, &a, &mut tile);
+            assert_eq!(tile, reference, "{f:?} at {l:?}");
+            for r in 0..4 {
+                for t in 0..3 {
+                    let mut one = [[0f32; 1]; 1];
+                    dot_at(l, f, &[w[r]], &[a[t]], &mut one);
+                    assert_eq!(
+                        one[0][0].to_bits(),
+                        reference[r][t].to_bits(),
+                        "{f:?} at {l:?}: row {r} token {t}"
+                    );
+                }
+            }
+        }
+    }
 }
