@@ -152,9 +152,18 @@ pub async fn logged_handles(db: &docsdb::Db, request_id: &str, n: usize) -> Vec<
 
 /// A page web-fetch may read (on loopback, allowed by the tests that use it): `/bees`; its
 /// address.
+///
+/// It listens on the same address every run where that port is free, so that a model reads
+/// the same prompt each time: a small model's next step can turn on any digit of it.
 #[allow(dead_code)]
 pub async fn bees_page() -> std::net::SocketAddr {
-    testkit::spawn(axum::Router::new().route(
+    const PORT: u16 = 47_311;
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", PORT)).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
         "/bees",
         axum::routing::get(|| async {
             (
@@ -162,8 +171,11 @@ pub async fn bees_page() -> std::net::SocketAddr {
                 "<html><head><title>Bees</title></head><body><article><h1>Bees</h1><p>Bees make honey and live in hives of many thousands.</p></article></body></html>",
             )
         }),
-    ))
-    .await
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
 }
 
 /// The `max_tools_bytes` of `handle`'s (first) target.
