@@ -36,3 +36,18 @@ pub const CHAT: usize = 5;
 pub const FOLLOW_UPS: usize = 6;
 pub const TAGS: usize = 7;
 pub const NEXT_CHAT: usize = 8;
+
+/// The user's side of a ten-turn chat about two cities, each question leaning on the
+/// answers before it (for cases that resend a growing history each turn).
+pub const TEN_TURNS: [&str; 10] = [
+    "What is the capital of France?",
+    "And of Germany?",
+    "Which of the two cities is bigger?",
+    "Tell me one fact about it.",
+    "What river runs through it?",
+    "Name a famous museum there.",
+    "What language do they speak?",
+    "What is a typical dish?",
+    "How old is the city?",
+    "Thanks. Summarise what we said.",
+];

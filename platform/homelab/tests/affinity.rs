@@ -7,36 +7,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::time::Duration;
+
+mod common;
 
 use docsdb::spec::{EndpointSpec, HandleSpec, Strategy, SystemSpec, TargetSpec};
 use serde_json::{Value, json};
 
-fn fixture() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
-}
-
 /// An engine on `ip`; its base URL.
 async fn engine(ip: &str) -> String {
-    let listener = service_kit::server::bind(&format!("{ip}:0")).await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = orin_llm_server::Config::new(fixture(), &format!("{ip}:0"));
-    tokio::spawn(orin_llm_server::serve_on(
-        listener,
-        config,
-        std::future::pending(),
-    ));
-    for _ in 0..400 {
-        if reqwest::get(format!("{url}/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return url;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the engine on {ip} never loaded");
+    common::engine_on(ip, |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

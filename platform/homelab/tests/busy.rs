@@ -13,33 +13,13 @@ use docsdb::spec::{HandleSpec, Strategy, TargetSpec};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-fn fixture() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
-}
-
 /// An engine with one sequence and `queue` places; its base URL.
 async fn engine(queue: usize) -> String {
-    let listener = service_kit::server::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = orin_llm_server::Config::new(fixture(), "127.0.0.1:0");
-    config.engine.queue = queue;
-    config.engine.parallel = 1;
-    tokio::spawn(orin_llm_server::serve_on(
-        listener,
-        config,
-        std::future::pending(),
-    ));
-    for _ in 0..400 {
-        if reqwest::get(format!("{url}/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return url;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the engine never loaded");
+    common::engine_on("127.0.0.1", |c| {
+        c.engine.queue = queue;
+        c.engine.parallel = 1;
+    })
+    .await
 }
 
 /// A handle on the endpoint `engine`, with its own timeouts.

@@ -402,18 +402,7 @@ async fn open_webui_first_chat_on_the_default_model() {
     let (reused0, prompt0, hits0) = engine_cache_counters(&engine).await;
     let mut chat = bodies[CHAT].clone();
     let mut history = vec![json!({"role": "system", "content": "You are a helpful assistant."})];
-    for q in [
-        "What is the capital of France?",
-        "And of Germany?",
-        "Which of the two cities is bigger?",
-        "Tell me one fact about it.",
-        "What river runs through it?",
-        "Name a famous museum there.",
-        "What language do they speak?",
-        "What is a typical dish?",
-        "How old is the city?",
-        "Thanks. Summarise what we said.",
-    ] {
+    for q in testkit::openwebui::TEN_TURNS {
         history.push(json!({"role": "user", "content": q}));
         chat["messages"] = json!(history);
         let a = send(&gateway, chat.clone()).await;

@@ -141,24 +141,12 @@ pub async fn short(
 
 /// Ten turns of one chat, the history resent each turn: each turn's answer.
 pub async fn turns(c: &reqwest::Client, url: &str, nonce: &str) -> Result<Vec<Turn>, String> {
-    const QUESTIONS: [&str; 10] = [
-        "What is the capital of France?",
-        "And of Germany?",
-        "Which of the two cities is bigger?",
-        "Tell me one fact about it.",
-        "What river runs through it?",
-        "Name a famous museum there.",
-        "What language do they speak?",
-        "What is a typical dish?",
-        "How old is the city?",
-        "Thanks. Summarise what we said.",
-    ];
     let mut messages = vec![msg(
         "system",
         &format!("Session {nonce}. You are a helpful assistant."),
     )];
     let mut out = Vec::new();
-    for q in QUESTIONS {
+    for q in testkit::openwebui::TEN_TURNS {
         messages.push(msg("user", q));
         let t = chat(c, url, json!({"max_tokens": 48, "messages": messages})).await?;
         messages.push(msg("assistant", &t.text));

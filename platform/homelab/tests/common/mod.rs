@@ -189,3 +189,36 @@ pub async fn tools_cap(db: &docsdb::Db, handle: &str) -> Option<i64> {
     .await
     .unwrap()
 }
+
+/// The random-weight engine fixture (`llm-engine/tests/fixtures`).
+#[allow(dead_code)]
+pub fn engine_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../layer-inference/llm-engine/tests/fixtures/tiny-random-gpt2tok-f16.gguf")
+}
+
+/// orin-llm-server on the fixture, listening on `ip` with `tweak` applied to its config,
+/// once it answers `/health`; its base URL.
+#[allow(dead_code)]
+pub async fn engine_on(ip: &str, tweak: impl FnOnce(&mut orin_llm_server::Config)) -> String {
+    let bind = format!("{ip}:0");
+    let listener = service_kit::server::bind(&bind).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = orin_llm_server::Config::new(engine_fixture(), &bind);
+    tweak(&mut config);
+    tokio::spawn(orin_llm_server::serve_on(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    for _ in 0..400 {
+        if reqwest::get(format!("{url}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return url;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the engine on {ip} never loaded");
+}
