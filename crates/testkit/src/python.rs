@@ -22,15 +22,23 @@ pub fn has_module(module: &str) -> bool {
 
 /// Runs the Python program `code` with `args`; what it printed, once it succeeded.
 pub async fn run(code: &str, args: &[&str]) -> String {
+    python(&["-c", code], args, "python").await
+}
+
+/// Runs the Python script at `path` with `args`; what it printed, once it succeeded.
+pub async fn run_file(path: &str, args: &[&str]) -> String {
+    python(&[path], args, path).await
+}
+
+async fn python(program: &[&str], args: &[&str], what: &str) -> String {
     let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(code)
+        .args(program)
         .args(args)
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
     stdout
 }

@@ -14,6 +14,8 @@ use llm_engine::{
 };
 use tokio::sync::mpsc;
 
+mod common;
+
 fn fixture() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tiny-random-gpt2tok-f16.gguf")
@@ -34,26 +36,17 @@ fn chat(text: &str) -> Input {
 }
 
 async fn run(e: &Arc<Engine>, input: Input, p: Params) -> (String, Finish, usize, usize) {
-    let (tx, mut rx) = mpsc::channel(64);
-    let e2 = e.clone();
-    let task = tokio::spawn(async move { e2.generate(input, p, tx).await });
-    let mut text = String::new();
-    let mut done = None;
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                ..
-            } => done = Some((finish, prompt_tokens, completion_tokens)),
-            Event::Queued { .. } => {}
-        }
-    }
-    task.await.unwrap().unwrap();
-    let (f, p, c) = done.expect("a Done event");
-    (text, f, p, c)
+    let (text, done) = common::answer(e, input, p).await;
+    let Event::Done {
+        finish,
+        prompt_tokens,
+        completion_tokens,
+        ..
+    } = done
+    else {
+        unreachable!("answer ends with Done")
+    };
+    (text, finish, prompt_tokens, completion_tokens)
 }
 
 #[tokio::test]

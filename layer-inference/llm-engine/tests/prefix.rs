@@ -11,7 +11,8 @@ use llm_engine::template::TemplateMessage;
 use llm_engine::{
     Backend, Engine, EngineConfig, Event, HAS_LLAMA_CPP, Input, Params, SamplerRequest,
 };
-use tokio::sync::mpsc;
+
+mod common;
 
 fn backends() -> Vec<Backend> {
     let mut b = vec![Backend::Candle];
@@ -56,28 +57,16 @@ async fn ask(
     messages: Vec<TemplateMessage>,
     max_tokens: u32,
 ) -> (String, usize, usize) {
-    let (tx, mut rx) = mpsc::channel(8);
-    let e2 = e.clone();
-    let task = tokio::spawn(async move {
-        e2.generate(Input::Chat(messages), greedy(max_tokens), tx)
-            .await
-    });
-    let mut text = String::new();
-    let mut done = None;
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done {
-                completion_tokens,
-                cached_tokens,
-                ..
-            } => done = Some((completion_tokens, cached_tokens)),
-            Event::Queued { .. } => {}
-        }
-    }
-    task.await.unwrap().unwrap();
-    let (c, cached) = done.expect("a Done event");
-    (text, c, cached)
+    let (text, done) = common::answer(e, Input::Chat(messages), greedy(max_tokens)).await;
+    let Event::Done {
+        completion_tokens,
+        cached_tokens,
+        ..
+    } = done
+    else {
+        unreachable!("answer ends with Done")
+    };
+    (text, completion_tokens, cached_tokens)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,16 +221,7 @@ pub fn python_module(module: &str) -> bool {
 /// Runs `tests/SCRIPT` with `args`; what it printed, once it succeeded.
 pub async fn python_script(script: &str, args: &[&str]) -> String {
     let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new("python3")
-        .arg(&path)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
-    stdout
+    testkit::python::run_file(&path, args).await
 }
 
 /// A gateway (master key `sk-master-test`) with two handles: `chat` on the plain test
