@@ -2,12 +2,15 @@
 //! the KV cache and the batched forward pass are ours).
 //!
 //! - [`quant`]: the block formats, 8-bit activations and the scalar dot products.
-//! - [`simd`]: the same dot products with AVX2 (the engine's only `unsafe`).
+//! - [`simd`]: the same dot products on tiles, with AVX2 or AVX-512 VNNI (the engine's
+//!   only `unsafe`).
 //! - [`matmul`]: weight matrices times a batch of rows, on every core.
 //! - [`kv`]: the KV cache in shared, reference-counted blocks.
-//! - [`model`]: the transformer (llama, qwen2) over a batch of sequences.
+//! - [`model`]: the transformer (llama, qwen2) over a batch of sequences; `load` reads it
+//!   from the GGUF file.
 
 pub mod kv;
+mod load;
 pub mod matmul;
 pub mod model;
 pub mod quant;

@@ -8,15 +8,11 @@
 //! batch and whether its prefix was cached or just computed, so batching and prefix reuse
 //! change no token.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::Ordering;
-
-use candle_core::Device;
-use candle_core::quantized::gguf_file::Content;
 
 use super::kv::{BLOCK, BlockId, KvPool, SeqKv};
 use super::matmul::{Weight, dot_f32, parallel};
-use super::quant::{Format, Q8Rows};
+use super::quant::Q8Rows;
 use super::simd::as_atomic;
 use crate::error::EngineError;
 
@@ -29,7 +25,7 @@ const TILE: usize = 16;
 
 /// Which pairs of a head's values RoPE rotates together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rope {
+pub(super) enum Rope {
     /// Neighbours (2i, 2i+1): llama-family GGUF files.
     Norm,
     /// Halves (i, i + d/2): Qwen2.
@@ -47,36 +43,36 @@ pub struct Hparams {
     pub head_dim: usize,
     pub eps: f32,
     pub vocab: usize,
-    rope: Rope,
+    pub(super) rope: Rope,
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    q: Weight,
-    k: Weight,
-    v: Weight,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
-    o: Weight,
-    ffn_norm: Vec<f32>,
-    gate: Weight,
-    up: Weight,
-    down: Weight,
+pub(super) struct Layer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) q: Weight,
+    pub(super) k: Weight,
+    pub(super) v: Weight,
+    pub(super) q_bias: Option<Vec<f32>>,
+    pub(super) k_bias: Option<Vec<f32>>,
+    pub(super) v_bias: Option<Vec<f32>>,
+    pub(super) o: Weight,
+    pub(super) ffn_norm: Vec<f32>,
+    pub(super) gate: Weight,
+    pub(super) up: Weight,
+    pub(super) down: Weight,
 }
 
 /// A loaded model.
 pub struct Model {
     pub hp: Hparams,
-    embed: Weight,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
+    pub(super) embed: Weight,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Vec<f32>,
     /// `None`: the output shares the embedding's weights.
-    output: Option<Weight>,
+    pub(super) output: Option<Weight>,
     /// cos and sin of every (position, pair), `max_pos × head_dim / 2`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    max_pos: usize,
+    pub(super) cos: Vec<f32>,
+    pub(super) sin: Vec<f32>,
+    pub(super) max_pos: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -95,244 +91,7 @@ pub struct Feed<'a> {
     pub logits: bool,
 }
 
-fn load_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Load(e.to_string())
-}
-
-struct Reader<'a, R> {
-    ct: &'a Content,
-    file: &'a mut R,
-}
-
-impl<R: Read + Seek> Reader<'_, R> {
-    fn meta_u(&self, key: &str) -> Option<usize> {
-        self.ct
-            .metadata
-            .get(key)
-            .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
-            .map(|v| v as usize)
-    }
-
-    fn meta_f(&self, key: &str) -> Option<f32> {
-        self.ct.metadata.get(key).and_then(|v| {
-            v.to_f32()
-                .ok()
-                .or_else(|| v.to_f64().ok().map(|x| x as f32))
-        })
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.ct.tensor_infos.contains_key(name)
-    }
-
-    /// A 1-D tensor (norms, biases) as floats.
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
-        let info = self
-            .ct
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| load_err(format!("the file has no tensor `{name}`")))?;
-        let v = info
-            .read(self.file, self.ct.tensor_data_offset, &Device::Cpu)?
-            .dequantize(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        if v.len() != len {
-            return Err(load_err(format!(
-                "`{name}` has {} values, not {len}",
-                v.len()
-            )));
-        }
-        Ok(v)
-    }
-
-    /// A matrix of `rows` outputs of `k` inputs: its blocks as stored when the kernels take
-    /// its format, else dequantised to floats.
-    fn matrix(&mut self, name: &str, rows: usize, k: usize) -> Result<Weight, EngineError> {
-        let info = self
-            .ct
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| load_err(format!("the file has no tensor `{name}`")))?;
-        let dims = info.shape.dims();
-        if dims != [rows, k] {
-            return Err(load_err(format!(
-                "`{name}` is {dims:?}, expected [{rows}, {k}]"
-            )));
-        }
-        match Format::of(info.ggml_dtype) {
-            Some(format) if k.is_multiple_of(format.block_values()) => {
-                let mut data = vec![0u8; rows * format.row_bytes(k)];
-                self.file
-                    .seek(SeekFrom::Start(self.ct.tensor_data_offset + info.offset))
-                    .and_then(|_| self.file.read_exact(&mut data))
-                    .map_err(|e| load_err(format!("reading `{name}`: {e}")))?;
-                Ok(Weight::Quant {
-                    format,
-                    rows,
-                    k,
-                    data,
-                })
-            }
-            _ => {
-                let data = info
-                    .read(self.file, self.ct.tensor_data_offset, &Device::Cpu)?
-                    .dequantize(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                Ok(Weight::Dense { rows, k, data })
-            }
-        }
-    }
-}
-
 impl Model {
-    /// Reads the model from a GGUF file, with RoPE tables for `max_pos` positions.
-    pub fn load<R: Read + Seek>(
-        ct: &Content,
-        file: &mut R,
-        max_pos: usize,
-    ) -> Result<Model, EngineError> {
-        let mut r = Reader { ct, file };
-        let arch = ct
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok().cloned())
-            .unwrap_or_default();
-        if !ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(EngineError::Load(format!(
-                "the candle backend runs {} models; this file's architecture is `{arch}`",
-                ARCHITECTURES.join(" and ")
-            )));
-        }
-        let key = |k: &str| format!("{arch}.{k}");
-        if r.meta_u(&key("expert_count")).unwrap_or(0) > 0 {
-            return Err(load_err(format!(
-                "this `{arch}` file is a mixture of experts, which the candle backend does not run"
-            )));
-        }
-        let need = |v: Option<usize>, k: &str| {
-            v.filter(|v| *v > 0)
-                .ok_or_else(|| load_err(format!("the file has no `{arch}.{k}`")))
-        };
-        let layers = need(r.meta_u(&key("block_count")), "block_count")?;
-        let hidden = need(r.meta_u(&key("embedding_length")), "embedding_length")?;
-        let heads = need(
-            r.meta_u(&key("attention.head_count")),
-            "attention.head_count",
-        )?;
-        let kv_heads = r.meta_u(&key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim = r
-            .meta_u(&key("attention.key_length"))
-            .unwrap_or(hidden / heads);
-        let ffn = need(r.meta_u(&key("feed_forward_length")), "feed_forward_length")?;
-        let rope_dims = r.meta_u(&key("rope.dimension_count")).unwrap_or(head_dim);
-        if kv_heads == 0
-            || !heads.is_multiple_of(kv_heads)
-            || rope_dims != head_dim
-            || !head_dim.is_multiple_of(2)
-        {
-            return Err(load_err(format!(
-                "unsupported attention shape: {heads} heads, {kv_heads} KV heads, head size {head_dim}, RoPE over {rope_dims}"
-            )));
-        }
-        let eps = r
-            .meta_f(&key("attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-5);
-        let theta = r.meta_f(&key("rope.freq_base")).unwrap_or(10_000.0);
-        let linear = match ct
-            .metadata
-            .get(&key("rope.scaling.type"))
-            .and_then(|v| v.to_string().ok().cloned())
-            .as_deref()
-        {
-            Some("linear") => r.meta_f(&key("rope.scaling.factor")).unwrap_or(1.0),
-            _ => 1.0,
-        };
-        let embed_info = ct
-            .tensor_infos
-            .get("token_embd.weight")
-            .ok_or_else(|| load_err("the file has no tensor `token_embd.weight`"))?;
-        let vocab = embed_info.shape.dims().first().copied().unwrap_or(0);
-        let embed = r.matrix("token_embd.weight", vocab, hidden)?;
-        let freq_factors = if r.has("rope_freqs.weight") {
-            Some(r.vector("rope_freqs.weight", head_dim / 2)?)
-        } else {
-            None
-        };
-        let mut ls = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let n = |t: &str| format!("blk.{i}.{t}");
-            let bias =
-                |r: &mut Reader<'_, R>, t: &str, len| -> Result<Option<Vec<f32>>, EngineError> {
-                    let name = n(t);
-                    if r.has(&name) {
-                        r.vector(&name, len).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                };
-            ls.push(Layer {
-                attn_norm: r.vector(&n("attn_norm.weight"), hidden)?,
-                q: r.matrix(&n("attn_q.weight"), heads * head_dim, hidden)?,
-                k: r.matrix(&n("attn_k.weight"), kv_heads * head_dim, hidden)?,
-                v: r.matrix(&n("attn_v.weight"), kv_heads * head_dim, hidden)?,
-                q_bias: bias(&mut r, "attn_q.bias", heads * head_dim)?,
-                k_bias: bias(&mut r, "attn_k.bias", kv_heads * head_dim)?,
-                v_bias: bias(&mut r, "attn_v.bias", kv_heads * head_dim)?,
-                o: r.matrix(&n("attn_output.weight"), hidden, heads * head_dim)?,
-                ffn_norm: r.vector(&n("ffn_norm.weight"), hidden)?,
-                gate: r.matrix(&n("ffn_gate.weight"), ffn, hidden)?,
-                up: r.matrix(&n("ffn_up.weight"), ffn, hidden)?,
-                down: r.matrix(&n("ffn_down.weight"), hidden, ffn)?,
-            });
-        }
-        let norm = r.vector("output_norm.weight", hidden)?;
-        let output = if r.has("output.weight") {
-            Some(r.matrix("output.weight", vocab, hidden)?)
-        } else {
-            None
-        };
-        let half = head_dim / 2;
-        let mut cos = vec![0f32; max_pos * half];
-        let mut sin = vec![0f32; max_pos * half];
-        for p in 0..max_pos {
-            for i in 0..half {
-                let mut freq = 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32);
-                if let Some(f) = &freq_factors {
-                    freq /= f[i];
-                }
-                let a = p as f32 / linear * freq;
-                cos[p * half + i] = a.cos();
-                sin[p * half + i] = a.sin();
-            }
-        }
-        Ok(Model {
-            hp: Hparams {
-                rope: if arch == "qwen2" {
-                    Rope::Neox
-                } else {
-                    Rope::Norm
-                },
-                arch,
-                layers,
-                hidden,
-                heads,
-                kv_heads,
-                head_dim,
-                eps,
-                vocab,
-            },
-            embed,
-            layers: ls,
-            norm,
-            output,
-            cos,
-            sin,
-            max_pos,
-        })
-    }
-
     /// An empty KV cache for this model.
     pub fn new_pool(&self) -> KvPool {
         KvPool::new(self.hp.layers, self.hp.kv_heads, self.hp.head_dim)
