@@ -157,20 +157,64 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
     let threads = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });
+    let mut skipped = Vec::new();
+    let ir_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let launch = launch(&a, threads, ir_dir.path(), &mut skipped)?;
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{}\ngreedy, {threads} threads, --parallel {}, context {} per sequence\n",
+        a.model.display(),
+        a.parallel,
+        a.context
+    );
+    print_header();
+    let mut rows: Vec<(Contender, Row)> = Vec::new();
+    for &server in &a.servers {
+        if server == Contender::OpenVino && launch.ov_model.is_none() {
+            continue;
+        }
+        let log = ir_dir.path().join(format!("{}.log", server.label()));
+        match one_server(server, &launch, &client, &a, &log).await {
+            Ok(row) => {
+                print_row(server.label(), &row);
+                rows.push((server, row));
+            }
+            Err(e) => skipped.push(format!("{}: {e}", server.label())),
+        }
+    }
+    print_against_anchor(&rows);
+    for s in &skipped {
+        println!("not measured: {s}");
+    }
+    if let Some(path) = &a.json {
+        write(path, &a, threads, &rows, &skipped)?;
+    }
+    Ok(())
+}
+
+/// How every server is started: the binaries, the model (and its IR, derived here for
+/// OpenVINO unless given; a failure to derive it is noted in `skipped`).
+fn launch(
+    a: &EngineArgs,
+    threads: usize,
+    ir_dir: &std::path::Path,
+    skipped: &mut Vec<String>,
+) -> Result<Launch, String> {
     let beside = |name: &str| -> Result<PathBuf, String> {
         Ok(std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name(name))
     };
-    let mut skipped = Vec::new();
-    let ir_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let wants_ov = a.servers.contains(&Contender::OpenVino);
     let ov_model = match (&a.ov_model, wants_ov) {
         (Some(m), _) => Some(m.clone()),
         (None, false) => None,
         (None, true) => {
             let stem = a.model.file_stem().unwrap_or_default();
-            match testkit::openvino::try_derive_ir(&a.model, &ir_dir.path().join(stem)) {
+            match testkit::openvino::try_derive_ir(&a.model, &ir_dir.join(stem)) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     skipped.push(format!("openvino: {e}"));
@@ -179,7 +223,7 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
             }
         }
     };
-    let launch = Launch {
+    Ok(Launch {
         model: a.model.clone(),
         threads,
         context: a.context,
@@ -200,66 +244,39 @@ pub async fn run(a: EngineArgs) -> Result<(), String> {
             .llama_server
             .clone()
             .map_or_else(|| anchor_dir().map(|d| d.join("llama-server")), Ok)?,
-    };
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    println!(
-        "{}\ngreedy, {threads} threads, --parallel {}, context {} per sequence\n",
-        a.model.display(),
-        a.parallel,
-        a.context
-    );
-    print_header();
-    let mut rows: Vec<(Contender, Row)> = Vec::new();
-    for &server in &a.servers {
-        if server == Contender::OpenVino && launch.ov_model.is_none() {
-            continue;
-        }
-        let port = crate::free_port().await?;
-        let log = ir_dir.path().join(format!("{}.log", server.label()));
-        let mut child = match servers::spawn(server, &launch, port, &log) {
-            Ok(ch) => ch,
-            Err(e) => {
-                skipped.push(format!("{}: {e}", server.label()));
-                continue;
-            }
-        };
-        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        if let Err(e) = servers::wait_ready(&client, &url, &mut child, &log, a.load_timeout).await {
-            let _ = child.kill().await;
-            skipped.push(format!("{}: {e}", server.label()));
-            continue;
-        }
-        let pid = child.id().unwrap_or(0);
-        let measured = measure(&client, &url, &a).await;
-        let hwm = crate::rss_kb(pid, "VmHWM:").unwrap_or(0);
+    })
+}
+
+/// Starts `server`, waits for it to load, runs every case on it and stops it: its row, or
+/// why it was not measured (with the end of its log when it failed mid-way).
+async fn one_server(
+    server: Contender,
+    launch: &Launch,
+    client: &reqwest::Client,
+    a: &EngineArgs,
+    log: &std::path::Path,
+) -> Result<Row, String> {
+    let port = crate::free_port().await?;
+    let mut child = servers::spawn(server, launch, port, log)?;
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    if let Err(e) = servers::wait_ready(client, &url, &mut child, log, a.load_timeout).await {
         let _ = child.kill().await;
-        let _ = child.wait().await;
-        match measured {
-            Ok(mut row) => {
-                row.peak_rss_mb = hwm as f64 / 1024.0;
-                print_row(server.label(), &row);
-                rows.push((server, row));
-            }
-            Err(e) => {
-                // What the server said last, if it stopped.
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                let said = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-                skipped.push(format!("{}: {e} (its log ends: {said})", server.label()));
-            }
-        }
+        return Err(e);
     }
-    print_against_anchor(&rows);
-    for s in &skipped {
-        println!("not measured: {s}");
-    }
-    if let Some(path) = &a.json {
-        write(path, &a, threads, &rows, &skipped)?;
-    }
-    Ok(())
+    let pid = child.id().unwrap_or(0);
+    let measured = measure(client, &url, a).await;
+    let hwm = crate::rss_kb(pid, "VmHWM:").unwrap_or(0);
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+    let mut row = measured.map_err(|e| {
+        // What the server said last, if it stopped.
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        let said = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
+        format!("{e} (its log ends: {said})")
+    })?;
+    row.peak_rss_mb = hwm as f64 / 1024.0;
+    Ok(row)
 }
 
 fn print_header() {
