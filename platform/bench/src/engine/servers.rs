@@ -159,8 +159,8 @@ pub async fn wait_ready(
 const SDIST: &str = "llama-cpp-python==0.3.36";
 
 /// Builds llama.cpp's `llama-server` from the sources in the `llama-cpp-python` sdist on
-/// PyPI (`pip download --no-binary`), with the CPU's own instructions and no network
-/// client, into `dir/llama-server`; about five minutes on two cores.
+/// PyPI (`pip download --no-binary llama-cpp-python`), with the CPU's own instructions and
+/// no network client, into `dir/llama-server`; about five minutes on two cores.
 pub fn build_anchor(dir: &Path) -> Result<PathBuf, String> {
     let run = |cmd: &mut std::process::Command| -> Result<(), String> {
         let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
@@ -176,8 +176,10 @@ pub fn build_anchor(dir: &Path) -> Result<PathBuf, String> {
             "pip",
             "download",
             "--no-deps",
+            // Only this package as source: `:all:` would also build pip's build tools
+            // (CMake itself) from source just to read the sdist's metadata.
             "--no-binary",
-            ":all:",
+            "llama-cpp-python",
             "-q",
             SDIST,
             "-d",
