@@ -458,9 +458,9 @@ fn start_loop(
         #[cfg(feature = "llama-cpp")]
         Backend::LlamaCpp => {
             let weights = crate::llama::LlamaWeights::load(&cfg.model_path, cfg.threads)?;
-            let (parallel, cache) = (cfg.parallel.max(1), shared.cache_budget);
+            let parallel = cfg.parallel.max(1);
             thread.spawn(move || {
-                let runner = weights.runner(context, parallel, cache);
+                let runner = weights.runner(context, parallel);
                 go(runner, shared, rx, &ready_tx)
             })
         }

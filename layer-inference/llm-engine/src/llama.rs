@@ -2,11 +2,23 @@
 //! with llama.cpp computing the logits. Tokenizer, template, sampling and stop handling stay
 //! ours, so both backends behave alike for the same seed and settings.
 //!
-//! Every sequence lives in one context with a unified KV cache: a step is one `llama_decode`
-//! of a batch whose tokens carry their sequence ids, and a prefix is shared between
-//! sequences by `llama_memory_seq_cp` (the cells are shared, not copied).
+//! One context holds a KV stream per running sequence (`--parallel` of them, each of the
+//! context length), as llama-server's slots do: a step is one `llama_decode` of a batch whose
+//! tokens carry their sequence ids, and each token attends only to its own stream.
+//!
+//! A sequence that ends stays in its stream, as a prefix cache entry, until a new sequence
+//! needs the stream: then the oldest such entry is copied out to host memory (llama.cpp's
+//! sequence state), where the cache keeps it. A request that continues most of an entry (a
+//! chat's next turn, an agent's next step, the same prompt again) takes it over where it is:
+//! what lies past the shared prefix is dropped, nothing is copied. A request that shares a
+//! shorter prefix (a system prompt and tools) gets a copy in a stream of its own, and the
+//! entry stays for others. A sequence that parks behind a better request is copied out, and
+//! back in when it resumes. The cache costs no attention work in the streams that run.
 
+use std::cell::RefCell;
+use std::collections::{BTreeSet, VecDeque};
 use std::num::NonZeroU32;
+use std::rc::{Rc, Weak};
 use std::sync::{Mutex, OnceLock};
 
 use llama_cpp_2::context::LlamaContext;
@@ -16,6 +28,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 
 use crate::error::EngineError;
 use crate::runner::{Feed, Runner};
@@ -70,29 +83,17 @@ impl LlamaWeights {
         2 * self.model.n_layer() as usize * self.model.n_head_kv() as usize * head_dim * 2
     }
 
-    /// One context for every sequence: room for `parallel` sequences of `context` tokens and
-    /// for what the prefix cache keeps (up to `cache_bytes`, at most as much again), shared
-    /// between sequences (a prefix is shared, not copied).
-    pub fn runner(
-        &self,
-        context: usize,
-        parallel: usize,
-        cache_bytes: usize,
-    ) -> Result<LlamaRunner<'_>, EngineError> {
-        let per_cell = self.bytes_per_cell().max(1);
-        let running = parallel * context;
-        let cache_cells = (cache_bytes / per_cell).min(running);
-        let n_ctx = u32::try_from(running + cache_cells).unwrap_or(u32::MAX);
-        let n_batch = u32::try_from(CHUNK + parallel).unwrap_or(u32::MAX);
-        let n_seq = (parallel + MAX_ENTRIES + PARKED).min(256);
+    /// One context with a KV stream of `context` tokens for each of `parallel` sequences.
+    pub fn runner(&self, context: usize, parallel: usize) -> Result<LlamaRunner<'_>, EngineError> {
+        let streams = parallel.clamp(1, MAX_STREAMS);
+        let n_ctx = u32::try_from(streams * context).unwrap_or(u32::MAX);
+        let n_batch = u32::try_from(CHUNK + streams).unwrap_or(u32::MAX);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx.max(1)))
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch)
-            .with_n_seq_max(n_seq as u32)
-            .with_kv_unified(true)
-            // Flash attention skips the cells of other sequences (masked out) instead of
-            // multiplying by them: with every sequence and the cache in one KV, that is most.
+            .with_n_seq_max(streams as u32)
+            .with_kv_unified(false)
             .with_flash_attention_policy(1)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads);
@@ -109,42 +110,93 @@ impl LlamaWeights {
             ctx,
             batch: LlamaBatch::new(n_batch as usize, 1),
             n_vocab: self.model.n_vocab().max(0) as usize,
-            free_ids: (0..n_seq as i32).rev().collect(),
-            cells: n_ctx as usize,
-            per_cell,
-            cached_tokens: 0,
-            live_tokens: 0,
+            free: (0..streams as i32).collect(),
+            resident: VecDeque::new(),
+            per_cell: self.bytes_per_cell(),
+            held: 0,
         })
     }
 }
 
 /// Prompt tokens fed per step.
 const CHUNK: usize = 256;
-/// Sequences the prefix cache may hold (each a llama.cpp sequence id).
-const MAX_ENTRIES: usize = 32;
-/// Sequence ids kept for sequences parked behind better requests.
-const PARKED: usize = 8;
+/// llama.cpp's most sequences in one context.
+const MAX_STREAMS: usize = 256;
 
-/// One sequence: its llama.cpp sequence id and the positions it holds.
-#[derive(Debug)]
+/// Where a sequence's KV is.
+enum Place {
+    /// In the context's stream of this sequence id.
+    Stream(i32),
+    /// Copied out to host memory.
+    Host(SeqState),
+    /// Nowhere: copying it out failed, so nothing of it can be reused.
+    Lost,
+}
+
+/// One sequence: where its KV is (shared with the runner's list of cache entries still in
+/// their streams, which it may copy out) and the positions it holds.
 pub struct LlamaSeq {
-    id: i32,
+    place: Rc<RefCell<Place>>,
     len: usize,
 }
 
-/// Every sequence in one llama.cpp context, decoded together.
+impl LlamaSeq {
+    fn new(place: Place, len: usize) -> Self {
+        LlamaSeq {
+            place: Rc::new(RefCell::new(place)),
+            len,
+        }
+    }
+
+    /// Its stream, if it is in one.
+    fn stream_id(&self) -> Option<i32> {
+        match *self.place.borrow() {
+            Place::Stream(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn host_bytes(&self) -> usize {
+        match &*self.place.borrow() {
+            Place::Host(s) => s.byte_len(),
+            _ => 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for LlamaSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match &*self.place.borrow() {
+            Place::Stream(id) => format!("stream {id}"),
+            Place::Host(s) => format!("host, {} bytes", s.byte_len()),
+            Place::Lost => "lost".into(),
+        };
+        write!(f, "LlamaSeq({place}, {} positions)", self.len)
+    }
+}
+
+/// A prefix cache entry still in its stream.
+struct Resident {
+    id: i32,
+    len: usize,
+    place: Weak<RefCell<Place>>,
+}
+
+/// Every running sequence in one llama.cpp context, decoded together; the prefix cache in
+/// the streams nobody runs in and in host memory, parked sequences in host memory.
 pub struct LlamaRunner<'a> {
     ctx: LlamaContext<'a>,
     batch: LlamaBatch<'a>,
     n_vocab: usize,
-    free_ids: Vec<i32>,
-    /// KV cells in the context.
-    cells: usize,
+    /// Streams nothing holds; the lowest is taken first, so that the running sequences' ids
+    /// stay consecutive and llama.cpp decodes them in one graph.
+    free: BTreeSet<i32>,
+    /// Cache entries in their streams, the oldest first (the first copied out).
+    resident: VecDeque<Resident>,
+    /// Bytes of KV per position in a stream.
     per_cell: usize,
-    /// Positions held by cached sequences (an upper bound of their cells: a shared prefix
-    /// is counted once per sequence), and by the others.
-    cached_tokens: usize,
-    live_tokens: usize,
+    /// Bytes the prefix cache holds: its entries' cells in streams and copies in host memory.
+    held: usize,
 }
 
 fn gen_err(e: impl std::fmt::Display) -> EngineError {
@@ -152,10 +204,87 @@ fn gen_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl LlamaRunner<'_> {
-    fn drop_seq(&mut self, seq: &LlamaSeq) {
-        let id = u32::try_from(seq.id).ok();
-        let _ = self.ctx.clear_kv_cache_seq(id, None, None);
-        self.free_ids.push(seq.id);
+    /// A stream to fill: a free one, else the oldest cache entry's, once copied out.
+    fn take_stream(&mut self) -> Result<i32, EngineError> {
+        if let Some(id) = self.free.pop_first() {
+            return Ok(id);
+        }
+        let r = self.resident.pop_front().ok_or(EngineError::KvFull)?;
+        self.held = self.held.saturating_sub(r.len * self.per_cell);
+        if let Some(place) = r.place.upgrade() {
+            let copied = self.copy_out(r.id);
+            self.held += copied.as_ref().map_or(0, SeqState::byte_len);
+            *place.borrow_mut() = copied.map_or(Place::Lost, Place::Host);
+        }
+        self.clear(r.id, 0);
+        Ok(r.id)
+    }
+
+    fn copy_out(&self, id: i32) -> Option<SeqState> {
+        self.ctx
+            .state_seq_get(id, LlamaStateSeqFlags::empty())
+            .inspect_err(|e| tracing::warn!("llama.cpp: cannot copy a sequence's KV out: {e}"))
+            .ok()
+    }
+
+    /// Drops stream `id`'s positions from `from` on.
+    fn clear(&mut self, id: i32, from: usize) {
+        let from = u32::try_from(from).ok();
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(u32::try_from(id).ok(), from, None);
+    }
+
+    fn free_stream(&mut self, id: i32) {
+        self.clear(id, 0);
+        self.free.insert(id);
+    }
+
+    /// Takes cache entry `id` off the resident list.
+    fn unlist(&mut self, id: i32) -> bool {
+        match self.resident.iter().position(|r| r.id == id) {
+            Some(i) => {
+                let r = self.resident.remove(i);
+                self.held = self
+                    .held
+                    .saturating_sub(r.map_or(0, |r| r.len) * self.per_cell);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A new stream holding the first `n` positions of `state`.
+    fn restore(&mut self, state: &SeqState, n: usize) -> Result<i32, EngineError> {
+        let id = self.take_stream()?;
+        match self.ctx.state_seq_set(state, id) {
+            Ok(()) => {
+                self.clear(id, n);
+                Ok(id)
+            }
+            Err(e) => {
+                self.free_stream(id);
+                Err(gen_err(e))
+            }
+        }
+    }
+
+    /// `seq`'s stream, its KV copied back in if it was copied out (a parked sequence).
+    fn stream(&mut self, seq: &mut LlamaSeq) -> Result<i32, EngineError> {
+        if let Some(id) = seq.stream_id() {
+            return Ok(id);
+        }
+        let id = match &*seq.place.borrow() {
+            // Not resident, so taking a stream cannot touch this place.
+            Place::Host(state) => self.restore(state, seq.len)?,
+            _ => {
+                return Err(EngineError::Generate(
+                    "llama.cpp: a parked sequence's KV was lost".into(),
+                ));
+            }
+        };
+        *seq.place.borrow_mut() = Place::Stream(id);
+        Ok(id)
     }
 }
 
@@ -163,22 +292,41 @@ impl Runner for LlamaRunner<'_> {
     type Seq = LlamaSeq;
 
     fn new_seq(&mut self) -> Result<LlamaSeq, EngineError> {
-        let id = self.free_ids.pop().ok_or(EngineError::KvFull)?;
-        Ok(LlamaSeq { id, len: 0 })
+        let id = self.take_stream()?;
+        Ok(LlamaSeq::new(Place::Stream(id), 0))
     }
 
     fn share(&mut self, src: &LlamaSeq, n: usize) -> Result<Option<LlamaSeq>, EngineError> {
-        let mut seq = self.new_seq()?;
         let n = n.min(src.len);
-        self.ctx
-            .copy_kv_cache_seq(src.id, seq.id, Some(0), Some(n as u32))
-            .map_err(gen_err)?;
-        seq.len = n;
-        self.live_tokens += n;
-        Ok(Some(seq))
+        let id = match src.stream_id() {
+            // A cache entry whose prefix is most of it is taken over where it is (`adopt`).
+            Some(id) if n * 10 >= src.len * 9 && self.resident.iter().any(|r| r.id == id) => {
+                return Ok(None);
+            }
+            Some(id) => {
+                let state = self
+                    .ctx
+                    .state_seq_get(id, LlamaStateSeqFlags::empty())
+                    .map_err(gen_err)?;
+                self.restore(&state, n)?
+            }
+            None => match &*src.place.borrow() {
+                // Not resident, so taking a stream cannot touch this place.
+                Place::Host(state) => self.restore(state, n)?,
+                _ => return Ok(None),
+            },
+        };
+        Ok(Some(LlamaSeq::new(Place::Stream(id), n)))
     }
 
     fn adopt(&mut self, src: LlamaSeq, n: usize) -> Result<LlamaSeq, LlamaSeq> {
+        let n = n.min(src.len);
+        if let Some(id) = src.stream_id()
+            && self.unlist(id)
+        {
+            self.clear(id, n);
+            return Ok(LlamaSeq::new(Place::Stream(id), n));
+        }
         match self.share(&src, n) {
             Ok(Some(seq)) => {
                 self.evict(src);
@@ -188,37 +336,37 @@ impl Runner for LlamaRunner<'_> {
         }
     }
 
-    fn fits(&self, new_tokens: usize) -> bool {
-        self.live_tokens + self.cached_tokens + new_tokens <= self.cells
-    }
-
     fn forward(&mut self, feeds: &mut [Feed<'_, LlamaSeq>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut ids = Vec::with_capacity(feeds.len());
+        for f in feeds.iter_mut() {
+            ids.push(self.stream(f.seq)?);
+        }
+        // In stream order: llama.cpp puts consecutive sequence ids into one graph.
+        let mut order: Vec<usize> = (0..feeds.len()).collect();
+        order.sort_by_key(|&i| ids[i]);
         self.batch.clear();
-        let mut wanted = Vec::new();
-        for f in feeds.iter() {
+        let mut out_row = vec![None; feeds.len()];
+        for &k in &order {
+            let f = &feeds[k];
             for (i, t) in f.tokens.iter().enumerate() {
                 let last = i + 1 == f.tokens.len();
                 self.batch
                     .add(
                         LlamaToken(*t as i32),
                         (f.seq.len + i) as i32,
-                        &[f.seq.id],
+                        &[ids[k]],
                         f.logits && last,
                     )
                     .map_err(gen_err)?;
                 if f.logits && last {
-                    wanted.push(self.batch.n_tokens() - 1);
+                    out_row[k] = Some(self.batch.n_tokens() - 1);
                 }
             }
         }
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             // Whatever part of the batch went in comes out again.
-            for f in feeds.iter() {
-                let _ = self.ctx.clear_kv_cache_seq(
-                    u32::try_from(f.seq.id).ok(),
-                    Some(f.seq.len as u32),
-                    None,
-                );
+            for (f, id) in feeds.iter().zip(&ids) {
+                self.clear(*id, f.seq.len);
             }
             return Err(match e {
                 llama_cpp_2::DecodeError::NoKvCacheSlot => EngineError::KvFull,
@@ -227,10 +375,10 @@ impl Runner for LlamaRunner<'_> {
         }
         for f in feeds.iter_mut() {
             f.seq.len += f.tokens.len();
-            self.live_tokens += f.tokens.len();
         }
-        Ok(wanted
+        Ok(out_row
             .into_iter()
+            .flatten()
             .map(|i| {
                 let l = self.ctx.get_logits_ith(i);
                 l[..self.n_vocab.min(l.len())].to_vec()
@@ -238,30 +386,49 @@ impl Runner for LlamaRunner<'_> {
             .collect())
     }
 
+    fn park(&mut self, seq: &mut LlamaSeq) {
+        if let Some(id) = seq.stream_id() {
+            let copied = self.copy_out(id);
+            *seq.place.borrow_mut() = copied.map_or(Place::Lost, Place::Host);
+            self.free_stream(id);
+        }
+    }
+
     fn to_cache(&mut self, seq: &mut LlamaSeq) {
-        self.live_tokens = self.live_tokens.saturating_sub(seq.len);
-        self.cached_tokens += seq.len;
+        match seq.stream_id() {
+            Some(id) => {
+                self.held += seq.len * self.per_cell;
+                self.resident.push_back(Resident {
+                    id,
+                    len: seq.len,
+                    place: Rc::downgrade(&seq.place),
+                });
+            }
+            None => self.held += seq.host_bytes(),
+        }
     }
 
     fn evict(&mut self, seq: LlamaSeq) {
-        self.cached_tokens = self.cached_tokens.saturating_sub(seq.len);
-        self.drop_seq(&seq);
+        match seq.stream_id() {
+            Some(id) => {
+                self.unlist(id);
+                self.free_stream(id);
+            }
+            None => self.held = self.held.saturating_sub(seq.host_bytes()),
+        }
     }
 
     fn discard(&mut self, seq: LlamaSeq) {
-        self.live_tokens = self.live_tokens.saturating_sub(seq.len);
-        self.drop_seq(&seq);
+        if let Some(id) = seq.stream_id() {
+            self.free_stream(id);
+        }
     }
 
     fn cached_bytes(&self) -> usize {
-        self.cached_tokens * self.per_cell
+        self.held
     }
 
     fn chunk(&self) -> usize {
         CHUNK
-    }
-
-    fn max_entries(&self) -> usize {
-        MAX_ENTRIES
     }
 }

@@ -39,6 +39,10 @@ pub(crate) trait Runner {
     /// error the loop drops the batch's sequences.
     fn forward(&mut self, feeds: &mut [Feed<'_, Self::Seq>]) -> Result<Vec<Vec<f32>>, EngineError>;
 
+    /// `seq` parks behind a better request and gives up what it holds that a running
+    /// sequence needs (it resumes in a later [`Runner::forward`]).
+    fn park(&mut self, _seq: &mut Self::Seq) {}
+
     /// `seq` ended and moves into the prefix cache.
     fn to_cache(&mut self, seq: &mut Self::Seq);
 

@@ -293,6 +293,7 @@ impl<R: Runner> Stepper<R> {
             }
             if let Some(p) = s.slot.park() {
                 let mut s = self.running.swap_remove(i);
+                self.runner.park(&mut s.kv);
                 s.park = Some((p, Instant::now()));
                 self.parked.push(s);
                 continue;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use llm_engine::template::TemplateMessage;
 use llm_engine::{
-    Engine, EngineConfig, EngineError, Event, Finish, Input, Params, Priority, RequestState,
-    SamplerRequest, Timings,
+    Backend, Engine, EngineConfig, EngineError, Event, Finish, Input, Params, Priority,
+    RequestState, SamplerRequest, Timings,
 };
 use tokio::sync::mpsc;
 
@@ -22,7 +22,12 @@ fn fixture() -> std::path::PathBuf {
 }
 
 fn engine(parallel: usize, queue: usize) -> Arc<Engine> {
+    engine_on(Backend::Candle, parallel, queue)
+}
+
+fn engine_on(backend: Backend, parallel: usize, queue: usize) -> Arc<Engine> {
     let mut cfg = EngineConfig::new(fixture());
+    cfg.backend = backend;
     cfg.parallel = parallel;
     cfg.queue = queue;
     Arc::new(Engine::load(&cfg).unwrap())
@@ -265,7 +270,19 @@ fn timings_of(evs: &[Event]) -> Timings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_runs_before_background_work_which_resumes_unchanged() {
-    let e = engine(1, 4);
+    parks_and_resumes_unchanged(Backend::Candle).await;
+}
+
+/// On llama.cpp the parked sequence's KV leaves its stream for the chat (one stream with
+/// `--parallel 1`) and comes back.
+#[cfg(feature = "llama-cpp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_llama_cpp_a_parked_sequence_gives_its_stream_and_resumes_unchanged() {
+    parks_and_resumes_unchanged(Backend::LlamaCpp).await;
+}
+
+async fn parks_and_resumes_unchanged(backend: Backend) {
+    let e = engine_on(backend, 1, 4);
     // What the background request generates when nothing interrupts it.
     // (This raw prompt runs to the limit on the fixture: the request is long enough to be
     // interrupted.)
