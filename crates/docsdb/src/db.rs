@@ -144,7 +144,7 @@ impl Db {
         let shown = redact(url);
         let (backend, url_for_sqlx, in_memory) = normalise(url)?;
         if backend == Backend::Sqlite && !in_memory {
-            create_parent_dir(&url_for_sqlx).map_err(|e| Error::Connect {
+            create_private_file(&url_for_sqlx).map_err(|e| Error::Connect {
                 url: shown.clone(),
                 source: sqlx::Error::Io(e),
             })?;
@@ -313,15 +313,50 @@ fn normalise(url: &str) -> Result<(Backend, String, bool)> {
     Ok((Backend::Sqlite, out, in_memory))
 }
 
-/// Creates the folder of a SQLite file so that a fresh `./var/` works.
-fn create_parent_dir(sqlite_url: &str) -> std::io::Result<()> {
+/// Creates the folder of a SQLite file (so that a fresh `./var/` works) and, if the file is
+/// missing, the file itself, readable by its owner only: it holds the request log (user
+/// names and e-mails), stored responses, documents. SQLite gives its `-wal` and `-shm`
+/// files the database file's permissions. A file that exists keeps its permissions; one
+/// that others may read is reported.
+fn create_private_file(sqlite_url: &str) -> std::io::Result<()> {
     let path = sqlite_url.trim_start_matches("sqlite://");
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
-    match std::path::Path::new(path).parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent),
-        _ => Ok(()),
+    let path = std::path::Path::new(path.split_once('?').map_or(path, |(p, _)| p));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    if !sqlite_url.contains("mode=rwc") {
+        return Ok(());
+    }
+    let mut create = std::fs::OpenOptions::new();
+    create.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+    match create.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
+
+#[cfg(unix)]
+fn warn_if_shared(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} may be read by other users (mode {:o}): `chmod 600` it",
+            path.display(),
+            m.permissions().mode() & 0o777
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_shared(_path: &std::path::Path) {}
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub(crate) fn redact(url: &str) -> String {
