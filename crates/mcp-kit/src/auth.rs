@@ -1,8 +1,10 @@
-//! The checks in front of `/mcp`: the bearer token and the cap on open sessions. (`Host` and
-//! `Origin` are checked by the SDK's transport, configured in [`crate::http_app`].)
+//! The checks in front of `/mcp`: the bearer token, the cap on open sessions, and the body's
+//! size. (`Host` and `Origin` are checked by the SDK's transport, configured in
+//! [`crate::http_app`].)
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -10,6 +12,7 @@ use contract::ApiError;
 use http::{HeaderValue, Method, header};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use service_kit::auth::{bearer, digest};
+use service_kit::body::{BodyLimit, read_bytes};
 
 pub(crate) struct Guard {
     /// SHA-256 of the token: comparing fixed-size digests does not leak the token's length
@@ -45,5 +48,22 @@ pub(crate) async fn check(State(guard): State<Arc<Guard>>, req: Request, next: N
             .into_response();
         }
     }
-    next.run(req).await
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    // The body is read here, under the edge's limit, so that one over it — sent chunked,
+    // with no length to refuse it by — gets 413 rather than the transport's read error.
+    let (parts, body) = req.into_parts();
+    let limit = parts.extensions.get::<BodyLimit>().copied();
+    let mut probe = Request::new(body);
+    if let Some(l) = limit {
+        probe.extensions_mut().insert(l);
+    }
+    match read_bytes(probe).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
 }

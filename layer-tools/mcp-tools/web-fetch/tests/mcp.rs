@@ -155,6 +155,32 @@ async fn bearer_token_and_session_cap() {
 }
 
 #[tokio::test]
+async fn a_chunked_body_over_the_limit_gets_413_and_one_under_it_works() {
+    let mut opts = common::opts();
+    opts.body_limit = 64 * 1024;
+    let url = common::start(&common::config(|_| {}), &opts).await;
+    let chunked = |body: Vec<Vec<u8>>| {
+        let chunks = futures_util::stream::iter(body.into_iter().map(Ok::<_, std::io::Error>));
+        reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+    };
+    // 1 MiB of spaces, sent without a length.
+    let big = chunked(vec![vec![b' '; 16 * 1024]; 64]).await.unwrap();
+    assert_eq!(big.status(), 413);
+    let v: Value = big.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+    // The same transport under the limit: an initialize in two chunks is answered.
+    let init = init_body().to_string().into_bytes();
+    let (a, b) = init.split_at(init.len() / 2);
+    let ok = chunked(vec![a.to_vec(), b.to_vec()]).await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
 async fn stateless_requests_of_the_newest_protocol_get_json() {
     // A client on the newest protocol sends no initialize: each request carries its
     // protocol metadata, and a plain request gets a plain JSON answer.
