@@ -30,6 +30,21 @@ pub async fn spawn(app: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
+/// Waits until `{url}/health` answers 200 (10 s at most); panics naming `what` if it never
+/// does.
+pub async fn wait_healthy(url: &str, what: &str) {
+    for _ in 0..400 {
+        if reqwest::get(format!("{url}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{what} never answered {url}/health");
+}
+
 /// A binary of another workspace package, built beside the running test by
 /// `cargo test --workspace` (Cargo gives a test only its own package's binaries).
 pub fn sibling_binary(name: &str) -> std::path::PathBuf {

@@ -21,7 +21,8 @@ pub(crate) trait Runner {
     fn new_seq(&mut self) -> Result<Self::Seq, EngineError>;
 
     /// A new sequence holding the first `n` positions of `src` (which stays as it is), if
-    /// this backend can share them.
+    /// this backend shares them; `None` if it cannot, or would rather take a cached `src`
+    /// over ([`Runner::adopt`]: llama.cpp, when the prefix is most of `src`).
     fn share(&mut self, src: &Self::Seq, n: usize) -> Result<Option<Self::Seq>, EngineError>;
 
     /// Continues `src`, taken out of the prefix cache, from its first `n` positions, if this

@@ -252,7 +252,7 @@ impl<R: Runner> Stepper<R> {
             if let Some(kv) = self.runner.share(&self.cache.get(i).seq, n)? {
                 return Ok((kv, n));
             }
-            // A backend that cannot share may take the entry over, if it can continue it.
+            // A backend that does not share it may take the entry over, if it can continue it.
             let entry = self.cache.take(i);
             match self.runner.adopt(entry.seq, n) {
                 Ok(kv) => return Ok((kv, n)),

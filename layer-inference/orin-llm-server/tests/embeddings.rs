@@ -13,8 +13,6 @@
     clippy::print_stderr
 )]
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use testkit::models::{cosine, floats, minilm_reference};
 
@@ -35,16 +33,8 @@ async fn start(embedding: Option<std::path::PathBuf>, max_inputs: usize) -> Stri
         config,
         std::future::pending(),
     ));
-    for _ in 0..400 {
-        if reqwest::get(format!("{url}/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return url;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never became healthy");
+    testkit::wait_healthy(&url, "orin-llm-server").await;
+    url
 }
 
 async fn post(url: &str, body: &Value) -> (u16, Value, reqwest::header::HeaderMap) {

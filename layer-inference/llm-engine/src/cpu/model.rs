@@ -148,10 +148,20 @@ impl Model {
         pool: &mut KvPool,
         feeds: &mut [Feed<'_>],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let hp = &self.hp;
-        let (h, hd) = (hp.hidden, hp.head_dim);
-        let (qw, kvw) = (hp.heads * hd, hp.kv_heads * hd);
-        // Each token's row, sequence and position.
+        let rows = self.place(pool, feeds)?;
+        let mut x = self.embed_tokens(feeds, rows.positions.len())?;
+        let mut s = Scratch::new(self, rows.positions.len());
+        for (li, l) in self.layers.iter().enumerate() {
+            self.layer(li, l, pool, &mut x, &rows, &mut s);
+        }
+        for (f, &(_, n, _)) in feeds.iter_mut().zip(&rows.spans) {
+            f.seq.len += n;
+        }
+        Ok(self.logits(feeds, &rows.spans, &x, &mut s.xq))
+    }
+
+    /// Where each fed token goes; the KV grown to hold them.
+    fn place(&self, pool: &mut KvPool, feeds: &mut [Feed<'_>]) -> Result<Rows, EngineError> {
         let mut positions = Vec::new();
         let mut spans = Vec::with_capacity(feeds.len());
         for f in feeds.iter_mut() {
@@ -166,80 +176,104 @@ impl Model {
             positions.extend(f.seq.len..f.seq.len + f.tokens.len());
             pool.grow(f.seq, f.tokens.len());
         }
-        let t = positions.len();
+        let tables = feeds.iter().map(|f| f.seq.blocks.clone()).collect();
+        Ok(Rows {
+            positions,
+            spans,
+            tables,
+        })
+    }
+
+    /// The embeddings of the `t` fed tokens, one row each.
+    fn embed_tokens(&self, feeds: &[Feed<'_>], t: usize) -> Result<Vec<f32>, EngineError> {
+        let (h, vocab) = (self.hp.hidden, self.hp.vocab);
         let mut x = vec![0f32; t * h];
-        let mut row = 0;
-        for f in feeds.iter() {
-            for &id in f.tokens {
-                if id as usize >= hp.vocab {
-                    return Err(EngineError::Generate(format!(
-                        "token {id} is outside the vocabulary of {}",
-                        hp.vocab
-                    )));
-                }
-                self.embed
-                    .row_f32(id as usize, &mut x[row * h..(row + 1) * h]);
-                row += 1;
+        let ids = feeds.iter().flat_map(|f| f.tokens.iter());
+        for (row, &id) in ids.enumerate() {
+            if id as usize >= vocab {
+                return Err(EngineError::Generate(format!(
+                    "token {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+            self.embed
+                .row_f32(id as usize, &mut x[row * h..(row + 1) * h]);
+        }
+        Ok(x)
+    }
+
+    /// Layer `li` over every fed row of `x`: attention (its K and V written into each
+    /// sequence's blocks), then the feed-forward network; each added to `x`.
+    fn layer(
+        &self,
+        li: usize,
+        l: &Layer,
+        pool: &mut KvPool,
+        x: &mut [f32],
+        rows: &Rows,
+        s: &mut Scratch,
+    ) {
+        let Rows {
+            positions,
+            spans,
+            tables,
+        } = rows;
+        let hp = &self.hp;
+        let (h, kvw) = (hp.hidden, hp.kv_heads * hp.head_dim);
+        self.rms_norm(x, &l.attn_norm, &mut s.xn);
+        quantize_for(&mut s.xq, &s.xn, h, &[&l.q, &l.k, &l.v]);
+        l.q.matmul(&s.xn, &s.xq, &mut s.q);
+        l.k.matmul(&s.xn, &s.xq, &mut s.k);
+        l.v.matmul(&s.xn, &s.xq, &mut s.v);
+        add_bias(&mut s.q, l.q_bias.as_deref());
+        add_bias(&mut s.k, l.k_bias.as_deref());
+        add_bias(&mut s.v, l.v_bias.as_deref());
+        self.rope(&mut s.q, hp.heads, positions);
+        self.rope(&mut s.k, hp.kv_heads, positions);
+        for (fi, &(r0, n, p0)) in spans.iter().enumerate() {
+            for i in 0..n {
+                let r = r0 + i;
+                pool.write(
+                    &tables[fi],
+                    li,
+                    p0 + i,
+                    &s.k[r * kvw..(r + 1) * kvw],
+                    &s.v[r * kvw..(r + 1) * kvw],
+                );
             }
         }
-        let mut xn = vec![0f32; t * h];
-        let mut xq = Q8Rows::default();
-        let (mut q, mut k, mut v) = (vec![0f32; t * qw], vec![0f32; t * kvw], vec![0f32; t * kvw]);
-        let mut att = vec![0f32; t * qw];
-        let mut tmp = vec![0f32; t * h];
-        let ffn = self.layers.first().map_or(0, |l| l.gate.rows());
-        let (mut g, mut u) = (vec![0f32; t * ffn], vec![0f32; t * ffn]);
-        let tables: Vec<Vec<BlockId>> = feeds.iter().map(|f| f.seq.blocks.clone()).collect();
-        for (li, l) in self.layers.iter().enumerate() {
-            self.rms_norm(&x, &l.attn_norm, &mut xn);
-            quantize_for(&mut xq, &xn, h, &[&l.q, &l.k, &l.v]);
-            l.q.matmul(&xn, &xq, &mut q);
-            l.k.matmul(&xn, &xq, &mut k);
-            l.v.matmul(&xn, &xq, &mut v);
-            add_bias(&mut q, l.q_bias.as_deref());
-            add_bias(&mut k, l.k_bias.as_deref());
-            add_bias(&mut v, l.v_bias.as_deref());
-            self.rope(&mut q, hp.heads, &positions);
-            self.rope(&mut k, hp.kv_heads, &positions);
-            for (fi, &(r0, n, p0)) in spans.iter().enumerate() {
-                for i in 0..n {
-                    let r = r0 + i;
-                    pool.write(
-                        &tables[fi],
-                        li,
-                        p0 + i,
-                        &k[r * kvw..(r + 1) * kvw],
-                        &v[r * kvw..(r + 1) * kvw],
-                    );
-                }
-            }
-            self.attention(pool, li, &q, &spans, &tables, &mut att);
-            quantize_for(&mut xq, &att, qw, &[&l.o]);
-            l.o.matmul(&att, &xq, &mut tmp);
-            add(&mut x, &tmp);
-            self.rms_norm(&x, &l.ffn_norm, &mut xn);
-            quantize_for(&mut xq, &xn, h, &[&l.gate, &l.up]);
-            l.gate.matmul(&xn, &xq, &mut g);
-            l.up.matmul(&xn, &xq, &mut u);
-            for (g, u) in g.iter_mut().zip(&u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            quantize_for(&mut xq, &g, ffn, &[&l.down]);
-            l.down.matmul(&g, &xq, &mut tmp);
-            add(&mut x, &tmp);
+        self.attention(pool, li, &s.q, spans, tables, &mut s.att);
+        quantize_for(&mut s.xq, &s.att, hp.heads * hp.head_dim, &[&l.o]);
+        l.o.matmul(&s.att, &s.xq, &mut s.tmp);
+        add(x, &s.tmp);
+        self.rms_norm(x, &l.ffn_norm, &mut s.xn);
+        quantize_for(&mut s.xq, &s.xn, h, &[&l.gate, &l.up]);
+        l.gate.matmul(&s.xn, &s.xq, &mut s.g);
+        l.up.matmul(&s.xn, &s.xq, &mut s.u);
+        for (g, u) in s.g.iter_mut().zip(&s.u) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
         }
-        for (f, &(_, n, _)) in feeds.iter_mut().zip(&spans) {
-            f.seq.len += n;
-        }
-        // The logits of the last token of each feed that wants them, in one product.
+        quantize_for(&mut s.xq, &s.g, s.ffn, &[&l.down]);
+        l.down.matmul(&s.g, &s.xq, &mut s.tmp);
+        add(x, &s.tmp);
+    }
+
+    /// The logits of the last token of each feed that wants them, in one product.
+    fn logits(
+        &self,
+        feeds: &[Feed<'_>],
+        spans: &[Span],
+        x: &[f32],
+        xq: &mut Q8Rows,
+    ) -> Vec<Vec<f32>> {
+        let h = self.hp.hidden;
         let wanted: Vec<usize> = feeds
             .iter()
-            .zip(&spans)
+            .zip(spans)
             .filter(|(f, _)| f.logits)
             .map(|(_, &(r0, n, _))| r0 + n - 1)
             .collect();
         if wanted.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         let mut last = Vec::with_capacity(wanted.len() * h);
         for r in &wanted {
@@ -248,11 +282,11 @@ impl Model {
         let mut normed = vec![0f32; last.len()];
         self.rms_norm(&last, &self.norm, &mut normed);
         let out = self.output.as_ref().unwrap_or(&self.embed);
-        quantize_for(&mut xq, &normed, h, &[out]);
+        quantize_for(xq, &normed, h, &[out]);
         let vocab = out.rows();
         let mut logits = vec![0f32; wanted.len() * vocab];
-        out.matmul(&normed, &xq, &mut logits);
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        out.matmul(&normed, xq, &mut logits);
+        logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect()
     }
 
     /// Causal attention of every query row over its sequence's KV blocks, into `out`.
@@ -261,7 +295,7 @@ impl Model {
         pool: &KvPool,
         layer: usize,
         q: &[f32],
-        spans: &[(usize, usize, usize)],
+        spans: &[Span],
         tables: &[Vec<BlockId>],
         out: &mut [f32],
     ) {
@@ -376,5 +410,53 @@ fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
 fn add(x: &mut [f32], y: &[f32]) {
     for (x, y) in x.iter_mut().zip(y) {
         *x += y;
+    }
+}
+
+/// A feed's rows in the batch: (first row, tokens, first position).
+type Span = (usize, usize, usize);
+
+/// Where a forward pass's tokens go.
+struct Rows {
+    /// Each fed token's position in its sequence.
+    positions: Vec<usize>,
+    /// Each feed's rows.
+    spans: Vec<Span>,
+    /// Each feed's KV blocks.
+    tables: Vec<Vec<BlockId>>,
+}
+
+/// One forward pass's buffers, a row per fed token.
+struct Scratch {
+    xn: Vec<f32>,
+    xq: Q8Rows,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    /// The feed-forward network's width.
+    ffn: usize,
+}
+
+impl Scratch {
+    fn new(m: &Model, t: usize) -> Self {
+        let hp = &m.hp;
+        let (qw, kvw) = (hp.heads * hp.head_dim, hp.kv_heads * hp.head_dim);
+        let ffn = m.layers.first().map_or(0, |l| l.gate.rows());
+        Scratch {
+            xn: vec![0f32; t * hp.hidden],
+            xq: Q8Rows::default(),
+            q: vec![0f32; t * qw],
+            k: vec![0f32; t * kvw],
+            v: vec![0f32; t * kvw],
+            att: vec![0f32; t * qw],
+            tmp: vec![0f32; t * hp.hidden],
+            g: vec![0f32; t * ffn],
+            u: vec![0f32; t * ffn],
+            ffn,
+        }
     }
 }

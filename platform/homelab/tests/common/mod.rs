@@ -211,14 +211,6 @@ pub async fn engine_on(ip: &str, tweak: impl FnOnce(&mut orin_llm_server::Config
         config,
         std::future::pending(),
     ));
-    for _ in 0..400 {
-        if reqwest::get(format!("{url}/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return url;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the engine on {ip} never loaded");
+    testkit::wait_healthy(&url, &format!("the engine on {ip}")).await;
+    url
 }
